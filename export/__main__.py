@@ -1,0 +1,98 @@
+"""python -m export {prepare,train,export,verify,sample,all} --config C --workdir W."""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import config as config_mod
+from .errors import ExportError
+
+DEFAULT_CONFIG = "export/configs/default.json"
+
+
+def _paths(workdir):
+    w = Path(workdir)
+    return {"data": w / "data", "train": w / "train", "model": w / "model"}
+
+
+def cmd_prepare(args, cfg):
+    from .data import prepare
+
+    print(json.dumps(prepare(cfg, _paths(args.workdir)["data"]), indent=2))
+
+
+def cmd_train(args, cfg):
+    from .train import train
+
+    p = _paths(args.workdir)
+    print(json.dumps(train(cfg, p["data"], p["train"], resume=args.resume)))
+
+
+def cmd_export(args, cfg):
+    from .onnx_export import export_model
+    from .verify import verify_model_dir
+
+    p = _paths(args.workdir)
+    out = Path(args.out) if args.out else p["model"]
+    export_model(p["data"], p["train"], out, command=" ".join(["python -m export"] + sys.argv[1:]))
+    print(json.dumps(verify_model_dir(out), indent=2))
+
+
+def cmd_verify(args, cfg):
+    from .verify import verify_model_dir
+
+    p = _paths(args.workdir)
+    print(json.dumps(verify_model_dir(Path(args.out) if args.out else p["model"]), indent=2))
+
+
+def cmd_sample(args, cfg):
+    from .sample import sample_texts
+
+    p = _paths(args.workdir)
+    model_dir = Path(args.out) if args.out else p["model"]
+    for text in sample_texts(model_dir, num=args.num, steps=args.steps, seed=args.seed, eta=args.eta,
+                             ddpm=not args.ddim, clamp=not args.no_clamp):
+        print(text)
+
+
+def cmd_all(args, cfg):
+    for step in (cmd_prepare, cmd_train, cmd_export):
+        step(args, cfg)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="pipeline config (JSON)")
+    parser.add_argument("--workdir", default="build/e2e", help="where data, checkpoints and the model go")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("prepare", help="split the corpus, build tokenizer.json, tag UPOS")
+    p = sub.add_parser("train", help="train the Diffusion-LM (checkpoints in WORKDIR/train)")
+    p.add_argument("--resume", action="store_true", help="continue from WORKDIR/train/checkpoint.pt")
+    for name, help_ in (("export", "write the ONNX model directory, then verify it"),
+                        ("verify", "parity of ONNX Runtime against PyTorch for a model directory")):
+        q = sub.add_parser(name, help=help_)
+        q.add_argument("--out", help="model directory (default WORKDIR/model)")
+    s = sub.add_parser("sample", help="PyTorch reference sampler")
+    s.add_argument("--out", help="model directory (default WORKDIR/model)")
+    s.add_argument("--num", type=int, default=10)
+    s.add_argument("--steps", type=int, default=200)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--ddim", action="store_true", help="DDIM update instead of DDPM")
+    s.add_argument("--eta", type=float, default=0.0, help="DDIM eta (with --ddim)")
+    s.add_argument("--no-clamp", action="store_true", help="disable the clamping trick")
+    a = sub.add_parser("all", help="prepare, train, export and verify")
+    a.add_argument("--resume", action="store_true")
+    a.add_argument("--out", help="model directory (default WORKDIR/model)")
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_mod.load(args.config)
+        {"prepare": cmd_prepare, "train": cmd_train, "export": cmd_export, "verify": cmd_verify,
+         "sample": cmd_sample, "all": cmd_all}[args.command](args, cfg)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

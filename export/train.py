@@ -1,0 +1,142 @@
+"""train: the e2e-simple Diffusion-LM objective, AdamW, EMA, resumable checkpoints."""
+import copy
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+from tqdm import tqdm
+
+from . import data
+from .errors import ExportError
+from .model import DiffusionLM, count_parameters, token_nll
+from .schedule import Diffusion
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class Trainer:
+    def __init__(self, cfg, data_dir):
+        self.cfg = cfg
+        self.tok = Tokenizer.from_file(str(Path(data_dir) / "tokenizer.json"))
+        records = data.load_split(data_dir, "train")
+        ids = [data.encode_ids(self.tok, r["words"], cfg.model.seq_len) for r in records]
+        self.ids = torch.tensor(ids, dtype=torch.long)
+        torch.manual_seed(cfg.train.seed)
+        self.model = DiffusionLM(cfg.model, self.tok.get_vocab_size())
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.gen = torch.Generator().manual_seed(cfg.train.seed)
+        diff = Diffusion.full(cfg.diffusion.schedule, cfg.diffusion.T)
+        self.sqrt_alpha_bar = torch.tensor(diff.sqrt_alpha_bar, dtype=torch.float32)
+        self.sqrt_one_minus_alpha_bar = torch.tensor(diff.sqrt_one_minus_alpha_bar, dtype=torch.float32)
+        self.step = 0
+        self.elapsed = 0.0
+
+    def lr_at(self, step):
+        t = self.cfg.train
+        if step < t.warmup:
+            return t.lr * (step + 1) / t.warmup
+        return t.lr * max(0.0, 1.0 - (step - t.warmup) / max(1, t.steps - t.warmup))
+
+    def q_sample(self, x0, t, noise):
+        """x_t ~ q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I)."""
+        return self.sqrt_alpha_bar[t][:, None, None] * x0 + self.sqrt_one_minus_alpha_bar[t][:, None, None] * noise
+
+    def losses(self, ids):
+        """e2e-simple: x0 MSE (vs EMB(w) at t=0) + prior ||mean q(x_T|x0)||^2 + rounding NLL."""
+        b, T = ids.shape[0], self.cfg.diffusion.T
+        x0_mean = self.model.word_emb(ids)
+        x0 = x0_mean + self.sqrt_one_minus_alpha_bar[0] * torch.randn(x0_mean.shape, generator=self.gen)
+        t = torch.randint(0, T, (b,), generator=self.gen)
+        x_t = self.q_sample(x0, t, torch.randn(x0.shape, generator=self.gen))
+        x0_hat = self.model(x_t, t)
+        mse = ((x0_hat - x0) ** 2).mean(dim=(1, 2))
+        mse = torch.where(t == 0, ((x0_hat - x0_mean) ** 2).mean(dim=(1, 2)), mse)
+        prior = ((self.sqrt_alpha_bar[T - 1] * x0) ** 2).mean(dim=(1, 2))
+        nll = token_nll(self.model, x0, ids)
+        return {"mse": mse.mean(), "prior": prior.mean(), "nll": nll.mean(), "loss": (mse + prior + nll).mean()}
+
+    def train_step(self):
+        idx = torch.randint(0, len(self.ids), (self.cfg.train.batch_size,), generator=self.gen)
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        self.model.train()
+        terms = self.losses(self.ids[idx])
+        self.opt.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        self.opt.step()
+        with torch.no_grad():
+            rate = self.cfg.train.ema_rate
+            for p_ema, p in zip(self.ema.parameters(), self.model.parameters()):
+                p_ema.mul_(rate).add_(p.detach(), alpha=1.0 - rate)
+        self.step += 1
+        return {k: float(v.detach()) for k, v in terms.items()}
+
+    def state(self):
+        return {
+            "config": self.cfg.to_dict(), "step": self.step, "elapsed_s": self.elapsed,
+            "model": self.model.state_dict(), "ema": self.ema.state_dict(),
+            "opt": self.opt.state_dict(), "gen": self.gen.get_state(),
+        }
+
+    def save(self, path):
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.state(), tmp)
+        os.replace(tmp, path)  # atomic: an interrupted save never corrupts the checkpoint
+
+    def load(self, path):
+        state = torch.load(path, weights_only=False)
+        if state["config"] != self.cfg.to_dict():
+            raise ExportError(f"{path}: checkpoint was trained with another config; refusing to resume")
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["opt"])
+        self.gen.set_state(state["gen"])
+        self.step, self.elapsed = state["step"], state["elapsed_s"]
+
+
+def train(cfg, data_dir, out_dir, resume=False):
+    """Train to cfg.train.steps, checkpointing into out_dir; returns the final log record."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    trainer = Trainer(cfg, data_dir)
+    ckpt = out_dir / CHECKPOINT
+    if resume and ckpt.exists():
+        trainer.load(ckpt)
+    elif ckpt.exists():
+        raise ExportError(f"{ckpt} exists: pass --resume to continue it, or remove it to start over")
+    log_path = out_dir / "train_log.jsonl"
+    record = {}
+    with log_path.open("a") as log, tqdm(total=cfg.train.steps, initial=trainer.step, desc="train", mininterval=2.0) as bar:
+        if trainer.step == 0:
+            log.write(json.dumps({"event": "start", "parameters": count_parameters(trainer.model)}) + "\n")
+        running = None
+        while trainer.step < cfg.train.steps:
+            t0 = time.perf_counter()
+            terms = trainer.train_step()
+            trainer.elapsed += time.perf_counter() - t0
+            running = terms["loss"] if running is None else 0.98 * running + 0.02 * terms["loss"]
+            bar.update(1)
+            bar.set_postfix(loss=f"{running:.4f}", mse=f"{terms['mse']:.4f}", nll=f"{terms['nll']:.3f}")
+            if trainer.step % cfg.train.checkpoint_every == 0 or trainer.step == cfg.train.steps:
+                record = {"step": trainer.step, "loss_ema": running, **terms, "elapsed_s": round(trainer.elapsed, 1)}
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                trainer.save(ckpt)
+    return record if record else {"step": trainer.step, "elapsed_s": trainer.elapsed}
+
+
+def load_ema(ckpt_path, vocab_size):
+    """The EMA weights of a checkpoint and its config (what gets exported)."""
+    from .config import from_dict
+
+    state = torch.load(ckpt_path, weights_only=False)
+    cfg = from_dict(state["config"])
+    model = DiffusionLM(cfg.model, vocab_size)
+    model.load_state_dict(state["ema"])
+    return model.eval(), cfg, state
