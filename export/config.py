@@ -68,7 +68,7 @@ def _build(cls, raw, where):
     for name, value in raw.items():
         default = getattr(cls(), name)
         if isinstance(default, tuple):
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{where}.{name}: expected a list of strings")
             value = tuple(value)
         elif isinstance(default, bool) or not isinstance(value, type(default)):

@@ -121,6 +121,7 @@ def prepare(cfg, out_dir):
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
         if out_dir.exists():
             shutil.rmtree(out_dir)
+        tmp.chmod(0o755)
         tmp.rename(out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -89,13 +89,20 @@ class Trainer:
 
     def load(self, path):
         state = torch.load(path, weights_only=False)
-        if state["config"] != self.cfg.to_dict():
-            raise ExportError(f"{path}: checkpoint was trained with another config; refusing to resume")
+        if _resumable(state["config"]) != _resumable(self.cfg.to_dict()):
+            raise ExportError(f"{path}: checkpoint was trained with another config (only train.steps and "
+                              "train.checkpoint_every may change on resume); refusing to resume")
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["opt"])
         self.gen.set_state(state["gen"])
         self.step, self.elapsed = state["step"], state["elapsed_s"]
+
+
+def _resumable(cfg_dict):
+    """The config a checkpoint must match to resume: all of it but the step targets."""
+    train_part = {k: v for k, v in cfg_dict["train"].items() if k not in ("steps", "checkpoint_every")}
+    return {**cfg_dict, "train": train_part, "data": {**cfg_dict["data"], "files": list(cfg_dict["data"]["files"])}}
 
 
 def train(cfg, data_dir, out_dir, resume=False):

@@ -1,0 +1,149 @@
+"""export: write a model directory (ONNX graphs fp32 + fp16, embeddings, tokenizer, manifest)."""
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import onnxruntime
+import torch
+from tokenizers import Tokenizer
+
+from . import data, manifest as manifest_mod
+from .errors import ExportError
+from .schedule import alpha_bar
+from .train import CHECKPOINT, load_ema
+
+OPSET = 18
+MAX_BATCH = 4096
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """Declarative description of one exported graph; written verbatim into the manifest."""
+
+    name: str
+    role: str
+    precision: str
+    tolerance: dict
+
+    @property
+    def file(self):
+        return f"{self.name}.onnx"
+
+    @property
+    def float_dtype(self):
+        return {"fp32": "float32", "fp16": "float16"}[self.precision]
+
+    def io(self, d):
+        x = {"name": "x", "dtype": self.float_dtype, "shape": ["batch", "seq", d]}
+        t = {"name": "t", "dtype": "int64", "shape": ["batch"]}
+        out = {"name": "x0_hat", "dtype": self.float_dtype, "shape": ["batch", "seq", d]}
+        return [x, t], [out]
+
+
+DENOISERS = (
+    GraphSpec("denoiser.fp32", "denoiser", "fp32", {"max_abs_diff": 1e-4}),
+    GraphSpec("denoiser.fp16", "denoiser", "fp16", {"max_abs_diff_rel_to_scale": 2e-2}),
+)
+
+
+def torch_dtype(precision):
+    return {"fp32": torch.float32, "fp16": torch.float16}[precision]
+
+
+def export_denoiser(model, spec, seq_len, out_path):
+    """torch.onnx (dynamo) export with batch and sequence length dynamic."""
+    model = model.to(torch_dtype(spec.precision)).eval()
+    x = torch.randn(2, seq_len, model.word_emb.embedding_dim, dtype=torch_dtype(spec.precision))
+    t = torch.tensor([1, 1000], dtype=torch.long)
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    seq = torch.export.Dim("seq", min=1, max=seq_len)
+    torch.onnx.export(
+        model, (x, t), str(out_path), input_names=["x", "t"], output_names=["x0_hat"],
+        dynamic_shapes={"x": {0: batch, 1: seq}, "t": {0: batch}},
+        dynamo=True, opset_version=OPSET, optimize=True, external_data=False, verbose=False,
+    )
+    onnx.checker.check_model(str(out_path))
+
+
+def export_model(data_dir, train_dir, out_dir, command):
+    """Export the EMA weights of train_dir's checkpoint into out_dir (atomically)."""
+    ckpt = Path(train_dir) / CHECKPOINT
+    if not ckpt.is_file():
+        raise ExportError(f"{ckpt}: no checkpoint; run `python -m export train` first")
+    tok_path = Path(data_dir) / "tokenizer.json"
+    tok = Tokenizer.from_file(str(tok_path))
+    model, cfg, state = load_ema(ckpt, tok.get_vocab_size())
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent))
+    try:
+        shutil.copy(tok_path, tmp / "tokenizer.json")
+        emb = model.word_emb.weight.detach().numpy().astype("<f4")
+        (tmp / "embeddings.bin").write_bytes(emb.tobytes())
+        torch.save({"config": cfg.to_dict(), "vocab_size": tok.get_vocab_size(), "ema": model.state_dict()},
+                   tmp / "reference.pt")
+        graphs = []
+        for spec in DENOISERS:
+            export_denoiser(load_ema(ckpt, tok.get_vocab_size())[0], spec, cfg.model.seq_len, tmp / spec.file)
+            inputs, outputs = spec.io(cfg.model.d)
+            graphs.append({
+                "name": spec.name, "role": spec.role, **manifest_mod.file_entry(tmp, spec.file),
+                "precision": spec.precision, "opset": OPSET, "inputs": inputs, "outputs": outputs,
+                "dynamic_axes": {"batch": {"min": 1, "max": MAX_BATCH}, "seq": {"min": 1, "max": cfg.model.seq_len}},
+                "tolerance": spec.tolerance,
+            })
+        manifest_mod.write(tmp, build_manifest(cfg, tok, tmp, graphs, data_dir, train_dir, state, command))
+        from .verify import verify_model_dir
+
+        report = verify_model_dir(tmp)
+        for g in graphs:
+            g["parity"] = report[g["name"]]
+        manifest_mod.write(tmp, build_manifest(cfg, tok, tmp, graphs, data_dir, train_dir, state, command))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.chmod(0o755)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _final_record(train_dir):
+    log = Path(train_dir) / "train_log.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    steps = [r for r in records if "step" in r]
+    return steps[-1] if steps else {}
+
+
+def build_manifest(cfg, tok, model_dir, graphs, data_dir, train_dir, state, command):
+    vocab = tok.get_vocab()
+    stats = json.loads((Path(data_dir) / "stats.json").read_text())
+    final = _final_record(train_dir)
+    return {
+        "schema_version": manifest_mod.SCHEMA_VERSION,
+        "model": {"d": cfg.model.d, "seq_len": cfg.model.seq_len, "vocab_size": tok.get_vocab_size(),
+                  "prediction": "x0", "architecture": cfg.to_dict()["model"]},
+        "diffusion": {
+            "schedule": cfg.diffusion.schedule, "schedule_param": {"offset": 1e-4, "max_beta": 0.999},
+            "T": cfg.diffusion.T, "model_variance": "fixed_large",
+            "alpha_bar": [float(a) for a in alpha_bar(cfg.diffusion.schedule, cfg.diffusion.T)],
+        },
+        "tokenizer": manifest_mod.file_entry(model_dir, "tokenizer.json"),
+        "special_tokens": {name.strip("[]").lower(): vocab[name] for name in data.SPECIAL_TOKENS},
+        "embeddings": {**manifest_mod.file_entry(model_dir, "embeddings.bin"), "dtype": "float32",
+                       "byte_order": "little", "shape": [tok.get_vocab_size(), cfg.model.d]},
+        "reference": {**manifest_mod.file_entry(model_dir, "reference.pt"),
+                      "what": "EMA weights for PyTorch (parity checks and the reference sampler)"},
+        "graphs": graphs,
+        "training": {
+            "data_files": stats["files"], "sentences": stats["sentences"], "split_seed": stats["split_seed"],
+            "steps": state["step"], "seed": cfg.train.seed, "final_loss": final.get("loss_ema"),
+            "train_seconds": round(state.get("elapsed_s", 0.0)), "config": cfg.to_dict(),
+        },
+        "export": {"command": command, "torch": torch.__version__, "onnx": onnx.__version__,
+                   "onnxruntime": onnxruntime.__version__},
+    }

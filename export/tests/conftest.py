@@ -1,0 +1,44 @@
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from export import config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def at_repo_root(monkeypatch):
+    """Config paths (../shared/data/...) are relative to the repository root."""
+    monkeypatch.chdir(ROOT)
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+    return config.load(ROOT / "export/configs/tiny.json")
+
+
+@pytest.fixture(scope="session")
+def tiny_workdir(tmp_path_factory, tiny_cfg):
+    """prepare -> train -> export on the tiny config, once per test session."""
+    import os
+
+    from export.data import prepare
+    from export.onnx_export import export_model
+    from export.train import train
+
+    work = tmp_path_factory.mktemp("tiny")
+    old = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        prepare(tiny_cfg, work / "data")
+        train(tiny_cfg, work / "data", work / "train")
+        export_model(work / "data", work / "train", work / "model", command="pytest tiny")
+    finally:
+        os.chdir(old)
+    return work
+
+
+def with_train(cfg, **changes):
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **changes))

@@ -1,0 +1,98 @@
+"""The tiny config end to end: prepare, train, export, verify; manifest and tokenizer checks."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+from tokenizers import Tokenizer
+
+from export import data, manifest
+from export.errors import ExportError, ParityError
+from export.sample import sample_texts
+from export.train import train
+from export.verify import verify_model_dir
+
+from .conftest import with_train
+
+
+def test_export_writes_every_file_with_matching_sha256(tiny_workdir):
+    model_dir = tiny_workdir / "model"
+    m = manifest.load(model_dir)  # raises on any missing file or sha mismatch
+    for entry in manifest.listed_files(m):
+        assert manifest.sha256_of(model_dir / entry["file"]) == entry["sha256"]
+    assert {g["name"] for g in m["graphs"]} == {"denoiser.fp32", "denoiser.fp16"}
+    assert len(m["diffusion"]["alpha_bar"]) == m["diffusion"]["T"] == 2000
+    assert m["special_tokens"] == {"pad": 0, "unk": 1, "start": 2, "end": 3}
+    emb = np.fromfile(model_dir / "embeddings.bin", dtype="<f4")
+    assert emb.size == m["model"]["vocab_size"] * m["model"]["d"]
+
+
+def test_graphs_keep_batch_and_length_dynamic(tiny_workdir):
+    m = manifest.load(tiny_workdir / "model")
+    for g in m["graphs"]:
+        graph = onnx.load(str(tiny_workdir / "model" / g["file"])).graph
+        x = graph.input[0].type.tensor_type.shape.dim
+        assert x[0].dim_param and x[1].dim_param and x[2].dim_value == m["model"]["d"]
+        assert g["opset"] == 18 and "parity" in g
+
+
+def test_verify_reports_figures_within_tolerance(tiny_workdir):
+    report = verify_model_dir(tiny_workdir / "model")
+    assert report["denoiser.fp32"]["max_abs_diff"] <= 1e-4
+    assert report["denoiser.fp16"]["max_abs_diff_rel_to_scale"] <= 2e-2
+
+
+def test_verify_fails_loudly_on_a_tampered_graph(tiny_workdir, tmp_path):
+    import shutil
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_workdir / "model", model_dir)
+    path = model_dir / "denoiser.fp32.onnx"
+    proto = onnx.load(str(path))
+    for init in proto.graph.initializer:  # scale every weight matrix: LayerNorm cannot undo all of it
+        arr = onnx.numpy_helper.to_array(init)
+        if arr.ndim == 2:
+            init.CopyFrom(onnx.numpy_helper.from_array((arr * 1.5).astype(np.float32), init.name))
+    onnx.save(proto, str(path))
+    with pytest.raises(ExportError, match="sha256"):
+        verify_model_dir(model_dir)
+    m = json.loads((model_dir / "manifest.json").read_text())
+    next(g for g in m["graphs"] if g["name"] == "denoiser.fp32")["sha256"] = manifest.sha256_of(path)
+    (model_dir / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ParityError, match="denoiser.fp32"):
+        verify_model_dir(model_dir)
+
+
+def test_tokenizer_round_trips_heldout_sentences(tiny_workdir):
+    tok = Tokenizer.from_file(str(tiny_workdir / "data/tokenizer.json"))
+    vocab = tok.get_vocab()
+    for rec in data.load_split(tiny_workdir / "data", "heldout"):
+        ids = tok.encode(rec["text"]).ids
+        expected = [w if w in vocab else data.UNK for w in rec["words"]]
+        assert [tok.id_to_token(i) for i in ids] == expected
+        assert len(rec["pos"]) == len(rec["words"])
+
+
+def test_split_is_by_mr_and_deterministic(tiny_cfg):
+    records = data.read_corpus(tiny_cfg.data.files, tiny_cfg.data.max_lines)
+    a = data.split_by_mr(records, 0.2, seed=0)
+    b = data.split_by_mr(records, 0.2, seed=0)
+    assert a == b
+    assert not {r[0] for r in a[0]} & {r[0] for r in a[1]}
+
+
+def test_resume_continues_and_refuses_to_overwrite(tiny_workdir, tiny_cfg, tmp_path):
+    out = tmp_path / "train"
+    train(with_train(tiny_cfg, steps=10, checkpoint_every=5), tiny_workdir / "data", out)
+    with pytest.raises(ExportError, match="--resume"):
+        train(with_train(tiny_cfg, steps=10, checkpoint_every=5), tiny_workdir / "data", out)
+    with pytest.raises(ExportError, match="another config"):
+        train(with_train(tiny_cfg, steps=12, lr=0.01), tiny_workdir / "data", out, resume=True)
+    record = train(with_train(tiny_cfg, steps=12, checkpoint_every=6), tiny_workdir / "data", out, resume=True)
+    assert record["step"] == 12
+
+
+def test_reference_sampler_is_seeded(tiny_workdir):
+    a = sample_texts(tiny_workdir / "model", num=2, steps=5, seed=3)
+    assert a == sample_texts(tiny_workdir / "model", num=2, steps=5, seed=3)
+    assert a != sample_texts(tiny_workdir / "model", num=2, steps=5, seed=4)

@@ -1,0 +1,98 @@
+"""verify: optimum-style parity of ONNX Runtime (CPU) against PyTorch for a model directory.
+
+Order of checks: output names, dtypes, dynamic axes, shapes, then values (max diff per
+output). Every failure is collected, then raised together as a ParityError.
+"""
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from . import manifest as manifest_mod
+from .errors import ParityError
+from .model import DiffusionLM
+from .config import from_dict
+
+# (batch, seq) pairs, all different from the export example (2, seq_len)
+CHECK_SHAPES = ((1, 64), (3, 40), (5, 17))
+ORT_DTYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "int64": "tensor(int64)"}
+NP_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
+
+
+def load_reference(model_dir, manifest):
+    state = torch.load(Path(model_dir) / manifest["reference"]["file"], weights_only=False)
+    cfg = from_dict(state["config"])
+    model = DiffusionLM(cfg.model, state["vocab_size"])
+    model.load_state_dict(state["ema"])
+    return model.eval(), cfg
+
+
+def _check_signature(graph, session, failures):
+    name = graph["name"]
+    for kind, declared, actual in (("input", graph["inputs"], session.get_inputs()),
+                                   ("output", graph["outputs"], session.get_outputs())):
+        if [d["name"] for d in declared] != [a.name for a in actual]:
+            failures.append(f"{name}: {kind} names {[a.name for a in actual]} != manifest {[d['name'] for d in declared]}")
+            continue
+        for d, a in zip(declared, actual):
+            if ORT_DTYPES[d["dtype"]] != a.type:
+                failures.append(f"{name}: {kind} {a.name} has type {a.type}, manifest says {d['dtype']}")
+            dynamic = [isinstance(s, str) for s in d["shape"]]
+            if [isinstance(s, str) for s in a.shape] != dynamic:
+                failures.append(f"{name}: {kind} {a.name} shape {a.shape} does not keep the axes {d['shape']} dynamic")
+
+
+def _check_values(graph, session, reference, T, d, failures):
+    np_dtype = NP_DTYPES[graph["inputs"][0]["dtype"]]
+    tol = graph["tolerance"]
+    gen = torch.Generator().manual_seed(1234)
+    worst = 0.0
+    for batch, seq in CHECK_SHAPES:
+        x = torch.randn(batch, seq, d, generator=gen)
+        t = torch.randint(0, T, (batch,), generator=gen)
+        t[0] = T - 1
+        if np_dtype == np.float16:
+            x = x.half().float()  # both engines see the same (fp16-representable) input
+        with torch.no_grad():
+            ref = reference(x, t).numpy()
+        (out,) = session.run(None, {"x": x.numpy().astype(np_dtype), "t": t.numpy()})
+        if out.shape != ref.shape:
+            failures.append(f"{graph['name']}: x0_hat shape {out.shape} != PyTorch {ref.shape} at (B={batch}, L={seq})")
+            continue
+        diff = float(np.abs(out.astype(np.float64) - ref).max())
+        if not np.isfinite(out).all():
+            diff = float("inf")
+        if "max_abs_diff_rel_to_scale" in tol:
+            diff /= float(np.abs(ref).max())
+            limit = tol["max_abs_diff_rel_to_scale"]
+        else:
+            limit = tol["max_abs_diff"]
+        worst = max(worst, diff)
+        if not diff <= limit:
+            failures.append(f"{graph['name']}: x0_hat differs by {diff:.3g} > {limit:g} at (B={batch}, L={seq})")
+    return worst
+
+
+def verify_model_dir(model_dir):
+    """Check every graph of a model directory; returns {graph: {...figures}}, raises ParityError."""
+    manifest = manifest_mod.load(model_dir)
+    reference, cfg = load_reference(model_dir, manifest)
+    failures, report = [], {}
+    emb = np.fromfile(Path(model_dir) / manifest["embeddings"]["file"], dtype="<f4")
+    if emb.size != np.prod(manifest["embeddings"]["shape"]) or not np.array_equal(
+            emb.reshape(manifest["embeddings"]["shape"]), reference.word_emb.weight.detach().numpy()):
+        failures.append("embeddings.bin does not equal the reference model's embedding matrix")
+    for graph in manifest["graphs"]:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(str(Path(model_dir) / graph["file"]), options, providers=["CPUExecutionProvider"])
+        before = len(failures)
+        _check_signature(graph, session, failures)
+        if len(failures) == before:
+            worst = _check_values(graph, session, reference, cfg.diffusion.T, cfg.model.d, failures)
+            metric = "max_abs_diff_rel_to_scale" if "max_abs_diff_rel_to_scale" in graph["tolerance"] else "max_abs_diff"
+            report[graph["name"]] = {metric: worst, "shapes": [list(s) for s in CHECK_SHAPES]}
+    if failures:
+        raise ParityError(failures)
+    return report
