@@ -1,0 +1,213 @@
+//! `dlm`: the command line. Everything it does lives in the library; this file parses
+//! arguments, loads the model and prints.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use dlm::generate::{generate, Generated, Request};
+use dlm::manifest::{Manifest, Precision};
+use dlm::model::Model;
+use dlm::ortlib::OrtRuntime;
+use dlm::sampler::Method;
+use dlm::session::{Device, SessionOptions};
+use serde_json::json;
+
+/// Edge runtime for Diffusion-LM: controllable text generation by reverse diffusion on ONNX Runtime.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate sentences by reverse diffusion.
+    Generate(GenerateArgs),
+    /// Print the manifest, the ONNX Runtime library and the providers each session runs on.
+    Info(RuntimeArgs),
+}
+
+#[derive(Args, Clone)]
+struct RuntimeArgs {
+    /// Model directory (with manifest.json).
+    #[arg(long, env = "DLM_MODEL", default_value = "models/e2e")]
+    model: PathBuf,
+    /// Execution provider: cpu, cuda or tensorrt (the last two need the cargo features).
+    #[arg(long, default_value = "cpu")]
+    device: Device,
+    /// Graph precision: fp32 or fp16.
+    #[arg(long, default_value = "fp32")]
+    precision: Precision,
+    /// Run on CPU, with a warning, when the requested provider cannot be registered.
+    #[arg(long)]
+    allow_fallback: bool,
+    /// Path of libonnxruntime.so (default: next to dlm, then the copy scripts/setup.sh made).
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    ort_lib: Option<PathBuf>,
+    /// ONNX Runtime intra-op threads (0: ONNX Runtime decides).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Directory for TensorRT engine and timing caches.
+    #[arg(long, env = "DLM_TRT_CACHE")]
+    trt_cache: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+    /// Denoising steps, the latency budget: 1..=T, evenly respaced over the T training steps.
+    #[arg(long, default_value_t = 200)]
+    steps: usize,
+    /// Sampler: ddpm (ancestral) or ddim.
+    #[arg(long, default_value = "ddpm", value_parser = ["ddpm", "ddim"])]
+    sampler: String,
+    /// DDIM eta in [0, 1] (0: deterministic); only with --sampler ddim.
+    #[arg(long)]
+    eta: Option<f64>,
+    /// Disable the clamping trick (nearest word embedding at every step).
+    #[arg(long)]
+    no_clamp: bool,
+    /// Random seed; the same seed gives the same sentences.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Number of sentences.
+    #[arg(long, default_value_t = 1)]
+    num: usize,
+    /// Sequences per denoiser call.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// JSON lines with text, tokens and timings instead of plain sentences.
+    #[arg(long)]
+    json: bool,
+}
+
+fn session_options(args: &RuntimeArgs, max_batch: usize) -> SessionOptions {
+    SessionOptions {
+        device: args.device,
+        allow_fallback: args.allow_fallback,
+        threads: args.threads,
+        trt_cache: args.trt_cache.clone(),
+        max_batch,
+    }
+}
+
+fn method(args: &GenerateArgs) -> Result<Method> {
+    match (args.sampler.as_str(), args.eta) {
+        ("ddim", eta) => Ok(Method::Ddim {
+            eta: eta.unwrap_or(0.0),
+        }),
+        (_, Some(_)) => anyhow::bail!("--eta applies to --sampler ddim only"),
+        _ => Ok(Method::Ddpm),
+    }
+}
+
+fn run_generate(args: GenerateArgs) -> Result<()> {
+    let request = Request {
+        steps: args.steps,
+        method: method(&args)?,
+        clamp: !args.no_clamp,
+        seed: args.seed,
+        num: args.num,
+        batch: args.batch,
+    };
+    let runtime = OrtRuntime::load(args.runtime.ort_lib.as_deref())?;
+    let opts = session_options(&args.runtime, args.batch);
+    let mut model = Model::load(&runtime, &args.runtime.model, args.runtime.precision, &opts)?;
+    log::info!(
+        "model {} on {}, {:?}",
+        model.dir.display(),
+        model.denoiser.device.name(),
+        args.runtime.precision
+    );
+    let outputs = generate(&mut model, &request).context("generation failed")?;
+    for g in &outputs {
+        if args.json {
+            println!("{}", json_line(g, &request));
+        } else {
+            println!("{}", g.text);
+        }
+    }
+    Ok(())
+}
+
+fn json_line(g: &Generated, request: &Request) -> serde_json::Value {
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    json!({
+        "index": g.index,
+        "text": g.text,
+        "tokens": g.tokens,
+        "ids": g.ids,
+        "steps": request.steps,
+        "seed": request.seed,
+        "timings": {
+            "batch_total_ms": ms(g.timing.total),
+            "per_step_ms": ms(g.timing.per_step()),
+            "denoiser_ms": ms(g.timing.denoiser),
+            "host_ms": ms(g.timing.host()),
+            "batch_size": request.batch.min(request.num),
+        },
+    })
+}
+
+fn run_info(args: RuntimeArgs) -> Result<()> {
+    let manifest = Manifest::load(&args.model)?;
+    let m = &manifest.model;
+    println!("model        {}", args.model.display());
+    println!(
+        "  d={} seq_len={} vocab={} T={} schedule={} prediction={}",
+        m.d,
+        m.seq_len,
+        m.vocab_size,
+        manifest.diffusion.t,
+        manifest.diffusion.schedule,
+        m.prediction
+    );
+    println!("  training   {}", manifest.training);
+    for g in &manifest.graphs {
+        println!(
+            "  graph      {} ({:?}, opset {}, {}) sha256 {}",
+            g.name, g.precision, g.opset, g.file, g.sha256
+        );
+    }
+    let runtime = OrtRuntime::load(args.ort_lib.as_deref())?;
+    println!("onnxruntime  {}", runtime.library.display());
+    println!("  build      {}", runtime.build_info());
+    println!("  providers  {}", runtime.available_providers().join(", "));
+    for precision in [Precision::Fp32, Precision::Fp16] {
+        let model = Model::load(&runtime, &args.model, precision, &session_options(&args, 1))?;
+        println!(
+            "session      denoiser {precision:?}: requested {}, runs on {}",
+            args.device.name(),
+            model.denoiser.device.name()
+        );
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    let result = match cli.command {
+        Command::Generate(args) => run_generate(args),
+        Command::Info(args) => run_info(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! `manifest.json`: parsed with serde (unknown fields rejected), files checked by sha256.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::LoadError;
+
+pub const SCHEMA_VERSION: u64 = 1;
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub schema_version: u64,
+    pub model: ModelInfo,
+    pub diffusion: DiffusionInfo,
+    pub tokenizer: FileEntry,
+    pub special_tokens: SpecialTokens,
+    pub embeddings: EmbeddingsEntry,
+    pub reference: ReferenceEntry,
+    pub graphs: Vec<Graph>,
+    pub training: serde_json::Value,
+    pub export: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelInfo {
+    pub d: usize,
+    pub seq_len: usize,
+    pub vocab_size: usize,
+    pub prediction: String,
+    pub architecture: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiffusionInfo {
+    pub schedule: String,
+    pub schedule_param: ScheduleParam,
+    #[serde(rename = "T")]
+    pub t: usize,
+    pub model_variance: String,
+    pub alpha_bar: Vec<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleParam {
+    pub offset: f64,
+    pub max_beta: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    pub file: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferenceEntry {
+    pub file: String,
+    pub sha256: String,
+    pub what: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingsEntry {
+    pub file: String,
+    pub sha256: String,
+    pub dtype: String,
+    pub byte_order: String,
+    pub shape: [usize; 2],
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpecialTokens {
+    pub pad: u32,
+    pub unk: u32,
+    pub start: u32,
+    pub end: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    Fp32,
+    Fp16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DType {
+    Float32,
+    Float16,
+    Int64,
+}
+
+/// A dimension is either fixed or a named dynamic axis.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Dim {
+    Fixed(usize),
+    Dynamic(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorSpec {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<Dim>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AxisRange {
+    pub min: usize,
+    pub max: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Graph {
+    pub name: String,
+    pub role: String,
+    pub file: String,
+    pub sha256: String,
+    pub precision: Precision,
+    pub opset: u32,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+    pub dynamic_axes: BTreeMap<String, AxisRange>,
+    pub tolerance: serde_json::Value,
+    #[serde(default)]
+    pub parity: Option<serde_json::Value>,
+}
+
+impl Manifest {
+    /// Read `dir/manifest.json`, check its schema version, its shapes and every file's sha256.
+    pub fn load(dir: &Path) -> Result<Self, LoadError> {
+        let path = dir.join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|source| LoadError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let raw: serde_json::Value =
+            serde_json::from_str(&text).map_err(|source| LoadError::ManifestJson {
+                path: path.clone(),
+                source,
+            })?;
+        let found = raw
+            .get("schema_version")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
+        if found != SCHEMA_VERSION {
+            return Err(LoadError::SchemaVersion {
+                path,
+                found,
+                expected: SCHEMA_VERSION,
+            });
+        }
+        let manifest: Manifest =
+            serde_json::from_value(raw).map_err(|source| LoadError::ManifestJson {
+                path: path.clone(),
+                source,
+            })?;
+        manifest.check_consistency(&path)?;
+        for (file, sha) in manifest.files() {
+            verify_sha256(&dir.join(file), sha)?;
+        }
+        Ok(manifest)
+    }
+
+    fn files(&self) -> Vec<(&str, &str)> {
+        let mut files = vec![
+            (self.tokenizer.file.as_str(), self.tokenizer.sha256.as_str()),
+            (
+                self.embeddings.file.as_str(),
+                self.embeddings.sha256.as_str(),
+            ),
+        ];
+        files.extend(
+            self.graphs
+                .iter()
+                .map(|g| (g.file.as_str(), g.sha256.as_str())),
+        );
+        files
+    }
+
+    fn check_consistency(&self, path: &Path) -> Result<(), LoadError> {
+        let invalid = |what: String| LoadError::Invalid {
+            path: path.to_path_buf(),
+            what,
+        };
+        if self.diffusion.alpha_bar.len() != self.diffusion.t {
+            return Err(invalid(format!(
+                "diffusion.alpha_bar has {} entries, expected T = {}",
+                self.diffusion.alpha_bar.len(),
+                self.diffusion.t
+            )));
+        }
+        if self.embeddings.shape != [self.model.vocab_size, self.model.d] {
+            return Err(invalid(format!(
+                "embeddings.shape {:?} is not [vocab_size, d] = [{}, {}]",
+                self.embeddings.shape, self.model.vocab_size, self.model.d
+            )));
+        }
+        if self.embeddings.dtype != "float32" || self.embeddings.byte_order != "little" {
+            return Err(invalid("embeddings must be little-endian float32".into()));
+        }
+        if self.model.prediction != "x0" {
+            return Err(invalid(format!(
+                "model.prediction {:?}: only \"x0\" is supported",
+                self.model.prediction
+            )));
+        }
+        Ok(())
+    }
+
+    /// The denoiser graph of the given precision.
+    pub fn denoiser(&self, precision: Precision) -> Option<&Graph> {
+        self.graphs
+            .iter()
+            .find(|g| g.role == "denoiser" && g.precision == precision)
+    }
+
+    pub fn max_batch(&self, graph: &Graph) -> usize {
+        graph.dynamic_axes.get("batch").map_or(1, |a| a.max)
+    }
+}
+
+pub fn verify_sha256(path: &Path, expected: &str) -> Result<(), LoadError> {
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let actual = format!("{:x}", Sha256::digest(&bytes));
+    if actual != expected {
+        return Err(LoadError::Checksum {
+            path: path.to_path_buf(),
+            expected: expected.into(),
+            actual,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,91 @@
+//! A model directory, loaded and checked: manifest, tokenizer, embeddings, denoiser session.
+
+use std::path::{Path, PathBuf};
+
+use crate::embeddings::Embeddings;
+use crate::error::LoadError;
+use crate::manifest::{Manifest, Precision, MANIFEST_FILE};
+use crate::ortlib::OrtRuntime;
+use crate::schedule::{cumprod_alphas, Diffusion};
+use crate::session::{OrtDenoiser, SessionOptions};
+use crate::text::Vocab;
+
+/// The Rust schedule must reproduce the manifest's alpha_bar table to this tolerance.
+pub const SCHEDULE_TOLERANCE: f64 = 1e-9;
+
+pub struct Model {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub vocab: Vocab,
+    pub embeddings: Embeddings,
+    pub denoiser: OrtDenoiser,
+}
+
+impl Model {
+    pub fn load(
+        runtime: &OrtRuntime,
+        dir: &Path,
+        precision: Precision,
+        opts: &SessionOptions,
+    ) -> Result<Self, LoadError> {
+        if !dir.is_dir() {
+            return Err(LoadError::Invalid {
+                path: dir.to_path_buf(),
+                what: "model directory not found (expected a directory with manifest.json, e.g. models/e2e)".into(),
+            });
+        }
+        let manifest = Manifest::load(dir)?;
+        check_schedule(&dir.join(MANIFEST_FILE), &manifest)?;
+        let vocab = Vocab::load(&dir.join(&manifest.tokenizer.file), manifest.special_tokens)?;
+        if vocab.size() != manifest.model.vocab_size {
+            return Err(LoadError::Invalid {
+                path: dir.join(&manifest.tokenizer.file),
+                what: format!(
+                    "{} tokens, manifest says vocab_size {}",
+                    vocab.size(),
+                    manifest.model.vocab_size
+                ),
+            });
+        }
+        let embeddings = Embeddings::load(dir, &manifest.embeddings)?;
+        let graph = manifest
+            .denoiser(precision)
+            .ok_or_else(|| LoadError::Invalid {
+                path: dir.join(MANIFEST_FILE),
+                what: format!("no denoiser graph of precision {precision:?}"),
+            })?;
+        let denoiser = OrtDenoiser::open(runtime, dir, graph, opts)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            manifest,
+            vocab,
+            embeddings,
+            denoiser,
+        })
+    }
+
+    pub fn max_batch(&self) -> usize {
+        self.manifest
+            .denoiser(self.denoiser.precision())
+            .map_or(1, |g| self.manifest.max_batch(g))
+    }
+}
+
+fn check_schedule(path: &Path, manifest: &Manifest) -> Result<(), LoadError> {
+    let ours = cumprod_alphas(&Diffusion::full_betas(&manifest.diffusion));
+    let worst = ours
+        .iter()
+        .zip(&manifest.diffusion.alpha_bar)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    if manifest.diffusion.schedule != "sqrt" || worst > SCHEDULE_TOLERANCE {
+        return Err(LoadError::Invalid {
+            path: path.to_path_buf(),
+            what: format!(
+                "schedule {:?}: dlm computes alpha_bar up to {worst:e} away from the manifest's table (allowed {SCHEDULE_TOLERANCE:e}); only \"sqrt\" is supported",
+                manifest.diffusion.schedule
+            ),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! Reverse diffusion: respaced DDPM / DDIM(eta) with the clamping trick, driven through the
+//! [`Denoiser`] trait so that tests can run it on a fake model.
+
+use std::time::{Duration, Instant};
+
+use ndarray::{Array2, Array3, Axis};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+
+use crate::embeddings::Embeddings;
+use crate::error::{GenerateError, InferenceError};
+use crate::schedule::Diffusion;
+
+/// "Given x_t and t, give x0_hat": what the sampler needs from a model.
+pub trait Denoiser {
+    /// `x` is x_t [B, L, d], `t` the model timestep per sequence; writes x0_hat [B, L, d] into `out`.
+    fn denoise(
+        &mut self,
+        x: &Array3<f32>,
+        t: &[i64],
+        out: &mut Array3<f32>,
+    ) -> Result<(), InferenceError>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Method {
+    /// Ancestral sampling from q(x_{t-1} | x_t, x0_hat) with the fixed-large variance.
+    Ddpm,
+    /// DDIM; eta = 0 is deterministic, eta = 1 has DDPM's posterior variance.
+    Ddim { eta: f64 },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct SampleOptions {
+    pub method: Method,
+    pub clamp: bool,
+}
+
+/// Where the time of one generation went.
+#[derive(Debug, Clone, Default)]
+pub struct Timing {
+    pub total: Duration,
+    pub denoiser: Duration,
+    pub steps: usize,
+}
+
+impl Timing {
+    pub fn per_step(&self) -> Duration {
+        self.total / self.steps.max(1) as u32
+    }
+
+    pub fn host(&self) -> Duration {
+        self.total.saturating_sub(self.denoiser)
+    }
+}
+
+pub struct Sampled {
+    pub x0: Array3<f32>,
+    /// Rounded token ids, [B][L].
+    pub tokens: Vec<Vec<u32>>,
+    pub timing: Timing,
+}
+
+/// One random stream per sequence: the same (seed, index) gives the same sequence in any batch.
+pub fn sequence_rng(seed: u64, index: u64) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(index);
+    rng
+}
+
+/// x_T ~ N(0, I), drawn per sequence from its own stream.
+pub fn initial_noise(rngs: &mut [ChaCha8Rng], seq_len: usize, d: usize) -> Array3<f32> {
+    let mut x = Array3::zeros((rngs.len(), seq_len, d));
+    fill_normal(&mut x, rngs);
+    x
+}
+
+fn fill_normal(x: &mut Array3<f32>, rngs: &mut [ChaCha8Rng]) {
+    for (mut seq, rng) in x.axis_iter_mut(Axis(0)).zip(rngs.iter_mut()) {
+        seq.iter_mut().for_each(|v| *v = StandardNormal.sample(rng));
+    }
+}
+
+pub struct Sampler<'a, D: Denoiser> {
+    pub denoiser: &'a mut D,
+    pub embeddings: &'a Embeddings,
+    pub diffusion: &'a Diffusion,
+    pub options: SampleOptions,
+}
+
+impl<D: Denoiser> Sampler<'_, D> {
+    /// Denoise from `x_t` (= x_T) down to x_0, then round. `trace` collects x0_hat after clamping.
+    pub fn sample(
+        &mut self,
+        mut x: Array3<f32>,
+        rngs: &mut [ChaCha8Rng],
+        mut trace: Option<&mut Vec<Array3<f32>>>,
+    ) -> Result<Sampled, GenerateError> {
+        let start = Instant::now();
+        let (b, l, d) = x.dim();
+        let mut x0_hat = Array3::zeros((b, l, d));
+        let mut noise = Array3::zeros((b, l, d));
+        let mut scratch = Array2::zeros((0, 0));
+        let mut t = vec![0i64; b];
+        let mut timing = Timing {
+            steps: self.diffusion.num_steps(),
+            ..Timing::default()
+        };
+        for i in (0..self.diffusion.num_steps()).rev() {
+            t.fill(self.diffusion.timestep_map[i]);
+            let call = Instant::now();
+            self.denoiser.denoise(&x, &t, &mut x0_hat)?;
+            timing.denoiser += call.elapsed();
+            if self.options.clamp {
+                self.embeddings
+                    .clamp_rows(flat_mut(&mut x0_hat), &mut scratch);
+            }
+            if let Some(trace) = trace.as_deref_mut() {
+                trace.push(x0_hat.clone());
+            }
+            let stochastic =
+                i > 0 && !matches!(self.options.method, Method::Ddim { eta } if eta == 0.0);
+            if stochastic {
+                fill_normal(&mut noise, rngs);
+            }
+            self.update(i, &mut x, &x0_hat, stochastic.then_some(&noise));
+        }
+        let tokens = self.embeddings.round_rows(flat(&x), &mut scratch);
+        timing.total = start.elapsed();
+        Ok(Sampled {
+            tokens: tokens.chunks(l).map(<[u32]>::to_vec).collect(),
+            x0: x,
+            timing,
+        })
+    }
+
+    /// x_{i-1} from x_i and x0_hat, in place.
+    fn update(
+        &self,
+        i: usize,
+        x: &mut Array3<f32>,
+        x0_hat: &Array3<f32>,
+        noise: Option<&Array3<f32>>,
+    ) {
+        let s = self.diffusion;
+        let (coef_x0, coef_xt, sigma) = match self.options.method {
+            // posterior_mean = coef1 * x0_hat + coef2 * x_t; sigma^2 = model_variance
+            Method::Ddpm => (
+                s.posterior_mean_coef1[i],
+                s.posterior_mean_coef2[i],
+                s.model_variance[i].sqrt(),
+            ),
+            Method::Ddim { eta } => {
+                let (ab, ab_prev) = (s.alpha_bar[i], s.alpha_bar_prev[i]);
+                // eps = (x_t / sqrt(abar) - x0_hat) / sqrt(1/abar - 1)
+                // x_{t-1} = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps + sigma z
+                let sigma =
+                    eta * ((1.0 - ab_prev) / (1.0 - ab)).sqrt() * (1.0 - ab / ab_prev).sqrt();
+                let c_eps =
+                    (1.0 - ab_prev - sigma * sigma).max(0.0).sqrt() / (1.0 / ab - 1.0).sqrt();
+                (ab_prev.sqrt() - c_eps, c_eps / ab.sqrt(), sigma)
+            }
+        };
+        let (coef_x0, coef_xt, sigma) = (coef_x0 as f32, coef_xt as f32, sigma as f32);
+        match noise {
+            Some(z) => ndarray::Zip::from(x)
+                .and(x0_hat)
+                .and(z)
+                .for_each(|x, &x0, &z| {
+                    *x = coef_x0 * x0 + coef_xt * *x + sigma * z;
+                }),
+            None => ndarray::Zip::from(x)
+                .and(x0_hat)
+                .for_each(|x, &x0| *x = coef_x0 * x0 + coef_xt * *x),
+        }
+    }
+}
+
+fn flat(x: &Array3<f32>) -> ndarray::ArrayView2<'_, f32> {
+    let (b, l, d) = x.dim();
+    x.view()
+        .into_shape_with_order((b * l, d))
+        .expect("standard layout")
+}
+
+fn flat_mut(x: &mut Array3<f32>) -> ndarray::ArrayViewMut2<'_, f32> {
+    let (b, l, d) = x.dim();
+    x.view_mut()
+        .into_shape_with_order((b * l, d))
+        .expect("standard layout")
+}

@@ -1,0 +1,138 @@
+//! The noise schedule and its respacing to a step budget, in f64
+//! (improved-diffusion `gaussian_diffusion.py` / `respace.py`).
+
+use crate::error::RequestError;
+use crate::manifest::DiffusionInfo;
+
+/// abar(s) = 1 - sqrt(s + offset), s = t / T (the "sqrt" schedule of Diffusion-LM).
+fn sqrt_alpha_bar_fn(s: f64, offset: f64) -> f64 {
+    1.0 - (s + offset).sqrt()
+}
+
+/// beta_t = min(1 - abar((t+1)/T) / abar(t/T), max_beta) for t = 0..T-1.
+pub fn sqrt_betas(t_max: usize, offset: f64, max_beta: f64) -> Vec<f64> {
+    let n = t_max as f64;
+    (0..t_max)
+        .map(|t| {
+            let ratio = sqrt_alpha_bar_fn((t + 1) as f64 / n, offset)
+                / sqrt_alpha_bar_fn(t as f64 / n, offset);
+            (1.0 - ratio).min(max_beta)
+        })
+        .collect()
+}
+
+pub fn cumprod_alphas(betas: &[f64]) -> Vec<f64> {
+    let mut acc = 1.0;
+    betas
+        .iter()
+        .map(|b| {
+            acc *= 1.0 - b;
+            acc
+        })
+        .collect()
+}
+
+/// `steps` timesteps evenly spaced over 0..T-1 (improved-diffusion `space_timesteps`).
+pub fn respaced_timesteps(t_max: usize, steps: usize) -> Result<Vec<usize>, RequestError> {
+    if steps == 0 || steps > t_max {
+        return Err(RequestError::Steps {
+            got: steps,
+            max: t_max,
+        });
+    }
+    if steps == 1 {
+        return Ok(vec![0]);
+    }
+    let stride = (t_max - 1) as f64 / (steps - 1) as f64;
+    let mut kept: Vec<usize> = (0..steps)
+        .map(|i| (i as f64 * stride).round_ties_even() as usize)
+        .collect();
+    kept.dedup();
+    Ok(kept)
+}
+
+/// Posterior coefficients of a (respaced) schedule, indexed by sampling step i.
+#[derive(Debug, Clone)]
+pub struct Diffusion {
+    pub betas: Vec<f64>,
+    /// Step i -> the model's timestep t.
+    pub timestep_map: Vec<i64>,
+    pub alpha_bar: Vec<f64>,
+    pub alpha_bar_prev: Vec<f64>,
+    pub posterior_mean_coef1: Vec<f64>,
+    pub posterior_mean_coef2: Vec<f64>,
+    pub posterior_variance: Vec<f64>,
+    /// "Fixed large" variance of the reference: posterior variance at step 0, beta after.
+    pub model_variance: Vec<f64>,
+}
+
+impl Diffusion {
+    pub fn new(betas: Vec<f64>, timestep_map: Vec<i64>) -> Self {
+        let alpha_bar = cumprod_alphas(&betas);
+        let alpha_bar_prev: Vec<f64> = std::iter::once(1.0)
+            .chain(alpha_bar.iter().copied())
+            .take(betas.len())
+            .collect();
+        let n = betas.len();
+        let (mut coef1, mut coef2, mut var) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for i in 0..n {
+            let (b, ab, ab_prev) = (betas[i], alpha_bar[i], alpha_bar_prev[i]);
+            // q(x_{t-1} | x_t, x0) = N(coef1 x0 + coef2 x_t, beta_t (1 - abar_{t-1}) / (1 - abar_t))
+            coef1.push(b * ab_prev.sqrt() / (1.0 - ab));
+            coef2.push((1.0 - ab_prev) * (1.0 - b).sqrt() / (1.0 - ab));
+            var.push(b * (1.0 - ab_prev) / (1.0 - ab));
+        }
+        let model_variance = (0..n)
+            .map(|i| {
+                if i == 0 {
+                    var.get(1).copied().unwrap_or(var[0])
+                } else {
+                    betas[i]
+                }
+            })
+            .collect();
+        Self {
+            betas,
+            timestep_map,
+            alpha_bar,
+            alpha_bar_prev,
+            posterior_mean_coef1: coef1,
+            posterior_mean_coef2: coef2,
+            posterior_variance: var,
+            model_variance,
+        }
+    }
+
+    /// The full training schedule of a manifest.
+    pub fn full_betas(info: &DiffusionInfo) -> Vec<f64> {
+        sqrt_betas(
+            info.t,
+            info.schedule_param.offset,
+            info.schedule_param.max_beta,
+        )
+    }
+
+    /// The schedule respaced to `steps` (betas recomputed over the kept timesteps).
+    pub fn respaced(info: &DiffusionInfo, steps: usize) -> Result<Self, RequestError> {
+        let alpha_bar_full = cumprod_alphas(&Self::full_betas(info));
+        let kept = respaced_timesteps(info.t, steps)?;
+        let mut last = 1.0;
+        let betas = kept
+            .iter()
+            .map(|&t| {
+                let beta = 1.0 - alpha_bar_full[t] / last; // beta_i = 1 - abar_{t_i} / abar_{t_(i-1)}
+                last = alpha_bar_full[t];
+                beta
+            })
+            .collect();
+        Ok(Self::new(betas, kept.iter().map(|&t| t as i64).collect()))
+    }
+
+    pub fn num_steps(&self) -> usize {
+        self.betas.len()
+    }
+}

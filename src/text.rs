@@ -1,0 +1,49 @@
+//! Token ids <-> text through `tokenizer.json` (the same file the Python side wrote).
+
+use std::path::Path;
+
+use tokenizers::Tokenizer;
+
+use crate::error::LoadError;
+use crate::manifest::SpecialTokens;
+
+pub struct Vocab {
+    tokenizer: Tokenizer,
+    special: SpecialTokens,
+}
+
+impl Vocab {
+    pub fn load(path: &Path, special: SpecialTokens) -> Result<Self, LoadError> {
+        let tokenizer = Tokenizer::from_file(path).map_err(|e| LoadError::Tokenizer {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Ok(Self { tokenizer, special })
+    }
+
+    pub fn size(&self) -> usize {
+        self.tokenizer.get_vocab_size(true)
+    }
+
+    /// PAD, START and END are stripped; UNK stays visible.
+    pub fn content_ids<'a>(&self, ids: &'a [u32]) -> impl Iterator<Item = u32> + 'a {
+        let s = self.special;
+        ids.iter()
+            .copied()
+            .filter(move |&i| i != s.pad && i != s.start && i != s.end)
+    }
+
+    pub fn token(&self, id: u32) -> String {
+        self.tokenizer
+            .id_to_token(id)
+            .unwrap_or_else(|| format!("<{id}>"))
+    }
+
+    /// The words of a generated sequence joined by single spaces.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        self.content_ids(ids)
+            .map(|i| self.token(i))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
