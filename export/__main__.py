@@ -1,4 +1,4 @@
-"""python -m export {prepare,train,export,verify,sample,all} --config C --workdir W."""
+"""python -m export {prepare,train,export,verify,sample,fixtures,all} --config C --workdir W."""
 import argparse
 import json
 import sys
@@ -55,6 +55,12 @@ def cmd_sample(args, cfg):
         print(text)
 
 
+def cmd_fixtures(args, cfg):
+    from .fixtures import write_fixtures
+
+    print("\n".join(write_fixtures(args.model, args.out_dir, seed=args.seed)))
+
+
 def cmd_all(args, cfg):
     for step in (cmd_prepare, cmd_train, cmd_export):
         step(args, cfg)
@@ -80,6 +86,10 @@ def main(argv=None):
     s.add_argument("--ddim", action="store_true", help="DDIM update instead of DDPM")
     s.add_argument("--eta", type=float, default=0.0, help="DDIM eta (with --ddim)")
     s.add_argument("--no-clamp", action="store_true", help="disable the clamping trick")
+    f = sub.add_parser("fixtures", help="golden files for the Rust tests from the reference sampler")
+    f.add_argument("--model", default="models/e2e", help="model directory")
+    f.add_argument("--out-dir", default="tests/fixtures")
+    f.add_argument("--seed", type=int, default=0)
     a = sub.add_parser("all", help="prepare, train, export and verify")
     a.add_argument("--resume", action="store_true")
     a.add_argument("--out", help="model directory (default WORKDIR/model)")
@@ -87,7 +97,7 @@ def main(argv=None):
     try:
         cfg = config_mod.load(args.config)
         {"prepare": cmd_prepare, "train": cmd_train, "export": cmd_export, "verify": cmd_verify,
-         "sample": cmd_sample, "all": cmd_all}[args.command](args, cfg)
+         "sample": cmd_sample, "fixtures": cmd_fixtures, "all": cmd_all}[args.command](args, cfg)
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -36,16 +36,16 @@ def ddim_sample(diff, i, x, x0_hat, noise, eta):
 
 @torch.no_grad()
 def sample_latents(model, diff, x_T, clamp=True, ddpm=True, eta=0.0, generator=None, trace=None):
-    """Run the reverse process from x_T; returns x_0. `trace` collects x0_hat per step."""
+    """Run the reverse process from x_T; returns x_0. `trace` collects the model's x0_hat per step."""
     emb = model.word_emb.weight
     x = x_T
     for i in reversed(range(diff.num_steps)):
         t = torch.full((x.shape[0],), int(diff.timestep_map[i]), dtype=torch.long)
         x0_hat = model(x, t)
-        if clamp:
-            x0_hat = clamp_to_embeddings(x0_hat, emb)
         if trace is not None:
             trace.append(x0_hat.clone())
+        if clamp:
+            x0_hat = clamp_to_embeddings(x0_hat, emb)
         noise = torch.randn(x.shape, generator=generator) if (ddpm or eta > 0) else torch.zeros_like(x)
         x = p_sample(diff, i, x, x0_hat, noise) if ddpm else ddim_sample(diff, i, x, x0_hat, noise, eta)
     return x

@@ -53,7 +53,8 @@ class Diffusion:
         self.posterior_mean_coef1 = self.betas * np.sqrt(self.alpha_bar_prev) / (1.0 - self.alpha_bar)
         self.posterior_mean_coef2 = (1.0 - self.alpha_bar_prev) * np.sqrt(alphas) / (1.0 - self.alpha_bar)
         # "fixed large" variance of the reference code: posterior variance at step 0, beta after
-        self.model_variance = np.concatenate([self.posterior_variance[1:2], self.betas[1:]])
+        first = self.posterior_variance[1] if len(self.betas) > 1 else self.posterior_variance[0]
+        self.model_variance = np.concatenate([[first], self.betas[1:]])
 
     @classmethod
     def full(cls, name, T):

@@ -43,11 +43,10 @@ impl Embeddings {
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        let matrix =
-            Array2::from_shape_vec((vocab, d), values).map_err(|e| LoadError::Invalid {
-                path,
-                what: e.to_string(),
-            })?;
+        let matrix = Array2::from_shape_vec((vocab, d), values).map_err(|e| LoadError::Invalid {
+            path,
+            what: e.to_string(),
+        })?;
         Ok(Self::new(matrix))
     }
 
@@ -77,12 +76,7 @@ impl Embeddings {
     pub fn clamp_rows(&self, mut x0_hat: ArrayViewMut2<'_, f32>, scratch: &mut Array2<f32>) {
         let dots = self.dots(x0_hat.view(), scratch);
         for (mut row, scores) in x0_hat.rows_mut().into_iter().zip(dots.rows()) {
-            let v = arg_best(
-                scores
-                    .iter()
-                    .zip(&self.sq_norms)
-                    .map(|(dot, n)| 2.0 * dot - n),
-            );
+            let v = arg_best(scores.iter().zip(&self.sq_norms).map(|(dot, n)| 2.0 * dot - n));
             row.assign(&self.matrix.row(v));
         }
     }

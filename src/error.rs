@@ -6,21 +6,11 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: not a valid manifest: {source}")]
-    ManifestJson {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    ManifestJson { path: PathBuf, source: serde_json::Error },
     #[error("{path}: manifest schema_version {found}, this dlm reads schema_version {expected}")]
-    SchemaVersion {
-        path: PathBuf,
-        found: u64,
-        expected: u64,
-    },
+    SchemaVersion { path: PathBuf, found: u64, expected: u64 },
     #[error("{path}: sha256 {actual} does not match the manifest's {expected} (file corrupted or replaced)")]
     Checksum {
         path: PathBuf,
@@ -36,10 +26,7 @@ pub enum LoadError {
     #[error("{path}: cannot create an ONNX Runtime session: {source}")]
     Session { path: PathBuf, source: ort::Error },
     #[error("execution provider {provider}: {reason}")]
-    Provider {
-        provider: &'static str,
-        reason: String,
-    },
+    Provider { provider: &'static str, reason: String },
 }
 
 /// A failure while running a graph.

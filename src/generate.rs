@@ -66,10 +66,7 @@ pub fn generate(model: &mut Model, request: &Request) -> Result<Vec<Generated>, 
     let mut results = Vec::with_capacity(request.num);
     for first in (0..request.num).step_by(request.batch) {
         let indices: Vec<usize> = (first..(first + request.batch).min(request.num)).collect();
-        let mut rngs: Vec<_> = indices
-            .iter()
-            .map(|&k| sequence_rng(request.seed, k as u64))
-            .collect();
+        let mut rngs: Vec<_> = indices.iter().map(|&k| sequence_rng(request.seed, k as u64)).collect();
         let x_t = initial_noise(&mut rngs, seq_len, d);
         let mut sampler = Sampler {
             denoiser: &mut model.denoiser,

@@ -162,12 +162,7 @@ fn run_info(args: RuntimeArgs) -> Result<()> {
     println!("model        {}", args.model.display());
     println!(
         "  d={} seq_len={} vocab={} T={} schedule={} prediction={}",
-        m.d,
-        m.seq_len,
-        m.vocab_size,
-        manifest.diffusion.t,
-        manifest.diffusion.schedule,
-        m.prediction
+        m.d, m.seq_len, m.vocab_size, manifest.diffusion.t, manifest.diffusion.schedule, m.prediction
     );
     println!("  training   {}", manifest.training);
     for g in &manifest.graphs {

@@ -151,15 +151,11 @@ impl Manifest {
             path: path.clone(),
             source,
         })?;
-        let raw: serde_json::Value =
-            serde_json::from_str(&text).map_err(|source| LoadError::ManifestJson {
-                path: path.clone(),
-                source,
-            })?;
-        let found = raw
-            .get("schema_version")
-            .and_then(|v| v.as_u64())
-            .unwrap_or(0);
+        let raw: serde_json::Value = serde_json::from_str(&text).map_err(|source| LoadError::ManifestJson {
+            path: path.clone(),
+            source,
+        })?;
+        let found = raw.get("schema_version").and_then(|v| v.as_u64()).unwrap_or(0);
         if found != SCHEMA_VERSION {
             return Err(LoadError::SchemaVersion {
                 path,
@@ -167,11 +163,10 @@ impl Manifest {
                 expected: SCHEMA_VERSION,
             });
         }
-        let manifest: Manifest =
-            serde_json::from_value(raw).map_err(|source| LoadError::ManifestJson {
-                path: path.clone(),
-                source,
-            })?;
+        let manifest: Manifest = serde_json::from_value(raw).map_err(|source| LoadError::ManifestJson {
+            path: path.clone(),
+            source,
+        })?;
         manifest.check_consistency(&path)?;
         for (file, sha) in manifest.files() {
             verify_sha256(&dir.join(file), sha)?;
@@ -182,16 +177,9 @@ impl Manifest {
     fn files(&self) -> Vec<(&str, &str)> {
         let mut files = vec![
             (self.tokenizer.file.as_str(), self.tokenizer.sha256.as_str()),
-            (
-                self.embeddings.file.as_str(),
-                self.embeddings.sha256.as_str(),
-            ),
+            (self.embeddings.file.as_str(), self.embeddings.sha256.as_str()),
         ];
-        files.extend(
-            self.graphs
-                .iter()
-                .map(|g| (g.file.as_str(), g.sha256.as_str())),
-        );
+        files.extend(self.graphs.iter().map(|g| (g.file.as_str(), g.sha256.as_str())));
         files
     }
 

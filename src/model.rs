@@ -48,12 +48,10 @@ impl Model {
             });
         }
         let embeddings = Embeddings::load(dir, &manifest.embeddings)?;
-        let graph = manifest
-            .denoiser(precision)
-            .ok_or_else(|| LoadError::Invalid {
-                path: dir.join(MANIFEST_FILE),
-                what: format!("no denoiser graph of precision {precision:?}"),
-            })?;
+        let graph = manifest.denoiser(precision).ok_or_else(|| LoadError::Invalid {
+            path: dir.join(MANIFEST_FILE),
+            what: format!("no denoiser graph of precision {precision:?}"),
+        })?;
         let denoiser = OrtDenoiser::open(runtime, dir, graph, opts)?;
         Ok(Self {
             dir: dir.to_path_buf(),

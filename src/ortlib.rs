@@ -42,17 +42,10 @@ pub fn resolve(explicit: Option<&Path>) -> Result<PathBuf, LoadError> {
         };
     }
     let searched = candidates();
-    searched
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .ok_or_else(|| {
-            let list: Vec<_> = searched.iter().map(|p| p.display().to_string()).collect();
-            LoadError::OrtLibrary(format!(
-                "{LIB_NAME} not found (looked in: {}); {HINT}",
-                list.join(", ")
-            ))
-        })
+    searched.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
+        let list: Vec<_> = searched.iter().map(|p| p.display().to_string()).collect();
+        LoadError::OrtLibrary(format!("{LIB_NAME} not found (looked in: {}); {HINT}", list.join(", ")))
+    })
 }
 
 /// The ONNX Runtime library in use and the environment built on it.
@@ -66,18 +59,12 @@ impl OrtRuntime {
     pub fn load(explicit: Option<&Path>) -> Result<Self, LoadError> {
         let library = resolve(explicit)?;
         let library = library.canonicalize().unwrap_or(library);
-        let builder =
-            ort::init_from(&library).map_err(|e| LoadError::OrtLibrary(format!("{e}; {HINT}")))?;
-        let environment = builder.with_name("dlm").build().map_err(|e| {
-            LoadError::OrtLibrary(format!(
-                "{}: cannot create an environment: {e}",
-                library.display()
-            ))
-        })?;
-        Ok(Self {
-            library,
-            environment,
-        })
+        let builder = ort::init_from(&library).map_err(|e| LoadError::OrtLibrary(format!("{e}; {HINT}")))?;
+        let environment = builder
+            .with_name("dlm")
+            .build()
+            .map_err(|e| LoadError::OrtLibrary(format!("{}: cannot create an environment: {e}", library.display())))?;
+        Ok(Self { library, environment })
     }
 
     /// The build string of the loaded library (version, commit).
@@ -98,11 +85,7 @@ impl OrtRuntime {
         }
         let providers = (0..count.max(0) as usize)
             // SAFETY: ONNX Runtime returned `count` valid NUL-terminated strings.
-            .map(|i| {
-                unsafe { CStr::from_ptr(*names.add(i)) }
-                    .to_string_lossy()
-                    .into_owned()
-            })
+            .map(|i| unsafe { CStr::from_ptr(*names.add(i)) }.to_string_lossy().into_owned())
             .collect();
         let status = unsafe { (api.ReleaseAvailableProviders)(names, count) };
         if !status.0.is_null() {

@@ -15,12 +15,7 @@ use crate::schedule::Diffusion;
 /// "Given x_t and t, give x0_hat": what the sampler needs from a model.
 pub trait Denoiser {
     /// `x` is x_t [B, L, d], `t` the model timestep per sequence; writes x0_hat [B, L, d] into `out`.
-    fn denoise(
-        &mut self,
-        x: &Array3<f32>,
-        t: &[i64],
-        out: &mut Array3<f32>,
-    ) -> Result<(), InferenceError>;
+    fn denoise(&mut self, x: &Array3<f32>, t: &[i64], out: &mut Array3<f32>) -> Result<(), InferenceError>;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -90,7 +85,7 @@ pub struct Sampler<'a, D: Denoiser> {
 }
 
 impl<D: Denoiser> Sampler<'_, D> {
-    /// Denoise from `x_t` (= x_T) down to x_0, then round. `trace` collects x0_hat after clamping.
+    /// Denoise from `x_t` (= x_T) down to x_0, then round. `trace` collects the model's x0_hat per step.
     pub fn sample(
         &mut self,
         mut x: Array3<f32>,
@@ -112,15 +107,13 @@ impl<D: Denoiser> Sampler<'_, D> {
             let call = Instant::now();
             self.denoiser.denoise(&x, &t, &mut x0_hat)?;
             timing.denoiser += call.elapsed();
-            if self.options.clamp {
-                self.embeddings
-                    .clamp_rows(flat_mut(&mut x0_hat), &mut scratch);
-            }
             if let Some(trace) = trace.as_deref_mut() {
                 trace.push(x0_hat.clone());
             }
-            let stochastic =
-                i > 0 && !matches!(self.options.method, Method::Ddim { eta } if eta == 0.0);
+            if self.options.clamp {
+                self.embeddings.clamp_rows(flat_mut(&mut x0_hat), &mut scratch);
+            }
+            let stochastic = i > 0 && !matches!(self.options.method, Method::Ddim { eta } if eta == 0.0);
             if stochastic {
                 fill_normal(&mut noise, rngs);
             }
@@ -136,13 +129,7 @@ impl<D: Denoiser> Sampler<'_, D> {
     }
 
     /// x_{i-1} from x_i and x0_hat, in place.
-    fn update(
-        &self,
-        i: usize,
-        x: &mut Array3<f32>,
-        x0_hat: &Array3<f32>,
-        noise: Option<&Array3<f32>>,
-    ) {
+    fn update(&self, i: usize, x: &mut Array3<f32>, x0_hat: &Array3<f32>, noise: Option<&Array3<f32>>) {
         let s = self.diffusion;
         let (coef_x0, coef_xt, sigma) = match self.options.method {
             // posterior_mean = coef1 * x0_hat + coef2 * x_t; sigma^2 = model_variance
@@ -155,21 +142,16 @@ impl<D: Denoiser> Sampler<'_, D> {
                 let (ab, ab_prev) = (s.alpha_bar[i], s.alpha_bar_prev[i]);
                 // eps = (x_t / sqrt(abar) - x0_hat) / sqrt(1/abar - 1)
                 // x_{t-1} = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps + sigma z
-                let sigma =
-                    eta * ((1.0 - ab_prev) / (1.0 - ab)).sqrt() * (1.0 - ab / ab_prev).sqrt();
-                let c_eps =
-                    (1.0 - ab_prev - sigma * sigma).max(0.0).sqrt() / (1.0 / ab - 1.0).sqrt();
+                let sigma = eta * ((1.0 - ab_prev) / (1.0 - ab)).sqrt() * (1.0 - ab / ab_prev).sqrt();
+                let c_eps = (1.0 - ab_prev - sigma * sigma).max(0.0).sqrt() / (1.0 / ab - 1.0).sqrt();
                 (ab_prev.sqrt() - c_eps, c_eps / ab.sqrt(), sigma)
             }
         };
         let (coef_x0, coef_xt, sigma) = (coef_x0 as f32, coef_xt as f32, sigma as f32);
         match noise {
-            Some(z) => ndarray::Zip::from(x)
-                .and(x0_hat)
-                .and(z)
-                .for_each(|x, &x0, &z| {
-                    *x = coef_x0 * x0 + coef_xt * *x + sigma * z;
-                }),
+            Some(z) => ndarray::Zip::from(x).and(x0_hat).and(z).for_each(|x, &x0, &z| {
+                *x = coef_x0 * x0 + coef_xt * *x + sigma * z;
+            }),
             None => ndarray::Zip::from(x)
                 .and(x0_hat)
                 .for_each(|x, &x0| *x = coef_x0 * x0 + coef_xt * *x),
@@ -179,14 +161,102 @@ impl<D: Denoiser> Sampler<'_, D> {
 
 fn flat(x: &Array3<f32>) -> ndarray::ArrayView2<'_, f32> {
     let (b, l, d) = x.dim();
-    x.view()
-        .into_shape_with_order((b * l, d))
-        .expect("standard layout")
+    x.view().into_shape_with_order((b * l, d)).expect("standard layout")
 }
 
 fn flat_mut(x: &mut Array3<f32>) -> ndarray::ArrayViewMut2<'_, f32> {
     let (b, l, d) = x.dim();
-    x.view_mut()
-        .into_shape_with_order((b * l, d))
-        .expect("standard layout")
+    x.view_mut().into_shape_with_order((b * l, d)).expect("standard layout")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{array, Array2};
+
+    /// A fake model that always predicts the embedding of one word at every position.
+    struct ConstantWord {
+        embedding: Vec<f32>,
+        calls: Vec<i64>,
+    }
+
+    impl Denoiser for ConstantWord {
+        fn denoise(&mut self, x: &Array3<f32>, t: &[i64], out: &mut Array3<f32>) -> Result<(), InferenceError> {
+            assert_eq!(x.dim().0, t.len());
+            self.calls.push(t[0]);
+            for mut row in out.rows_mut() {
+                row.assign(&ndarray::aview1(&self.embedding));
+            }
+            Ok(())
+        }
+    }
+
+    fn embeddings() -> Embeddings {
+        Embeddings::new(array![[0.0, 0.0], [3.0, 0.0], [0.0, 3.0], [-3.0, -3.0]])
+    }
+
+    fn diffusion(steps: usize) -> Diffusion {
+        let betas: Vec<f64> = (0..steps).map(|i| 0.01 + 0.5 * i as f64 / steps as f64).collect();
+        Diffusion::new(betas, (0..steps as i64).map(|t| t * 10).collect())
+    }
+
+    fn run(method: Method, clamp: bool, word: usize) -> (Sampled, Vec<i64>) {
+        let emb = embeddings();
+        let mut fake = ConstantWord {
+            embedding: emb.matrix().row(word).to_vec(),
+            calls: Vec::new(),
+        };
+        let diff = diffusion(6);
+        let mut rngs: Vec<_> = (0..3).map(|k| sequence_rng(5, k)).collect();
+        let x_t = initial_noise(&mut rngs, 4, 2);
+        let mut sampler = Sampler {
+            denoiser: &mut fake,
+            embeddings: &emb,
+            diffusion: &diff,
+            options: SampleOptions { method, clamp },
+        };
+        let sampled = sampler.sample(x_t, &mut rngs, None).unwrap();
+        (sampled, fake.calls)
+    }
+
+    #[test]
+    fn visits_every_step_from_the_noisiest_and_lands_on_x0_hat() {
+        for method in [Method::Ddpm, Method::Ddim { eta: 0.0 }, Method::Ddim { eta: 1.0 }] {
+            for clamp in [true, false] {
+                let (sampled, calls) = run(method, clamp, 2);
+                assert_eq!(calls, vec![50, 40, 30, 20, 10, 0], "{method:?}");
+                assert_eq!(sampled.tokens, vec![vec![2; 4]; 3], "{method:?} clamp={clamp}");
+                assert!(sampled
+                    .x0
+                    .iter()
+                    .zip([0.0f32, 3.0].iter().cycle())
+                    .all(|(a, b)| (a - b).abs() < 1e-5));
+                assert_eq!(sampled.timing.steps, 6);
+            }
+        }
+    }
+
+    #[test]
+    fn sequence_streams_do_not_depend_on_the_batch() {
+        let mut batch: Vec<_> = (0..3).map(|k| sequence_rng(9, k)).collect();
+        let mut alone = [sequence_rng(9, 2)];
+        let together = initial_noise(&mut batch, 4, 2);
+        let single = initial_noise(&mut alone, 4, 2);
+        assert_eq!(together.index_axis(Axis(0), 2), single.index_axis(Axis(0), 0));
+        assert_ne!(together.index_axis(Axis(0), 0), together.index_axis(Axis(0), 1));
+    }
+
+    #[test]
+    fn clamping_picks_the_nearest_and_rounding_the_largest_dot_product() {
+        let emb = embeddings();
+        let mut x: Array2<f32> = array![[2.0, 0.5], [0.2, 0.1], [-1.0, -2.5]];
+        let mut scratch = Array2::zeros((0, 0));
+        emb.clamp_rows(x.view_mut(), &mut scratch);
+        assert_eq!(x, array![[3.0, 0.0], [0.0, 0.0], [-3.0, -3.0]]);
+        // <x, EMB>: the origin word never wins a dot product against a positive one
+        assert_eq!(
+            emb.round_rows(array![[0.2, 0.1], [-0.1, -0.2]].view(), &mut scratch),
+            vec![1, 3]
+        );
+    }
 }

@@ -14,8 +14,7 @@ pub fn sqrt_betas(t_max: usize, offset: f64, max_beta: f64) -> Vec<f64> {
     let n = t_max as f64;
     (0..t_max)
         .map(|t| {
-            let ratio = sqrt_alpha_bar_fn((t + 1) as f64 / n, offset)
-                / sqrt_alpha_bar_fn(t as f64 / n, offset);
+            let ratio = sqrt_alpha_bar_fn((t + 1) as f64 / n, offset) / sqrt_alpha_bar_fn(t as f64 / n, offset);
             (1.0 - ratio).min(max_beta)
         })
         .collect()
@@ -35,10 +34,7 @@ pub fn cumprod_alphas(betas: &[f64]) -> Vec<f64> {
 /// `steps` timesteps evenly spaced over 0..T-1 (improved-diffusion `space_timesteps`).
 pub fn respaced_timesteps(t_max: usize, steps: usize) -> Result<Vec<usize>, RequestError> {
     if steps == 0 || steps > t_max {
-        return Err(RequestError::Steps {
-            got: steps,
-            max: t_max,
-        });
+        return Err(RequestError::Steps { got: steps, max: t_max });
     }
     if steps == 1 {
         return Ok(vec![0]);
@@ -74,11 +70,7 @@ impl Diffusion {
             .take(betas.len())
             .collect();
         let n = betas.len();
-        let (mut coef1, mut coef2, mut var) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
+        let (mut coef1, mut coef2, mut var) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
         for i in 0..n {
             let (b, ab, ab_prev) = (betas[i], alpha_bar[i], alpha_bar_prev[i]);
             // q(x_{t-1} | x_t, x0) = N(coef1 x0 + coef2 x_t, beta_t (1 - abar_{t-1}) / (1 - abar_t))
@@ -109,11 +101,7 @@ impl Diffusion {
 
     /// The full training schedule of a manifest.
     pub fn full_betas(info: &DiffusionInfo) -> Vec<f64> {
-        sqrt_betas(
-            info.t,
-            info.schedule_param.offset,
-            info.schedule_param.max_beta,
-        )
+        sqrt_betas(info.t, info.schedule_param.offset, info.schedule_param.max_beta)
     }
 
     /// The schedule respaced to `steps` (betas recomputed over the kept timesteps).

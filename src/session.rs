@@ -40,9 +40,7 @@ impl FromStr for Device {
             "cpu" => Ok(Device::Cpu),
             "cuda" => Ok(Device::Cuda),
             "tensorrt" => Ok(Device::Tensorrt),
-            _ => Err(format!(
-                "unknown device {s:?}; allowed: cpu, cuda, tensorrt"
-            )),
+            _ => Err(format!("unknown device {s:?}; allowed: cpu, cuda, tensorrt")),
         }
     }
 }
@@ -84,8 +82,7 @@ impl Default for SessionOptions {
 }
 
 fn base_builder(runtime: &OrtRuntime, threads: usize) -> ort::Result<SessionBuilder> {
-    let builder = Session::builder(&runtime.environment)?
-        .with_optimization_level(GraphOptimizationLevel::Level3)?;
+    let builder = Session::builder(&runtime.environment)?.with_optimization_level(GraphOptimizationLevel::Level3)?;
     Ok(if threads > 0 {
         builder.with_intra_threads(threads)?
     } else {
@@ -153,10 +150,7 @@ fn provider_session(
 
 /// The execution provider for a GPU device, or why this build cannot offer it.
 #[allow(unused_variables)]
-fn dispatch_for(
-    graph: &Graph,
-    opts: &SessionOptions,
-) -> Result<ort::ep::ExecutionProviderDispatch, String> {
+fn dispatch_for(graph: &Graph, opts: &SessionOptions) -> Result<ort::ep::ExecutionProviderDispatch, String> {
     match opts.device {
         #[cfg(feature = "cuda")]
         Device::Cuda => Ok(ort::ep::CUDA::default().build()),
@@ -269,12 +263,7 @@ pub struct OrtDenoiser {
 }
 
 impl OrtDenoiser {
-    pub fn open(
-        runtime: &OrtRuntime,
-        dir: &Path,
-        graph: &Graph,
-        opts: &SessionOptions,
-    ) -> Result<Self, LoadError> {
+    pub fn open(runtime: &OrtRuntime, dir: &Path, graph: &Graph, opts: &SessionOptions) -> Result<Self, LoadError> {
         let (session, device) = open_session(runtime, dir, graph, opts)?;
         Ok(Self {
             session,
@@ -291,12 +280,7 @@ impl OrtDenoiser {
 }
 
 impl Denoiser for OrtDenoiser {
-    fn denoise(
-        &mut self,
-        x: &Array3<f32>,
-        t: &[i64],
-        out: &mut Array3<f32>,
-    ) -> Result<(), InferenceError> {
+    fn denoise(&mut self, x: &Array3<f32>, t: &[i64], out: &mut Array3<f32>) -> Result<(), InferenceError> {
         let name = &self.name;
         let run_err = |source| InferenceError::Run {
             graph: name.clone(),
@@ -306,9 +290,7 @@ impl Denoiser for OrtDenoiser {
         let shape = [b, l, d];
         let x_flat = x.as_slice().expect("sampler state is in standard layout");
         let t_tensor = TensorRef::from_array_view(([b], t)).map_err(run_err)?;
-        let out_flat = out
-            .as_slice_mut()
-            .expect("sampler state is in standard layout");
+        let out_flat = out.as_slice_mut().expect("sampler state is in standard layout");
         match self.precision {
             Precision::Fp32 => {
                 let x_tensor = TensorRef::from_array_view((shape, x_flat)).map_err(run_err)?;
@@ -316,22 +298,19 @@ impl Denoiser for OrtDenoiser {
                     .session
                     .run(ort::inputs!["x" => x_tensor, "t" => t_tensor])
                     .map_err(run_err)?;
-                let (out_shape, values) =
-                    outputs[0].try_extract_tensor::<f32>().map_err(run_err)?;
+                let (out_shape, values) = outputs[0].try_extract_tensor::<f32>().map_err(run_err)?;
                 check_len(name, out_shape, &shape)?;
                 out_flat.copy_from_slice(values);
             }
             Precision::Fp16 => {
                 self.x_half.resize(x_flat.len(), f16::ZERO);
                 self.x_half.convert_from_f32_slice(x_flat);
-                let x_tensor =
-                    TensorRef::from_array_view((shape, &self.x_half[..])).map_err(run_err)?;
+                let x_tensor = TensorRef::from_array_view((shape, &self.x_half[..])).map_err(run_err)?;
                 let outputs = self
                     .session
                     .run(ort::inputs!["x" => x_tensor, "t" => t_tensor])
                     .map_err(run_err)?;
-                let (out_shape, values) =
-                    outputs[0].try_extract_tensor::<f16>().map_err(run_err)?;
+                let (out_shape, values) = outputs[0].try_extract_tensor::<f16>().map_err(run_err)?;
                 check_len(name, out_shape, &shape)?;
                 values.convert_to_f32_slice(out_flat);
             }
@@ -340,16 +319,8 @@ impl Denoiser for OrtDenoiser {
     }
 }
 
-fn check_len(
-    graph: &str,
-    actual: &ort::value::Shape,
-    expected: &[usize; 3],
-) -> Result<(), InferenceError> {
-    if actual
-        .iter()
-        .map(|&s| s as usize)
-        .ne(expected.iter().copied())
-    {
+fn check_len(graph: &str, actual: &ort::value::Shape, expected: &[usize; 3]) -> Result<(), InferenceError> {
+    if actual.iter().map(|&s| s as usize).ne(expected.iter().copied()) {
         return Err(InferenceError::OutputShape {
             graph: graph.into(),
             output: "x0_hat".into(),

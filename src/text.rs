@@ -34,9 +34,7 @@ impl Vocab {
     }
 
     pub fn token(&self, id: u32) -> String {
-        self.tokenizer
-            .id_to_token(id)
-            .unwrap_or_else(|| format!("<{id}>"))
+        self.tokenizer.id_to_token(id).unwrap_or_else(|| format!("<{id}>"))
     }
 
     /// The words of a generated sequence joined by single spaces.

@@ -1,0 +1,179 @@
+//! The `dlm` binary on bad input: a clear one-line error and a non-zero exit, never a panic.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn dlm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dlm"))
+        .args(args)
+        .env_remove("DLM_MODEL")
+        .output()
+        .expect("dlm runs")
+}
+
+fn assert_fails_with(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(!stderr.contains("panicked"), "dlm panicked: {stderr}");
+    assert!(stderr.contains(needle), "stderr lacks {needle:?}: {stderr}");
+}
+
+fn copy_model(to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(common::model_dir()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+fn model_arg() -> String {
+    common::model_dir().display().to_string()
+}
+
+#[test]
+fn generate_prints_one_sentence_per_line() {
+    let out = dlm(&[
+        "generate",
+        "--model",
+        &model_arg(),
+        "--steps",
+        "10",
+        "--num",
+        "3",
+        "--batch",
+        "2",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 3);
+}
+
+#[test]
+fn json_lines_carry_text_tokens_and_timings() {
+    let out = dlm(&[
+        "generate",
+        "--model",
+        &model_arg(),
+        "--steps",
+        "5",
+        "--num",
+        "2",
+        "--json",
+        "--precision",
+        "fp16",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(v["text"].is_string() && v["tokens"].is_array());
+        assert!(v["timings"]["per_step_ms"].as_f64().unwrap() > 0.0);
+        assert_eq!(v["steps"], 5);
+    }
+}
+
+#[test]
+fn missing_model_dir() {
+    assert_fails_with(
+        &dlm(&["generate", "--model", "/nonexistent/model"]),
+        "model directory not found",
+    );
+}
+
+#[test]
+fn corrupted_file_fails_its_sha256() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_model(dir.path());
+    let emb = dir.path().join("embeddings.bin");
+    let mut bytes = std::fs::read(&emb).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(&emb, bytes).unwrap();
+    assert_fails_with(
+        &dlm(&["generate", "--model", dir.path().to_str().unwrap()]),
+        "embeddings.bin: sha256",
+    );
+}
+
+#[test]
+fn manifest_of_another_schema_version() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_model(dir.path());
+    let path = dir.path().join("manifest.json");
+    let mut manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    manifest["schema_version"] = 99.into();
+    std::fs::write(&path, manifest.to_string()).unwrap();
+    assert_fails_with(
+        &dlm(&["info", "--model", dir.path().to_str().unwrap()]),
+        "schema_version 99",
+    );
+}
+
+#[test]
+fn steps_out_of_range() {
+    assert_fails_with(
+        &dlm(&["generate", "--model", &model_arg(), "--steps", "0"]),
+        "steps must be between 1 and 2000",
+    );
+    assert_fails_with(
+        &dlm(&["generate", "--model", &model_arg(), "--steps", "2001"]),
+        "got 2001",
+    );
+    assert_fails_with(
+        &dlm(&["generate", "--model", &model_arg(), "--steps", "many"]),
+        "invalid value 'many'",
+    );
+}
+
+#[test]
+fn unknown_device_and_precision() {
+    assert_fails_with(&dlm(&["generate", "--device", "gpu"]), "allowed: cpu, cuda, tensorrt");
+    assert_fails_with(&dlm(&["generate", "--precision", "int8"]), "allowed: fp32, fp16");
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn gpu_device_without_its_feature_fails_unless_fallback_is_allowed() {
+    assert_fails_with(
+        &dlm(&["generate", "--model", &model_arg(), "--device", "cuda"]),
+        "--features cuda",
+    );
+    let out = dlm(&[
+        "generate",
+        "--model",
+        &model_arg(),
+        "--device",
+        "cuda",
+        "--allow-fallback",
+        "--steps",
+        "3",
+    ]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("running denoiser.fp32 on CPU"));
+}
+
+#[test]
+fn missing_onnxruntime_library_is_a_one_line_error() {
+    assert_fails_with(
+        &dlm(&[
+            "generate",
+            "--model",
+            &model_arg(),
+            "--ort-lib",
+            "/nonexistent/libonnxruntime.so",
+        ]),
+        "scripts/setup.sh",
+    );
+}
+
+#[test]
+fn eta_needs_ddim() {
+    assert_fails_with(
+        &dlm(&["generate", "--model", &model_arg(), "--eta", "0.5"]),
+        "--sampler ddim",
+    );
+}
