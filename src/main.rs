@@ -1,6 +1,7 @@
 //! `dlm`: the command line. Everything it does lives in the library; this file parses
 //! arguments, loads the model and prints.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -127,11 +128,12 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
         args.runtime.precision
     );
     let outputs = generate(&mut model, &request).context("generation failed")?;
+    let mut out = std::io::stdout().lock();
     for g in &outputs {
         if args.json {
-            println!("{}", json_line(g, &request));
+            writeln!(out, "{}", json_line(g, &request))?;
         } else {
-            println!("{}", g.text);
+            writeln!(out, "{}", g.text)?;
         }
     }
     Ok(())
@@ -158,32 +160,49 @@ fn json_line(g: &Generated, request: &Request) -> serde_json::Value {
 
 fn run_info(args: RuntimeArgs) -> Result<()> {
     let manifest = Manifest::load(&args.model)?;
-    let m = &manifest.model;
-    println!("model        {}", args.model.display());
-    println!(
+    let (m, t) = (&manifest.model, &manifest.training);
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "model        {}", args.model.display())?;
+    writeln!(
+        out,
         "  d={} seq_len={} vocab={} T={} schedule={} prediction={}",
         m.d, m.seq_len, m.vocab_size, manifest.diffusion.t, manifest.diffusion.schedule, m.prediction
-    );
-    println!("  training   {}", manifest.training);
+    )?;
+    writeln!(
+        out,
+        "  training   {} steps, seed {}, final loss {}, {} s, sentences {}",
+        t["steps"], t["seed"], t["final_loss"], t["train_seconds"], t["sentences"]
+    )?;
     for g in &manifest.graphs {
-        println!(
-            "  graph      {} ({:?}, opset {}, {}) sha256 {}",
-            g.name, g.precision, g.opset, g.file, g.sha256
-        );
+        let parity = g.parity.as_ref().map_or("-".to_string(), |p| p.to_string());
+        writeln!(
+            out,
+            "  graph      {} ({:?}, opset {}) sha256 {}",
+            g.file, g.precision, g.opset, g.sha256
+        )?;
+        writeln!(out, "             parity {parity}, tolerance {}", g.tolerance)?;
     }
     let runtime = OrtRuntime::load(args.ort_lib.as_deref())?;
-    println!("onnxruntime  {}", runtime.library.display());
-    println!("  build      {}", runtime.build_info());
-    println!("  providers  {}", runtime.available_providers().join(", "));
+    writeln!(out, "onnxruntime  {}", runtime.library.display())?;
+    writeln!(out, "  build      {}", runtime.build_info())?;
+    writeln!(out, "  providers  {}", runtime.available_providers().join(", "))?;
     for precision in [Precision::Fp32, Precision::Fp16] {
         let model = Model::load(&runtime, &args.model, precision, &session_options(&args, 1))?;
-        println!(
-            "session      denoiser {precision:?}: requested {}, runs on {}",
-            args.device.name(),
-            model.denoiser.device.name()
-        );
+        let (asked, runs) = (args.device.name(), model.denoiser.device.name());
+        writeln!(
+            out,
+            "session      denoiser {precision:?}: requested {asked}, runs on {runs}"
+        )?;
     }
     Ok(())
+}
+
+/// A closed stdout (`dlm ... | head`) ends the program quietly, as for any Unix filter.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn main() -> ExitCode {
@@ -200,6 +219,7 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
