@@ -1,12 +1,11 @@
 """prepare: read E2E, split by MR, build the word-level tokenizer, tag UPOS."""
 import json
 import random
-import shutil
-import tempfile
 from pathlib import Path
 
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
+from .atomic import atomic_dir
 from .errors import DataError
 
 PAD, UNK, START, END = "[PAD]", "[UNK]", "[START]", "[END]"
@@ -98,14 +97,11 @@ def _records_json(tok, nlp, records):
 
 def prepare(cfg, out_dir):
     """Write tokenizer.json, train.jsonl, heldout.jsonl and stats.json atomically into out_dir."""
-    out_dir = Path(out_dir)
     records = read_corpus(cfg.data.files, cfg.data.max_lines)
     train, heldout = split_by_mr(records, cfg.data.heldout_fraction, cfg.data.split_seed)
     tok = build_tokenizer([text for _, _, text in train], cfg.data.min_count)
     nlp = load_spacy()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         tok.save(str(tmp / "tokenizer.json"))
         for name, part in (("train", train), ("heldout", heldout)):
             with (tmp / f"{name}.jsonl").open("w", encoding="utf-8") as f:
@@ -119,13 +115,6 @@ def prepare(cfg, out_dir):
             "split_seed": cfg.data.split_seed,
         }
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.chmod(0o755)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return stats
 
 

@@ -1,7 +1,6 @@
 """export: write a model directory (ONNX graphs fp32 + fp16, embeddings, tokenizer, manifest)."""
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +12,9 @@ from tokenizers import Tokenizer
 from . import data, manifest as manifest_mod
 from .errors import ExportError
 from .schedule import alpha_bar
+from .atomic import atomic_dir
 from .train import CHECKPOINT, load_ema
+from .verify import verify_model_dir
 
 OPSET = 18
 MAX_BATCH = 4096
@@ -76,10 +77,7 @@ def export_model(data_dir, train_dir, out_dir, command):
     tok_path = Path(data_dir) / "tokenizer.json"
     tok = Tokenizer.from_file(str(tok_path))
     model, cfg, state = load_ema(ckpt, tok.get_vocab_size())
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         shutil.copy(tok_path, tmp / "tokenizer.json")
         emb = model.word_emb.weight.detach().numpy().astype("<f4")
         (tmp / "embeddings.bin").write_bytes(emb.tobytes())
@@ -87,6 +85,7 @@ def export_model(data_dir, train_dir, out_dir, command):
                    tmp / "reference.pt")
         graphs = []
         for spec in DENOISERS:
+            # a fresh copy per precision: export_denoiser casts the module in place
             export_denoiser(load_ema(ckpt, tok.get_vocab_size())[0], spec, cfg.model.seq_len, tmp / spec.file)
             inputs, outputs = spec.io(cfg.model.d)
             graphs.append({
@@ -96,19 +95,10 @@ def export_model(data_dir, train_dir, out_dir, command):
                 "tolerance": spec.tolerance,
             })
         manifest_mod.write(tmp, build_manifest(cfg, tok, tmp, graphs, data_dir, train_dir, state, command))
-        from .verify import verify_model_dir
-
-        report = verify_model_dir(tmp)
+        report = verify_model_dir(tmp)  # fails loudly before anything replaces out_dir
         for g in graphs:
             g["parity"] = report[g["name"]]
         manifest_mod.write(tmp, build_manifest(cfg, tok, tmp, graphs, data_dir, train_dir, state, command))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.chmod(0o755)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
