@@ -1,4 +1,4 @@
-"""python -m export {prepare,train,export,verify,sample,fixtures,all} --config C --workdir W."""
+"""python -m export {prepare,train,controls,export,verify,sample,fixtures,all} --config C --workdir W."""
 import argparse
 import json
 import sys
@@ -12,7 +12,7 @@ DEFAULT_CONFIG = "export/configs/default.json"
 
 def _paths(workdir):
     w = Path(workdir)
-    return {"data": w / "data", "train": w / "train", "model": w / "model"}
+    return {"data": w / "data", "train": w / "train", "controls": w / "controls", "model": w / "model"}
 
 
 def cmd_prepare(args, cfg):
@@ -28,13 +28,21 @@ def cmd_train(args, cfg):
     print(json.dumps(train(cfg, p["data"], p["train"], resume=args.resume)))
 
 
+def cmd_controls(args, cfg):
+    from .train_controls import train_controls
+
+    p = _paths(args.workdir)
+    print(json.dumps(train_controls(cfg, p["data"], p["train"], p["controls"])))
+
+
 def cmd_export(args, cfg):
     from .onnx_export import export_model
     from .verify import verify_model_dir
 
     p = _paths(args.workdir)
     out = Path(args.out) if args.out else p["model"]
-    export_model(p["data"], p["train"], out, command=" ".join(["python -m export"] + sys.argv[1:]))
+    export_model(p["data"], p["train"], out, command=" ".join(["python -m export"] + sys.argv[1:]),
+                 controls_dir=p["controls"])
     print(json.dumps(verify_model_dir(out), indent=2))
 
 
@@ -62,7 +70,7 @@ def cmd_fixtures(args, cfg):
 
 
 def cmd_all(args, cfg):
-    for step in (cmd_prepare, cmd_train, cmd_export):
+    for step in (cmd_prepare, cmd_train, cmd_controls, cmd_export):
         step(args, cfg)
 
 
@@ -74,6 +82,7 @@ def main(argv=None):
     sub.add_parser("prepare", help="split the corpus, build tokenizer.json, tag UPOS")
     p = sub.add_parser("train", help="train the Diffusion-LM (checkpoints in WORKDIR/train)")
     p.add_argument("--resume", action="store_true", help="continue from WORKDIR/train/checkpoint.pt")
+    sub.add_parser("controls", help="train the guidance classifiers (pos, content) on noisy latents")
     for name, help_ in (("export", "write the ONNX model directory, then verify it"),
                         ("verify", "parity of ONNX Runtime against PyTorch for a model directory")):
         q = sub.add_parser(name, help=help_)
@@ -96,7 +105,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         cfg = config_mod.load(args.config)
-        {"prepare": cmd_prepare, "train": cmd_train, "export": cmd_export, "verify": cmd_verify,
+        {"prepare": cmd_prepare, "train": cmd_train, "controls": cmd_controls, "export": cmd_export, "verify": cmd_verify,
          "sample": cmd_sample, "fixtures": cmd_fixtures, "all": cmd_all}[args.command](args, cfg)
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -6,13 +6,17 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def atomic_dir(out_dir):
-    """Yield a temporary sibling of out_dir; on success it replaces out_dir, on error it is removed."""
+def atomic_dir(out_dir, keep=()):
+    """Yield a temporary sibling of out_dir; on success it replaces out_dir (carrying over the
+    files named in `keep`, such as a README), on error it is removed."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
         yield tmp
+        for name in keep:
+            if (out_dir / name).is_file() and not (tmp / name).exists():
+                shutil.copy2(out_dir / name, tmp / name)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.chmod(0o755)

@@ -47,11 +47,24 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ControlsConfig:
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 1e-3
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 4
+    seed: int = 0
+    guide_batch: int = 1  # guidance graphs have a fixed batch; the runtime pads and chunks
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    controls: ControlsConfig = field(default_factory=ControlsConfig)
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -96,6 +109,8 @@ def validate(cfg: Config):
         (t.lr > 0, "train.lr must be > 0"),
         (0.0 <= t.ema_rate < 1.0, "train.ema_rate must be in [0, 1)"),
         (t.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),
+        (cfg.controls.steps >= 1 and cfg.controls.guide_batch >= 1, "controls.steps and guide_batch must be >= 1"),
+        (cfg.controls.hidden % cfg.controls.heads == 0, "controls.hidden must be divisible by controls.heads"),
     ]
     errors = [msg for ok, msg in checks if not ok]
     if errors:
@@ -106,7 +121,8 @@ def validate(cfg: Config):
 def from_dict(raw, where="config"):
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected an object")
-    sections = {"data": DataConfig, "model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig}
+    sections = {"data": DataConfig, "model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig,
+                "controls": ControlsConfig}
     unknown = sorted(set(raw) - set(sections))
     if unknown:
         raise ConfigError(f"{where}: unknown sections {unknown}; allowed: {sorted(sections)}")

@@ -55,4 +55,6 @@ def listed_files(manifest):
     yield manifest["tokenizer"]
     yield manifest["embeddings"]
     yield manifest["reference"]
+    if "controls_reference" in manifest:
+        yield manifest["controls_reference"]
     yield from manifest["graphs"]

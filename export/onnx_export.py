@@ -1,4 +1,5 @@
 """export: write a model directory (ONNX graphs fp32 + fp16, embeddings, tokenizer, manifest)."""
+import copy
 import json
 import shutil
 from dataclasses import dataclass
@@ -13,10 +14,14 @@ from . import data, manifest as manifest_mod
 from .errors import ExportError
 from .schedule import alpha_bar
 from .atomic import atomic_dir
+from .guidance import DEFAULTS, GUIDANCE, control_spec, export_guidance
+from .guidance import OPSET as GUIDANCE_OPSET
+from .train_controls import CONTROLS_FILE, load_controls
 from .train import CHECKPOINT, load_ema
 from .verify import verify_model_dir
 
 OPSET = 18
+KEEP = ("README.md", "samples.txt")  # hand-written or separately made files of a model directory
 MAX_BATCH = 4096
 
 
@@ -69,15 +74,16 @@ def export_denoiser(model, spec, seq_len, out_path):
     onnx.checker.check_model(str(out_path))
 
 
-def export_model(data_dir, train_dir, out_dir, command):
-    """Export the EMA weights of train_dir's checkpoint into out_dir (atomically)."""
+def export_model(data_dir, train_dir, out_dir, command, controls_dir=None):
+    """Export the EMA weights of train_dir's checkpoint into out_dir (atomically), with the
+    guidance graphs of controls_dir's classifiers when they have been trained."""
     ckpt = Path(train_dir) / CHECKPOINT
     if not ckpt.is_file():
         raise ExportError(f"{ckpt}: no checkpoint; run `python -m export train` first")
     tok_path = Path(data_dir) / "tokenizer.json"
     tok = Tokenizer.from_file(str(tok_path))
     model, cfg, state = load_ema(ckpt, tok.get_vocab_size())
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, keep=KEEP) as tmp:
         shutil.copy(tok_path, tmp / "tokenizer.json")
         emb = model.word_emb.weight.detach().numpy().astype("<f4")
         (tmp / "embeddings.bin").write_bytes(emb.tobytes())
@@ -94,12 +100,47 @@ def export_model(data_dir, train_dir, out_dir, command):
                 "dynamic_axes": {"batch": {"min": 1, "max": MAX_BATCH}, "seq": {"min": 1, "max": cfg.model.seq_len}},
                 "tolerance": spec.tolerance,
             })
-        manifest_mod.write(tmp, build_manifest(cfg, tok, tmp, graphs, data_dir, train_dir, state, command))
+        controls = {}
+        controls_pt = Path(controls_dir) / CONTROLS_FILE if controls_dir else None
+        if controls_pt and controls_pt.is_file():
+            shutil.copy(controls_pt, tmp / CONTROLS_FILE)
+            controls = export_controls(tmp, graphs)
+        manifest = build_manifest(cfg, tok, tmp, graphs, data_dir, train_dir, state, command)
+        if controls:
+            manifest["controls"] = controls
+            manifest["controls_reference"] = {**manifest_mod.file_entry(tmp, CONTROLS_FILE),
+                                              "what": "classifier weights for PyTorch (guidance parity checks)"}
+        manifest_mod.write(tmp, manifest)
         report = verify_model_dir(tmp)  # fails loudly before anything replaces out_dir
         for g in graphs:
             g["parity"] = report[g["name"]]
-        manifest_mod.write(tmp, build_manifest(cfg, tok, tmp, graphs, data_dir, train_dir, state, command))
+        manifest_mod.write(tmp, manifest)
     return out_dir
+
+
+def export_controls(model_dir, graphs):
+    """Guidance graphs for every trained classifier; appends to `graphs`, returns the manifest's controls."""
+    pos, content, tags, values, ccfg = load_controls(Path(model_dir) / CONTROLS_FILE)
+    batch, seq_len, d = ccfg.controls.guide_batch, ccfg.model.seq_len, ccfg.model.d
+    controls = {}
+    for name, classifier, labels in (("pos", pos, tags), ("content", content, values)):
+        control_input = control_spec(name, batch, seq_len, len(labels))
+        controls[name] = {"labels": labels, "input": control_input, "defaults": DEFAULTS[name], "graphs": {}}
+        for spec in (s for s in GUIDANCE if s.control == name):
+            export_guidance(copy.deepcopy(classifier), spec, batch, seq_len, d, len(labels), Path(model_dir) / spec.file)
+            x_dtype = "float16" if spec.precision == "fp16" else "float32"
+            graphs.append({
+                "name": spec.name, "role": "guidance", "control": name, **manifest_mod.file_entry(model_dir, spec.file),
+                "precision": spec.precision, "opset": GUIDANCE_OPSET,
+                "inputs": [{"name": "x", "dtype": x_dtype, "shape": [batch, seq_len, d]},
+                           {"name": "t", "dtype": "int64", "shape": [batch]},
+                           {k: control_input[k] for k in ("name", "dtype", "shape")}],
+                "outputs": [{"name": "loss", "dtype": "float32", "shape": [batch]},
+                            {"name": "grad", "dtype": x_dtype, "shape": [batch, seq_len, d]}],
+                "dynamic_axes": {}, "tolerance": spec.tolerance,
+            })
+            controls[name]["graphs"][spec.precision] = spec.name
+    return controls
 
 
 def _final_record(train_dir):

@@ -100,9 +100,10 @@ class Trainer:
 
 
 def _resumable(cfg_dict):
-    """The config a checkpoint must match to resume: all of it but the step targets."""
+    """The config a checkpoint must match to resume: all of it but the step targets and the controls."""
     train_part = {k: v for k, v in cfg_dict["train"].items() if k not in ("steps", "checkpoint_every")}
-    return {**cfg_dict, "train": train_part, "data": {**cfg_dict["data"], "files": list(cfg_dict["data"]["files"])}}
+    data_part = {**cfg_dict["data"], "files": list(cfg_dict["data"]["files"])}
+    return {**{k: v for k, v in cfg_dict.items() if k != "controls"}, "train": train_part, "data": data_part}
 
 
 def train(cfg, data_dir, out_dir, resume=False):

@@ -13,6 +13,8 @@ from . import manifest as manifest_mod
 from .errors import ParityError
 from .model import DiffusionLM
 from .config import from_dict
+from .guidance import check_values as check_guidance
+from .train_controls import load_controls
 
 # (batch, seq) pairs, all different from the export example (2, seq_len)
 CHECK_SHAPES = ((1, 64), (3, 40), (5, 17))
@@ -74,6 +76,14 @@ def _check_values(graph, session, reference, T, d, failures):
     return worst
 
 
+def _load_controls(model_dir, manifest):
+    """{control: (classifier, labels)} from the controls reference, or {} without controls."""
+    if "controls_reference" not in manifest:
+        return {}
+    pos, content, tags, values, _ = load_controls(Path(model_dir) / manifest["controls_reference"]["file"])
+    return {"pos": (pos, tags), "content": (content, values)}
+
+
 def verify_model_dir(model_dir):
     """Check every graph of a model directory; returns {graph: {...figures}}, raises ParityError."""
     manifest = manifest_mod.load(model_dir)
@@ -83,13 +93,19 @@ def verify_model_dir(model_dir):
     if emb.size != np.prod(manifest["embeddings"]["shape"]) or not np.array_equal(
             emb.reshape(manifest["embeddings"]["shape"]), reference.word_emb.weight.detach().numpy()):
         failures.append("embeddings.bin does not equal the reference model's embedding matrix")
+    controls = _load_controls(model_dir, manifest)
     for graph in manifest["graphs"]:
         options = ort.SessionOptions()
         options.log_severity_level = 3
         session = ort.InferenceSession(str(Path(model_dir) / graph["file"]), options, providers=["CPUExecutionProvider"])
         before = len(failures)
         _check_signature(graph, session, failures)
-        if len(failures) == before:
+        if len(failures) > before:
+            continue
+        if graph["role"] == "guidance":
+            classifier, labels = controls[graph["control"]]
+            report[graph["name"]] = check_guidance(session, graph, classifier, len(labels), cfg.diffusion.T, failures)
+        else:
             worst = _check_values(graph, session, reference, cfg.diffusion.T, cfg.model.d, failures)
             metric = "max_abs_diff_rel_to_scale" if "max_abs_diff_rel_to_scale" in graph["tolerance"] else "max_abs_diff"
             report[graph["name"]] = {metric: worst, "shapes": [list(s) for s in CHECK_SHAPES]}

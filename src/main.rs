@@ -182,6 +182,20 @@ fn run_info(args: RuntimeArgs) -> Result<()> {
         )?;
         writeln!(out, "             parity {parity}, tolerance {}", g.tolerance)?;
     }
+    for (name, c) in &manifest.controls {
+        let graphs: Vec<&str> = c.graphs.values().map(String::as_str).collect();
+        let d = c.defaults;
+        writeln!(
+            out,
+            "  control    {name}: {} labels, input {} {:?}, graphs {graphs:?}, defaults lambda={} lr={} K={}",
+            c.labels.len(),
+            c.input.name,
+            c.input.shape,
+            d.lambda,
+            d.lr,
+            d.steps
+        )?;
+    }
     let runtime = OrtRuntime::load(args.ort_lib.as_deref())?;
     writeln!(out, "onnxruntime  {}", runtime.library.display())?;
     writeln!(out, "  build      {}", runtime.build_info())?;

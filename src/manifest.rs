@@ -22,6 +22,12 @@ pub struct Manifest {
     pub embeddings: EmbeddingsEntry,
     pub reference: ReferenceEntry,
     pub graphs: Vec<Graph>,
+    /// Guidance controls (classifier gradient graphs), by name: "pos", "content".
+    #[serde(default)]
+    pub controls: BTreeMap<String, Control>,
+    /// Classifier weights for the PyTorch parity checks; the runtime does not read them.
+    #[serde(default)]
+    pub controls_reference: Option<ReferenceEntry>,
     pub training: serde_json::Value,
     pub export: serde_json::Value,
 }
@@ -88,6 +94,40 @@ pub struct SpecialTokens {
     pub end: u32,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Control {
+    /// The label vocabulary: UPOS tags (+ START, END, PAD) or `field=value` pairs.
+    pub labels: Vec<String>,
+    /// The graph's third input, carrying the control.
+    pub input: ControlInput,
+    pub defaults: GuidanceDefaults,
+    /// Graph name per precision ("fp32", "fp16").
+    pub graphs: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlInput {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    /// Label value of a position the control leaves free (pos).
+    #[serde(default)]
+    pub free: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuidanceDefaults {
+    /// Weight of the fluency term lambda * ||x - mu||^2 / sigma^2.
+    pub lambda: f64,
+    /// Step size of the Adagrad-style updates.
+    pub lr: f64,
+    /// K: gradient steps per diffusion step.
+    pub steps: usize,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
@@ -131,6 +171,9 @@ pub struct AxisRange {
 pub struct Graph {
     pub name: String,
     pub role: String,
+    /// For guidance graphs: the control they compute the gradient of.
+    #[serde(default)]
+    pub control: Option<String>,
     pub file: String,
     pub sha256: String,
     pub precision: Precision,

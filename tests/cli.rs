@@ -177,3 +177,13 @@ fn eta_needs_ddim() {
         "--sampler ddim",
     );
 }
+
+#[test]
+fn info_lists_providers_sessions_and_controls() {
+    let out = dlm(&["info", "--model", &model_arg()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    for needle in ["CPUExecutionProvider", "denoiser Fp16: requested cpu, runs on cpu", "control    pos", "control    content"] {
+        assert!(stdout.contains(needle), "info lacks {needle:?}:\n{stdout}");
+    }
+}

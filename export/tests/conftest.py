@@ -27,6 +27,7 @@ def tiny_workdir(tmp_path_factory, tiny_cfg):
     from export.data import prepare
     from export.onnx_export import export_model
     from export.train import train
+    from export.train_controls import train_controls
 
     work = tmp_path_factory.mktemp("tiny")
     old = os.getcwd()
@@ -34,7 +35,8 @@ def tiny_workdir(tmp_path_factory, tiny_cfg):
     try:
         prepare(tiny_cfg, work / "data")
         train(tiny_cfg, work / "data", work / "train")
-        export_model(work / "data", work / "train", work / "model", command="pytest tiny")
+        train_controls(tiny_cfg, work / "data", work / "train", work / "controls")
+        export_model(work / "data", work / "train", work / "model", command="pytest tiny", controls_dir=work / "controls")
     finally:
         os.chdir(old)
     return work

@@ -58,3 +58,20 @@ def test_cli_exits_nonzero_with_a_message(tmp_path, capsys):
     cfg.write_text(json.dumps({"data": {"files": [str(tmp_path / "missing.txt")]}}))
     assert main(["--config", str(cfg), "--workdir", str(tmp_path / "w"), "prepare"]) == 1
     assert "missing.txt: corpus file not found" in capsys.readouterr().err
+
+
+def test_atomic_dir_replaces_whole_but_keeps_named_files(tmp_path):
+    from export.atomic import atomic_dir
+
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "README.md").write_text("hand-written")
+    (out / "stale.onnx").write_text("old")
+    with atomic_dir(out, keep=("README.md",)) as tmp:
+        (tmp / "new.onnx").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "new.onnx"]
+    with pytest.raises(RuntimeError):
+        with atomic_dir(out) as tmp:
+            (tmp / "half.onnx").write_text("x")
+            raise RuntimeError("export failed")
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "new.onnx"]

@@ -20,7 +20,8 @@ def test_export_writes_every_file_with_matching_sha256(tiny_workdir):
     m = manifest.load(model_dir)  # raises on any missing file or sha mismatch
     for entry in manifest.listed_files(m):
         assert manifest.sha256_of(model_dir / entry["file"]) == entry["sha256"]
-    assert {g["name"] for g in m["graphs"]} == {"denoiser.fp32", "denoiser.fp16"}
+    assert {g["name"] for g in m["graphs"]} == {"denoiser.fp32", "denoiser.fp16", "guide_pos.fp32", "guide_pos.fp16",
+                                                "guide_content.fp32", "guide_content.fp16"}
     assert len(m["diffusion"]["alpha_bar"]) == m["diffusion"]["T"] == 2000
     assert m["special_tokens"] == {"pad": 0, "unk": 1, "start": 2, "end": 3}
     emb = np.fromfile(model_dir / "embeddings.bin", dtype="<f4")
@@ -29,7 +30,7 @@ def test_export_writes_every_file_with_matching_sha256(tiny_workdir):
 
 def test_graphs_keep_batch_and_length_dynamic(tiny_workdir):
     m = manifest.load(tiny_workdir / "model")
-    for g in m["graphs"]:
+    for g in (g for g in m["graphs"] if g["role"] == "denoiser"):
         graph = onnx.load(str(tiny_workdir / "model" / g["file"])).graph
         x = graph.input[0].type.tensor_type.shape.dim
         assert x[0].dim_param and x[1].dim_param and x[2].dim_value == m["model"]["d"]
@@ -40,6 +41,18 @@ def test_verify_reports_figures_within_tolerance(tiny_workdir):
     report = verify_model_dir(tiny_workdir / "model")
     assert report["denoiser.fp32"]["max_abs_diff"] <= 1e-4
     assert report["denoiser.fp16"]["max_abs_diff_rel_to_scale"] <= 2e-2
+
+
+def test_guidance_graphs_match_autograd_at_fixed_shapes(tiny_workdir):
+    m = manifest.load(tiny_workdir / "model")
+    report = verify_model_dir(tiny_workdir / "model")
+    for g in (g for g in m["graphs"] if g["role"] == "guidance"):
+        batch = m["training"]["config"]["controls"]["guide_batch"]
+        assert g["inputs"][0]["shape"] == [batch, 64, 16] and g["outputs"][1]["shape"] == [batch, 64, 16]
+        assert report[g["name"]]["grad"] <= g["tolerance"]["max_abs_diff_rel_to_scale"]
+    assert m["controls"]["pos"]["labels"][-3:] == ["START", "END", "PAD"]
+    assert m["controls"]["content"]["input"]["shape"][1] == len(m["controls"]["content"]["labels"])
+    assert set(m["controls"]["pos"]["graphs"]) == {"fp32", "fp16"}
 
 
 def test_verify_fails_loudly_on_a_tampered_graph(tiny_workdir, tmp_path):

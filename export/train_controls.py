@@ -1,0 +1,82 @@
+"""controls: train the guidance classifiers on noisy latents of a trained Diffusion-LM."""
+import json
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import data
+from .controls import POS_SPECIAL, ContentClassifier, PosClassifier, content_labels, pos_labels
+from .errors import ExportError
+from .schedule import Diffusion
+from .train import CHECKPOINT, load_ema
+
+CONTROLS_FILE = "controls.pt"
+
+
+def label_vocab(records):
+    tags = sorted({tag for r in records for tag in r["pos"]}) + POS_SPECIAL
+    values = sorted({f"{field}={value}" for r in records for field, value in r["fields"]})
+    return tags, values
+
+
+def train_controls(cfg, data_dir, train_dir, out_dir):
+    """Train pos and content classifiers against the EMA embeddings of train_dir's checkpoint."""
+    ckpt = Path(train_dir) / CHECKPOINT
+    if not ckpt.is_file():
+        raise ExportError(f"{ckpt}: no checkpoint; run `python -m export train` first")
+    records = data.load_split(data_dir, "train")
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(Path(data_dir) / "tokenizer.json"))
+    lm, _, _ = load_ema(ckpt, tok.get_vocab_size())
+    emb = lm.word_emb.weight.detach()
+    c, m = cfg.controls, cfg.model
+    tags, values = label_vocab(records)
+    ids = torch.tensor([data.encode_ids(tok, r["words"], m.seq_len) for r in records])
+    pos_y, content_y = pos_labels(records, tags, m.seq_len), content_labels(records, values)
+    torch.manual_seed(c.seed)
+    gen = torch.Generator().manual_seed(c.seed)
+    pos = PosClassifier(m.d, m.seq_len, len(tags), c.hidden, c.layers, c.heads)
+    content = ContentClassifier(m.d, m.seq_len, len(values), c.hidden, c.layers, c.heads)
+    diff = Diffusion.full(cfg.diffusion.schedule, cfg.diffusion.T)
+    sqrt_ab = torch.tensor(diff.sqrt_alpha_bar, dtype=torch.float32)
+    sqrt_1mab = torch.tensor(diff.sqrt_one_minus_alpha_bar, dtype=torch.float32)
+    opt = torch.optim.AdamW(list(pos.parameters()) + list(content.parameters()), lr=c.lr)
+    log = []
+    bar = tqdm(range(c.steps), desc="controls", mininterval=2.0)
+    for step in bar:
+        idx = torch.randint(0, len(ids), (c.batch_size,), generator=gen)
+        t = torch.randint(0, cfg.diffusion.T, (c.batch_size,), generator=gen)
+        x0 = emb[ids[idx]]
+        noise = torch.randn(x0.shape, generator=gen)
+        x_t = sqrt_ab[t][:, None, None] * x0 + sqrt_1mab[t][:, None, None] * noise  # q(x_t | x_0)
+        pos_loss = pos.loss(x_t, t, pos_y[idx]).mean() / m.seq_len
+        content_loss = content.train_loss(x_t, t, content_y[idx]).mean() / len(values)
+        opt.zero_grad(set_to_none=True)
+        (pos_loss + content_loss).backward()
+        opt.step()
+        bar.set_postfix(pos=f"{pos_loss.item():.3f}", content=f"{content_loss.item():.4f}")
+        if (step + 1) % 100 == 0 or step + 1 == c.steps:
+            log.append({"step": step + 1, "pos_loss": pos_loss.item(), "content_loss": content_loss.item()})
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {"config": cfg.to_dict(), "tags": tags, "values": values, "log": log,
+             "pos": pos.state_dict(), "content": content.state_dict()}
+    torch.save(state, out_dir / CONTROLS_FILE)
+    (out_dir / "controls_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    return log[-1]
+
+
+def load_controls(path):
+    """(pos, content, tags, values) from a controls.pt, in eval mode."""
+    state = torch.load(path, weights_only=False)
+    from .config import from_dict
+
+    cfg = from_dict(state["config"])
+    c, m = cfg.controls, cfg.model
+    pos = PosClassifier(m.d, m.seq_len, len(state["tags"]), c.hidden, c.layers, c.heads)
+    content = ContentClassifier(m.d, m.seq_len, len(state["values"]), c.hidden, c.layers, c.heads)
+    pos.load_state_dict(state["pos"])
+    content.load_state_dict(state["content"])
+    return pos.eval(), content.eval(), state["tags"], state["values"], cfg
