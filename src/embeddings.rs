@@ -73,29 +73,49 @@ impl Embeddings {
 
     /// Clamping trick: replace every row of `x0_hat` (one position) by its nearest embedding,
     /// argmin_v ||x - EMB(v)||^2 = argmin_v ||EMB(v)||^2 - 2 <x, EMB(v)>.
-    pub fn clamp_rows(&self, mut x0_hat: ArrayViewMut2<'_, f32>, scratch: &mut Array2<f32>) {
+    pub fn clamp_rows(&self, mut x0_hat: ArrayViewMut2<'_, f32>, scratch: &mut Array2<f32>, words: WordsOnly<'_>) {
         let dots = self.dots(x0_hat.view(), scratch);
-        for (mut row, scores) in x0_hat.rows_mut().into_iter().zip(dots.rows()) {
-            let v = arg_best(scores.iter().zip(&self.sq_norms).map(|(dot, n)| 2.0 * dot - n));
+        for (r, (mut row, scores)) in x0_hat.rows_mut().into_iter().zip(dots.rows()).enumerate() {
+            let scores = scores.iter().zip(&self.sq_norms).map(|(dot, n)| 2.0 * dot - n);
+            let v = arg_best(scores, words.banned(r));
             row.assign(&self.matrix.row(v));
         }
     }
 
     /// Rounding through the tied head: argmax_v <x_i, EMB(v)> per row.
-    pub fn round_rows(&self, x: ArrayView2<'_, f32>, scratch: &mut Array2<f32>) -> Vec<u32> {
+    pub fn round_rows(&self, x: ArrayView2<'_, f32>, scratch: &mut Array2<f32>, words: WordsOnly<'_>) -> Vec<u32> {
         let dots = self.dots(x, scratch);
         dots.rows()
             .into_iter()
-            .map(|scores| arg_best(scores.iter().copied()) as u32)
+            .enumerate()
+            .map(|(r, s)| arg_best(s.iter().copied(), words.banned(r)) as u32)
             .collect()
     }
 }
 
-/// Index of the largest score (the first one on ties).
-fn arg_best(scores: impl Iterator<Item = f32>) -> usize {
+/// Positions that must be words (inside a fixed length): PAD, START and END are not
+/// candidates there, when clamping or rounding. Rows are positions of [B * L] latents.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WordsOnly<'a> {
+    /// Per position of a sequence, [L]; empty = no constraint.
+    pub positions: &'a [bool],
+    pub specials: &'a [u32],
+}
+
+impl WordsOnly<'_> {
+    fn banned(&self, row: usize) -> &[u32] {
+        match self.positions.get(row % self.positions.len().max(1)) {
+            Some(true) => self.specials,
+            _ => &[],
+        }
+    }
+}
+
+/// Index of the largest score (the first one on ties), skipping the banned indices.
+fn arg_best(scores: impl Iterator<Item = f32>, banned: &[u32]) -> usize {
     let mut best = (0, f32::NEG_INFINITY);
     for (i, s) in scores.enumerate() {
-        if s > best.1 {
+        if s > best.1 && !banned.contains(&(i as u32)) {
             best = (i, s);
         }
     }

@@ -62,5 +62,7 @@ pub enum GenerateError {
     #[error(transparent)]
     Request(#[from] RequestError),
     #[error(transparent)]
+    Control(#[from] crate::controls::ControlError),
+    #[error(transparent)]
     Inference(#[from] InferenceError),
 }

@@ -1,9 +1,21 @@
 //! A generation request: validated, split into batches, sampled and decoded.
 
+use crate::controls::{plan, ControlRequest, Plan};
+use crate::embeddings::WordsOnly;
 use crate::error::{GenerateError, RequestError};
+use crate::guidance::{BoundGuide, Guide, Target};
+use crate::manifest::GuidanceDefaults;
 use crate::model::Model;
-use crate::sampler::{initial_noise, sequence_rng, Method, SampleOptions, Sampler, Timing};
+use crate::sampler::{initial_noise, sequence_rng, GuideOptions, Method, SampleOptions, Sampler, Timing};
 use crate::schedule::Diffusion;
+
+/// Overrides of the manifest's guidance defaults (for every control of the request).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GuideOverrides {
+    pub steps: Option<usize>,
+    pub lambda: Option<f64>,
+    pub lr: Option<f64>,
+}
 
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -13,6 +25,8 @@ pub struct Request {
     pub seed: u64,
     pub num: usize,
     pub batch: usize,
+    pub controls: ControlRequest,
+    pub guide: GuideOverrides,
 }
 
 impl Request {
@@ -54,25 +68,68 @@ pub struct Generated {
     pub timing: Timing,
 }
 
+/// Guidance parameters: the overrides, else the defaults of the controls in use (several
+/// controls: the most steps, the smallest lambda, the largest lr).
+fn guide_options(defaults: &[GuidanceDefaults], overrides: GuideOverrides) -> GuideOptions {
+    let steps = defaults.iter().map(|d| d.steps).max().unwrap_or(0);
+    let lambda = defaults.iter().map(|d| d.lambda).fold(f64::INFINITY, f64::min);
+    let lr = defaults.iter().map(|d| d.lr).fold(0.0, f64::max);
+    GuideOptions {
+        steps: overrides.steps.unwrap_or(steps),
+        lambda: overrides
+            .lambda
+            .unwrap_or(if lambda.is_finite() { lambda } else { 0.0 }),
+        lr: overrides.lr.unwrap_or(lr),
+        skip_last: 0.1,
+    }
+}
+
 /// Generate `num` sequences in batches of `batch`; sequence k always uses random stream (seed, k).
 pub fn generate(model: &mut Model, request: &Request) -> Result<Vec<Generated>, GenerateError> {
     request.validate(model.manifest.diffusion.t, model.max_batch())?;
+    let plan: Plan = plan(&request.controls, &model.manifest, &model.vocab)?;
     let diffusion = Diffusion::respaced(&model.manifest.diffusion, request.steps)?;
     let (seq_len, d) = (model.manifest.model.seq_len, model.manifest.model.d);
     let options = SampleOptions {
         method: request.method,
         clamp: request.clamp,
     };
+    let targets: Vec<(&str, Target)> = [
+        plan.pos_tags.clone().map(|t| ("pos", Target::Tags(t))),
+        plan.content_wanted.clone().map(|w| ("content", Target::Wanted(w))),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let defaults: Vec<GuidanceDefaults> = targets
+        .iter()
+        .map(|(name, _)| model.manifest.controls[*name].defaults)
+        .collect();
+    let guide_opts = guide_options(&defaults, request.guide);
+    let st = model.manifest.special_tokens;
+    let specials = [st.pad, st.unk, st.start, st.end];
     let mut results = Vec::with_capacity(request.num);
     for first in (0..request.num).step_by(request.batch) {
         let indices: Vec<usize> = (first..(first + request.batch).min(request.num)).collect();
         let mut rngs: Vec<_> = indices.iter().map(|&k| sequence_rng(request.seed, k as u64)).collect();
         let x_t = initial_noise(&mut rngs, seq_len, d);
-        let mut sampler = Sampler {
-            denoiser: &mut model.denoiser,
-            embeddings: &model.embeddings,
-            diffusion: &diffusion,
-            options,
+        let mut bound: Vec<BoundGuide> = Vec::new();
+        for (name, session) in model.guides.iter_mut() {
+            if let Some((_, target)) = targets.iter().find(|(n, _)| n == name) {
+                bound.push(BoundGuide {
+                    session,
+                    target: target.clone(),
+                    weight: 1.0,
+                });
+            }
+        }
+        let mut sampler = Sampler::new(&mut model.denoiser, &model.embeddings, &diffusion, options);
+        sampler.guides = bound.iter_mut().map(|g| g as &mut dyn Guide).collect();
+        sampler.guide_options = guide_opts;
+        sampler.held = &plan.held;
+        sampler.words_only = WordsOnly {
+            positions: &plan.words_only,
+            specials: &specials,
         };
         let sampled = sampler.sample(x_t, &mut rngs, None)?;
         for (k, ids) in indices.into_iter().zip(sampled.tokens) {

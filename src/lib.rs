@@ -6,9 +6,11 @@
 //! [`embeddings`] (clamping and rounding), [`text`] (tokenizer), [`model`] (a loaded model
 //! directory) and [`generate`] (requests).
 
+pub mod controls;
 pub mod embeddings;
 pub mod error;
 pub mod generate;
+pub mod guidance;
 pub mod manifest;
 pub mod model;
 pub mod ortlib;

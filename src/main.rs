@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use dlm::generate::{generate, Generated, Request};
+use dlm::controls::ControlRequest;
+use dlm::generate::{generate, Generated, GuideOverrides, Request};
 use dlm::manifest::{Manifest, Precision};
 use dlm::model::Model;
 use dlm::ortlib::OrtRuntime;
@@ -87,6 +88,27 @@ struct GenerateArgs {
     /// JSON lines with text, tokens and timings instead of plain sentences.
     #[arg(long)]
     json: bool,
+    /// POS template, one UPOS tag per word: "PROPN AUX DET ADJ NOUN PUNCT" (fixes the length).
+    #[arg(long)]
+    pos: Option<String>,
+    /// A field=value pair the sentence must express, e.g. "food=Italian" (repeatable).
+    #[arg(long)]
+    content: Vec<String>,
+    /// Number of words.
+    #[arg(long)]
+    length: Option<usize>,
+    /// Template with `_` for each word to generate: "The Eagle is a _ _ near _ ." (fixed words kept).
+    #[arg(long)]
+    infill: Option<String>,
+    /// Guidance steps K per diffusion step (default: the manifest's, 3).
+    #[arg(long)]
+    guide_steps: Option<usize>,
+    /// Fluency weight lambda of ||x - mu||^2 / sigma^2 (default: the manifest's per control).
+    #[arg(long)]
+    guide_lambda: Option<f64>,
+    /// Guidance step size (default: the manifest's per control).
+    #[arg(long)]
+    guide_lr: Option<f64>,
 }
 
 fn session_options(args: &RuntimeArgs, max_batch: usize) -> SessionOptions {
@@ -117,6 +139,17 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
         seed: args.seed,
         num: args.num,
         batch: args.batch,
+        controls: ControlRequest {
+            pos: args.pos.clone(),
+            content: args.content.clone(),
+            length: args.length,
+            infill: args.infill.clone(),
+        },
+        guide: GuideOverrides {
+            steps: args.guide_steps,
+            lambda: args.guide_lambda,
+            lr: args.guide_lr,
+        },
     };
     let runtime = OrtRuntime::load(args.runtime.ort_lib.as_deref())?;
     let opts = session_options(&args.runtime, args.batch);
@@ -152,6 +185,7 @@ fn json_line(g: &Generated, request: &Request) -> serde_json::Value {
             "batch_total_ms": ms(g.timing.total),
             "per_step_ms": ms(g.timing.per_step()),
             "denoiser_ms": ms(g.timing.denoiser),
+            "guidance_ms": ms(g.timing.guidance),
             "host_ms": ms(g.timing.host()),
             "batch_size": request.batch.min(request.num),
         },

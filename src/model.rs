@@ -1,9 +1,11 @@
 //! A model directory, loaded and checked: manifest, tokenizer, embeddings, denoiser session.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::embeddings::Embeddings;
 use crate::error::LoadError;
+use crate::guidance::GuideSession;
 use crate::manifest::{Manifest, Precision, MANIFEST_FILE};
 use crate::ortlib::OrtRuntime;
 use crate::schedule::{cumprod_alphas, Diffusion};
@@ -19,6 +21,8 @@ pub struct Model {
     pub vocab: Vocab,
     pub embeddings: Embeddings,
     pub denoiser: OrtDenoiser,
+    /// Guidance sessions by control name, in the same precision as the denoiser.
+    pub guides: BTreeMap<String, GuideSession>,
 }
 
 impl Model {
@@ -53,12 +57,14 @@ impl Model {
             what: format!("no denoiser graph of precision {precision:?}"),
         })?;
         let denoiser = OrtDenoiser::open(runtime, dir, graph, opts)?;
+        let guides = open_guides(runtime, dir, &manifest, precision, opts)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             manifest,
             vocab,
             embeddings,
             denoiser,
+            guides,
         })
     }
 
@@ -67,6 +73,30 @@ impl Model {
             .denoiser(self.denoiser.precision())
             .map_or(1, |g| self.manifest.max_batch(g))
     }
+}
+
+/// One guidance session per control of the manifest, in the denoiser's precision.
+fn open_guides(
+    runtime: &OrtRuntime,
+    dir: &Path,
+    manifest: &Manifest,
+    precision: Precision,
+    opts: &SessionOptions,
+) -> Result<BTreeMap<String, GuideSession>, LoadError> {
+    let key = if precision == Precision::Fp16 { "fp16" } else { "fp32" };
+    let mut guides = BTreeMap::new();
+    for (name, control) in &manifest.controls {
+        let graph = control
+            .graphs
+            .get(key)
+            .and_then(|g| manifest.graphs.iter().find(|graph| &graph.name == g));
+        let graph = graph.ok_or_else(|| LoadError::Invalid {
+            path: dir.join(MANIFEST_FILE),
+            what: format!("control {name} names no {key} guidance graph present in graphs"),
+        })?;
+        guides.insert(name.clone(), GuideSession::open(runtime, dir, graph, control, opts)?);
+    }
+    Ok(guides)
 }
 
 fn check_schedule(path: &Path, manifest: &Manifest) -> Result<(), LoadError> {

@@ -8,8 +8,9 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
-use crate::embeddings::Embeddings;
+use crate::embeddings::{Embeddings, WordsOnly};
 use crate::error::{GenerateError, InferenceError};
+use crate::guidance::Guide;
 use crate::schedule::Diffusion;
 
 /// "Given x_t and t, give x0_hat": what the sampler needs from a model.
@@ -37,6 +38,8 @@ pub struct SampleOptions {
 pub struct Timing {
     pub total: Duration,
     pub denoiser: Duration,
+    /// Time in the guidance graphs and their updates.
+    pub guidance: Duration,
     pub steps: usize,
 }
 
@@ -46,7 +49,7 @@ impl Timing {
     }
 
     pub fn host(&self) -> Duration {
-        self.total.saturating_sub(self.denoiser)
+        self.total.saturating_sub(self.denoiser + self.guidance)
     }
 }
 
@@ -77,11 +80,58 @@ fn fill_normal(x: &mut Array3<f32>, rngs: &mut [ChaCha8Rng]) {
     }
 }
 
+/// Classifier guidance after each denoising step (Diffusion-LM section 5.2).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GuideOptions {
+    /// K gradient steps on x_{t-1} per diffusion step.
+    pub steps: usize,
+    /// Weight of the fluency term lambda * ||x - mu||^2 / sigma^2.
+    pub lambda: f64,
+    /// Step size; each update is lr * g / |g| per coordinate (a fresh Adagrad's first step).
+    pub lr: f64,
+    /// No guidance in this last fraction of the steps.
+    pub skip_last: f64,
+}
+
 pub struct Sampler<'a, D: Denoiser> {
     pub denoiser: &'a mut D,
     pub embeddings: &'a Embeddings,
     pub diffusion: &'a Diffusion,
     pub options: SampleOptions,
+    /// Controls whose loss gradients steer x_{t-1}; their losses add.
+    pub guides: Vec<&'a mut dyn Guide>,
+    pub guide_options: GuideOptions,
+    /// Token held at each position (infill words, START/END/PAD of a fixed length).
+    pub held: &'a [Option<u32>],
+    /// Positions inside a fixed length, which clamping and rounding keep to words.
+    pub words_only: WordsOnly<'a>,
+}
+
+impl<'a, D: Denoiser> Sampler<'a, D> {
+    /// An unguided sampler holding no position.
+    pub fn new(
+        denoiser: &'a mut D,
+        embeddings: &'a Embeddings,
+        diffusion: &'a Diffusion,
+        options: SampleOptions,
+    ) -> Self {
+        let guide_options = GuideOptions {
+            steps: 0,
+            lambda: 0.0,
+            lr: 0.0,
+            skip_last: 0.1,
+        };
+        Self {
+            denoiser,
+            embeddings,
+            diffusion,
+            options,
+            guides: Vec::new(),
+            guide_options,
+            held: &[],
+            words_only: WordsOnly::default(),
+        }
+    }
 }
 
 impl<D: Denoiser> Sampler<'_, D> {
@@ -95,14 +145,19 @@ impl<D: Denoiser> Sampler<'_, D> {
         let start = Instant::now();
         let (b, l, d) = x.dim();
         let mut x0_hat = Array3::zeros((b, l, d));
+        let mut mean = Array3::zeros((b, l, d));
         let mut noise = Array3::zeros((b, l, d));
+        let mut grad = Array3::zeros((b, l, d));
         let mut scratch = Array2::zeros((0, 0));
         let mut t = vec![0i64; b];
+        let n = self.diffusion.num_steps();
         let mut timing = Timing {
-            steps: self.diffusion.num_steps(),
+            steps: n,
             ..Timing::default()
         };
-        for i in (0..self.diffusion.num_steps()).rev() {
+        let last_guided = (n as f64 * self.guide_options.skip_last).floor() as usize;
+        self.hold(&mut x, self.diffusion.alpha_bar[n - 1], rngs);
+        for i in (0..n).rev() {
             t.fill(self.diffusion.timestep_map[i]);
             let call = Instant::now();
             self.denoiser.denoise(&x, &t, &mut x0_hat)?;
@@ -111,15 +166,24 @@ impl<D: Denoiser> Sampler<'_, D> {
                 trace.push(x0_hat.clone());
             }
             if self.options.clamp {
-                self.embeddings.clamp_rows(flat_mut(&mut x0_hat), &mut scratch);
+                self.embeddings
+                    .clamp_rows(flat_mut(&mut x0_hat), &mut scratch, self.words_only);
             }
-            let stochastic = i > 0 && !matches!(self.options.method, Method::Ddim { eta } if eta == 0.0);
-            if stochastic {
+            let sigma = self.step_mean(i, &x, &x0_hat, &mut mean);
+            x.assign(&mean);
+            if i > 0 && sigma > 0.0 {
                 fill_normal(&mut noise, rngs);
+                x.scaled_add(sigma as f32, &noise);
             }
-            self.update(i, &mut x, &x0_hat, stochastic.then_some(&noise));
+            if i > last_guided && !self.guides.is_empty() && self.guide_options.steps > 0 {
+                t.fill(self.diffusion.timestep_map[i - 1]);
+                let call = Instant::now();
+                self.guide(&mut x, &mean, self.diffusion.model_variance[i], &t, &mut grad)?;
+                timing.guidance += call.elapsed();
+            }
+            self.hold(&mut x, self.diffusion.alpha_bar_prev[i], rngs);
         }
-        let tokens = self.embeddings.round_rows(flat(&x), &mut scratch);
+        let tokens = self.embeddings.round_rows(flat(&x), &mut scratch, self.words_only);
         timing.total = start.elapsed();
         Ok(Sampled {
             tokens: tokens.chunks(l).map(<[u32]>::to_vec).collect(),
@@ -128,8 +192,8 @@ impl<D: Denoiser> Sampler<'_, D> {
         })
     }
 
-    /// x_{i-1} from x_i and x0_hat, in place.
-    fn update(&self, i: usize, x: &mut Array3<f32>, x0_hat: &Array3<f32>, noise: Option<&Array3<f32>>) {
+    /// The mean of x_{i-1} given x_i and x0_hat, into `mean`; returns the noise scale sigma.
+    fn step_mean(&self, i: usize, x: &Array3<f32>, x0_hat: &Array3<f32>, mean: &mut Array3<f32>) -> f64 {
         let s = self.diffusion;
         let (coef_x0, coef_xt, sigma) = match self.options.method {
             // posterior_mean = coef1 * x0_hat + coef2 * x_t; sigma^2 = model_variance
@@ -147,14 +211,64 @@ impl<D: Denoiser> Sampler<'_, D> {
                 (ab_prev.sqrt() - c_eps, c_eps / ab.sqrt(), sigma)
             }
         };
-        let (coef_x0, coef_xt, sigma) = (coef_x0 as f32, coef_xt as f32, sigma as f32);
-        match noise {
-            Some(z) => ndarray::Zip::from(x).and(x0_hat).and(z).for_each(|x, &x0, &z| {
-                *x = coef_x0 * x0 + coef_xt * *x + sigma * z;
-            }),
-            None => ndarray::Zip::from(x)
-                .and(x0_hat)
-                .for_each(|x, &x0| *x = coef_x0 * x0 + coef_xt * *x),
+        let (coef_x0, coef_xt) = (coef_x0 as f32, coef_xt as f32);
+        ndarray::Zip::from(mean)
+            .and(x0_hat)
+            .and(x)
+            .for_each(|m, &x0, &xt| *m = coef_x0 * x0 + coef_xt * xt);
+        if i == 0 {
+            0.0
+        } else {
+            sigma
+        }
+    }
+
+    /// K steps on x_{t-1} against sum(control losses) + lambda * ||x - mu||^2 / sigma^2; each
+    /// update is lr * g / |g| per coordinate, what an Adagrad re-created every step does first.
+    fn guide(
+        &mut self,
+        x: &mut Array3<f32>,
+        mean: &Array3<f32>,
+        variance: f64,
+        t: &[i64],
+        grad: &mut Array3<f32>,
+    ) -> Result<(), InferenceError> {
+        let opts = self.guide_options;
+        let fluency = (2.0 * opts.lambda / variance.max(1e-12)) as f32;
+        let lr = opts.lr as f32;
+        for _ in 0..opts.steps {
+            grad.fill(0.0);
+            for guide in self.guides.iter_mut() {
+                guide.add_grad(x, t, grad)?;
+            }
+            ndarray::Zip::from(&mut *x)
+                .and(&*grad)
+                .and(mean)
+                .for_each(|x, &g, &mu| {
+                    let g = g + fluency * (*x - mu);
+                    *x -= lr * g / (g.abs() + 1e-10);
+                });
+        }
+        Ok(())
+    }
+
+    /// Held positions sit at their noised embedding, sqrt(abar) EMB(w) + sqrt(1 - abar) z:
+    /// exactly EMB(w) once abar = 1, so they round back to w.
+    fn hold(&self, x: &mut Array3<f32>, alpha_bar: f64, rngs: &mut [ChaCha8Rng]) {
+        if self.held.iter().all(Option::is_none) {
+            return;
+        }
+        let (scale, noise) = (alpha_bar.sqrt() as f32, (1.0 - alpha_bar).max(0.0).sqrt() as f32);
+        let emb = self.embeddings.matrix();
+        for (mut seq, rng) in x.axis_iter_mut(Axis(0)).zip(rngs.iter_mut()) {
+            for (pos, token) in self.held.iter().enumerate() {
+                if let Some(w) = token {
+                    for (v, &e) in seq.row_mut(pos).iter_mut().zip(emb.row(*w as usize)) {
+                        let z: f32 = StandardNormal.sample(rng);
+                        *v = scale * e + noise * z;
+                    }
+                }
+            }
         }
     }
 }
@@ -209,12 +323,7 @@ mod tests {
         let diff = diffusion(6);
         let mut rngs: Vec<_> = (0..3).map(|k| sequence_rng(5, k)).collect();
         let x_t = initial_noise(&mut rngs, 4, 2);
-        let mut sampler = Sampler {
-            denoiser: &mut fake,
-            embeddings: &emb,
-            diffusion: &diff,
-            options: SampleOptions { method, clamp },
-        };
+        let mut sampler = Sampler::new(&mut fake, &emb, &diff, SampleOptions { method, clamp });
         let sampled = sampler.sample(x_t, &mut rngs, None).unwrap();
         (sampled, fake.calls)
     }
@@ -251,11 +360,15 @@ mod tests {
         let emb = embeddings();
         let mut x: Array2<f32> = array![[2.0, 0.5], [0.2, 0.1], [-1.0, -2.5]];
         let mut scratch = Array2::zeros((0, 0));
-        emb.clamp_rows(x.view_mut(), &mut scratch);
+        emb.clamp_rows(x.view_mut(), &mut scratch, WordsOnly::default());
         assert_eq!(x, array![[3.0, 0.0], [0.0, 0.0], [-3.0, -3.0]]);
         // <x, EMB>: the origin word never wins a dot product against a positive one
         assert_eq!(
-            emb.round_rows(array![[0.2, 0.1], [-0.1, -0.2]].view(), &mut scratch),
+            emb.round_rows(
+                array![[0.2, 0.1], [-0.1, -0.2]].view(),
+                &mut scratch,
+                WordsOnly::default()
+            ),
             vec![1, 3]
         );
     }

@@ -33,6 +33,14 @@ impl Vocab {
             .filter(move |&i| i != s.pad && i != s.start && i != s.end)
     }
 
+    /// The id of a word, if it is in the vocabulary (special tokens excluded).
+    pub fn id(&self, word: &str) -> Option<u32> {
+        let s = self.special;
+        self.tokenizer
+            .token_to_id(word)
+            .filter(|&i| i != s.pad && i != s.start && i != s.end && i != s.unk)
+    }
+
     pub fn token(&self, id: u32) -> String {
         self.tokenizer.id_to_token(id).unwrap_or_else(|| format!("<{id}>"))
     }

@@ -183,7 +183,24 @@ fn info_lists_providers_sessions_and_controls() {
     let out = dlm(&["info", "--model", &model_arg()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8(out.stdout).unwrap();
-    for needle in ["CPUExecutionProvider", "denoiser Fp16: requested cpu, runs on cpu", "control    pos", "control    content"] {
+    for needle in [
+        "CPUExecutionProvider",
+        "denoiser Fp16: requested cpu, runs on cpu",
+        "control    pos",
+        "control    content",
+    ] {
         assert!(stdout.contains(needle), "info lacks {needle:?}:\n{stdout}");
     }
+}
+
+#[test]
+fn bad_controls_fail_cleanly() {
+    assert_fails_with(
+        &dlm(&["generate", "--model", &model_arg(), "--pos", "NOUN FOO"]),
+        "unknown POS tag \"FOO\"",
+    );
+    assert_fails_with(
+        &dlm(&["generate", "--model", &model_arg(), "--infill", "_ _", "--length", "3"]),
+        "conflicting controls",
+    );
 }

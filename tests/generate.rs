@@ -2,8 +2,9 @@
 
 mod common;
 
+use dlm::controls::ControlRequest;
 use dlm::error::{GenerateError, RequestError};
-use dlm::generate::{generate, Request};
+use dlm::generate::{generate, GuideOverrides, Request};
 use dlm::manifest::Precision;
 use dlm::sampler::Method;
 
@@ -15,6 +16,8 @@ fn request(steps: usize, seed: u64, num: usize, batch: usize) -> Request {
         seed,
         num,
         batch,
+        controls: ControlRequest::default(),
+        guide: GuideOverrides::default(),
     }
 }
 

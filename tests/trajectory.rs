@@ -38,12 +38,7 @@ fn ddim_trajectory_matches_pytorch_reference() {
             clamp: true,
         };
         let mut trace = Vec::new();
-        let mut sampler = Sampler {
-            denoiser: &mut model.denoiser,
-            embeddings: &model.embeddings,
-            diffusion: &diffusion,
-            options,
-        };
+        let mut sampler = Sampler::new(&mut model.denoiser, &model.embeddings, &diffusion, options);
         let sampled = sampler.sample(x_t, &mut rngs, Some(&mut trace)).unwrap();
 
         let expected_tokens: Vec<Vec<u32>> = serde_json::from_value(fixture["tokens"].clone()).unwrap();

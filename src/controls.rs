@@ -1,0 +1,198 @@
+//! Controls a request asks for (POS template, content pairs, length, infill template), checked
+//! against the manifest's label vocabularies and turned into per-position targets.
+
+use crate::manifest::Manifest;
+use crate::text::Vocab;
+
+/// What the user asked for, as given on the command line or in a request.
+#[derive(Debug, Clone, Default)]
+pub struct ControlRequest {
+    /// UPOS tags of the words, e.g. "PROPN AUX DET ADJ NOUN".
+    pub pos: Option<String>,
+    /// `field=value` pairs the sentence must express.
+    pub content: Vec<String>,
+    /// Number of words.
+    pub length: Option<usize>,
+    /// Words with `_` for blanks: "The Eagle is a _ _ near _ .".
+    pub infill: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ControlError {
+    #[error("this model has no {0} control (manifest has: {1})")]
+    Missing(&'static str, String),
+    #[error("unknown POS tag {tag:?}; allowed: {allowed}")]
+    UnknownTag { tag: String, allowed: String },
+    #[error("unknown content {pair:?}; allowed field=value pairs: {allowed}")]
+    UnknownContent { pair: String, allowed: String },
+    #[error("{what} has {got} words; at most {max} fit in a sequence of {seq_len}")]
+    TooLong {
+        what: &'static str,
+        got: usize,
+        max: usize,
+        seq_len: usize,
+    },
+    #[error("{what} is empty")]
+    Empty { what: &'static str },
+    #[error("infill template word {word:?} is not in the vocabulary (use _ for a blank)")]
+    UnknownWord { word: String },
+    #[error("conflicting controls: {0}")]
+    Conflict(String),
+}
+
+/// Per-request targets: what the guidance graphs and the held positions need.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    /// Label index per position for the pos graph (`free` where unconstrained), [L].
+    pub pos_tags: Option<Vec<i64>>,
+    /// 0/1 per content label, [V_content].
+    pub content_wanted: Option<Vec<f32>>,
+    /// Token held at each position (START, template words, END, PAD), None = generated.
+    pub held: Vec<Option<u32>>,
+    /// Positions inside a fixed length: generated there, but always a word.
+    pub words_only: Vec<bool>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.pos_tags.is_none() && self.content_wanted.is_none() && self.held.iter().all(Option::is_none)
+    }
+}
+
+fn words(s: &str) -> Vec<&str> {
+    s.split_whitespace().collect()
+}
+
+pub fn plan(request: &ControlRequest, manifest: &Manifest, vocab: &Vocab) -> Result<Plan, ControlError> {
+    let seq_len = manifest.model.seq_len;
+    let max = seq_len - 2; // START and END take a position each
+    let have = || manifest.controls.keys().cloned().collect::<Vec<_>>().join(", ");
+    let mut plan = Plan {
+        held: vec![None; seq_len],
+        ..Plan::default()
+    };
+    let mut length = request.length;
+    if let Some(n) = length {
+        if n == 0 {
+            return Err(ControlError::Empty { what: "--length" });
+        }
+        if n > max {
+            return Err(ControlError::TooLong {
+                what: "--length",
+                got: n,
+                max,
+                seq_len,
+            });
+        }
+    }
+    if let Some(template) = &request.infill {
+        let ws = words(template);
+        check_len("the infill template", ws.len(), max, seq_len)?;
+        if let Some(n) = length.filter(|&n| n != ws.len()) {
+            return Err(ControlError::Conflict(format!(
+                "--length {n} but the infill template has {} words",
+                ws.len()
+            )));
+        }
+        for (i, w) in ws.iter().enumerate() {
+            if *w != "_" {
+                let id = vocab
+                    .id(w)
+                    .ok_or_else(|| ControlError::UnknownWord { word: w.to_string() })?;
+                plan.held[i + 1] = Some(id);
+            }
+        }
+        length = Some(ws.len());
+    }
+    if let Some(tags) = &request.pos {
+        let control = manifest
+            .controls
+            .get("pos")
+            .ok_or_else(|| ControlError::Missing("pos", have()))?;
+        let tags = words(tags);
+        check_len("the POS template", tags.len(), max, seq_len)?;
+        if let Some(n) = length.filter(|&n| n != tags.len()) {
+            return Err(ControlError::Conflict(format!(
+                "the POS template has {} tags but the length is {n}",
+                tags.len()
+            )));
+        }
+        let index = |tag: &str| control.labels.iter().position(|l| l == tag).map(|i| i as i64);
+        let word_tags: Vec<&String> = control
+            .labels
+            .iter()
+            .filter(|l| !matches!(l.as_str(), "START" | "END" | "PAD"))
+            .collect();
+        let mut row = vec![index("PAD").unwrap_or(0); seq_len];
+        row[0] = index("START").unwrap_or(0);
+        for (i, tag) in tags.iter().enumerate() {
+            row[i + 1] = match index(tag).filter(|_| word_tags.iter().any(|l| l == tag)) {
+                Some(v) => v,
+                None => {
+                    let allowed = word_tags.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ");
+                    return Err(ControlError::UnknownTag {
+                        tag: tag.to_string(),
+                        allowed,
+                    });
+                }
+            };
+        }
+        row[tags.len() + 1] = index("END").unwrap_or(0);
+        plan.pos_tags = Some(row);
+        length = Some(tags.len());
+    }
+    if !request.content.is_empty() {
+        let control = manifest
+            .controls
+            .get("content")
+            .ok_or_else(|| ControlError::Missing("content", have()))?;
+        let mut wanted = vec![0.0f32; control.labels.len()];
+        for pair in &request.content {
+            let normalized = normalize_pair(pair);
+            let i =
+                control
+                    .labels
+                    .iter()
+                    .position(|l| *l == normalized)
+                    .ok_or_else(|| ControlError::UnknownContent {
+                        pair: pair.clone(),
+                        allowed: control.labels.join(", "),
+                    })?;
+            wanted[i] = 1.0;
+        }
+        plan.content_wanted = Some(wanted);
+    }
+    if let Some(n) = length {
+        let special = manifest.special_tokens;
+        plan.held[0] = Some(special.start);
+        plan.held[n + 1] = Some(special.end);
+        plan.held[n + 2..].iter_mut().for_each(|h| *h = Some(special.pad));
+        plan.words_only = (0..seq_len)
+            .map(|i| (1..=n).contains(&i) && plan.held[i].is_none())
+            .collect();
+    }
+    Ok(plan)
+}
+
+/// "food = Italian" and "Food=Italian" both mean the label "food=Italian".
+fn normalize_pair(pair: &str) -> String {
+    match pair.split_once('=') {
+        Some((field, value)) => format!("{}={}", field.trim().to_lowercase(), value.trim()),
+        None => pair.trim().to_string(),
+    }
+}
+
+fn check_len(what: &'static str, got: usize, max: usize, seq_len: usize) -> Result<(), ControlError> {
+    if got == 0 {
+        return Err(ControlError::Empty { what });
+    }
+    if got > max {
+        return Err(ControlError::TooLong {
+            what,
+            got,
+            max,
+            seq_len,
+        });
+    }
+    Ok(())
+}

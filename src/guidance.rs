@@ -1,0 +1,141 @@
+//! Classifier guidance: the exported gradient graphs `(x, t, control) -> (loss, grad)` behind
+//! the sampler's [`Guide`] trait. The graphs have a fixed batch; this pads and chunks to it.
+
+use std::path::Path;
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+use ndarray::Array3;
+use ort::session::Session;
+use ort::value::TensorRef;
+
+use crate::error::{InferenceError, LoadError};
+use crate::manifest::{Control, DType, Graph, Precision};
+use crate::ortlib::OrtRuntime;
+use crate::session::{open_session, Device, SessionOptions};
+
+/// "Given x, t, give d loss / d x": what the sampler needs from a control.
+pub trait Guide {
+    /// Adds `weight * d loss / d x` at x [B, L, d], timestep t, into `grad`.
+    fn add_grad(&mut self, x: &Array3<f32>, t: &[i64], grad: &mut Array3<f32>) -> Result<(), InferenceError>;
+}
+
+/// One control's guidance graph, loaded once.
+pub struct GuideSession {
+    session: Session,
+    name: String,
+    precision: Precision,
+    batch: usize,
+    control_input: String,
+    control_dtype: DType,
+    pub device: Device,
+}
+
+impl GuideSession {
+    pub fn open(
+        runtime: &OrtRuntime,
+        dir: &Path,
+        graph: &Graph,
+        control: &Control,
+        opts: &SessionOptions,
+    ) -> Result<Self, LoadError> {
+        let (session, device) = open_session(runtime, dir, graph, opts)?;
+        Ok(Self {
+            session,
+            name: graph.name.clone(),
+            precision: graph.precision,
+            batch: control.input.shape.first().copied().unwrap_or(1),
+            control_input: control.input.name.clone(),
+            control_dtype: control.input.dtype,
+            device,
+        })
+    }
+}
+
+/// The control's target, the same for every sequence of a request.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Tags(Vec<i64>),
+    Wanted(Vec<f32>),
+}
+
+/// A guide session bound to one request's target and weight.
+pub struct BoundGuide<'a> {
+    pub session: &'a mut GuideSession,
+    pub target: Target,
+    pub weight: f32,
+}
+
+impl Guide for BoundGuide<'_> {
+    fn add_grad(&mut self, x: &Array3<f32>, t: &[i64], grad: &mut Array3<f32>) -> Result<(), InferenceError> {
+        let s = &mut *self.session;
+        let (b, l, d) = x.dim();
+        let g = s.batch;
+        let per_seq = l * d;
+        let name = s.name.clone();
+        let run_err = |source| InferenceError::Run {
+            graph: name.clone(),
+            source,
+        };
+        let x_all = x.as_slice().expect("sampler state is in standard layout");
+        let grad_all = grad.as_slice_mut().expect("sampler state is in standard layout");
+        let mut x_chunk = vec![0.0f32; g * per_seq];
+        let mut x_half = vec![f16::ZERO; if s.precision == Precision::Fp16 { g * per_seq } else { 0 }];
+        for first in (0..b).step_by(g) {
+            let n = g.min(b - first);
+            x_chunk.fill(0.0);
+            x_chunk[..n * per_seq].copy_from_slice(&x_all[first * per_seq..(first + n) * per_seq]);
+            let t_chunk: Vec<i64> = (0..g).map(|k| t[(first + k).min(b - 1)]).collect();
+            let t_tensor = TensorRef::from_array_view(([g], &t_chunk[..])).map_err(run_err)?;
+            let shape = [g, l, d];
+            let x_tensor = match s.precision {
+                Precision::Fp32 => TensorRef::from_array_view((shape, &x_chunk[..]))
+                    .map_err(run_err)?
+                    .into_dyn(),
+                Precision::Fp16 => {
+                    x_half.convert_from_f32_slice(&x_chunk);
+                    TensorRef::from_array_view((shape, &x_half[..]))
+                        .map_err(run_err)?
+                        .into_dyn()
+                }
+            };
+            let (tags, wanted);
+            let control = match (&self.target, s.control_dtype) {
+                (Target::Tags(row), DType::Int64) => {
+                    tags = row.repeat(g);
+                    TensorRef::from_array_view(([g, row.len()], &tags[..]))
+                        .map_err(run_err)?
+                        .into_dyn()
+                }
+                (Target::Wanted(row), _) => {
+                    wanted = row.repeat(g);
+                    TensorRef::from_array_view(([g, row.len()], &wanted[..]))
+                        .map_err(run_err)?
+                        .into_dyn()
+                }
+                (Target::Tags(row), _) => {
+                    wanted = row.iter().map(|&v| v as f32).collect::<Vec<_>>().repeat(g);
+                    TensorRef::from_array_view(([g, row.len()], &wanted[..]))
+                        .map_err(run_err)?
+                        .into_dyn()
+                }
+            };
+            let inputs = ort::inputs!["x" => x_tensor, "t" => t_tensor, s.control_input.as_str() => control];
+            let outputs = s.session.run(inputs).map_err(run_err)?;
+            let out = &mut grad_all[first * per_seq..(first + n) * per_seq];
+            match s.precision {
+                Precision::Fp32 => {
+                    let (_, values) = outputs[1].try_extract_tensor::<f32>().map_err(run_err)?;
+                    out.iter_mut().zip(values).for_each(|(o, v)| *o += self.weight * v);
+                }
+                Precision::Fp16 => {
+                    let (_, values) = outputs[1].try_extract_tensor::<f16>().map_err(run_err)?;
+                    out.iter_mut()
+                        .zip(values)
+                        .for_each(|(o, v)| *o += self.weight * v.to_f32());
+                }
+            }
+        }
+        Ok(())
+    }
+}

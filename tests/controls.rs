@@ -1,0 +1,165 @@
+//! Controls on the bundled model through the real guidance graphs: infilling and length hold
+//! positions exactly, POS guidance fixes the length and composes, bad control input is refused.
+
+mod common;
+
+use dlm::controls::{ControlError, ControlRequest};
+use dlm::error::GenerateError;
+use dlm::generate::{generate, Generated, GuideOverrides, Request};
+use dlm::manifest::Precision;
+use dlm::sampler::Method;
+
+fn request(controls: ControlRequest, num: usize, batch: usize) -> Request {
+    Request {
+        steps: 40,
+        method: Method::Ddpm,
+        clamp: true,
+        seed: 11,
+        num,
+        batch,
+        controls,
+        guide: GuideOverrides::default(),
+    }
+}
+
+fn run(precision: Precision, r: &Request) -> Vec<Generated> {
+    common::with_model(precision, |m| generate(m, r).unwrap())
+}
+
+#[test]
+fn infill_keeps_every_fixed_word_in_place() {
+    let template = "The Eagle is a _ _ _ near _ _ _ .";
+    let controls = ControlRequest {
+        infill: Some(template.into()),
+        ..ControlRequest::default()
+    };
+    for g in run(Precision::Fp32, &request(controls, 4, 2)) {
+        assert_eq!(g.tokens.len(), template.split_whitespace().count(), "{}", g.text);
+        for (word, out) in template.split_whitespace().zip(&g.tokens) {
+            if word != "_" {
+                assert_eq!(word, out, "{}", g.text);
+            }
+        }
+    }
+}
+
+#[test]
+fn length_is_exact() {
+    for n in [5, 12, 30] {
+        let controls = ControlRequest {
+            length: Some(n),
+            ..ControlRequest::default()
+        };
+        for g in run(Precision::Fp32, &request(controls, 3, 3)) {
+            assert_eq!(g.tokens.len(), n, "{}", g.text);
+        }
+    }
+}
+
+#[test]
+fn pos_guidance_runs_in_both_precisions_and_chunks_batches() {
+    let pos = "PROPN AUX DET ADJ NOUN ADP DET PROPN PROPN PUNCT";
+    let controls = ControlRequest {
+        pos: Some(pos.into()),
+        content: vec!["area=riverside".into()],
+        ..Default::default()
+    };
+    let one = run(Precision::Fp32, &request(controls.clone(), 3, 1));
+    let three = run(Precision::Fp32, &request(controls.clone(), 3, 3));
+    assert_eq!(
+        one.iter().map(|g| &g.text).collect::<Vec<_>>(),
+        three.iter().map(|g| &g.text).collect::<Vec<_>>()
+    );
+    for g in one.iter().chain(&run(Precision::Fp16, &request(controls, 2, 2))) {
+        assert_eq!(g.tokens.len(), 10, "{}", g.text);
+        assert!(g.timing.guidance > std::time::Duration::ZERO);
+    }
+}
+
+#[test]
+fn guidance_changes_the_output() {
+    let pos = "PROPN AUX DET ADJ NOUN ADP DET PROPN PROPN PUNCT";
+    let guided = ControlRequest {
+        pos: Some(pos.into()),
+        ..ControlRequest::default()
+    };
+    let length_only = ControlRequest {
+        length: Some(10),
+        ..ControlRequest::default()
+    };
+    let a = run(Precision::Fp32, &request(guided, 2, 2));
+    let b = run(Precision::Fp32, &request(length_only, 2, 2));
+    assert_ne!(
+        a.iter().map(|g| &g.text).collect::<Vec<_>>(),
+        b.iter().map(|g| &g.text).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn bad_control_input_is_refused_with_what_is_allowed() {
+    let long = vec!["NOUN"; 63].join(" ");
+    let cases: Vec<(ControlRequest, fn(&ControlError) -> bool)> = vec![
+        (
+            ControlRequest {
+                pos: Some("PROPN FOO".into()),
+                ..Default::default()
+            },
+            |e| matches!(e, ControlError::UnknownTag { allowed, .. } if allowed.contains("PROPN")),
+        ),
+        (
+            ControlRequest {
+                pos: Some(long),
+                ..Default::default()
+            },
+            |e| matches!(e, ControlError::TooLong { max: 62, .. }),
+        ),
+        (
+            ControlRequest {
+                content: vec!["food=Martian".into()],
+                ..Default::default()
+            },
+            |e| matches!(e, ControlError::UnknownContent { allowed, .. } if allowed.contains("food=Italian")),
+        ),
+        (
+            ControlRequest {
+                infill: Some("The Zorblax is _".into()),
+                ..Default::default()
+            },
+            |e| matches!(e, ControlError::UnknownWord { .. }),
+        ),
+        (
+            ControlRequest {
+                infill: Some("_ _ _".into()),
+                length: Some(2),
+                ..Default::default()
+            },
+            |e| matches!(e, ControlError::Conflict(_)),
+        ),
+        (
+            ControlRequest {
+                pos: Some("NOUN VERB".into()),
+                length: Some(4),
+                ..Default::default()
+            },
+            |e| matches!(e, ControlError::Conflict(_)),
+        ),
+        (
+            ControlRequest {
+                length: Some(0),
+                ..Default::default()
+            },
+            |e| matches!(e, ControlError::Empty { .. }),
+        ),
+    ];
+    common::with_model(Precision::Fp32, |m| {
+        for (controls, expected) in cases {
+            match generate(m, &request(controls.clone(), 1, 1)) {
+                Err(GenerateError::Control(e)) => assert!(expected(&e), "{controls:?}: unexpected {e}"),
+                other => panic!(
+                    "{controls:?}: expected a control error, got {:?}",
+                    other.map(|g| g.len())
+                ),
+            }
+        }
+    });
+}
