@@ -17,9 +17,9 @@ def timestep_embedding(t, dim, max_period=10000):
 class Block(nn.Module):
     """Pre-LayerNorm transformer encoder block, written out so that it exports plainly."""
 
-    def __init__(self, hidden, heads, ffn, dropout):
+    def __init__(self, hidden, heads, ffn, dropout, causal=False):
         super().__init__()
-        self.heads = heads
+        self.heads, self.causal = heads, causal
         self.ln1, self.ln2 = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
         self.qkv, self.proj = nn.Linear(hidden, 3 * hidden), nn.Linear(hidden, hidden)
         self.ff = nn.Sequential(nn.Linear(hidden, ffn), nn.GELU(), nn.Linear(ffn, hidden))
@@ -28,7 +28,10 @@ class Block(nn.Module):
     def forward(self, h):
         b, n, c = h.shape
         q, k, v = self.qkv(self.ln1(h)).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        att = torch.softmax(q @ k.transpose(-1, -2) * (1.0 / math.sqrt(c // self.heads)), dim=-1)
+        scores = q @ k.transpose(-1, -2) * (1.0 / math.sqrt(c // self.heads))
+        if self.causal:  # position i attends to positions <= i only (the teacher LM)
+            scores = scores.masked_fill(torch.ones(n, n, dtype=torch.bool, device=h.device).triu(1), float("-inf"))
+        att = torch.softmax(scores, dim=-1)
         h = h + self.drop(self.proj((att @ v).transpose(1, 2).reshape(b, n, c)))
         return h + self.drop(self.ff(self.ln2(h)))
 

@@ -26,12 +26,7 @@ pub enum ControlError {
     #[error("unknown content {pair:?}; allowed field=value pairs: {allowed}")]
     UnknownContent { pair: String, allowed: String },
     #[error("{what} has {got} words; at most {max} fit in a sequence of {seq_len}")]
-    TooLong {
-        what: &'static str,
-        got: usize,
-        max: usize,
-        seq_len: usize,
-    },
+    TooLong { what: &'static str, got: usize, max: usize, seq_len: usize },
     #[error("{what} is empty")]
     Empty { what: &'static str },
     #[error("infill template word {word:?} is not in the vocabulary (use _ for a blank)")]
@@ -67,48 +62,32 @@ pub fn plan(request: &ControlRequest, manifest: &Manifest, vocab: &Vocab) -> Res
     let seq_len = manifest.model.seq_len;
     let max = seq_len - 2; // START and END take a position each
     let have = || manifest.controls.keys().cloned().collect::<Vec<_>>().join(", ");
-    let mut plan = Plan {
-        held: vec![None; seq_len],
-        ..Plan::default()
-    };
+    let mut plan = Plan { held: vec![None; seq_len], ..Plan::default() };
     let mut length = request.length;
     if let Some(n) = length {
         if n == 0 {
             return Err(ControlError::Empty { what: "--length" });
         }
         if n > max {
-            return Err(ControlError::TooLong {
-                what: "--length",
-                got: n,
-                max,
-                seq_len,
-            });
+            return Err(ControlError::TooLong { what: "--length", got: n, max, seq_len });
         }
     }
     if let Some(template) = &request.infill {
         let ws = words(template);
         check_len("the infill template", ws.len(), max, seq_len)?;
         if let Some(n) = length.filter(|&n| n != ws.len()) {
-            return Err(ControlError::Conflict(format!(
-                "--length {n} but the infill template has {} words",
-                ws.len()
-            )));
+            return Err(ControlError::Conflict(format!("--length {n} but the infill template has {} words", ws.len())));
         }
         for (i, w) in ws.iter().enumerate() {
             if *w != "_" {
-                let id = vocab
-                    .id(w)
-                    .ok_or_else(|| ControlError::UnknownWord { word: w.to_string() })?;
+                let id = vocab.id(w).ok_or_else(|| ControlError::UnknownWord { word: w.to_string() })?;
                 plan.held[i + 1] = Some(id);
             }
         }
         length = Some(ws.len());
     }
     if let Some(tags) = &request.pos {
-        let control = manifest
-            .controls
-            .get("pos")
-            .ok_or_else(|| ControlError::Missing("pos", have()))?;
+        let control = manifest.controls.get("pos").ok_or_else(|| ControlError::Missing("pos", have()))?;
         let tags = words(tags);
         check_len("the POS template", tags.len(), max, seq_len)?;
         if let Some(n) = length.filter(|&n| n != tags.len()) {
@@ -118,11 +97,8 @@ pub fn plan(request: &ControlRequest, manifest: &Manifest, vocab: &Vocab) -> Res
             )));
         }
         let index = |tag: &str| control.labels.iter().position(|l| l == tag).map(|i| i as i64);
-        let word_tags: Vec<&String> = control
-            .labels
-            .iter()
-            .filter(|l| !matches!(l.as_str(), "START" | "END" | "PAD"))
-            .collect();
+        let word_tags: Vec<&String> =
+            control.labels.iter().filter(|l| !matches!(l.as_str(), "START" | "END" | "PAD")).collect();
         let mut row = vec![index("PAD").unwrap_or(0); seq_len];
         row[0] = index("START").unwrap_or(0);
         for (i, tag) in tags.iter().enumerate() {
@@ -130,10 +106,7 @@ pub fn plan(request: &ControlRequest, manifest: &Manifest, vocab: &Vocab) -> Res
                 Some(v) => v,
                 None => {
                     let allowed = word_tags.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ");
-                    return Err(ControlError::UnknownTag {
-                        tag: tag.to_string(),
-                        allowed,
-                    });
+                    return Err(ControlError::UnknownTag { tag: tag.to_string(), allowed });
                 }
             };
         }
@@ -142,22 +115,13 @@ pub fn plan(request: &ControlRequest, manifest: &Manifest, vocab: &Vocab) -> Res
         length = Some(tags.len());
     }
     if !request.content.is_empty() {
-        let control = manifest
-            .controls
-            .get("content")
-            .ok_or_else(|| ControlError::Missing("content", have()))?;
+        let control = manifest.controls.get("content").ok_or_else(|| ControlError::Missing("content", have()))?;
         let mut wanted = vec![0.0f32; control.labels.len()];
         for pair in &request.content {
             let normalized = normalize_pair(pair);
-            let i =
-                control
-                    .labels
-                    .iter()
-                    .position(|l| *l == normalized)
-                    .ok_or_else(|| ControlError::UnknownContent {
-                        pair: pair.clone(),
-                        allowed: control.labels.join(", "),
-                    })?;
+            let i = control.labels.iter().position(|l| *l == normalized).ok_or_else(|| {
+                ControlError::UnknownContent { pair: pair.clone(), allowed: control.labels.join(", ") }
+            })?;
             wanted[i] = 1.0;
         }
         plan.content_wanted = Some(wanted);
@@ -167,9 +131,7 @@ pub fn plan(request: &ControlRequest, manifest: &Manifest, vocab: &Vocab) -> Res
         plan.held[0] = Some(special.start);
         plan.held[n + 1] = Some(special.end);
         plan.held[n + 2..].iter_mut().for_each(|h| *h = Some(special.pad));
-        plan.words_only = (0..seq_len)
-            .map(|i| (1..=n).contains(&i) && plan.held[i].is_none())
-            .collect();
+        plan.words_only = (0..seq_len).map(|i| (1..=n).contains(&i) && plan.held[i].is_none()).collect();
     }
     Ok(plan)
 }
@@ -187,12 +149,7 @@ fn check_len(what: &'static str, got: usize, max: usize, seq_len: usize) -> Resu
         return Err(ControlError::Empty { what });
     }
     if got > max {
-        return Err(ControlError::TooLong {
-            what,
-            got,
-            max,
-            seq_len,
-        });
+        return Err(ControlError::TooLong { what, got, max, seq_len });
     }
     Ok(())
 }

@@ -24,29 +24,17 @@ impl Embeddings {
     /// Read raw little-endian float32 [V, d] as the manifest describes it.
     pub fn load(dir: &Path, entry: &EmbeddingsEntry) -> Result<Self, LoadError> {
         let path = dir.join(&entry.file);
-        let bytes = std::fs::read(&path).map_err(|source| LoadError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let bytes = std::fs::read(&path).map_err(|source| LoadError::Io { path: path.clone(), source })?;
         let [vocab, d] = entry.shape;
         if bytes.len() != vocab * d * 4 {
             return Err(LoadError::Invalid {
                 path,
-                what: format!(
-                    "{} bytes, expected {vocab} x {d} float32 = {}",
-                    bytes.len(),
-                    vocab * d * 4
-                ),
+                what: format!("{} bytes, expected {vocab} x {d} float32 = {}", bytes.len(), vocab * d * 4),
             });
         }
-        let values = bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        let matrix = Array2::from_shape_vec((vocab, d), values).map_err(|e| LoadError::Invalid {
-            path,
-            what: e.to_string(),
-        })?;
+        let values = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let matrix =
+            Array2::from_shape_vec((vocab, d), values).map_err(|e| LoadError::Invalid { path, what: e.to_string() })?;
         Ok(Self::new(matrix))
     }
 
@@ -85,11 +73,7 @@ impl Embeddings {
     /// Rounding through the tied head: argmax_v <x_i, EMB(v)> per row.
     pub fn round_rows(&self, x: ArrayView2<'_, f32>, scratch: &mut Array2<f32>, words: WordsOnly<'_>) -> Vec<u32> {
         let dots = self.dots(x, scratch);
-        dots.rows()
-            .into_iter()
-            .enumerate()
-            .map(|(r, s)| arg_best(s.iter().copied(), words.banned(r)) as u32)
-            .collect()
+        dots.rows().into_iter().enumerate().map(|(r, s)| arg_best(s.iter().copied(), words.banned(r)) as u32).collect()
     }
 }
 

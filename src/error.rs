@@ -12,11 +12,7 @@ pub enum LoadError {
     #[error("{path}: manifest schema_version {found}, this dlm reads schema_version {expected}")]
     SchemaVersion { path: PathBuf, found: u64, expected: u64 },
     #[error("{path}: sha256 {actual} does not match the manifest's {expected} (file corrupted or replaced)")]
-    Checksum {
-        path: PathBuf,
-        expected: String,
-        actual: String,
-    },
+    Checksum { path: PathBuf, expected: String, actual: String },
     #[error("{path}: {what}")]
     Invalid { path: PathBuf, what: String },
     #[error("{path}: cannot load tokenizer: {message}")]
@@ -35,12 +31,7 @@ pub enum InferenceError {
     #[error("ONNX Runtime run of {graph} failed: {source}")]
     Run { graph: String, source: ort::Error },
     #[error("{graph}: output {output} has shape {actual:?}, expected {expected:?}")]
-    OutputShape {
-        graph: String,
-        output: String,
-        actual: Vec<i64>,
-        expected: Vec<usize>,
-    },
+    OutputShape { graph: String, output: String, actual: Vec<i64>, expected: Vec<usize> },
 }
 
 /// A request the runtime cannot serve as asked (bad user input).

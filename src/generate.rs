@@ -5,6 +5,7 @@ use crate::embeddings::WordsOnly;
 use crate::error::{GenerateError, RequestError};
 use crate::guidance::{BoundGuide, Guide, Target};
 use crate::manifest::GuidanceDefaults;
+use crate::mbr;
 use crate::model::Model;
 use crate::sampler::{initial_noise, sequence_rng, GuideOptions, Method, SampleOptions, Sampler, Timing};
 use crate::schedule::Diffusion;
@@ -27,15 +28,14 @@ pub struct Request {
     pub batch: usize,
     pub controls: ControlRequest,
     pub guide: GuideOverrides,
+    /// Minimum Bayes risk: draw this many samples per output and keep the consensus one (1 = off).
+    pub mbr: usize,
 }
 
 impl Request {
     pub fn validate(&self, t_max: usize, max_batch: usize) -> Result<(), RequestError> {
         if self.steps == 0 || self.steps > t_max {
-            return Err(RequestError::Steps {
-                got: self.steps,
-                max: t_max,
-            });
+            return Err(RequestError::Steps { got: self.steps, max: t_max });
         }
         if let Method::Ddim { eta } = self.method {
             if !(0.0..=1.0).contains(&eta) {
@@ -48,11 +48,11 @@ impl Request {
         if self.batch == 0 {
             return Err(RequestError::Zero { what: "batch" });
         }
+        if self.mbr == 0 {
+            return Err(RequestError::Zero { what: "mbr" });
+        }
         if self.batch > max_batch {
-            return Err(RequestError::Batch {
-                got: self.batch,
-                max: max_batch,
-            });
+            return Err(RequestError::Batch { got: self.batch, max: max_batch });
         }
         Ok(())
     }
@@ -76,24 +76,32 @@ fn guide_options(defaults: &[GuidanceDefaults], overrides: GuideOverrides) -> Gu
     let lr = defaults.iter().map(|d| d.lr).fold(0.0, f64::max);
     GuideOptions {
         steps: overrides.steps.unwrap_or(steps),
-        lambda: overrides
-            .lambda
-            .unwrap_or(if lambda.is_finite() { lambda } else { 0.0 }),
+        lambda: overrides.lambda.unwrap_or(if lambda.is_finite() { lambda } else { 0.0 }),
         lr: overrides.lr.unwrap_or(lr),
         skip_last: 0.1,
     }
 }
 
 /// Generate `num` sequences in batches of `batch`; sequence k always uses random stream (seed, k).
+/// With `mbr` = S > 1, output k is the consensus of samples k*S..(k+1)*S.
 pub fn generate(model: &mut Model, request: &Request) -> Result<Vec<Generated>, GenerateError> {
     request.validate(model.manifest.diffusion.t, model.max_batch())?;
+    if request.mbr == 1 {
+        return generate_samples(model, request);
+    }
+    let samples = generate_samples(model, &Request { num: request.num * request.mbr, mbr: 1, ..request.clone() })?;
+    let outputs = samples.chunks(request.mbr).enumerate().map(|(k, group)| {
+        let tokens: Vec<Vec<String>> = group.iter().map(|g| g.tokens.clone()).collect();
+        Generated { index: k, ..group[mbr::select(&tokens)].clone() }
+    });
+    Ok(outputs.collect())
+}
+
+fn generate_samples(model: &mut Model, request: &Request) -> Result<Vec<Generated>, GenerateError> {
     let plan: Plan = plan(&request.controls, &model.manifest, &model.vocab)?;
     let diffusion = Diffusion::respaced(&model.manifest.diffusion, request.steps)?;
     let (seq_len, d) = (model.manifest.model.seq_len, model.manifest.model.d);
-    let options = SampleOptions {
-        method: request.method,
-        clamp: request.clamp,
-    };
+    let options = SampleOptions { method: request.method, clamp: request.clamp };
     let targets: Vec<(&str, Target)> = [
         plan.pos_tags.clone().map(|t| ("pos", Target::Tags(t))),
         plan.content_wanted.clone().map(|w| ("content", Target::Wanted(w))),
@@ -101,10 +109,8 @@ pub fn generate(model: &mut Model, request: &Request) -> Result<Vec<Generated>, 
     .into_iter()
     .flatten()
     .collect();
-    let defaults: Vec<GuidanceDefaults> = targets
-        .iter()
-        .map(|(name, _)| model.manifest.controls[*name].defaults)
-        .collect();
+    let defaults: Vec<GuidanceDefaults> =
+        targets.iter().map(|(name, _)| model.manifest.controls[*name].defaults).collect();
     let guide_opts = guide_options(&defaults, request.guide);
     let st = model.manifest.special_tokens;
     let specials = [st.pad, st.unk, st.start, st.end];
@@ -116,21 +122,14 @@ pub fn generate(model: &mut Model, request: &Request) -> Result<Vec<Generated>, 
         let mut bound: Vec<BoundGuide> = Vec::new();
         for (name, session) in model.guides.iter_mut() {
             if let Some((_, target)) = targets.iter().find(|(n, _)| n == name) {
-                bound.push(BoundGuide {
-                    session,
-                    target: target.clone(),
-                    weight: 1.0,
-                });
+                bound.push(BoundGuide { session, target: target.clone(), weight: 1.0 });
             }
         }
         let mut sampler = Sampler::new(&mut model.denoiser, &model.embeddings, &diffusion, options);
         sampler.guides = bound.iter_mut().map(|g| g as &mut dyn Guide).collect();
         sampler.guide_options = guide_opts;
         sampler.held = &plan.held;
-        sampler.words_only = WordsOnly {
-            positions: &plan.words_only,
-            specials: &specials,
-        };
+        sampler.words_only = WordsOnly { positions: &plan.words_only, specials: &specials };
         let sampled = sampler.sample(x_t, &mut rngs, None)?;
         for (k, ids) in indices.into_iter().zip(sampled.tokens) {
             let content: Vec<u32> = model.vocab.content_ids(&ids).collect();

@@ -73,10 +73,7 @@ impl Guide for BoundGuide<'_> {
         let g = s.batch;
         let per_seq = l * d;
         let name = s.name.clone();
-        let run_err = |source| InferenceError::Run {
-            graph: name.clone(),
-            source,
-        };
+        let run_err = |source| InferenceError::Run { graph: name.clone(), source };
         let x_all = x.as_slice().expect("sampler state is in standard layout");
         let grad_all = grad.as_slice_mut().expect("sampler state is in standard layout");
         let mut x_chunk = vec![0.0f32; g * per_seq];
@@ -89,35 +86,25 @@ impl Guide for BoundGuide<'_> {
             let t_tensor = TensorRef::from_array_view(([g], &t_chunk[..])).map_err(run_err)?;
             let shape = [g, l, d];
             let x_tensor = match s.precision {
-                Precision::Fp32 => TensorRef::from_array_view((shape, &x_chunk[..]))
-                    .map_err(run_err)?
-                    .into_dyn(),
+                Precision::Fp32 => TensorRef::from_array_view((shape, &x_chunk[..])).map_err(run_err)?.into_dyn(),
                 Precision::Fp16 => {
                     x_half.convert_from_f32_slice(&x_chunk);
-                    TensorRef::from_array_view((shape, &x_half[..]))
-                        .map_err(run_err)?
-                        .into_dyn()
+                    TensorRef::from_array_view((shape, &x_half[..])).map_err(run_err)?.into_dyn()
                 }
             };
             let (tags, wanted);
             let control = match (&self.target, s.control_dtype) {
                 (Target::Tags(row), DType::Int64) => {
                     tags = row.repeat(g);
-                    TensorRef::from_array_view(([g, row.len()], &tags[..]))
-                        .map_err(run_err)?
-                        .into_dyn()
+                    TensorRef::from_array_view(([g, row.len()], &tags[..])).map_err(run_err)?.into_dyn()
                 }
                 (Target::Wanted(row), _) => {
                     wanted = row.repeat(g);
-                    TensorRef::from_array_view(([g, row.len()], &wanted[..]))
-                        .map_err(run_err)?
-                        .into_dyn()
+                    TensorRef::from_array_view(([g, row.len()], &wanted[..])).map_err(run_err)?.into_dyn()
                 }
                 (Target::Tags(row), _) => {
                     wanted = row.iter().map(|&v| v as f32).collect::<Vec<_>>().repeat(g);
-                    TensorRef::from_array_view(([g, row.len()], &wanted[..]))
-                        .map_err(run_err)?
-                        .into_dyn()
+                    TensorRef::from_array_view(([g, row.len()], &wanted[..])).map_err(run_err)?.into_dyn()
                 }
             };
             let inputs = ort::inputs!["x" => x_tensor, "t" => t_tensor, s.control_input.as_str() => control];
@@ -130,9 +117,7 @@ impl Guide for BoundGuide<'_> {
                 }
                 Precision::Fp16 => {
                     let (_, values) = outputs[1].try_extract_tensor::<f16>().map_err(run_err)?;
-                    out.iter_mut()
-                        .zip(values)
-                        .for_each(|(o, v)| *o += self.weight * v.to_f32());
+                    out.iter_mut().zip(values).for_each(|(o, v)| *o += self.weight * v.to_f32());
                 }
             }
         }

@@ -12,6 +12,7 @@ pub mod error;
 pub mod generate;
 pub mod guidance;
 pub mod manifest;
+pub mod mbr;
 pub mod model;
 pub mod ortlib;
 pub mod sampler;

@@ -109,6 +109,9 @@ struct GenerateArgs {
     /// Guidance step size (default: the manifest's per control).
     #[arg(long)]
     guide_lr: Option<f64>,
+    /// Minimum Bayes risk decoding: S samples per sentence, keep the one closest (BLEU) to the rest.
+    #[arg(long, default_value_t = 1)]
+    mbr: usize,
 }
 
 fn session_options(args: &RuntimeArgs, max_batch: usize) -> SessionOptions {
@@ -123,9 +126,7 @@ fn session_options(args: &RuntimeArgs, max_batch: usize) -> SessionOptions {
 
 fn method(args: &GenerateArgs) -> Result<Method> {
     match (args.sampler.as_str(), args.eta) {
-        ("ddim", eta) => Ok(Method::Ddim {
-            eta: eta.unwrap_or(0.0),
-        }),
+        ("ddim", eta) => Ok(Method::Ddim { eta: eta.unwrap_or(0.0) }),
         (_, Some(_)) => anyhow::bail!("--eta applies to --sampler ddim only"),
         _ => Ok(Method::Ddpm),
     }
@@ -145,21 +146,13 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
             length: args.length,
             infill: args.infill.clone(),
         },
-        guide: GuideOverrides {
-            steps: args.guide_steps,
-            lambda: args.guide_lambda,
-            lr: args.guide_lr,
-        },
+        guide: GuideOverrides { steps: args.guide_steps, lambda: args.guide_lambda, lr: args.guide_lr },
+        mbr: args.mbr,
     };
     let runtime = OrtRuntime::load(args.runtime.ort_lib.as_deref())?;
     let opts = session_options(&args.runtime, args.batch);
     let mut model = Model::load(&runtime, &args.runtime.model, args.runtime.precision, &opts)?;
-    log::info!(
-        "model {} on {}, {:?}",
-        model.dir.display(),
-        model.denoiser.device.name(),
-        args.runtime.precision
-    );
+    log::info!("model {} on {}, {:?}", model.dir.display(), model.denoiser.device.name(), args.runtime.precision);
     let outputs = generate(&mut model, &request).context("generation failed")?;
     let mut out = std::io::stdout().lock();
     for g in &outputs {
@@ -209,11 +202,7 @@ fn run_info(args: RuntimeArgs) -> Result<()> {
     )?;
     for g in &manifest.graphs {
         let parity = g.parity.as_ref().map_or("-".to_string(), |p| p.to_string());
-        writeln!(
-            out,
-            "  graph      {} ({:?}, opset {}) sha256 {}",
-            g.file, g.precision, g.opset, g.sha256
-        )?;
+        writeln!(out, "  graph      {} ({:?}, opset {}) sha256 {}", g.file, g.precision, g.opset, g.sha256)?;
         writeln!(out, "             parity {parity}, tolerance {}", g.tolerance)?;
     }
     for (name, c) in &manifest.controls {
@@ -237,20 +226,14 @@ fn run_info(args: RuntimeArgs) -> Result<()> {
     for precision in [Precision::Fp32, Precision::Fp16] {
         let model = Model::load(&runtime, &args.model, precision, &session_options(&args, 1))?;
         let (asked, runs) = (args.device.name(), model.denoiser.device.name());
-        writeln!(
-            out,
-            "session      denoiser {precision:?}: requested {asked}, runs on {runs}"
-        )?;
+        writeln!(out, "session      denoiser {precision:?}: requested {asked}, runs on {runs}")?;
     }
     Ok(())
 }
 
 /// A closed stdout (`dlm ... | head`) ends the program quietly, as for any Unix filter.
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    })
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
 fn main() -> ExitCode {

@@ -190,26 +190,15 @@ impl Manifest {
     /// Read `dir/manifest.json`, check its schema version, its shapes and every file's sha256.
     pub fn load(dir: &Path) -> Result<Self, LoadError> {
         let path = dir.join(MANIFEST_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| LoadError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let raw: serde_json::Value = serde_json::from_str(&text).map_err(|source| LoadError::ManifestJson {
-            path: path.clone(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| LoadError::Io { path: path.clone(), source })?;
+        let raw: serde_json::Value =
+            serde_json::from_str(&text).map_err(|source| LoadError::ManifestJson { path: path.clone(), source })?;
         let found = raw.get("schema_version").and_then(|v| v.as_u64()).unwrap_or(0);
         if found != SCHEMA_VERSION {
-            return Err(LoadError::SchemaVersion {
-                path,
-                found,
-                expected: SCHEMA_VERSION,
-            });
+            return Err(LoadError::SchemaVersion { path, found, expected: SCHEMA_VERSION });
         }
-        let manifest: Manifest = serde_json::from_value(raw).map_err(|source| LoadError::ManifestJson {
-            path: path.clone(),
-            source,
-        })?;
+        let manifest: Manifest =
+            serde_json::from_value(raw).map_err(|source| LoadError::ManifestJson { path: path.clone(), source })?;
         manifest.check_consistency(&path)?;
         for (file, sha) in manifest.files() {
             verify_sha256(&dir.join(file), sha)?;
@@ -227,10 +216,7 @@ impl Manifest {
     }
 
     fn check_consistency(&self, path: &Path) -> Result<(), LoadError> {
-        let invalid = |what: String| LoadError::Invalid {
-            path: path.to_path_buf(),
-            what,
-        };
+        let invalid = |what: String| LoadError::Invalid { path: path.to_path_buf(), what };
         if self.diffusion.alpha_bar.len() != self.diffusion.t {
             return Err(invalid(format!(
                 "diffusion.alpha_bar has {} entries, expected T = {}",
@@ -248,19 +234,14 @@ impl Manifest {
             return Err(invalid("embeddings must be little-endian float32".into()));
         }
         if self.model.prediction != "x0" {
-            return Err(invalid(format!(
-                "model.prediction {:?}: only \"x0\" is supported",
-                self.model.prediction
-            )));
+            return Err(invalid(format!("model.prediction {:?}: only \"x0\" is supported", self.model.prediction)));
         }
         Ok(())
     }
 
     /// The denoiser graph of the given precision.
     pub fn denoiser(&self, precision: Precision) -> Option<&Graph> {
-        self.graphs
-            .iter()
-            .find(|g| g.role == "denoiser" && g.precision == precision)
+        self.graphs.iter().find(|g| g.role == "denoiser" && g.precision == precision)
     }
 
     pub fn max_batch(&self, graph: &Graph) -> usize {
@@ -269,17 +250,10 @@ impl Manifest {
 }
 
 pub fn verify_sha256(path: &Path, expected: &str) -> Result<(), LoadError> {
-    let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?;
     let actual = format!("{:x}", Sha256::digest(&bytes));
     if actual != expected {
-        return Err(LoadError::Checksum {
-            path: path.to_path_buf(),
-            expected: expected.into(),
-            actual,
-        });
+        return Err(LoadError::Checksum { path: path.to_path_buf(), expected: expected.into(), actual });
     }
     Ok(())
 }

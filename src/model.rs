@@ -44,11 +44,7 @@ impl Model {
         if vocab.size() != manifest.model.vocab_size {
             return Err(LoadError::Invalid {
                 path: dir.join(&manifest.tokenizer.file),
-                what: format!(
-                    "{} tokens, manifest says vocab_size {}",
-                    vocab.size(),
-                    manifest.model.vocab_size
-                ),
+                what: format!("{} tokens, manifest says vocab_size {}", vocab.size(), manifest.model.vocab_size),
             });
         }
         let embeddings = Embeddings::load(dir, &manifest.embeddings)?;
@@ -58,20 +54,11 @@ impl Model {
         })?;
         let denoiser = OrtDenoiser::open(runtime, dir, graph, opts)?;
         let guides = open_guides(runtime, dir, &manifest, precision, opts)?;
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            manifest,
-            vocab,
-            embeddings,
-            denoiser,
-            guides,
-        })
+        Ok(Self { dir: dir.to_path_buf(), manifest, vocab, embeddings, denoiser, guides })
     }
 
     pub fn max_batch(&self) -> usize {
-        self.manifest
-            .denoiser(self.denoiser.precision())
-            .map_or(1, |g| self.manifest.max_batch(g))
+        self.manifest.denoiser(self.denoiser.precision()).map_or(1, |g| self.manifest.max_batch(g))
     }
 }
 
@@ -86,10 +73,7 @@ fn open_guides(
     let key = if precision == Precision::Fp16 { "fp16" } else { "fp32" };
     let mut guides = BTreeMap::new();
     for (name, control) in &manifest.controls {
-        let graph = control
-            .graphs
-            .get(key)
-            .and_then(|g| manifest.graphs.iter().find(|graph| &graph.name == g));
+        let graph = control.graphs.get(key).and_then(|g| manifest.graphs.iter().find(|graph| &graph.name == g));
         let graph = graph.ok_or_else(|| LoadError::Invalid {
             path: dir.join(MANIFEST_FILE),
             what: format!("control {name} names no {key} guidance graph present in graphs"),
@@ -101,11 +85,7 @@ fn open_guides(
 
 fn check_schedule(path: &Path, manifest: &Manifest) -> Result<(), LoadError> {
     let ours = cumprod_alphas(&Diffusion::full_betas(&manifest.diffusion));
-    let worst = ours
-        .iter()
-        .zip(&manifest.diffusion.alpha_bar)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
+    let worst = ours.iter().zip(&manifest.diffusion.alpha_bar).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
     if manifest.diffusion.schedule != "sqrt" || worst > SCHEDULE_TOLERANCE {
         return Err(LoadError::Invalid {
             path: path.to_path_buf(),

@@ -18,10 +18,7 @@ onnxruntime-gpu for CUDA/TensorRT)";
 /// The places searched, in order, when no explicit path is given.
 pub fn candidates() -> Vec<PathBuf> {
     let mut out = Vec::new();
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-    {
+    if let Some(dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)) {
         out.push(dir.join(LIB_NAME));
     }
     if let Some(dir) = option_env!("DLM_ORT_DIR") {

@@ -115,12 +115,7 @@ impl<'a, D: Denoiser> Sampler<'a, D> {
         diffusion: &'a Diffusion,
         options: SampleOptions,
     ) -> Self {
-        let guide_options = GuideOptions {
-            steps: 0,
-            lambda: 0.0,
-            lr: 0.0,
-            skip_last: 0.1,
-        };
+        let guide_options = GuideOptions { steps: 0, lambda: 0.0, lr: 0.0, skip_last: 0.1 };
         Self {
             denoiser,
             embeddings,
@@ -151,10 +146,7 @@ impl<D: Denoiser> Sampler<'_, D> {
         let mut scratch = Array2::zeros((0, 0));
         let mut t = vec![0i64; b];
         let n = self.diffusion.num_steps();
-        let mut timing = Timing {
-            steps: n,
-            ..Timing::default()
-        };
+        let mut timing = Timing { steps: n, ..Timing::default() };
         let last_guided = (n as f64 * self.guide_options.skip_last).floor() as usize;
         self.hold(&mut x, self.diffusion.alpha_bar[n - 1], rngs);
         for i in (0..n).rev() {
@@ -166,8 +158,7 @@ impl<D: Denoiser> Sampler<'_, D> {
                 trace.push(x0_hat.clone());
             }
             if self.options.clamp {
-                self.embeddings
-                    .clamp_rows(flat_mut(&mut x0_hat), &mut scratch, self.words_only);
+                self.embeddings.clamp_rows(flat_mut(&mut x0_hat), &mut scratch, self.words_only);
             }
             let sigma = self.step_mean(i, &x, &x0_hat, &mut mean);
             x.assign(&mean);
@@ -185,11 +176,7 @@ impl<D: Denoiser> Sampler<'_, D> {
         }
         let tokens = self.embeddings.round_rows(flat(&x), &mut scratch, self.words_only);
         timing.total = start.elapsed();
-        Ok(Sampled {
-            tokens: tokens.chunks(l).map(<[u32]>::to_vec).collect(),
-            x0: x,
-            timing,
-        })
+        Ok(Sampled { tokens: tokens.chunks(l).map(<[u32]>::to_vec).collect(), x0: x, timing })
     }
 
     /// The mean of x_{i-1} given x_i and x0_hat, into `mean`; returns the noise scale sigma.
@@ -197,11 +184,7 @@ impl<D: Denoiser> Sampler<'_, D> {
         let s = self.diffusion;
         let (coef_x0, coef_xt, sigma) = match self.options.method {
             // posterior_mean = coef1 * x0_hat + coef2 * x_t; sigma^2 = model_variance
-            Method::Ddpm => (
-                s.posterior_mean_coef1[i],
-                s.posterior_mean_coef2[i],
-                s.model_variance[i].sqrt(),
-            ),
+            Method::Ddpm => (s.posterior_mean_coef1[i], s.posterior_mean_coef2[i], s.model_variance[i].sqrt()),
             Method::Ddim { eta } => {
                 let (ab, ab_prev) = (s.alpha_bar[i], s.alpha_bar_prev[i]);
                 // eps = (x_t / sqrt(abar) - x0_hat) / sqrt(1/abar - 1)
@@ -212,10 +195,7 @@ impl<D: Denoiser> Sampler<'_, D> {
             }
         };
         let (coef_x0, coef_xt) = (coef_x0 as f32, coef_xt as f32);
-        ndarray::Zip::from(mean)
-            .and(x0_hat)
-            .and(x)
-            .for_each(|m, &x0, &xt| *m = coef_x0 * x0 + coef_xt * xt);
+        ndarray::Zip::from(mean).and(x0_hat).and(x).for_each(|m, &x0, &xt| *m = coef_x0 * x0 + coef_xt * xt);
         if i == 0 {
             0.0
         } else {
@@ -241,13 +221,10 @@ impl<D: Denoiser> Sampler<'_, D> {
             for guide in self.guides.iter_mut() {
                 guide.add_grad(x, t, grad)?;
             }
-            ndarray::Zip::from(&mut *x)
-                .and(&*grad)
-                .and(mean)
-                .for_each(|x, &g, &mu| {
-                    let g = g + fluency * (*x - mu);
-                    *x -= lr * g / (g.abs() + 1e-10);
-                });
+            ndarray::Zip::from(&mut *x).and(&*grad).and(mean).for_each(|x, &g, &mu| {
+                let g = g + fluency * (*x - mu);
+                *x -= lr * g / (g.abs() + 1e-10);
+            });
         }
         Ok(())
     }
@@ -316,10 +293,7 @@ mod tests {
 
     fn run(method: Method, clamp: bool, word: usize) -> (Sampled, Vec<i64>) {
         let emb = embeddings();
-        let mut fake = ConstantWord {
-            embedding: emb.matrix().row(word).to_vec(),
-            calls: Vec::new(),
-        };
+        let mut fake = ConstantWord { embedding: emb.matrix().row(word).to_vec(), calls: Vec::new() };
         let diff = diffusion(6);
         let mut rngs: Vec<_> = (0..3).map(|k| sequence_rng(5, k)).collect();
         let x_t = initial_noise(&mut rngs, 4, 2);
@@ -335,11 +309,7 @@ mod tests {
                 let (sampled, calls) = run(method, clamp, 2);
                 assert_eq!(calls, vec![50, 40, 30, 20, 10, 0], "{method:?}");
                 assert_eq!(sampled.tokens, vec![vec![2; 4]; 3], "{method:?} clamp={clamp}");
-                assert!(sampled
-                    .x0
-                    .iter()
-                    .zip([0.0f32, 3.0].iter().cycle())
-                    .all(|(a, b)| (a - b).abs() < 1e-5));
+                assert!(sampled.x0.iter().zip([0.0f32, 3.0].iter().cycle()).all(|(a, b)| (a - b).abs() < 1e-5));
                 assert_eq!(sampled.timing.steps, 6);
             }
         }
@@ -364,11 +334,7 @@ mod tests {
         assert_eq!(x, array![[3.0, 0.0], [0.0, 0.0], [-3.0, -3.0]]);
         // <x, EMB>: the origin word never wins a dot product against a positive one
         assert_eq!(
-            emb.round_rows(
-                array![[0.2, 0.1], [-0.1, -0.2]].view(),
-                &mut scratch,
-                WordsOnly::default()
-            ),
+            emb.round_rows(array![[0.2, 0.1], [-0.1, -0.2]].view(), &mut scratch, WordsOnly::default()),
             vec![1, 3]
         );
     }

@@ -40,9 +40,7 @@ pub fn respaced_timesteps(t_max: usize, steps: usize) -> Result<Vec<usize>, Requ
         return Ok(vec![0]);
     }
     let stride = (t_max - 1) as f64 / (steps - 1) as f64;
-    let mut kept: Vec<usize> = (0..steps)
-        .map(|i| (i as f64 * stride).round_ties_even() as usize)
-        .collect();
+    let mut kept: Vec<usize> = (0..steps).map(|i| (i as f64 * stride).round_ties_even() as usize).collect();
     kept.dedup();
     Ok(kept)
 }
@@ -65,10 +63,8 @@ pub struct Diffusion {
 impl Diffusion {
     pub fn new(betas: Vec<f64>, timestep_map: Vec<i64>) -> Self {
         let alpha_bar = cumprod_alphas(&betas);
-        let alpha_bar_prev: Vec<f64> = std::iter::once(1.0)
-            .chain(alpha_bar.iter().copied())
-            .take(betas.len())
-            .collect();
+        let alpha_bar_prev: Vec<f64> =
+            std::iter::once(1.0).chain(alpha_bar.iter().copied()).take(betas.len()).collect();
         let n = betas.len();
         let (mut coef1, mut coef2, mut var) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
         for i in 0..n {
@@ -78,15 +74,8 @@ impl Diffusion {
             coef2.push((1.0 - ab_prev) * (1.0 - b).sqrt() / (1.0 - ab));
             var.push(b * (1.0 - ab_prev) / (1.0 - ab));
         }
-        let model_variance = (0..n)
-            .map(|i| {
-                if i == 0 {
-                    var.get(1).copied().unwrap_or(var[0])
-                } else {
-                    betas[i]
-                }
-            })
-            .collect();
+        let model_variance =
+            (0..n).map(|i| if i == 0 { var.get(1).copied().unwrap_or(var[0]) } else { betas[i] }).collect();
         Self {
             betas,
             timestep_map,

@@ -71,32 +71,19 @@ pub struct SessionOptions {
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        Self {
-            device: Device::Cpu,
-            allow_fallback: false,
-            threads: 0,
-            trt_cache: None,
-            max_batch: 16,
-        }
+        Self { device: Device::Cpu, allow_fallback: false, threads: 0, trt_cache: None, max_batch: 16 }
     }
 }
 
 fn base_builder(runtime: &OrtRuntime, threads: usize) -> ort::Result<SessionBuilder> {
     let builder = Session::builder(&runtime.environment)?.with_optimization_level(GraphOptimizationLevel::Level3)?;
-    Ok(if threads > 0 {
-        builder.with_intra_threads(threads)?
-    } else {
-        builder
-    })
+    Ok(if threads > 0 { builder.with_intra_threads(threads)? } else { builder })
 }
 
 fn cpu_session(runtime: &OrtRuntime, path: &Path, threads: usize) -> Result<Session, LoadError> {
     base_builder(runtime, threads)
         .and_then(|mut b| b.commit_from_file(path))
-        .map_err(|source| LoadError::Session {
-            path: path.to_path_buf(),
-            source,
-        })
+        .map_err(|source| LoadError::Session { path: path.to_path_buf(), source })
 }
 
 /// TensorRT optimization profile "x:BxLxd,t:B" for min, opt and max shapes.
@@ -210,29 +197,18 @@ fn element_type(dtype: DType) -> TensorElementType {
 
 /// The manifest's declared inputs/outputs must equal what the session reports.
 fn check_signature(path: &Path, graph: &Graph, session: &Session) -> Result<(), LoadError> {
-    let sides = [
-        ("input", &graph.inputs, session.inputs()),
-        ("output", &graph.outputs, session.outputs()),
-    ];
+    let sides = [("input", &graph.inputs, session.inputs()), ("output", &graph.outputs, session.outputs())];
     for (kind, declared, actual) in sides {
-        let mismatch = |what: String| LoadError::Invalid {
-            path: path.to_path_buf(),
-            what,
-        };
+        let mismatch = |what: String| LoadError::Invalid { path: path.to_path_buf(), what };
         let actual_names: Vec<&str> = actual.iter().map(|o| o.name()).collect();
         let declared_names: Vec<&str> = declared.iter().map(|s| s.name.as_str()).collect();
         if actual_names != declared_names {
-            return Err(mismatch(format!(
-                "graph {kind}s {actual_names:?}, manifest declares {declared_names:?}"
-            )));
+            return Err(mismatch(format!("graph {kind}s {actual_names:?}, manifest declares {declared_names:?}")));
         }
         for (spec, outlet) in declared.iter().zip(actual) {
             let ty = outlet.dtype().tensor_type();
-            let shape: Vec<i64> = outlet
-                .dtype()
-                .tensor_shape()
-                .map(|s| s.iter().copied().collect())
-                .unwrap_or_default();
+            let shape: Vec<i64> =
+                outlet.dtype().tensor_shape().map(|s| s.iter().copied().collect()).unwrap_or_default();
             if ty != Some(element_type(spec.dtype)) || !shape_matches(spec, &shape) {
                 return Err(mismatch(format!(
                     "{kind} {} is {ty:?} {shape:?} in the graph, manifest declares {:?} {:?}",
@@ -265,13 +241,7 @@ pub struct OrtDenoiser {
 impl OrtDenoiser {
     pub fn open(runtime: &OrtRuntime, dir: &Path, graph: &Graph, opts: &SessionOptions) -> Result<Self, LoadError> {
         let (session, device) = open_session(runtime, dir, graph, opts)?;
-        Ok(Self {
-            session,
-            name: graph.name.clone(),
-            precision: graph.precision,
-            device,
-            x_half: Vec::new(),
-        })
+        Ok(Self { session, name: graph.name.clone(), precision: graph.precision, device, x_half: Vec::new() })
     }
 
     pub fn precision(&self) -> Precision {
@@ -282,10 +252,7 @@ impl OrtDenoiser {
 impl Denoiser for OrtDenoiser {
     fn denoise(&mut self, x: &Array3<f32>, t: &[i64], out: &mut Array3<f32>) -> Result<(), InferenceError> {
         let name = &self.name;
-        let run_err = |source| InferenceError::Run {
-            graph: name.clone(),
-            source,
-        };
+        let run_err = |source| InferenceError::Run { graph: name.clone(), source };
         let (b, l, d) = x.dim();
         let shape = [b, l, d];
         let x_flat = x.as_slice().expect("sampler state is in standard layout");
@@ -294,10 +261,7 @@ impl Denoiser for OrtDenoiser {
         match self.precision {
             Precision::Fp32 => {
                 let x_tensor = TensorRef::from_array_view((shape, x_flat)).map_err(run_err)?;
-                let outputs = self
-                    .session
-                    .run(ort::inputs!["x" => x_tensor, "t" => t_tensor])
-                    .map_err(run_err)?;
+                let outputs = self.session.run(ort::inputs!["x" => x_tensor, "t" => t_tensor]).map_err(run_err)?;
                 let (out_shape, values) = outputs[0].try_extract_tensor::<f32>().map_err(run_err)?;
                 check_len(name, out_shape, &shape)?;
                 out_flat.copy_from_slice(values);
@@ -306,10 +270,7 @@ impl Denoiser for OrtDenoiser {
                 self.x_half.resize(x_flat.len(), f16::ZERO);
                 self.x_half.convert_from_f32_slice(x_flat);
                 let x_tensor = TensorRef::from_array_view((shape, &self.x_half[..])).map_err(run_err)?;
-                let outputs = self
-                    .session
-                    .run(ort::inputs!["x" => x_tensor, "t" => t_tensor])
-                    .map_err(run_err)?;
+                let outputs = self.session.run(ort::inputs!["x" => x_tensor, "t" => t_tensor]).map_err(run_err)?;
                 let (out_shape, values) = outputs[0].try_extract_tensor::<f16>().map_err(run_err)?;
                 check_len(name, out_shape, &shape)?;
                 values.convert_to_f32_slice(out_flat);

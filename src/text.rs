@@ -14,10 +14,8 @@ pub struct Vocab {
 
 impl Vocab {
     pub fn load(path: &Path, special: SpecialTokens) -> Result<Self, LoadError> {
-        let tokenizer = Tokenizer::from_file(path).map_err(|e| LoadError::Tokenizer {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let tokenizer = Tokenizer::from_file(path)
+            .map_err(|e| LoadError::Tokenizer { path: path.to_path_buf(), message: e.to_string() })?;
         Ok(Self { tokenizer, special })
     }
 
@@ -28,17 +26,13 @@ impl Vocab {
     /// PAD, START and END are stripped; UNK stays visible.
     pub fn content_ids<'a>(&self, ids: &'a [u32]) -> impl Iterator<Item = u32> + 'a {
         let s = self.special;
-        ids.iter()
-            .copied()
-            .filter(move |&i| i != s.pad && i != s.start && i != s.end)
+        ids.iter().copied().filter(move |&i| i != s.pad && i != s.start && i != s.end)
     }
 
     /// The id of a word, if it is in the vocabulary (special tokens excluded).
     pub fn id(&self, word: &str) -> Option<u32> {
         let s = self.special;
-        self.tokenizer
-            .token_to_id(word)
-            .filter(|&i| i != s.pad && i != s.start && i != s.end && i != s.unk)
+        self.tokenizer.token_to_id(word).filter(|&i| i != s.pad && i != s.start && i != s.end && i != s.unk)
     }
 
     pub fn token(&self, id: u32) -> String {
@@ -47,9 +41,6 @@ impl Vocab {
 
     /// The words of a generated sequence joined by single spaces.
     pub fn decode(&self, ids: &[u32]) -> String {
-        self.content_ids(ids)
-            .map(|i| self.token(i))
-            .collect::<Vec<_>>()
-            .join(" ")
+        self.content_ids(ids).map(|i| self.token(i)).collect::<Vec<_>>().join(" ")
     }
 }

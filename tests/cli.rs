@@ -6,20 +6,12 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn dlm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dlm"))
-        .args(args)
-        .env_remove("DLM_MODEL")
-        .output()
-        .expect("dlm runs")
+    Command::new(env!("CARGO_BIN_EXE_dlm")).args(args).env_remove("DLM_MODEL").output().expect("dlm runs")
 }
 
 fn assert_fails_with(out: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "expected failure, stdout: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert!(!out.status.success(), "expected failure, stdout: {}", String::from_utf8_lossy(&out.stdout));
     assert!(!stderr.contains("panicked"), "dlm panicked: {stderr}");
     assert!(stderr.contains(needle), "stderr lacks {needle:?}: {stderr}");
 }
@@ -38,17 +30,7 @@ fn model_arg() -> String {
 
 #[test]
 fn generate_prints_one_sentence_per_line() {
-    let out = dlm(&[
-        "generate",
-        "--model",
-        &model_arg(),
-        "--steps",
-        "10",
-        "--num",
-        "3",
-        "--batch",
-        "2",
-    ]);
+    let out = dlm(&["generate", "--model", &model_arg(), "--steps", "10", "--num", "3", "--batch", "2"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert_eq!(stdout.lines().count(), 3);
@@ -56,18 +38,8 @@ fn generate_prints_one_sentence_per_line() {
 
 #[test]
 fn json_lines_carry_text_tokens_and_timings() {
-    let out = dlm(&[
-        "generate",
-        "--model",
-        &model_arg(),
-        "--steps",
-        "5",
-        "--num",
-        "2",
-        "--json",
-        "--precision",
-        "fp16",
-    ]);
+    let out =
+        dlm(&["generate", "--model", &model_arg(), "--steps", "5", "--num", "2", "--json", "--precision", "fp16"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     for line in String::from_utf8(out.stdout).unwrap().lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
@@ -79,10 +51,7 @@ fn json_lines_carry_text_tokens_and_timings() {
 
 #[test]
 fn missing_model_dir() {
-    assert_fails_with(
-        &dlm(&["generate", "--model", "/nonexistent/model"]),
-        "model directory not found",
-    );
+    assert_fails_with(&dlm(&["generate", "--model", "/nonexistent/model"]), "model directory not found");
 }
 
 #[test]
@@ -93,10 +62,7 @@ fn corrupted_file_fails_its_sha256() {
     let mut bytes = std::fs::read(&emb).unwrap();
     bytes[0] ^= 0xff;
     std::fs::write(&emb, bytes).unwrap();
-    assert_fails_with(
-        &dlm(&["generate", "--model", dir.path().to_str().unwrap()]),
-        "embeddings.bin: sha256",
-    );
+    assert_fails_with(&dlm(&["generate", "--model", dir.path().to_str().unwrap()]), "embeddings.bin: sha256");
 }
 
 #[test]
@@ -107,26 +73,14 @@ fn manifest_of_another_schema_version() {
     let mut manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     manifest["schema_version"] = 99.into();
     std::fs::write(&path, manifest.to_string()).unwrap();
-    assert_fails_with(
-        &dlm(&["info", "--model", dir.path().to_str().unwrap()]),
-        "schema_version 99",
-    );
+    assert_fails_with(&dlm(&["info", "--model", dir.path().to_str().unwrap()]), "schema_version 99");
 }
 
 #[test]
 fn steps_out_of_range() {
-    assert_fails_with(
-        &dlm(&["generate", "--model", &model_arg(), "--steps", "0"]),
-        "steps must be between 1 and 2000",
-    );
-    assert_fails_with(
-        &dlm(&["generate", "--model", &model_arg(), "--steps", "2001"]),
-        "got 2001",
-    );
-    assert_fails_with(
-        &dlm(&["generate", "--model", &model_arg(), "--steps", "many"]),
-        "invalid value 'many'",
-    );
+    assert_fails_with(&dlm(&["generate", "--model", &model_arg(), "--steps", "0"]), "steps must be between 1 and 2000");
+    assert_fails_with(&dlm(&["generate", "--model", &model_arg(), "--steps", "2001"]), "got 2001");
+    assert_fails_with(&dlm(&["generate", "--model", &model_arg(), "--steps", "many"]), "invalid value 'many'");
 }
 
 #[test]
@@ -138,20 +92,8 @@ fn unknown_device_and_precision() {
 #[cfg(not(feature = "cuda"))]
 #[test]
 fn gpu_device_without_its_feature_fails_unless_fallback_is_allowed() {
-    assert_fails_with(
-        &dlm(&["generate", "--model", &model_arg(), "--device", "cuda"]),
-        "--features cuda",
-    );
-    let out = dlm(&[
-        "generate",
-        "--model",
-        &model_arg(),
-        "--device",
-        "cuda",
-        "--allow-fallback",
-        "--steps",
-        "3",
-    ]);
+    assert_fails_with(&dlm(&["generate", "--model", &model_arg(), "--device", "cuda"]), "--features cuda");
+    let out = dlm(&["generate", "--model", &model_arg(), "--device", "cuda", "--allow-fallback", "--steps", "3"]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("running denoiser.fp32 on CPU"));
 }
@@ -159,23 +101,14 @@ fn gpu_device_without_its_feature_fails_unless_fallback_is_allowed() {
 #[test]
 fn missing_onnxruntime_library_is_a_one_line_error() {
     assert_fails_with(
-        &dlm(&[
-            "generate",
-            "--model",
-            &model_arg(),
-            "--ort-lib",
-            "/nonexistent/libonnxruntime.so",
-        ]),
+        &dlm(&["generate", "--model", &model_arg(), "--ort-lib", "/nonexistent/libonnxruntime.so"]),
         "scripts/setup.sh",
     );
 }
 
 #[test]
 fn eta_needs_ddim() {
-    assert_fails_with(
-        &dlm(&["generate", "--model", &model_arg(), "--eta", "0.5"]),
-        "--sampler ddim",
-    );
+    assert_fails_with(&dlm(&["generate", "--model", &model_arg(), "--eta", "0.5"]), "--sampler ddim");
 }
 
 #[test]
@@ -183,22 +116,16 @@ fn info_lists_providers_sessions_and_controls() {
     let out = dlm(&["info", "--model", &model_arg()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8(out.stdout).unwrap();
-    for needle in [
-        "CPUExecutionProvider",
-        "denoiser Fp16: requested cpu, runs on cpu",
-        "control    pos",
-        "control    content",
-    ] {
+    for needle in
+        ["CPUExecutionProvider", "denoiser Fp16: requested cpu, runs on cpu", "control    pos", "control    content"]
+    {
         assert!(stdout.contains(needle), "info lacks {needle:?}:\n{stdout}");
     }
 }
 
 #[test]
 fn bad_controls_fail_cleanly() {
-    assert_fails_with(
-        &dlm(&["generate", "--model", &model_arg(), "--pos", "NOUN FOO"]),
-        "unknown POS tag \"FOO\"",
-    );
+    assert_fails_with(&dlm(&["generate", "--model", &model_arg(), "--pos", "NOUN FOO"]), "unknown POS tag \"FOO\"");
     assert_fails_with(
         &dlm(&["generate", "--model", &model_arg(), "--infill", "_ _", "--length", "3"]),
         "conflicting controls",

@@ -19,6 +19,7 @@ fn request(controls: ControlRequest, num: usize, batch: usize) -> Request {
         batch,
         controls,
         guide: GuideOverrides::default(),
+        mbr: 1,
     }
 }
 
@@ -29,10 +30,7 @@ fn run(precision: Precision, r: &Request) -> Vec<Generated> {
 #[test]
 fn infill_keeps_every_fixed_word_in_place() {
     let template = "The Eagle is a _ _ _ near _ _ _ .";
-    let controls = ControlRequest {
-        infill: Some(template.into()),
-        ..ControlRequest::default()
-    };
+    let controls = ControlRequest { infill: Some(template.into()), ..ControlRequest::default() };
     for g in run(Precision::Fp32, &request(controls, 4, 2)) {
         assert_eq!(g.tokens.len(), template.split_whitespace().count(), "{}", g.text);
         for (word, out) in template.split_whitespace().zip(&g.tokens) {
@@ -46,10 +44,7 @@ fn infill_keeps_every_fixed_word_in_place() {
 #[test]
 fn length_is_exact() {
     for n in [5, 12, 30] {
-        let controls = ControlRequest {
-            length: Some(n),
-            ..ControlRequest::default()
-        };
+        let controls = ControlRequest { length: Some(n), ..ControlRequest::default() };
         for g in run(Precision::Fp32, &request(controls, 3, 3)) {
             assert_eq!(g.tokens.len(), n, "{}", g.text);
         }
@@ -59,17 +54,11 @@ fn length_is_exact() {
 #[test]
 fn pos_guidance_runs_in_both_precisions_and_chunks_batches() {
     let pos = "PROPN AUX DET ADJ NOUN ADP DET PROPN PROPN PUNCT";
-    let controls = ControlRequest {
-        pos: Some(pos.into()),
-        content: vec!["area=riverside".into()],
-        ..Default::default()
-    };
+    let controls =
+        ControlRequest { pos: Some(pos.into()), content: vec!["area=riverside".into()], ..Default::default() };
     let one = run(Precision::Fp32, &request(controls.clone(), 3, 1));
     let three = run(Precision::Fp32, &request(controls.clone(), 3, 3));
-    assert_eq!(
-        one.iter().map(|g| &g.text).collect::<Vec<_>>(),
-        three.iter().map(|g| &g.text).collect::<Vec<_>>()
-    );
+    assert_eq!(one.iter().map(|g| &g.text).collect::<Vec<_>>(), three.iter().map(|g| &g.text).collect::<Vec<_>>());
     for g in one.iter().chain(&run(Precision::Fp16, &request(controls, 2, 2))) {
         assert_eq!(g.tokens.len(), 10, "{}", g.text);
         assert!(g.timing.guidance > std::time::Duration::ZERO);
@@ -79,20 +68,11 @@ fn pos_guidance_runs_in_both_precisions_and_chunks_batches() {
 #[test]
 fn guidance_changes_the_output() {
     let pos = "PROPN AUX DET ADJ NOUN ADP DET PROPN PROPN PUNCT";
-    let guided = ControlRequest {
-        pos: Some(pos.into()),
-        ..ControlRequest::default()
-    };
-    let length_only = ControlRequest {
-        length: Some(10),
-        ..ControlRequest::default()
-    };
+    let guided = ControlRequest { pos: Some(pos.into()), ..ControlRequest::default() };
+    let length_only = ControlRequest { length: Some(10), ..ControlRequest::default() };
     let a = run(Precision::Fp32, &request(guided, 2, 2));
     let b = run(Precision::Fp32, &request(length_only, 2, 2));
-    assert_ne!(
-        a.iter().map(|g| &g.text).collect::<Vec<_>>(),
-        b.iter().map(|g| &g.text).collect::<Vec<_>>()
-    );
+    assert_ne!(a.iter().map(|g| &g.text).collect::<Vec<_>>(), b.iter().map(|g| &g.text).collect::<Vec<_>>());
 }
 
 #[test]
@@ -100,65 +80,32 @@ fn bad_control_input_is_refused_with_what_is_allowed() {
     let long = vec!["NOUN"; 63].join(" ");
     let cases: Vec<(ControlRequest, fn(&ControlError) -> bool)> = vec![
         (
-            ControlRequest {
-                pos: Some("PROPN FOO".into()),
-                ..Default::default()
-            },
+            ControlRequest { pos: Some("PROPN FOO".into()), ..Default::default() },
             |e| matches!(e, ControlError::UnknownTag { allowed, .. } if allowed.contains("PROPN")),
         ),
+        (ControlRequest { pos: Some(long), ..Default::default() }, |e| {
+            matches!(e, ControlError::TooLong { max: 62, .. })
+        }),
         (
-            ControlRequest {
-                pos: Some(long),
-                ..Default::default()
-            },
-            |e| matches!(e, ControlError::TooLong { max: 62, .. }),
-        ),
-        (
-            ControlRequest {
-                content: vec!["food=Martian".into()],
-                ..Default::default()
-            },
+            ControlRequest { content: vec!["food=Martian".into()], ..Default::default() },
             |e| matches!(e, ControlError::UnknownContent { allowed, .. } if allowed.contains("food=Italian")),
         ),
-        (
-            ControlRequest {
-                infill: Some("The Zorblax is _".into()),
-                ..Default::default()
-            },
-            |e| matches!(e, ControlError::UnknownWord { .. }),
-        ),
-        (
-            ControlRequest {
-                infill: Some("_ _ _".into()),
-                length: Some(2),
-                ..Default::default()
-            },
-            |e| matches!(e, ControlError::Conflict(_)),
-        ),
-        (
-            ControlRequest {
-                pos: Some("NOUN VERB".into()),
-                length: Some(4),
-                ..Default::default()
-            },
-            |e| matches!(e, ControlError::Conflict(_)),
-        ),
-        (
-            ControlRequest {
-                length: Some(0),
-                ..Default::default()
-            },
-            |e| matches!(e, ControlError::Empty { .. }),
-        ),
+        (ControlRequest { infill: Some("The Zorblax is _".into()), ..Default::default() }, |e| {
+            matches!(e, ControlError::UnknownWord { .. })
+        }),
+        (ControlRequest { infill: Some("_ _ _".into()), length: Some(2), ..Default::default() }, |e| {
+            matches!(e, ControlError::Conflict(_))
+        }),
+        (ControlRequest { pos: Some("NOUN VERB".into()), length: Some(4), ..Default::default() }, |e| {
+            matches!(e, ControlError::Conflict(_))
+        }),
+        (ControlRequest { length: Some(0), ..Default::default() }, |e| matches!(e, ControlError::Empty { .. })),
     ];
     common::with_model(Precision::Fp32, |m| {
         for (controls, expected) in cases {
             match generate(m, &request(controls.clone(), 1, 1)) {
                 Err(GenerateError::Control(e)) => assert!(expected(&e), "{controls:?}: unexpected {e}"),
-                other => panic!(
-                    "{controls:?}: expected a control error, got {:?}",
-                    other.map(|g| g.len())
-                ),
+                other => panic!("{controls:?}: expected a control error, got {:?}", other.map(|g| g.len())),
             }
         }
     });

@@ -18,14 +18,12 @@ fn request(steps: usize, seed: u64, num: usize, batch: usize) -> Request {
         batch,
         controls: ControlRequest::default(),
         guide: GuideOverrides::default(),
+        mbr: 1,
     }
 }
 
 fn texts(precision: Precision, r: &Request) -> Vec<String> {
-    common::with_model(precision, |m| generate(m, r).unwrap())
-        .into_iter()
-        .map(|g| g.text)
-        .collect()
+    common::with_model(precision, |m| generate(m, r).unwrap()).into_iter().map(|g| g.text).collect()
 }
 
 #[test]
@@ -59,10 +57,7 @@ fn every_budget_from_1_to_200_runs() {
 
 #[test]
 fn ddim_eta_zero_is_deterministic_and_eta_one_is_not_ddim_zero() {
-    let ddim = |eta, seed| Request {
-        method: Method::Ddim { eta },
-        ..request(20, seed, 2, 2)
-    };
+    let ddim = |eta, seed| Request { method: Method::Ddim { eta }, ..request(20, seed, 2, 2) };
     let a = texts(Precision::Fp32, &ddim(0.0, 1));
     assert_eq!(a, texts(Precision::Fp32, &ddim(0.0, 1)));
     assert_ne!(a, texts(Precision::Fp32, &ddim(1.0, 1)));
@@ -86,13 +81,7 @@ fn out_of_range_requests_are_refused() {
             (request(t + 1, 0, 1, 1), RequestError::Steps { got: t + 1, max: t }),
             (request(10, 0, 0, 1), RequestError::Zero { what: "num" }),
             (request(10, 0, 1, 0), RequestError::Zero { what: "batch" }),
-            (
-                Request {
-                    method: Method::Ddim { eta: 1.5 },
-                    ..request(10, 0, 1, 1)
-                },
-                RequestError::Eta(1.5),
-            ),
+            (Request { method: Method::Ddim { eta: 1.5 }, ..request(10, 0, 1, 1) }, RequestError::Eta(1.5)),
         ] {
             match generate(m, &r) {
                 Err(GenerateError::Request(e)) => assert_eq!(e, expected),
@@ -100,4 +89,13 @@ fn out_of_range_requests_are_refused() {
             }
         }
     });
+}
+
+#[test]
+fn mbr_returns_one_of_its_samples_per_output() {
+    let plain = texts(Precision::Fp32, &request(10, 4, 6, 6));
+    let mbr = Request { mbr: 3, num: 2, ..request(10, 4, 2, 6) };
+    let chosen = texts(Precision::Fp32, &mbr);
+    assert_eq!(chosen.len(), 2);
+    assert!(plain[..3].contains(&chosen[0]) && plain[3..].contains(&chosen[1]), "{chosen:?} not in {plain:?}");
 }

@@ -10,10 +10,7 @@ fn assert_close(name: &str, steps: &str, ours: &[f64], theirs: &Value) {
     let theirs: Vec<f64> = serde_json::from_value(theirs.clone()).expect("fixture arrays are numbers");
     assert_eq!(ours.len(), theirs.len(), "{name} at {steps} steps: length");
     for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
-        assert!(
-            (a - b).abs() <= 1e-9,
-            "{name}[{i}] at {steps} steps: rust {a} vs python {b}"
-        );
+        assert!((a - b).abs() <= 1e-9, "{name}[{i}] at {steps} steps: rust {a} vs python {b}");
     }
 }
 
@@ -31,18 +28,8 @@ fn respaced_schedules_match_python() {
         assert_close("timestep_map", steps, &map, &expected["timestep_map"]);
         assert_close("betas", steps, &d.betas, &expected["betas"]);
         assert_close("alpha_bar", steps, &d.alpha_bar, &expected["alpha_bar"]);
-        assert_close(
-            "posterior_mean_coef1",
-            steps,
-            &d.posterior_mean_coef1,
-            &expected["posterior_mean_coef1"],
-        );
-        assert_close(
-            "posterior_mean_coef2",
-            steps,
-            &d.posterior_mean_coef2,
-            &expected["posterior_mean_coef2"],
-        );
+        assert_close("posterior_mean_coef1", steps, &d.posterior_mean_coef1, &expected["posterior_mean_coef1"]);
+        assert_close("posterior_mean_coef2", steps, &d.posterior_mean_coef2, &expected["posterior_mean_coef2"]);
         assert_close("model_variance", steps, &d.model_variance, &expected["model_variance"]);
     }
 }
@@ -51,10 +38,5 @@ fn respaced_schedules_match_python() {
 fn full_schedule_matches_the_manifest_table() {
     let manifest = Manifest::load(&common::model_dir()).unwrap();
     let d = Diffusion::respaced(&manifest.diffusion, manifest.diffusion.t).unwrap();
-    assert_close(
-        "alpha_bar",
-        "T",
-        &d.alpha_bar,
-        &serde_json::to_value(&manifest.diffusion.alpha_bar).unwrap(),
-    );
+    assert_close("alpha_bar", "T", &d.alpha_bar, &serde_json::to_value(&manifest.diffusion.alpha_bar).unwrap());
 }

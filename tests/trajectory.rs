@@ -33,27 +33,18 @@ fn ddim_trajectory_matches_pytorch_reference() {
         let diffusion = Diffusion::respaced(&model.manifest.diffusion, steps).unwrap();
         let x_t = array3(&fixture["x_T"]);
         let mut rngs: Vec<_> = (0..x_t.dim().0).map(|k| sequence_rng(0, k as u64)).collect();
-        let options = SampleOptions {
-            method: Method::Ddim { eta: 0.0 },
-            clamp: true,
-        };
+        let options = SampleOptions { method: Method::Ddim { eta: 0.0 }, clamp: true };
         let mut trace = Vec::new();
         let mut sampler = Sampler::new(&mut model.denoiser, &model.embeddings, &diffusion, options);
         let sampled = sampler.sample(x_t, &mut rngs, Some(&mut trace)).unwrap();
 
         let expected_tokens: Vec<Vec<u32>> = serde_json::from_value(fixture["tokens"].clone()).unwrap();
-        assert_eq!(
-            sampled.tokens, expected_tokens,
-            "tokens differ from the PyTorch reference"
-        );
+        assert_eq!(sampled.tokens, expected_tokens, "tokens differ from the PyTorch reference");
         let reference = fixture["x0_hat"].as_array().unwrap();
         assert_eq!(trace.len(), reference.len());
         for (step, (ours, theirs)) in trace.iter().zip(reference).enumerate() {
             let diff = (ours - &array3(theirs)).mapv(f32::abs).fold(0.0f32, |a, &b| a.max(b));
-            assert!(
-                diff <= X0_HAT_TOLERANCE,
-                "x0_hat at step {step} differs by {diff} > {X0_HAT_TOLERANCE}"
-            );
+            assert!(diff <= X0_HAT_TOLERANCE, "x0_hat at step {step} differs by {diff} > {X0_HAT_TOLERANCE}");
         }
         let texts: Vec<String> = sampled.tokens.iter().map(|ids| model.vocab.decode(ids)).collect();
         let expected_texts: Vec<String> = serde_json::from_value(fixture["texts"].clone()).unwrap();

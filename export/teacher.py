@@ -1,0 +1,93 @@
+"""teacher: a small autoregressive LM on the training split, for fluency (lm-score).
+
+lm-score of a text = exp(mean token NLL) under this teacher, as in the Diffusion-LM paper.
+Exported as `teacher.onnx`: ids [B, L] int64 -> logits [B, L, V], batch and length dynamic.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+from torch import nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from . import data
+from .model import Block
+
+TEACHER_FILE = "teacher.pt"
+
+
+class TeacherLM(nn.Module):
+    def __init__(self, vocab_size, seq_len, hidden=128, layers=2, heads=4):
+        super().__init__()
+        self.tok = nn.Embedding(vocab_size, hidden)
+        self.pos = nn.Parameter(torch.randn(seq_len, hidden) * 0.02)
+        self.blocks = nn.ModuleList(Block(hidden, heads, 4 * hidden, 0.1, causal=True) for _ in range(layers))
+        self.ln = nn.LayerNorm(hidden)
+        self.head = nn.Linear(hidden, vocab_size)
+
+    def forward(self, ids):
+        h = self.tok(ids) + self.pos[: ids.shape[1]]
+        for block in self.blocks:
+            h = block(h)
+        return self.head(self.ln(h))
+
+
+def train_teacher(cfg, data_dir, out_dir, steps=3000, batch_size=64, lr=1e-3, seed=0):
+    tok = Tokenizer.from_file(str(Path(data_dir) / "tokenizer.json"))
+    pad = tok.get_vocab()[data.PAD]
+    records = data.load_split(data_dir, "train")
+    ids = torch.tensor([data.encode_ids(tok, r["words"], cfg.model.seq_len) for r in records])
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = TeacherLM(tok.get_vocab_size(), cfg.model.seq_len)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    log = []
+    for step in tqdm(range(steps), desc="teacher", mininterval=2.0):
+        batch = ids[torch.randint(0, len(ids), (batch_size,), generator=gen)]
+        logits = model(batch[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), ignore_index=pad)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % 100 == 0:
+            log.append({"step": step + 1, "loss": loss.item()})
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({"vocab_size": tok.get_vocab_size(), "seq_len": cfg.model.seq_len, "state": model.state_dict(),
+                "log": log}, out_dir / TEACHER_FILE)
+    (out_dir / "teacher_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    return log[-1] if log else {}
+
+
+def load_teacher(path):
+    state = torch.load(path, weights_only=False)
+    model = TeacherLM(state["vocab_size"], state["seq_len"])
+    model.load_state_dict(state["state"])
+    return model.eval()
+
+
+def export_teacher(model, seq_len, out_path):
+    ids = torch.randint(4, 100, (2, 17))
+    batch, length = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("seq", min=2, max=seq_len)
+    torch.onnx.export(model, (ids,), str(out_path), input_names=["ids"], output_names=["logits"],
+                      dynamic_shapes={"ids": {0: batch, 1: length}}, dynamo=True, opset_version=18,
+                      external_data=False)
+
+
+def lm_scores(session, tok, texts, seq_len):
+    """exp(mean NLL of each next token, END included) per text under an ONNX teacher session."""
+    vocab = tok.get_vocab()
+    scores = []
+    for text in texts:
+        ids = data.encode_ids(tok, data.words_of(tok, text), seq_len)
+        n = min(len(data.words_of(tok, text)) + 2, seq_len)
+        arr = np.array([ids[:n]], dtype=np.int64)
+        (logits,) = session.run(None, {"ids": arr[:, :-1]})
+        logp = logits[0] - np.logaddexp.reduce(logits[0], axis=-1, keepdims=True)
+        nll = -logp[np.arange(n - 1), arr[0, 1:]]
+        scores.append(float(np.exp(nll.mean())))
+    assert vocab  # tokenizer in use
+    return scores
