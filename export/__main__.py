@@ -1,4 +1,4 @@
-"""python -m export {prepare,train,controls,export,verify,sample,fixtures,all} --config C --workdir W."""
+"""python -m export {prepare,train,controls,teacher,export,verify,sample,fixtures,evaluate,all} --config C --workdir W."""
 import argparse
 import json
 import sys
@@ -12,7 +12,8 @@ DEFAULT_CONFIG = "export/configs/default.json"
 
 def _paths(workdir):
     w = Path(workdir)
-    return {"data": w / "data", "train": w / "train", "controls": w / "controls", "model": w / "model"}
+    return {"data": w / "data", "train": w / "train", "controls": w / "controls", "teacher": w / "teacher",
+            "model": w / "model"}
 
 
 def cmd_prepare(args, cfg):
@@ -35,6 +36,13 @@ def cmd_controls(args, cfg):
     print(json.dumps(train_controls(cfg, p["data"], p["train"], p["controls"])))
 
 
+def cmd_teacher(args, cfg):
+    from .teacher import train_teacher
+
+    p = _paths(args.workdir)
+    print(json.dumps(train_teacher(cfg, p["data"], p["teacher"])))
+
+
 def cmd_export(args, cfg):
     from .onnx_export import export_model
     from .verify import verify_model_dir
@@ -42,7 +50,7 @@ def cmd_export(args, cfg):
     p = _paths(args.workdir)
     out = Path(args.out) if args.out else p["model"]
     export_model(p["data"], p["train"], out, command=" ".join(["python -m export"] + sys.argv[1:]),
-                 controls_dir=p["controls"])
+                 controls_dir=p["controls"], teacher_dir=p["teacher"])
     print(json.dumps(verify_model_dir(out), indent=2))
 
 
@@ -69,8 +77,17 @@ def cmd_fixtures(args, cfg):
     print("\n".join(write_fixtures(args.model, args.out_dir, seed=args.seed)))
 
 
+def cmd_evaluate(args, cfg):
+    from .evaluate import evaluate, table
+
+    report = evaluate(args.model, args.dlm, steps=args.steps, n=args.n, seed=args.seed)
+    print(table(report))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")
+
+
 def cmd_all(args, cfg):
-    for step in (cmd_prepare, cmd_train, cmd_controls, cmd_export):
+    for step in (cmd_prepare, cmd_train, cmd_controls, cmd_teacher, cmd_export):
         step(args, cfg)
 
 
@@ -83,6 +100,7 @@ def main(argv=None):
     p = sub.add_parser("train", help="train the Diffusion-LM (checkpoints in WORKDIR/train)")
     p.add_argument("--resume", action="store_true", help="continue from WORKDIR/train/checkpoint.pt")
     sub.add_parser("controls", help="train the guidance classifiers (pos, content) on noisy latents")
+    sub.add_parser("teacher", help="train the autoregressive teacher LM (lm-score)")
     for name, help_ in (("export", "write the ONNX model directory, then verify it"),
                         ("verify", "parity of ONNX Runtime against PyTorch for a model directory")):
         q = sub.add_parser(name, help=help_)
@@ -99,14 +117,21 @@ def main(argv=None):
     f.add_argument("--model", default="models/e2e", help="model directory")
     f.add_argument("--out-dir", default="tests/fixtures")
     f.add_argument("--seed", type=int, default=0)
+    e = sub.add_parser("evaluate", help="control success and lm-score of the real dlm binary on held-out targets")
+    e.add_argument("--model", default="models/e2e")
+    e.add_argument("--dlm", default="target/release/dlm")
+    e.add_argument("--steps", type=int, default=200)
+    e.add_argument("--n", type=int, default=200, help="targets per control")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--json-out", help="also write the report as JSON here")
     a = sub.add_parser("all", help="prepare, train, export and verify")
     a.add_argument("--resume", action="store_true")
     a.add_argument("--out", help="model directory (default WORKDIR/model)")
     args = parser.parse_args(argv)
     try:
         cfg = config_mod.load(args.config)
-        {"prepare": cmd_prepare, "train": cmd_train, "controls": cmd_controls, "export": cmd_export, "verify": cmd_verify,
-         "sample": cmd_sample, "fixtures": cmd_fixtures, "all": cmd_all}[args.command](args, cfg)
+        {"prepare": cmd_prepare, "train": cmd_train, "controls": cmd_controls, "teacher": cmd_teacher, "export": cmd_export, "verify": cmd_verify,
+         "sample": cmd_sample, "fixtures": cmd_fixtures, "evaluate": cmd_evaluate, "all": cmd_all}[args.command](args, cfg)
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

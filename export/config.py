@@ -59,12 +59,23 @@ class ControlsConfig:
 
 
 @dataclass(frozen=True)
+class TeacherConfig:
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 1e-3
+    hidden: int = 128
+    layers: int = 2
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     controls: ControlsConfig = field(default_factory=ControlsConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -122,7 +133,7 @@ def from_dict(raw, where="config"):
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected an object")
     sections = {"data": DataConfig, "model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig,
-                "controls": ControlsConfig}
+                "controls": ControlsConfig, "teacher": TeacherConfig}
     unknown = sorted(set(raw) - set(sections))
     if unknown:
         raise ConfigError(f"{where}: unknown sections {unknown}; allowed: {sorted(sections)}")

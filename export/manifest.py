@@ -55,6 +55,7 @@ def listed_files(manifest):
     yield manifest["tokenizer"]
     yield manifest["embeddings"]
     yield manifest["reference"]
-    if "controls_reference" in manifest:
-        yield manifest["controls_reference"]
+    for optional in ("controls_reference", "teacher_reference"):
+        if optional in manifest:
+            yield manifest[optional]
     yield from manifest["graphs"]

@@ -16,6 +16,7 @@ from .schedule import alpha_bar
 from .atomic import atomic_dir
 from .guidance import DEFAULTS, GUIDANCE, control_spec, export_guidance
 from .guidance import OPSET as GUIDANCE_OPSET
+from .teacher import TEACHER_FILE, export_teacher, load_teacher
 from .train_controls import CONTROLS_FILE, load_controls
 from .train import CHECKPOINT, load_ema
 from .verify import verify_model_dir
@@ -74,7 +75,7 @@ def export_denoiser(model, spec, seq_len, out_path):
     onnx.checker.check_model(str(out_path))
 
 
-def export_model(data_dir, train_dir, out_dir, command, controls_dir=None):
+def export_model(data_dir, train_dir, out_dir, command, controls_dir=None, teacher_dir=None):
     """Export the EMA weights of train_dir's checkpoint into out_dir (atomically), with the
     guidance graphs of controls_dir's classifiers when they have been trained."""
     ckpt = Path(train_dir) / CHECKPOINT
@@ -105,7 +106,22 @@ def export_model(data_dir, train_dir, out_dir, command, controls_dir=None):
         if controls_pt and controls_pt.is_file():
             shutil.copy(controls_pt, tmp / CONTROLS_FILE)
             controls = export_controls(tmp, graphs)
+        teacher_pt = Path(teacher_dir) / TEACHER_FILE if teacher_dir else None
+        if teacher_pt and teacher_pt.is_file():
+            shutil.copy(teacher_pt, tmp / TEACHER_FILE)
+            export_teacher(load_teacher(teacher_pt), cfg.model.seq_len, tmp / "teacher.onnx")
+            graphs.append({
+                "name": "teacher", "role": "teacher", **manifest_mod.file_entry(tmp, "teacher.onnx"),
+                "precision": "fp32", "opset": OPSET,
+                "inputs": [{"name": "ids", "dtype": "int64", "shape": ["batch", "seq"]}],
+                "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", "seq", tok.get_vocab_size()]}],
+                "dynamic_axes": {"batch": {"min": 1, "max": MAX_BATCH}, "seq": {"min": 2, "max": cfg.model.seq_len}},
+                "tolerance": {"max_abs_diff": 1e-3},
+            })
         manifest = build_manifest(cfg, tok, tmp, graphs, data_dir, train_dir, state, command)
+        if teacher_pt and teacher_pt.is_file():
+            manifest["teacher_reference"] = {**manifest_mod.file_entry(tmp, TEACHER_FILE),
+                                             "what": "teacher LM weights for PyTorch (lm-score parity checks)"}
         if controls:
             manifest["controls"] = controls
             manifest["controls_reference"] = {**manifest_mod.file_entry(tmp, CONTROLS_FILE),

@@ -35,36 +35,37 @@ class TeacherLM(nn.Module):
         return self.head(self.ln(h))
 
 
-def train_teacher(cfg, data_dir, out_dir, steps=3000, batch_size=64, lr=1e-3, seed=0):
+def train_teacher(cfg, data_dir, out_dir):
+    tc = cfg.teacher
     tok = Tokenizer.from_file(str(Path(data_dir) / "tokenizer.json"))
     pad = tok.get_vocab()[data.PAD]
     records = data.load_split(data_dir, "train")
     ids = torch.tensor([data.encode_ids(tok, r["words"], cfg.model.seq_len) for r in records])
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    model = TeacherLM(tok.get_vocab_size(), cfg.model.seq_len)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    torch.manual_seed(tc.seed)
+    gen = torch.Generator().manual_seed(tc.seed)
+    model = TeacherLM(tok.get_vocab_size(), cfg.model.seq_len, tc.hidden, tc.layers)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr)
     log = []
-    for step in tqdm(range(steps), desc="teacher", mininterval=2.0):
-        batch = ids[torch.randint(0, len(ids), (batch_size,), generator=gen)]
+    for step in tqdm(range(tc.steps), desc="teacher", mininterval=2.0):
+        batch = ids[torch.randint(0, len(ids), (tc.batch_size,), generator=gen)]
         logits = model(batch[:, :-1])
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), ignore_index=pad)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if (step + 1) % 100 == 0:
+        if (step + 1) % 100 == 0 or step + 1 == tc.steps:
             log.append({"step": step + 1, "loss": loss.item()})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({"vocab_size": tok.get_vocab_size(), "seq_len": cfg.model.seq_len, "state": model.state_dict(),
-                "log": log}, out_dir / TEACHER_FILE)
+    torch.save({"vocab_size": tok.get_vocab_size(), "seq_len": cfg.model.seq_len, "hidden": tc.hidden,
+                "layers": tc.layers, "state": model.state_dict(), "log": log}, out_dir / TEACHER_FILE)
     (out_dir / "teacher_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
     return log[-1] if log else {}
 
 
 def load_teacher(path):
     state = torch.load(path, weights_only=False)
-    model = TeacherLM(state["vocab_size"], state["seq_len"])
+    model = TeacherLM(state["vocab_size"], state["seq_len"], state.get("hidden", 128), state.get("layers", 2))
     model.load_state_dict(state["state"])
     return model.eval()
 
@@ -79,7 +80,6 @@ def export_teacher(model, seq_len, out_path):
 
 def lm_scores(session, tok, texts, seq_len):
     """exp(mean NLL of each next token, END included) per text under an ONNX teacher session."""
-    vocab = tok.get_vocab()
     scores = []
     for text in texts:
         ids = data.encode_ids(tok, data.words_of(tok, text), seq_len)
@@ -89,5 +89,4 @@ def lm_scores(session, tok, texts, seq_len):
         logp = logits[0] - np.logaddexp.reduce(logits[0], axis=-1, keepdims=True)
         nll = -logp[np.arange(n - 1), arr[0, 1:]]
         scores.append(float(np.exp(nll.mean())))
-    assert vocab  # tokenizer in use
     return scores

@@ -100,10 +100,11 @@ class Trainer:
 
 
 def _resumable(cfg_dict):
-    """The config a checkpoint must match to resume: all of it but the step targets and the controls."""
+    """The config a checkpoint must match to resume: all of it but the step targets, the controls and the teacher."""
     train_part = {k: v for k, v in cfg_dict["train"].items() if k not in ("steps", "checkpoint_every")}
     data_part = {**cfg_dict["data"], "files": list(cfg_dict["data"]["files"])}
-    return {**{k: v for k, v in cfg_dict.items() if k != "controls"}, "train": train_part, "data": data_part}
+    rest = {k: v for k, v in cfg_dict.items() if k not in ("controls", "teacher")}
+    return {**rest, "train": train_part, "data": data_part}
 
 
 def train(cfg, data_dir, out_dir, resume=False):

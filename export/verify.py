@@ -14,6 +14,7 @@ from .errors import ParityError
 from .model import DiffusionLM
 from .config import from_dict
 from .guidance import check_values as check_guidance
+from .teacher import load_teacher
 from .train_controls import load_controls
 
 # (batch, seq) pairs, all different from the export example (2, seq_len)
@@ -84,6 +85,24 @@ def _load_controls(model_dir, manifest):
     return {"pos": (pos, tags), "content": (content, values)}
 
 
+def _check_teacher(session, graph, reference_path, failures):
+    """Teacher logits, ONNX Runtime vs PyTorch, at shapes other than the export's (2, 17)."""
+    teacher = load_teacher(reference_path)
+    vocab = graph["outputs"][0]["shape"][2]
+    gen = torch.Generator().manual_seed(99)
+    worst = 0.0
+    for batch, seq in ((1, 64), (3, 9)):
+        ids = torch.randint(0, vocab, (batch, seq), generator=gen)
+        with torch.no_grad():
+            ref = teacher(ids).numpy()
+        (out,) = session.run(None, {"ids": ids.numpy()})
+        worst = max(worst, float(np.abs(out - ref).max()) if out.shape == ref.shape else float("inf"))
+    limit = graph["tolerance"]["max_abs_diff"]
+    if not worst <= limit:
+        failures.append(f"{graph['name']}: logits differ by {worst:.3g} > {limit:g}")
+    return {"max_abs_diff": worst}
+
+
 def verify_model_dir(model_dir):
     """Check every graph of a model directory; returns {graph: {...figures}}, raises ParityError."""
     manifest = manifest_mod.load(model_dir)
@@ -102,7 +121,10 @@ def verify_model_dir(model_dir):
         _check_signature(graph, session, failures)
         if len(failures) > before:
             continue
-        if graph["role"] == "guidance":
+        if graph["role"] == "teacher":
+            report[graph["name"]] = _check_teacher(session, graph, Path(model_dir) / manifest["teacher_reference"]["file"],
+                                                   failures)
+        elif graph["role"] == "guidance":
             classifier, labels = controls[graph["control"]]
             report[graph["name"]] = check_guidance(session, graph, classifier, len(labels), cfg.diffusion.T, failures)
         else:

@@ -3,5 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+cargo build --release          # the evaluation tests drive the real dlm binary
 .venv/bin/python -m pytest -q
 cargo test --release

@@ -28,6 +28,9 @@ pub struct Manifest {
     /// Classifier weights for the PyTorch parity checks; the runtime does not read them.
     #[serde(default)]
     pub controls_reference: Option<ReferenceEntry>,
+    /// Teacher LM weights for PyTorch (evaluation only); the runtime does not read them.
+    #[serde(default)]
+    pub teacher_reference: Option<ReferenceEntry>,
     pub training: serde_json::Value,
     pub export: serde_json::Value,
 }

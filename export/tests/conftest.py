@@ -27,6 +27,7 @@ def tiny_workdir(tmp_path_factory, tiny_cfg):
     from export.data import prepare
     from export.onnx_export import export_model
     from export.train import train
+    from export.teacher import train_teacher
     from export.train_controls import train_controls
 
     work = tmp_path_factory.mktemp("tiny")
@@ -36,7 +37,9 @@ def tiny_workdir(tmp_path_factory, tiny_cfg):
         prepare(tiny_cfg, work / "data")
         train(tiny_cfg, work / "data", work / "train")
         train_controls(tiny_cfg, work / "data", work / "train", work / "controls")
-        export_model(work / "data", work / "train", work / "model", command="pytest tiny", controls_dir=work / "controls")
+        train_teacher(tiny_cfg, work / "data", work / "teacher")
+        export_model(work / "data", work / "train", work / "model", command="pytest tiny",
+                     controls_dir=work / "controls", teacher_dir=work / "teacher")
     finally:
         os.chdir(old)
     return work

@@ -21,7 +21,7 @@ def test_export_writes_every_file_with_matching_sha256(tiny_workdir):
     for entry in manifest.listed_files(m):
         assert manifest.sha256_of(model_dir / entry["file"]) == entry["sha256"]
     assert {g["name"] for g in m["graphs"]} == {"denoiser.fp32", "denoiser.fp16", "guide_pos.fp32", "guide_pos.fp16",
-                                                "guide_content.fp32", "guide_content.fp16"}
+                                                "guide_content.fp32", "guide_content.fp16", "teacher"}
     assert len(m["diffusion"]["alpha_bar"]) == m["diffusion"]["T"] == 2000
     assert m["special_tokens"] == {"pad": 0, "unk": 1, "start": 2, "end": 3}
     emb = np.fromfile(model_dir / "embeddings.bin", dtype="<f4")

@@ -1,0 +1,108 @@
+"""evaluate: drive the real `dlm` binary on control targets built from the held-out split.
+
+Scored like the paper: POS = per-position exact match of the output's spaCy UPOS tags with
+the target; content = the value string appears in the output; length = within +-2 words;
+infill = every fixed word kept in place. Fluency: lm-score = exp(mean token NLL) under the
+teacher LM (lower is better), next to the held-out references' own lm-score.
+"""
+import json
+import random
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from . import data, manifest as manifest_mod
+from .config import from_dict
+from .errors import ExportError
+from .teacher import lm_scores
+
+
+def heldout_targets(m, tok, n, seed):
+    """POS sequences, content pairs, lengths and infill templates, all from held-out sentences."""
+    cfg = from_dict(m["training"]["config"])
+    records = data.read_corpus(cfg.data.files, cfg.data.max_lines)
+    _, heldout = data.split_by_mr(records, cfg.data.heldout_fraction, cfg.data.split_seed)
+    rng = random.Random(seed)
+    picked = rng.sample(heldout, min(n, len(heldout)))
+    words = [data.words_of(tok, text) for _, _, text in picked]
+    tags = data.tag_upos(data.load_spacy(), words)
+    labels = set(m["controls"]["content"]["labels"])
+    content = []
+    for _, pairs, _ in picked:
+        options = [f"{f}={v}" for f, v in pairs if f"{f}={v}" in labels and f != "name"] or [f"{f}={v}" for f, v in pairs]
+        content.append(rng.choice(options))
+    infill = []
+    for ws in words[: max(1, n // 4)]:
+        lo, hi = len(ws) // 4, max(len(ws) // 4 + 1, 3 * len(ws) // 4)
+        infill.append(" ".join("_" if lo <= i < hi else w for i, w in enumerate(ws)))
+    return {
+        "pos": [" ".join(t) for t, w in zip(tags, words) if len(w) <= 40],
+        "content": content,
+        "length": [10 + (i * 7) % 31 for i in range(n)],
+        "infill": infill,
+        "references": [text for _, _, text in picked],
+    }
+
+
+def run_dlm(dlm, model_dir, steps, seed, flags):
+    cmd = [str(dlm), "generate", "--model", str(model_dir), "--steps", str(steps), "--seed", str(seed), "--json", *flags]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise ExportError(f"{' '.join(cmd)} failed: {out.stderr.strip()}")
+    return json.loads(out.stdout.splitlines()[0])
+
+
+def pos_match(nlp_tags, target):
+    target = target.split()
+    return sum(a == b for a, b in zip(nlp_tags, target)) / len(target)
+
+
+def evaluate(model_dir, dlm, steps=200, n=200, seed=0):
+    model_dir = Path(model_dir)
+    if not Path(dlm).is_file():
+        raise ExportError(f"{dlm}: dlm binary not found; run `cargo build --release` first")
+    m = manifest_mod.load(model_dir)
+    if "controls" not in m or not any(g["role"] == "teacher" for g in m["graphs"]):
+        raise ExportError(f"{model_dir}: needs controls and a teacher LM (python -m export controls, teacher, export)")
+    tok = Tokenizer.from_file(str(model_dir / m["tokenizer"]["file"]))
+    teacher = ort.InferenceSession(str(model_dir / next(g["file"] for g in m["graphs"] if g["role"] == "teacher")))
+    seq_len = m["model"]["seq_len"]
+    targets = heldout_targets(m, tok, n, seed)
+    nlp = data.load_spacy()
+    results = {}
+    checks = {
+        "pos": (lambda t: ["--pos", t], lambda out, t: pos_match(data.tag_upos(nlp, [out["tokens"]])[0], t)),
+        "content": (lambda t: ["--content", t], lambda out, t: float(t.split("=", 1)[1].lower() in out["text"].lower())),
+        "length": (lambda t: ["--length", str(t)], lambda out, t: float(abs(len(out["tokens"]) - t) <= 2)),
+        "infill": (lambda t: ["--infill", t], lambda out, t: float(all(
+            w == "_" or (i < len(out["tokens"]) and out["tokens"][i] == w) for i, w in enumerate(t.split())))),
+        "none": (lambda t: [], lambda out, t: 1.0),
+    }
+    targets["none"] = list(range(n))
+    for name, (flags, score) in checks.items():
+        texts, scores, seconds = [], [], []
+        for i, target in enumerate(targets[name]):
+            start = time.perf_counter()
+            out = run_dlm(dlm, model_dir, steps, seed + i, flags(target))
+            seconds.append(time.perf_counter() - start)
+            texts.append(out["text"])
+            scores.append(score(out, target))
+        results[name] = {"n": len(texts), "success": statistics.mean(scores),
+                         "lm_score": statistics.mean(lm_scores(teacher, tok, texts, seq_len)),
+                         "seconds_per_sentence": statistics.mean(seconds), "example": texts[0]}
+    results["references"] = {"n": len(targets["references"]),
+                             "lm_score": statistics.mean(lm_scores(teacher, tok, targets["references"], seq_len))}
+    return {"steps": steps, "seed": seed, "results": results}
+
+
+def table(report):
+    lines = [f"steps {report['steps']}", f"{'control':<11}{'n':>5}{'success':>9}{'lm-score':>10}{'s/sent':>8}"]
+    for name, r in report["results"].items():
+        success = f"{r['success']:.3f}" if "success" in r else "-"
+        secs = f"{r['seconds_per_sentence']:.2f}" if "seconds_per_sentence" in r else "-"
+        lines.append(f"{name:<11}{r['n']:>5}{success:>9}{r['lm_score']:>10.2f}{secs:>8}")
+    return "\n".join(lines)
