@@ -78,10 +78,17 @@ def cmd_fixtures(args, cfg):
 
 
 def cmd_evaluate(args, cfg):
-    from .evaluate import evaluate, table
+    from .evaluate import evaluate, sweep, table
 
-    report = evaluate(args.model, args.dlm, steps=args.steps, n=args.n, seed=args.seed)
-    print(table(report))
+    if args.budgets:
+        budgets = [int(b) for b in args.budgets.split(",")]
+        ks = [int(k) for k in args.guide_steps.split(",")] if args.guide_steps else [None]
+        report, markdown = sweep(args.model, args.dlm, budgets, ks, n=args.n, seed=args.seed)
+        print(markdown)
+    else:
+        k = int(args.guide_steps) if args.guide_steps else None
+        report = evaluate(args.model, args.dlm, steps=args.steps, n=args.n, seed=args.seed, guide_steps=k)
+        print(table(report))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")
 
@@ -123,6 +130,8 @@ def main(argv=None):
     e.add_argument("--steps", type=int, default=200)
     e.add_argument("--n", type=int, default=200, help="targets per control")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--budgets", help="comma-separated step budgets: a sweep printed as a markdown table")
+    e.add_argument("--guide-steps", help="K (comma-separated with --budgets); default: the manifest's")
     e.add_argument("--json-out", help="also write the report as JSON here")
     a = sub.add_parser("all", help="prepare, train, export and verify")
     a.add_argument("--resume", action="store_true")

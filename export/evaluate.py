@@ -1,8 +1,9 @@
 """evaluate: drive the real `dlm` binary on control targets built from the held-out split.
 
 Scored like the paper: POS = per-position exact match of the output's spaCy UPOS tags with
-the target; content = the value string appears in the output; length = within +-2 words;
-infill = every fixed word kept in place. Fluency: lm-score = exp(mean token NLL) under the
+the target; content = the value string appears in the output; length = exact word count;
+infill = every fixed word kept in place; spans = the output's phrase spans (spans.py, from
+spaCy's dependency parse) contain the target span. Fluency: lm-score = exp(mean token NLL) under the
 teacher LM (lower is better), next to the held-out references' own lm-score.
 """
 import json
@@ -29,21 +30,25 @@ def heldout_targets(m, tok, n, seed):
     rng = random.Random(seed)
     picked = rng.sample(heldout, min(n, len(heldout)))
     words = [data.words_of(tok, text) for _, _, text in picked]
-    tags = data.tag_upos(data.load_spacy(), words)
+    analysed = data.analyse(data.load_spacy(), words)
+    tags = [pos for pos, _ in analysed]
+    spans = [rng.choice(sp) for _, sp in analysed if sp]
     labels = set(m["controls"]["content"]["labels"])
     content = []
     for _, pairs, _ in picked:
         options = [f"{f}={v}" for f, v in pairs if f"{f}={v}" in labels and f != "name"] or [f"{f}={v}" for f, v in pairs]
         content.append(rng.choice(options))
-    infill = []
+    vocab = tok.get_vocab()
+    infill = []  # the middle half blanked; out-of-vocabulary words are blanks too
     for ws in words[: max(1, n // 4)]:
         lo, hi = len(ws) // 4, max(len(ws) // 4 + 1, 3 * len(ws) // 4)
-        infill.append(" ".join("_" if lo <= i < hi else w for i, w in enumerate(ws)))
+        infill.append(" ".join("_" if lo <= i < hi or w not in vocab else w for i, w in enumerate(ws)))
     return {
         "pos": [" ".join(t) for t, w in zip(tags, words) if len(w) <= 40],
         "content": content,
         "length": [10 + (i * 7) % 31 for i in range(n)],
         "infill": infill,
+        "spans": [f"{i},{j},{label}" for i, j, label in spans],
         "references": [text for _, _, text in picked],
     }
 
@@ -56,12 +61,17 @@ def run_dlm(dlm, model_dir, steps, seed, flags):
     return json.loads(out.stdout.splitlines()[0])
 
 
+def span_of(target):
+    i, j, label = target.split(",")
+    return (int(i), int(j), label)
+
+
 def pos_match(nlp_tags, target):
     target = target.split()
     return sum(a == b for a, b in zip(nlp_tags, target)) / len(target)
 
 
-def evaluate(model_dir, dlm, steps=200, n=200, seed=0):
+def evaluate(model_dir, dlm, steps=200, n=200, seed=0, guide_steps=None):
     model_dir = Path(model_dir)
     if not Path(dlm).is_file():
         raise ExportError(f"{dlm}: dlm binary not found; run `cargo build --release` first")
@@ -77,17 +87,19 @@ def evaluate(model_dir, dlm, steps=200, n=200, seed=0):
     checks = {
         "pos": (lambda t: ["--pos", t], lambda out, t: pos_match(data.tag_upos(nlp, [out["tokens"]])[0], t)),
         "content": (lambda t: ["--content", t], lambda out, t: float(t.split("=", 1)[1].lower() in out["text"].lower())),
-        "length": (lambda t: ["--length", str(t)], lambda out, t: float(abs(len(out["tokens"]) - t) <= 2)),
+        "length": (lambda t: ["--length", str(t)], lambda out, t: float(len(out["tokens"]) == t)),
         "infill": (lambda t: ["--infill", t], lambda out, t: float(all(
             w == "_" or (i < len(out["tokens"]) and out["tokens"][i] == w) for i, w in enumerate(t.split())))),
+        "spans": (lambda t: ["--span", t], lambda out, t: float(span_of(t) in data.analyse(nlp, [out["tokens"]])[0][1])),
         "none": (lambda t: [], lambda out, t: 1.0),
     }
     targets["none"] = list(range(n))
+    extra = ["--guide-steps", str(guide_steps)] if guide_steps is not None else []
     for name, (flags, score) in checks.items():
         texts, scores, seconds = [], [], []
         for i, target in enumerate(targets[name]):
             start = time.perf_counter()
-            out = run_dlm(dlm, model_dir, steps, seed + i, flags(target))
+            out = run_dlm(dlm, model_dir, steps, seed + i, flags(target) + extra)
             seconds.append(time.perf_counter() - start)
             texts.append(out["text"])
             scores.append(score(out, target))
@@ -96,13 +108,30 @@ def evaluate(model_dir, dlm, steps=200, n=200, seed=0):
                          "seconds_per_sentence": statistics.mean(seconds), "example": texts[0]}
     results["references"] = {"n": len(targets["references"]),
                              "lm_score": statistics.mean(lm_scores(teacher, tok, targets["references"], seq_len))}
-    return {"steps": steps, "seed": seed, "results": results}
+    return {"steps": steps, "guide_steps": guide_steps, "seed": seed, "results": results}
 
 
 def table(report):
-    lines = [f"steps {report['steps']}", f"{'control':<11}{'n':>5}{'success':>9}{'lm-score':>10}{'s/sent':>8}"]
+    k = report.get("guide_steps")
+    lines = [f"steps {report['steps']}, guidance steps K = {k if k is not None else 'manifest default'}",
+             f"{'control':<11}{'n':>5}{'success':>9}{'lm-score':>10}{'s/sent':>8}"]
     for name, r in report["results"].items():
         success = f"{r['success']:.3f}" if "success" in r else "-"
         secs = f"{r['seconds_per_sentence']:.2f}" if "seconds_per_sentence" in r else "-"
         lines.append(f"{name:<11}{r['n']:>5}{success:>9}{r['lm_score']:>10.2f}{secs:>8}")
     return "\n".join(lines)
+
+
+def sweep(model_dir, dlm, budgets, guide_steps, n, seed=0):
+    """evaluate at every (budget, K); a markdown table for models/e2e/EVAL.md."""
+    reports = [evaluate(model_dir, dlm, steps=b, n=n, seed=seed, guide_steps=k) for b in budgets for k in guide_steps]
+    controls = ["pos", "content", "spans", "length", "infill", "none"]
+    head = "| steps | K | " + " | ".join(f"{c} success / lm-score" for c in controls) + " | s/sentence (pos) |"
+    rows = [head, "|" + "---|" * (len(controls) + 3)]
+    for r in reports:
+        res = r["results"]
+        cells = [f"{res[c]['success'] * 100:.1f} % / {res[c]['lm_score']:.2f}" for c in controls]
+        rows.append(f"| {r['steps']} | {r['guide_steps']} | " + " | ".join(cells) + f" | {res['pos']['seconds_per_sentence']:.2f} |")
+    rows.append(f"\nHeld-out references' lm-score: {reports[0]['results']['references']['lm_score']:.2f} "
+                f"(n = {reports[0]['results']['references']['n']}).")
+    return reports, "\n".join(rows)

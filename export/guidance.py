@@ -36,16 +36,19 @@ class GuidanceSpec:
 
 GUIDANCE = tuple(
     GuidanceSpec(control, precision, tol)
-    for control in ("pos", "content")
+    for control in ("pos", "content", "spans")
     for precision, tol in (("fp32", {"max_abs_diff_rel_to_scale": 1e-4}), ("fp16", {"max_abs_diff_rel_to_scale": 1e-2}))
 )
-# Paper's (lambda, lr) per task: POS 0.0005 / 0.05, semantic content 0.01 / 0.1; K = 3 steps
-DEFAULTS = {"pos": {"lambda": 0.0005, "lr": 0.05, "steps": 3}, "content": {"lambda": 0.01, "lr": 0.1, "steps": 3}}
+# Paper's (lambda, lr) per task: POS 0.0005 / 0.05, semantic content 0.01 / 0.1, spans 0.1 / 0.15; K = 3
+DEFAULTS = {"pos": {"lambda": 0.0005, "lr": 0.05, "steps": 3}, "content": {"lambda": 0.01, "lr": 0.1, "steps": 3},
+            "spans": {"lambda": 0.1, "lr": 0.15, "steps": 3}}
 
 
 def control_spec(control, batch, seq_len, num_labels):
     if control == "pos":
         return {"name": "tags", "dtype": "int64", "shape": [batch, seq_len], "free": IGNORE}
+    if control == "spans":
+        return {"name": "span", "dtype": "int64", "shape": [batch, 3]}  # (first word, last word, label)
     return {"name": "wanted", "dtype": "float32", "shape": [batch, num_labels]}
 
 
@@ -53,6 +56,10 @@ def example_control(control, batch, seq_len, num_labels, gen):
     if control == "pos":
         tags = torch.randint(0, num_labels, (batch, seq_len), generator=gen)
         return torch.where(torch.rand(batch, seq_len, generator=gen) < 0.3, torch.full_like(tags, IGNORE), tags)
+    if control == "spans":
+        first = torch.randint(0, seq_len - 8, (batch, 1), generator=gen)
+        last = first + torch.randint(0, 6, (batch, 1), generator=gen)
+        return torch.cat([first, last, torch.randint(0, num_labels, (batch, 1), generator=gen)], dim=1)
     return (torch.rand(batch, num_labels, generator=gen) < 0.05).float()
 
 

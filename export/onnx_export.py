@@ -136,10 +136,10 @@ def export_model(data_dir, train_dir, out_dir, command, controls_dir=None, teach
 
 def export_controls(model_dir, graphs):
     """Guidance graphs for every trained classifier; appends to `graphs`, returns the manifest's controls."""
-    pos, content, tags, values, ccfg = load_controls(Path(model_dir) / CONTROLS_FILE)
+    classifiers, ccfg = load_controls(Path(model_dir) / CONTROLS_FILE)
     batch, seq_len, d = ccfg.controls.guide_batch, ccfg.model.seq_len, ccfg.model.d
     controls = {}
-    for name, classifier, labels in (("pos", pos, tags), ("content", content, values)):
+    for name, (classifier, labels) in classifiers.items():
         control_input = control_spec(name, batch, seq_len, len(labels))
         controls[name] = {"labels": labels, "input": control_input, "defaults": DEFAULTS[name], "graphs": {}}
         for spec in (s for s in GUIDANCE if s.control == name):

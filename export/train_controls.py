@@ -6,7 +6,9 @@ import torch
 from tqdm import tqdm
 
 from . import data
-from .controls import POS_SPECIAL, ContentClassifier, PosClassifier, content_labels, pos_labels
+from .controls import (POS_SPECIAL, ContentClassifier, PosClassifier, SpanClassifier, content_labels, pos_labels,
+                       span_examples)
+from .spans import SPAN_LABELS
 from .errors import ExportError
 from .schedule import Diffusion
 from .train import CHECKPOINT, load_ema
@@ -26,6 +28,8 @@ def train_controls(cfg, data_dir, train_dir, out_dir):
     if not ckpt.is_file():
         raise ExportError(f"{ckpt}: no checkpoint; run `python -m export train` first")
     records = data.load_split(data_dir, "train")
+    if records and "spans" not in records[0]:
+        raise ExportError(f"{data_dir}: prepared without phrase spans; run `python -m export prepare` again")
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(Path(data_dir) / "tokenizer.json"))
@@ -39,10 +43,12 @@ def train_controls(cfg, data_dir, train_dir, out_dir):
     gen = torch.Generator().manual_seed(c.seed)
     pos = PosClassifier(m.d, m.seq_len, len(tags), c.hidden, c.layers, c.heads)
     content = ContentClassifier(m.d, m.seq_len, len(values), c.hidden, c.layers, c.heads)
+    spans = SpanClassifier(m.d, m.seq_len, len(SPAN_LABELS), c.hidden, c.layers, c.heads)
     diff = Diffusion.full(cfg.diffusion.schedule, cfg.diffusion.T)
     sqrt_ab = torch.tensor(diff.sqrt_alpha_bar, dtype=torch.float32)
     sqrt_1mab = torch.tensor(diff.sqrt_one_minus_alpha_bar, dtype=torch.float32)
-    opt = torch.optim.AdamW(list(pos.parameters()) + list(content.parameters()), lr=c.lr)
+    params = [p for clf in (pos, content, spans) for p in clf.parameters()]
+    opt = torch.optim.AdamW(params, lr=c.lr)
     log = []
     bar = tqdm(range(c.steps), desc="controls", mininterval=2.0)
     for step in bar:
@@ -53,23 +59,26 @@ def train_controls(cfg, data_dir, train_dir, out_dir):
         x_t = sqrt_ab[t][:, None, None] * x0 + sqrt_1mab[t][:, None, None] * noise  # q(x_t | x_0)
         pos_loss = pos.loss(x_t, t, pos_y[idx]).mean() / m.seq_len
         content_loss = content.train_loss(x_t, t, content_y[idx]).mean() / len(values)
+        span, target = span_examples([records[k] for k in idx.tolist()], SPAN_LABELS, m.seq_len, gen)
+        span_loss = spans.train_loss(x_t, t, span, target).mean()
         opt.zero_grad(set_to_none=True)
-        (pos_loss + content_loss).backward()
+        (pos_loss + content_loss + span_loss).backward()
         opt.step()
-        bar.set_postfix(pos=f"{pos_loss.item():.3f}", content=f"{content_loss.item():.4f}")
+        bar.set_postfix(pos=f"{pos_loss.item():.3f}", content=f"{content_loss.item():.4f}", spans=f"{span_loss.item():.3f}")
         if (step + 1) % 100 == 0 or step + 1 == c.steps:
-            log.append({"step": step + 1, "pos_loss": pos_loss.item(), "content_loss": content_loss.item()})
+            log.append({"step": step + 1, "pos_loss": pos_loss.item(), "content_loss": content_loss.item(),
+                        "span_loss": span_loss.item()})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = {"config": cfg.to_dict(), "tags": tags, "values": values, "log": log,
-             "pos": pos.state_dict(), "content": content.state_dict()}
+    state = {"config": cfg.to_dict(), "tags": tags, "values": values, "span_labels": SPAN_LABELS, "log": log,
+             "pos": pos.state_dict(), "content": content.state_dict(), "spans": spans.state_dict()}
     torch.save(state, out_dir / CONTROLS_FILE)
     (out_dir / "controls_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
     return log[-1]
 
 
 def load_controls(path):
-    """(pos, content, tags, values) from a controls.pt, in eval mode."""
+    """{control: (classifier in eval mode, labels)} and the config, from a controls.pt."""
     state = torch.load(path, weights_only=False)
     from .config import from_dict
 
@@ -77,6 +86,10 @@ def load_controls(path):
     c, m = cfg.controls, cfg.model
     pos = PosClassifier(m.d, m.seq_len, len(state["tags"]), c.hidden, c.layers, c.heads)
     content = ContentClassifier(m.d, m.seq_len, len(state["values"]), c.hidden, c.layers, c.heads)
+    spans = SpanClassifier(m.d, m.seq_len, len(state["span_labels"]), c.hidden, c.layers, c.heads)
     pos.load_state_dict(state["pos"])
     content.load_state_dict(state["content"])
-    return pos.eval(), content.eval(), state["tags"], state["values"], cfg
+    spans.load_state_dict(state["spans"])
+    controls = {"pos": (pos.eval(), state["tags"]), "content": (content.eval(), state["values"]),
+                "spans": (spans.eval(), state["span_labels"])}
+    return controls, cfg

@@ -81,8 +81,7 @@ def _load_controls(model_dir, manifest):
     """{control: (classifier, labels)} from the controls reference, or {} without controls."""
     if "controls_reference" not in manifest:
         return {}
-    pos, content, tags, values, _ = load_controls(Path(model_dir) / manifest["controls_reference"]["file"])
-    return {"pos": (pos, tags), "content": (content, values)}
+    return load_controls(Path(model_dir) / manifest["controls_reference"]["file"])[0]
 
 
 def _check_teacher(session, graph, reference_path, failures):

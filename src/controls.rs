@@ -15,6 +15,8 @@ pub struct ControlRequest {
     pub length: Option<usize>,
     /// Words with `_` for blanks: "The Eagle is a _ _ near _ .".
     pub infill: Option<String>,
+    /// "i,j,LABEL": words i..j (0-based, inclusive) form a phrase of LABEL (NP, PP).
+    pub span: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -33,6 +35,10 @@ pub enum ControlError {
     UnknownWord { word: String },
     #[error("conflicting controls: {0}")]
     Conflict(String),
+    #[error(
+        "bad span {span:?}: {reason}; expected \"i,j,LABEL\" with 0 <= i <= j < {max_words} and LABEL one of: {labels}"
+    )]
+    BadSpan { span: String, reason: String, max_words: usize, labels: String },
 }
 
 /// Per-request targets: what the guidance graphs and the held positions need.
@@ -42,6 +48,8 @@ pub struct Plan {
     pub pos_tags: Option<Vec<i64>>,
     /// 0/1 per content label, [V_content].
     pub content_wanted: Option<Vec<f32>>,
+    /// (first word, last word, label index) for the spans graph.
+    pub span: Option<Vec<i64>>,
     /// Token held at each position (START, template words, END, PAD), None = generated.
     pub held: Vec<Option<u32>>,
     /// Positions inside a fixed length: generated there, but always a word.
@@ -50,7 +58,10 @@ pub struct Plan {
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
-        self.pos_tags.is_none() && self.content_wanted.is_none() && self.held.iter().all(Option::is_none)
+        self.pos_tags.is_none()
+            && self.content_wanted.is_none()
+            && self.span.is_none()
+            && self.held.iter().all(Option::is_none)
     }
 }
 
@@ -126,6 +137,10 @@ pub fn plan(request: &ControlRequest, manifest: &Manifest, vocab: &Vocab) -> Res
         }
         plan.content_wanted = Some(wanted);
     }
+    if let Some(span) = &request.span {
+        let control = manifest.controls.get("spans").ok_or_else(|| ControlError::Missing("spans", have()))?;
+        plan.span = Some(parse_span(span, &control.labels, length.unwrap_or(max))?);
+    }
     if let Some(n) = length {
         let special = manifest.special_tokens;
         plan.held[0] = Some(special.start);
@@ -134,6 +149,26 @@ pub fn plan(request: &ControlRequest, manifest: &Manifest, vocab: &Vocab) -> Res
         plan.words_only = (0..seq_len).map(|i| (1..=n).contains(&i) && plan.held[i].is_none()).collect();
     }
     Ok(plan)
+}
+
+fn parse_span(span: &str, labels: &[String], max_words: usize) -> Result<Vec<i64>, ControlError> {
+    let bad = |reason: &str| ControlError::BadSpan {
+        span: span.to_string(),
+        reason: reason.to_string(),
+        max_words,
+        labels: labels.join(", "),
+    };
+    let parts: Vec<&str> = span.split(',').map(str::trim).collect();
+    let [i, j, label] = parts[..] else { return Err(bad("it needs three comma-separated parts")) };
+    let (i, j) = match (i.parse::<usize>(), j.parse::<usize>()) {
+        (Ok(i), Ok(j)) => (i, j),
+        _ => return Err(bad("i and j must be word indices")),
+    };
+    if i > j || j >= max_words {
+        return Err(bad("the indices are out of range"));
+    }
+    let label = labels.iter().position(|l| l == label).ok_or_else(|| bad("unknown label"))?;
+    Ok(vec![i as i64, j as i64, label as i64])
 }
 
 /// "food = Italian" and "Food=Italian" both mean the label "food=Italian".

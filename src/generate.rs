@@ -105,6 +105,7 @@ fn generate_samples(model: &mut Model, request: &Request) -> Result<Vec<Generate
     let targets: Vec<(&str, Target)> = [
         plan.pos_tags.clone().map(|t| ("pos", Target::Tags(t))),
         plan.content_wanted.clone().map(|w| ("content", Target::Wanted(w))),
+        plan.span.clone().map(|s| ("spans", Target::Tags(s))),
     ]
     .into_iter()
     .flatten()
@@ -122,7 +123,7 @@ fn generate_samples(model: &mut Model, request: &Request) -> Result<Vec<Generate
         let mut bound: Vec<BoundGuide> = Vec::new();
         for (name, session) in model.guides.iter_mut() {
             if let Some((_, target)) = targets.iter().find(|(n, _)| n == name) {
-                bound.push(BoundGuide { session, target: target.clone(), weight: 1.0 });
+                bound.push(BoundGuide::new(session, target.clone()));
             }
         }
         let mut sampler = Sampler::new(&mut model.denoiser, &model.embeddings, &diffusion, options);

@@ -64,6 +64,14 @@ pub struct BoundGuide<'a> {
     pub session: &'a mut GuideSession,
     pub target: Target,
     pub weight: f32,
+    /// The control loss per sequence at the last `add_grad`.
+    pub last_loss: Vec<f32>,
+}
+
+impl<'a> BoundGuide<'a> {
+    pub fn new(session: &'a mut GuideSession, target: Target) -> Self {
+        Self { session, target, weight: 1.0, last_loss: Vec::new() }
+    }
 }
 
 impl Guide for BoundGuide<'_> {
@@ -78,6 +86,7 @@ impl Guide for BoundGuide<'_> {
         let grad_all = grad.as_slice_mut().expect("sampler state is in standard layout");
         let mut x_chunk = vec![0.0f32; g * per_seq];
         let mut x_half = vec![f16::ZERO; if s.precision == Precision::Fp16 { g * per_seq } else { 0 }];
+        self.last_loss.clear();
         for first in (0..b).step_by(g) {
             let n = g.min(b - first);
             x_chunk.fill(0.0);
@@ -109,6 +118,8 @@ impl Guide for BoundGuide<'_> {
             };
             let inputs = ort::inputs!["x" => x_tensor, "t" => t_tensor, s.control_input.as_str() => control];
             let outputs = s.session.run(inputs).map_err(run_err)?;
+            let (_, losses) = outputs[0].try_extract_tensor::<f32>().map_err(run_err)?;
+            self.last_loss.extend_from_slice(&losses[..n]);
             let out = &mut grad_all[first * per_seq..(first + n) * per_seq];
             match s.precision {
                 Precision::Fp32 => {

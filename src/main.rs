@@ -100,6 +100,9 @@ struct GenerateArgs {
     /// Template with `_` for each word to generate: "The Eagle is a _ _ near _ ." (fixed words kept).
     #[arg(long)]
     infill: Option<String>,
+    /// Span "i,j,LABEL": words i..j (0-based, inclusive) form a phrase of LABEL (NP, PP).
+    #[arg(long)]
+    span: Option<String>,
     /// Guidance steps K per diffusion step (default: the manifest's, 3).
     #[arg(long)]
     guide_steps: Option<usize>,
@@ -145,6 +148,7 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
             content: args.content.clone(),
             length: args.length,
             infill: args.infill.clone(),
+            span: args.span.clone(),
         },
         guide: GuideOverrides { steps: args.guide_steps, lambda: args.guide_lambda, lr: args.guide_lr },
         mbr: args.mbr,

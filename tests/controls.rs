@@ -110,3 +110,59 @@ fn bad_control_input_is_refused_with_what_is_allowed() {
         }
     });
 }
+
+#[test]
+fn span_guidance_runs_and_bad_spans_are_refused() {
+    let controls = ControlRequest { span: Some("3,6,NP".into()), length: Some(12), ..Default::default() };
+    for g in run(Precision::Fp32, &request(controls, 2, 2)) {
+        assert_eq!(g.tokens.len(), 12, "{}", g.text);
+        assert!(g.timing.guidance > std::time::Duration::ZERO);
+    }
+    common::with_model(Precision::Fp32, |m| {
+        for span in ["3,2,NP", "1,5", "1,5,VP", "a,b,NP", "1,70,NP"] {
+            let r = request(ControlRequest { span: Some(span.into()), ..Default::default() }, 1, 1);
+            match generate(m, &r) {
+                Err(GenerateError::Control(ControlError::BadSpan { labels, .. })) => assert!(labels.contains("PP")),
+                other => panic!("{span}: expected BadSpan, got {:?}", other.map(|g| g.len())),
+            }
+        }
+    });
+}
+
+#[test]
+fn pos_guidance_lowers_the_pos_classifier_loss() {
+    use dlm::guidance::{BoundGuide, Guide, Target};
+    use dlm::sampler::{initial_noise, sequence_rng, SampleOptions, Sampler};
+    use dlm::schedule::Diffusion;
+
+    let pos = "PROPN AUX DET ADJ NOUN ADP DET PROPN PROPN PUNCT";
+    common::with_model(Precision::Fp32, |m| {
+        let plan =
+            dlm::controls::plan(&ControlRequest { pos: Some(pos.into()), ..Default::default() }, &m.manifest, &m.vocab)
+                .unwrap();
+        let tags = plan.pos_tags.clone().unwrap();
+        let diffusion = Diffusion::respaced(&m.manifest.diffusion, 50).unwrap();
+        let options = SampleOptions { method: Method::Ddpm, clamp: true };
+        let mut final_loss = Vec::new();
+        for guided in [false, true] {
+            let mut rngs: Vec<_> = (0..4).map(|k| sequence_rng(3, k)).collect();
+            let x_t = initial_noise(&mut rngs, 64, 16);
+            let (guides, embeddings) = (&mut m.guides, &m.embeddings);
+            let session = guides.get_mut("pos").unwrap();
+            let mut guide = BoundGuide::new(session, Target::Tags(tags.clone()));
+            let mut sampler = Sampler::new(&mut m.denoiser, embeddings, &diffusion, options);
+            sampler.held = &plan.held;
+            if guided {
+                sampler.guides = vec![&mut guide as &mut dyn Guide];
+                sampler.guide_options.steps = 3;
+                sampler.guide_options.lr = 0.05;
+                sampler.guide_options.lambda = 0.0005;
+            }
+            let x0 = sampler.sample(x_t, &mut rngs, None).unwrap().x0;
+            let mut probe = BoundGuide::new(m.guides.get_mut("pos").unwrap(), Target::Tags(tags.clone()));
+            probe.add_grad(&x0, &[0; 4], &mut ndarray::Array3::zeros(x0.dim())).unwrap();
+            final_loss.push(probe.last_loss.iter().sum::<f32>());
+        }
+        assert!(final_loss[1] < final_loss[0], "guided pos loss {} !< unguided {}", final_loss[1], final_loss[0]);
+    });
+}

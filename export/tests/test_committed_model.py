@@ -22,7 +22,8 @@ def test_manifest_validates_and_files_hash():
 def test_bundled_graphs_pass_parity():
     report = verify_model_dir(MODEL)
     assert set(report) == {"denoiser.fp32", "denoiser.fp16", "guide_pos.fp32", "guide_pos.fp16",
-                           "guide_content.fp32", "guide_content.fp16", "teacher"}
+                           "guide_content.fp32", "guide_content.fp16", "guide_spans.fp32", "guide_spans.fp16",
+                           "teacher"}
 
 
 def test_tokenizer_round_trips_the_heldout_split():

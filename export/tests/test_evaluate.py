@@ -14,7 +14,7 @@ DLM = ROOT / "target" / "release" / "dlm"
 def test_evaluate_scores_every_control_through_dlm():
     report = evaluate(ROOT / "models" / "e2e", DLM, steps=5, n=4, seed=0)
     results = report["results"]
-    assert set(results) == {"pos", "content", "length", "infill", "none", "references"}
+    assert set(results) == {"pos", "content", "length", "infill", "spans", "none", "references"}
     # held positions come out exactly whatever the budget
     assert results["length"]["success"] == 1.0 and results["infill"]["success"] == 1.0
     for r in results.values():

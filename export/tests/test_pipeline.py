@@ -21,7 +21,8 @@ def test_export_writes_every_file_with_matching_sha256(tiny_workdir):
     for entry in manifest.listed_files(m):
         assert manifest.sha256_of(model_dir / entry["file"]) == entry["sha256"]
     assert {g["name"] for g in m["graphs"]} == {"denoiser.fp32", "denoiser.fp16", "guide_pos.fp32", "guide_pos.fp16",
-                                                "guide_content.fp32", "guide_content.fp16", "teacher"}
+                                                "guide_content.fp32", "guide_content.fp16", "guide_spans.fp32",
+                                                "guide_spans.fp16", "teacher"}
     assert len(m["diffusion"]["alpha_bar"]) == m["diffusion"]["T"] == 2000
     assert m["special_tokens"] == {"pad": 0, "unk": 1, "start": 2, "end": 3}
     emb = np.fromfile(model_dir / "embeddings.bin", dtype="<f4")
@@ -109,3 +110,29 @@ def test_reference_sampler_is_seeded(tiny_workdir):
     a = sample_texts(tiny_workdir / "model", num=2, steps=5, seed=3)
     assert a == sample_texts(tiny_workdir / "model", num=2, steps=5, seed=3)
     assert a != sample_texts(tiny_workdir / "model", num=2, steps=5, seed=4)
+
+
+def test_guidance_gradients_match_finite_differences(tiny_workdir):
+    import onnxruntime as ort
+    import torch
+
+    from export.guidance import example_control
+
+    m = manifest.load(tiny_workdir / "model")
+    gen = torch.Generator().manual_seed(7)
+    for g in (g for g in m["graphs"] if g["role"] == "guidance" and g["precision"] == "fp32"):
+        session = ort.InferenceSession(str(tiny_workdir / "model" / g["file"]))
+        batch, seq_len, d = g["inputs"][0]["shape"]
+        labels = len(m["controls"][g["control"]]["labels"])
+        x = torch.randn(batch, seq_len, d, generator=gen).numpy()
+        feed = {"t": np.full(batch, 300, dtype=np.int64),
+                g["inputs"][2]["name"]: example_control(g["control"], batch, seq_len, labels, gen).numpy()}
+        loss, grad = session.run(None, {"x": x, **feed})
+        eps = 1e-2
+        for flat in torch.randint(0, x.size, (6,), generator=gen).tolist():
+            k = np.unravel_index(flat, x.shape)
+            up, down = x.copy(), x.copy()
+            up[k] += eps
+            down[k] -= eps
+            numeric = (session.run(None, {"x": up, **feed})[0].sum() - session.run(None, {"x": down, **feed})[0].sum()) / (2 * eps)
+            assert abs(numeric - grad[k]) <= 1e-2 * max(1.0, np.abs(grad).max()), (g["name"], k, numeric, grad[k])

@@ -1,0 +1,17 @@
+"""Phrase spans from spaCy's dependency parse (no constituency parser is available offline).
+
+The "spans" control uses exactly this definition; spans are (i, j, label) over word indices
+(0-based, inclusive, words as the tokenizer splits them):
+- NP: each of spaCy's noun chunks (a noun with its determiners and pre-modifiers, e.g.
+  "a cheap coffee shop");
+- PP: the subtree of each token attached as `prep` (a preposition with its object and
+  everything below it, e.g. "near Burger King").
+"""
+
+SPAN_LABELS = ["NP", "PP"]
+
+
+def phrase_spans(doc):
+    spans = {(c.start, c.end - 1, "NP") for c in doc.noun_chunks}
+    spans |= {(t.left_edge.i, t.right_edge.i, "PP") for t in doc if t.dep_ == "prep"}
+    return sorted(spans)
