@@ -22,7 +22,7 @@ from .train import CHECKPOINT, load_ema
 from .verify import verify_model_dir
 
 OPSET = 18
-KEEP = ("README.md", "samples.txt")  # hand-written or separately made files of a model directory
+KEEP = ("README.md", "samples.txt", "EVAL.md")  # hand-written or separately made files of a model directory
 MAX_BATCH = 4096
 
 
