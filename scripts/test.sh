@@ -4,5 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo build --release          # the evaluation tests drive the real dlm binary
-.venv/bin/python -m pytest -q
-cargo test --release
+logs=$(mktemp -d)
+.venv/bin/python -m pytest -q 2>&1 | tee "$logs/pytest"
+cargo test --release 2>&1 | tee "$logs/cargo"
+python_passed=$(grep -Eo '^[0-9]+ passed' "$logs/pytest" | tail -n 1 | cut -d' ' -f1)
+rust_passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' "$logs/cargo" | awk '{s += $4} END {print s + 0}')
+echo "total: $((python_passed + rust_passed)) passed, 0 failed"
