@@ -12,7 +12,7 @@ use ort::value::TensorRef;
 use crate::error::{InferenceError, LoadError};
 use crate::manifest::{Control, DType, Graph, Precision};
 use crate::ortlib::OrtRuntime;
-use crate::session::{open_session, Device, SessionOptions};
+use crate::session::{contiguous, open_session, Device, SessionOptions};
 
 /// "Given x, t, give d loss / d x": what the sampler needs from a control.
 pub trait Guide {
@@ -82,8 +82,7 @@ impl Guide for BoundGuide<'_> {
         let per_seq = l * d;
         let name = s.name.clone();
         let run_err = |source| InferenceError::Run { graph: name.clone(), source };
-        let x_all = x.as_slice().expect("sampler state is in standard layout");
-        let grad_all = grad.as_slice_mut().expect("sampler state is in standard layout");
+        let x_all = contiguous(x);
         let mut x_chunk = vec![0.0f32; g * per_seq];
         let mut x_half = vec![f16::ZERO; if s.precision == Precision::Fp16 { g * per_seq } else { 0 }];
         self.last_loss.clear();
@@ -120,15 +119,15 @@ impl Guide for BoundGuide<'_> {
             let outputs = s.session.run(inputs).map_err(run_err)?;
             let (_, losses) = outputs[0].try_extract_tensor::<f32>().map_err(run_err)?;
             self.last_loss.extend_from_slice(&losses[..n]);
-            let out = &mut grad_all[first * per_seq..(first + n) * per_seq];
+            let out = grad.iter_mut().skip(first * per_seq).take(n * per_seq);
             match s.precision {
                 Precision::Fp32 => {
                     let (_, values) = outputs[1].try_extract_tensor::<f32>().map_err(run_err)?;
-                    out.iter_mut().zip(values).for_each(|(o, v)| *o += self.weight * v);
+                    out.zip(values).for_each(|(o, v)| *o += self.weight * v);
                 }
                 Precision::Fp16 => {
                     let (_, values) = outputs[1].try_extract_tensor::<f16>().map_err(run_err)?;
-                    out.iter_mut().zip(values).for_each(|(o, v)| *o += self.weight * v.to_f32());
+                    out.zip(values).for_each(|(o, v)| *o += self.weight * v.to_f32());
                 }
             }
         }

@@ -138,6 +138,9 @@ impl<D: Denoiser> Sampler<'_, D> {
         mut trace: Option<&mut Vec<Array3<f32>>>,
     ) -> Result<Sampled, GenerateError> {
         let start = Instant::now();
+        if !x.is_standard_layout() {
+            x = x.as_standard_layout().into_owned(); // every buffer below is row-major
+        }
         let (b, l, d) = x.dim();
         let mut x0_hat = Array3::zeros((b, l, d));
         let mut mean = Array3::zeros((b, l, d));
@@ -252,12 +255,12 @@ impl<D: Denoiser> Sampler<'_, D> {
 
 fn flat(x: &Array3<f32>) -> ndarray::ArrayView2<'_, f32> {
     let (b, l, d) = x.dim();
-    x.view().into_shape_with_order((b * l, d)).expect("standard layout")
+    x.view().into_shape_with_order((b * l, d)).expect("the sampler keeps its arrays row-major")
 }
 
 fn flat_mut(x: &mut Array3<f32>) -> ndarray::ArrayViewMut2<'_, f32> {
     let (b, l, d) = x.dim();
-    x.view_mut().into_shape_with_order((b * l, d)).expect("standard layout")
+    x.view_mut().into_shape_with_order((b * l, d)).expect("the sampler keeps its arrays row-major")
 }
 
 #[cfg(test)]
@@ -313,6 +316,19 @@ mod tests {
                 assert_eq!(sampled.timing.steps, 6);
             }
         }
+    }
+
+    #[test]
+    fn a_column_major_x_t_is_accepted() {
+        use ndarray::ShapeBuilder;
+        let emb = embeddings();
+        let mut fake = ConstantWord { embedding: emb.matrix().row(1).to_vec(), calls: Vec::new() };
+        let diff = diffusion(3);
+        let mut rngs: Vec<_> = (0..2).map(|k| sequence_rng(1, k)).collect();
+        let x_t = Array3::from_shape_fn((2, 4, 2).f(), |(b, l, d)| (b + l + d) as f32);
+        let options = SampleOptions { method: Method::Ddpm, clamp: true };
+        let sampled = Sampler::new(&mut fake, &emb, &diff, options).sample(x_t, &mut rngs, None).unwrap();
+        assert_eq!(sampled.tokens, vec![vec![1; 4]; 2]);
     }
 
     #[test]

@@ -255,16 +255,16 @@ impl Denoiser for OrtDenoiser {
         let run_err = |source| InferenceError::Run { graph: name.clone(), source };
         let (b, l, d) = x.dim();
         let shape = [b, l, d];
-        let x_flat = x.as_slice().expect("sampler state is in standard layout");
+        let x_flat = contiguous(x);
+        let x_flat = &x_flat[..];
         let t_tensor = TensorRef::from_array_view(([b], t)).map_err(run_err)?;
-        let out_flat = out.as_slice_mut().expect("sampler state is in standard layout");
         match self.precision {
             Precision::Fp32 => {
                 let x_tensor = TensorRef::from_array_view((shape, x_flat)).map_err(run_err)?;
                 let outputs = self.session.run(ort::inputs!["x" => x_tensor, "t" => t_tensor]).map_err(run_err)?;
                 let (out_shape, values) = outputs[0].try_extract_tensor::<f32>().map_err(run_err)?;
                 check_len(name, out_shape, &shape)?;
-                out_flat.copy_from_slice(values);
+                out.iter_mut().zip(values).for_each(|(o, &v)| *o = v);
             }
             Precision::Fp16 => {
                 self.x_half.resize(x_flat.len(), f16::ZERO);
@@ -273,7 +273,7 @@ impl Denoiser for OrtDenoiser {
                 let outputs = self.session.run(ort::inputs!["x" => x_tensor, "t" => t_tensor]).map_err(run_err)?;
                 let (out_shape, values) = outputs[0].try_extract_tensor::<f16>().map_err(run_err)?;
                 check_len(name, out_shape, &shape)?;
-                values.convert_to_f32_slice(out_flat);
+                out.iter_mut().zip(values).for_each(|(o, v)| *o = v.to_f32());
             }
         }
         Ok(())
@@ -290,4 +290,12 @@ fn check_len(graph: &str, actual: &ort::value::Shape, expected: &[usize; 3]) -> 
         });
     }
     Ok(())
+}
+
+/// The values of `x` in logical (row-major) order, borrowed when it is already contiguous.
+pub fn contiguous(x: &Array3<f32>) -> std::borrow::Cow<'_, [f32]> {
+    match x.as_slice() {
+        Some(values) => std::borrow::Cow::Borrowed(values),
+        None => std::borrow::Cow::Owned(x.iter().copied().collect()),
+    }
 }
