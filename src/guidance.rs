@@ -29,6 +29,9 @@ pub struct GuideSession {
     control_input: String,
     control_dtype: DType,
     pub device: Device,
+    /// Padded input staging, reused across calls (K per diffusion step).
+    x_chunk: Vec<f32>,
+    x_half: Vec<f16>,
 }
 
 impl GuideSession {
@@ -48,6 +51,8 @@ impl GuideSession {
             control_input: control.input.name.clone(),
             control_dtype: control.input.dtype,
             device,
+            x_chunk: Vec::new(),
+            x_half: Vec::new(),
         })
     }
 }
@@ -83,8 +88,9 @@ impl Guide for BoundGuide<'_> {
         let name = s.name.clone();
         let run_err = |source| InferenceError::Run { graph: name.clone(), source };
         let x_all = contiguous(x);
-        let mut x_chunk = vec![0.0f32; g * per_seq];
-        let mut x_half = vec![f16::ZERO; if s.precision == Precision::Fp16 { g * per_seq } else { 0 }];
+        let (x_chunk, x_half) = (&mut s.x_chunk, &mut s.x_half);
+        x_chunk.resize(g * per_seq, 0.0);
+        x_half.resize(if s.precision == Precision::Fp16 { g * per_seq } else { 0 }, f16::ZERO);
         self.last_loss.clear();
         for first in (0..b).step_by(g) {
             let n = g.min(b - first);
@@ -96,7 +102,7 @@ impl Guide for BoundGuide<'_> {
             let x_tensor = match s.precision {
                 Precision::Fp32 => TensorRef::from_array_view((shape, &x_chunk[..])).map_err(run_err)?.into_dyn(),
                 Precision::Fp16 => {
-                    x_half.convert_from_f32_slice(&x_chunk);
+                    x_half.convert_from_f32_slice(x_chunk);
                     TensorRef::from_array_view((shape, &x_half[..])).map_err(run_err)?.into_dyn()
                 }
             };
