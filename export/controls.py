@@ -36,12 +36,16 @@ class LatentEncoder(nn.Module):
         return self.ln(h)
 
 
-class PosClassifier(nn.Module):
-    def __init__(self, d, seq_len, num_tags, hidden=64, layers=2, heads=4):
+class _LinearHead(nn.Module):
+    """A LatentEncoder with one linear head of `num_labels` outputs."""
+
+    def __init__(self, d, seq_len, num_labels, hidden=64, layers=2, heads=4):
         super().__init__()
         self.encoder = LatentEncoder(d, seq_len, hidden, layers, heads)
-        self.head = nn.Linear(hidden, num_tags)
+        self.head = nn.Linear(hidden, num_labels)
 
+
+class PosClassifier(_LinearHead):
     def forward(self, x, t):
         return self.head(self.encoder(x, t))
 
@@ -52,12 +56,7 @@ class PosClassifier(nn.Module):
         return nll.sum(-1)
 
 
-class ContentClassifier(nn.Module):
-    def __init__(self, d, seq_len, num_values, hidden=64, layers=2, heads=4):
-        super().__init__()
-        self.encoder = LatentEncoder(d, seq_len, hidden, layers, heads)
-        self.head = nn.Linear(hidden, num_values)
-
+class ContentClassifier(_LinearHead):
     def forward(self, x, t):
         return self.head(self.encoder(x, t).mean(1))
 
