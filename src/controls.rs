@@ -56,15 +56,6 @@ pub struct Plan {
     pub words_only: Vec<bool>,
 }
 
-impl Plan {
-    pub fn is_empty(&self) -> bool {
-        self.pos_tags.is_none()
-            && self.content_wanted.is_none()
-            && self.span.is_none()
-            && self.held.iter().all(Option::is_none)
-    }
-}
-
 fn words(s: &str) -> Vec<&str> {
     s.split_whitespace().collect()
 }

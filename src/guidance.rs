@@ -10,7 +10,7 @@ use ort::session::Session;
 use ort::value::TensorRef;
 
 use crate::error::{InferenceError, LoadError};
-use crate::manifest::{Control, DType, Graph, Precision};
+use crate::manifest::{Control, Graph, Precision};
 use crate::ortlib::OrtRuntime;
 use crate::session::{contiguous, open_session, Device, SessionOptions};
 
@@ -27,7 +27,6 @@ pub struct GuideSession {
     precision: Precision,
     batch: usize,
     control_input: String,
-    control_dtype: DType,
     pub device: Device,
     /// Padded input staging, reused across calls (K per diffusion step).
     x_chunk: Vec<f32>,
@@ -49,7 +48,6 @@ impl GuideSession {
             precision: graph.precision,
             batch: control.input.shape.first().copied().unwrap_or(1),
             control_input: control.input.name.clone(),
-            control_dtype: control.input.dtype,
             device,
             x_chunk: Vec::new(),
             x_half: Vec::new(),
@@ -67,15 +65,20 @@ pub enum Target {
 /// A guide session bound to one request's target and weight.
 pub struct BoundGuide<'a> {
     pub session: &'a mut GuideSession,
-    pub target: Target,
     pub weight: f32,
     /// The control loss per sequence at the last `add_grad`.
     pub last_loss: Vec<f32>,
+    /// The target repeated to the graph's fixed batch, built once.
+    padded: Target,
 }
 
 impl<'a> BoundGuide<'a> {
     pub fn new(session: &'a mut GuideSession, target: Target) -> Self {
-        Self { session, target, weight: 1.0, last_loss: Vec::new() }
+        let padded = match target {
+            Target::Tags(row) => Target::Tags(row.repeat(session.batch)),
+            Target::Wanted(row) => Target::Wanted(row.repeat(session.batch)),
+        };
+        Self { session, weight: 1.0, last_loss: Vec::new(), padded }
     }
 }
 
@@ -106,19 +109,12 @@ impl Guide for BoundGuide<'_> {
                     TensorRef::from_array_view((shape, &x_half[..])).map_err(run_err)?.into_dyn()
                 }
             };
-            let (tags, wanted);
-            let control = match (&self.target, s.control_dtype) {
-                (Target::Tags(row), DType::Int64) => {
-                    tags = row.repeat(g);
-                    TensorRef::from_array_view(([g, row.len()], &tags[..])).map_err(run_err)?.into_dyn()
+            let control = match &self.padded {
+                Target::Tags(rows) => {
+                    TensorRef::from_array_view(([g, rows.len() / g], &rows[..])).map_err(run_err)?.into_dyn()
                 }
-                (Target::Wanted(row), _) => {
-                    wanted = row.repeat(g);
-                    TensorRef::from_array_view(([g, row.len()], &wanted[..])).map_err(run_err)?.into_dyn()
-                }
-                (Target::Tags(row), _) => {
-                    wanted = row.iter().map(|&v| v as f32).collect::<Vec<_>>().repeat(g);
-                    TensorRef::from_array_view(([g, row.len()], &wanted[..])).map_err(run_err)?.into_dyn()
+                Target::Wanted(rows) => {
+                    TensorRef::from_array_view(([g, rows.len() / g], &rows[..])).map_err(run_err)?.into_dyn()
                 }
             };
             let inputs = ort::inputs!["x" => x_tensor, "t" => t_tensor, s.control_input.as_str() => control];
