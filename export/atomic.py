@@ -1,5 +1,6 @@
-"""Write a directory all at once: a failure leaves the old one (or none), never half of a new one."""
+"""Write a file or a directory all at once: a failure leaves the old one (or none), never half of a new one."""
 import contextlib
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,3 +25,13 @@ def atomic_dir(out_dir, keep=()):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def atomic_save(obj, path):
+    """torch.save through a temporary file: an interrupted save never corrupts a checkpoint."""
+    import torch
+
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)

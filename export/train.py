@@ -1,7 +1,6 @@
 """train: the e2e-simple Diffusion-LM objective, AdamW, EMA, resumable checkpoints."""
 import copy
 import json
-import os
 import time
 from pathlib import Path
 
@@ -10,6 +9,7 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from . import data
+from .atomic import atomic_save
 from .errors import ExportError
 from .model import DiffusionLM, count_parameters, token_nll
 from .schedule import Diffusion
@@ -83,9 +83,7 @@ class Trainer:
         }
 
     def save(self, path):
-        tmp = path.with_suffix(".tmp")
-        torch.save(self.state(), tmp)
-        os.replace(tmp, path)  # atomic: an interrupted save never corrupts the checkpoint
+        atomic_save(self.state(), path)
 
     def load(self, path):
         state = torch.load(path, weights_only=False)

@@ -6,6 +6,7 @@ import torch
 from tqdm import tqdm
 
 from . import data
+from .atomic import atomic_save
 from .controls import (POS_SPECIAL, ContentClassifier, PosClassifier, SpanClassifier, content_labels, pos_labels,
                        span_examples)
 from .spans import SPAN_LABELS
@@ -14,6 +15,8 @@ from .schedule import Diffusion
 from .train import CHECKPOINT, load_ema
 
 CONTROLS_FILE = "controls.pt"
+PARTIAL_FILE = "controls.partial.pt"  # resumable state of an unfinished run
+CHECKPOINT_EVERY = 500
 
 
 def label_vocab(records):
@@ -49,8 +52,20 @@ def train_controls(cfg, data_dir, train_dir, out_dir):
     sqrt_1mab = torch.tensor(diff.sqrt_one_minus_alpha_bar, dtype=torch.float32)
     params = [p for clf in (pos, content, spans) for p in clf.parameters()]
     opt = torch.optim.AdamW(params, lr=c.lr)
-    log = []
-    bar = tqdm(range(c.steps), desc="controls", mininterval=2.0)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    partial, log, start = out_dir / PARTIAL_FILE, [], 0
+    if partial.is_file():
+        state = torch.load(partial, weights_only=False)
+        if state["config"] == cfg.to_dict():
+            for name, clf in (("pos", pos), ("content", content), ("spans", spans)):
+                clf.load_state_dict(state[name])
+            opt.load_state_dict(state["opt"])
+            gen.set_state(state["gen"])
+            torch.set_rng_state(state["rng"])
+            log, start = state["log"], state["step"]
+            print(f"controls: resuming at step {start} from {partial}")
+    bar = tqdm(range(start, c.steps), desc="controls", mininterval=2.0, initial=start, total=c.steps)
     for step in bar:
         idx = torch.randint(0, len(ids), (c.batch_size,), generator=gen)
         t = torch.randint(0, cfg.diffusion.T, (c.batch_size,), generator=gen)
@@ -68,12 +83,15 @@ def train_controls(cfg, data_dir, train_dir, out_dir):
         if (step + 1) % 100 == 0 or step + 1 == c.steps:
             log.append({"step": step + 1, "pos_loss": pos_loss.item(), "content_loss": content_loss.item(),
                         "span_loss": span_loss.item()})
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+        if (step + 1) % CHECKPOINT_EVERY == 0 and step + 1 < c.steps:
+            atomic_save({"config": cfg.to_dict(), "step": step + 1, "log": log, "opt": opt.state_dict(),
+                         "gen": gen.get_state(), "rng": torch.get_rng_state(), "pos": pos.state_dict(),
+                         "content": content.state_dict(), "spans": spans.state_dict()}, partial)
     state = {"config": cfg.to_dict(), "tags": tags, "values": values, "span_labels": SPAN_LABELS, "log": log,
              "pos": pos.state_dict(), "content": content.state_dict(), "spans": spans.state_dict()}
     torch.save(state, out_dir / CONTROLS_FILE)
     (out_dir / "controls_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    partial.unlink(missing_ok=True)
     return log[-1]
 
 

@@ -56,4 +56,6 @@ pub enum GenerateError {
     Control(#[from] crate::controls::ControlError),
     #[error(transparent)]
     Inference(#[from] InferenceError),
+    #[error("deadline passed after {done} of {steps} denoising steps")]
+    Deadline { done: usize, steps: usize },
 }

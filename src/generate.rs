@@ -30,6 +30,8 @@ pub struct Request {
     pub guide: GuideOverrides,
     /// Minimum Bayes risk: draw this many samples per output and keep the consensus one (1 = off).
     pub mbr: usize,
+    /// Stop with [`GenerateError::Deadline`] once this instant has passed.
+    pub deadline: Option<std::time::Instant>,
 }
 
 impl Request {
@@ -131,6 +133,7 @@ fn generate_samples(model: &mut Model, request: &Request) -> Result<Vec<Generate
         sampler.guide_options = guide_opts;
         sampler.held = &plan.held;
         sampler.words_only = WordsOnly { positions: &plan.words_only, specials: &specials };
+        sampler.deadline = request.deadline;
         let sampled = sampler.sample(x_t, &mut rngs, None)?;
         for (k, ids) in indices.into_iter().zip(sampled.tokens) {
             let content: Vec<u32> = model.vocab.content_ids(&ids).collect();

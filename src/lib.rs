@@ -4,7 +4,7 @@
 //! [`session`] (execution providers, the denoiser session), [`schedule`] (noise schedule and
 //! respacing), [`sampler`] (reverse diffusion over the [`sampler::Denoiser`] trait),
 //! [`embeddings`] (clamping and rounding), [`text`] (tokenizer), [`model`] (a loaded model
-//! directory) and [`generate`] (requests).
+//! directory) and [`generate`] (requests); [`protocol`] and [`server`] are `dlm serve`.
 
 pub mod controls;
 pub mod embeddings;
@@ -15,7 +15,9 @@ pub mod manifest;
 pub mod mbr;
 pub mod model;
 pub mod ortlib;
+pub mod protocol;
 pub mod sampler;
 pub mod schedule;
+pub mod server;
 pub mod session;
 pub mod text;

@@ -105,6 +105,8 @@ pub struct Sampler<'a, D: Denoiser> {
     pub held: &'a [Option<u32>],
     /// Positions inside a fixed length, which clamping and rounding keep to words.
     pub words_only: WordsOnly<'a>,
+    /// Give up with [`GenerateError::Deadline`] when a step would start after this instant.
+    pub deadline: Option<Instant>,
 }
 
 impl<'a, D: Denoiser> Sampler<'a, D> {
@@ -125,6 +127,7 @@ impl<'a, D: Denoiser> Sampler<'a, D> {
             guide_options,
             held: &[],
             words_only: WordsOnly::default(),
+            deadline: None,
         }
     }
 }
@@ -153,6 +156,9 @@ impl<D: Denoiser> Sampler<'_, D> {
         let last_guided = (n as f64 * self.guide_options.skip_last).floor() as usize;
         self.hold(&mut x, self.diffusion.alpha_bar[n - 1], rngs);
         for i in (0..n).rev() {
+            if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(GenerateError::Deadline { done: n - 1 - i, steps: n });
+            }
             t.fill(self.diffusion.timestep_map[i]);
             let call = Instant::now();
             self.denoiser.denoise(&x, &t, &mut x0_hat)?;

@@ -20,6 +20,7 @@ fn request(controls: ControlRequest, num: usize, batch: usize) -> Request {
         controls,
         guide: GuideOverrides::default(),
         mbr: 1,
+        deadline: None,
     }
 }
 

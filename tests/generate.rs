@@ -19,6 +19,7 @@ fn request(steps: usize, seed: u64, num: usize, batch: usize) -> Request {
         controls: ControlRequest::default(),
         guide: GuideOverrides::default(),
         mbr: 1,
+        deadline: None,
     }
 }
 

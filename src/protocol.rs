@@ -1,0 +1,224 @@
+//! The `dlm serve` wire protocol: one JSON object per line each way.
+//!
+//! Request: `{"id": 7, "pos": "...", "content": ["food=Italian"], "steps": 50, "seed": 1}`
+//! (`op` defaults to `"generate"`; `{"op": "health"}` asks for the service's state).
+//! Response: `{"id": 7, "ok": true, "texts": [...], "timings": {...}}` or
+//! `{"id": 7, "ok": false, "error": {"code": "busy", "message": "..."}}`; `code` is one of
+//! [`ErrorCode`]'s stable names.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::controls::ControlRequest;
+use crate::generate::GuideOverrides;
+use crate::sampler::Method;
+
+/// Stable error codes; clients switch on these, never on messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, not an object, an unknown field or a field of the wrong type.
+    BadRequest,
+    /// Well-formed, but a value the model or the server does not allow (unknown tag, steps out of range...).
+    InvalidArgument,
+    /// The line is longer than the server's limit; it was skipped unread.
+    TooLarge,
+    /// The queue is full; try again later.
+    Busy,
+    /// The request's deadline passed before it finished.
+    Timeout,
+    /// The server is stopping and takes no more work.
+    ShuttingDown,
+    /// A failure of the runtime itself (an ONNX Runtime error).
+    Internal,
+}
+
+/// What a request asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    Generate(Box<GenerateParams>),
+    Health,
+}
+
+/// A parsed request: its id (any JSON value, echoed back) and what to do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Incoming {
+    pub id: Value,
+    pub op: Op,
+}
+
+/// A request that cannot be served, with the id when one could be read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub id: Value,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Rejection {
+    pub fn new(id: Value, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { id, code, message: message.into() }
+    }
+
+    pub fn to_line(&self) -> String {
+        let error = serde_json::json!({ "code": self.code, "message": self.message });
+        serde_json::json!({ "id": self.id, "ok": false, "error": error }).to_string()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// The generation fields of a request: those of `dlm generate`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateParams {
+    pub steps: Option<usize>,
+    pub seed: Option<u64>,
+    pub num: Option<usize>,
+    pub sampler: Option<String>,
+    pub eta: Option<f64>,
+    pub pos: Option<String>,
+    content: Option<OneOrMany>,
+    pub length: Option<usize>,
+    pub infill: Option<String>,
+    pub span: Option<String>,
+    pub guide_steps: Option<usize>,
+    pub guide_lambda: Option<f64>,
+    pub guide_lr: Option<f64>,
+    pub mbr: Option<usize>,
+    /// Milliseconds from arrival to the answer; the server caps it.
+    pub timeout_ms: Option<u64>,
+}
+
+impl GenerateParams {
+    pub fn controls(&self) -> ControlRequest {
+        let content = match &self.content {
+            None => Vec::new(),
+            Some(OneOrMany::One(c)) => vec![c.clone()],
+            Some(OneOrMany::Many(c)) => c.clone(),
+        };
+        ControlRequest {
+            pos: self.pos.clone(),
+            content,
+            length: self.length,
+            infill: self.infill.clone(),
+            span: self.span.clone(),
+        }
+    }
+
+    pub fn guide(&self) -> GuideOverrides {
+        GuideOverrides { steps: self.guide_steps, lambda: self.guide_lambda, lr: self.guide_lr }
+    }
+
+    pub fn method(&self) -> Result<Method, String> {
+        match (self.sampler.as_deref().unwrap_or("ddpm"), self.eta) {
+            ("ddim", eta) => Ok(Method::Ddim { eta: eta.unwrap_or(0.0) }),
+            ("ddpm", None) => Ok(Method::Ddpm),
+            ("ddpm", Some(_)) => Err("eta applies to sampler \"ddim\" only".into()),
+            (other, _) => Err(format!("unknown sampler {other:?}; allowed: \"ddpm\", \"ddim\"")),
+        }
+    }
+}
+
+/// Parse one request line (without its newline). Never panics, whatever the bytes.
+pub fn parse_request(line: &[u8]) -> Result<Incoming, Rejection> {
+    let bad = |id: Value, message: String| Rejection::new(id, ErrorCode::BadRequest, message);
+    let value: Value = serde_json::from_slice(line).map_err(|e| bad(Value::Null, format!("not valid JSON: {e}")))?;
+    let Value::Object(mut fields) = value else {
+        return Err(bad(Value::Null, "a request is a JSON object, e.g. {\"id\": 1, \"steps\": 50}".into()));
+    };
+    let id = fields.remove("id").unwrap_or(Value::Null);
+    let op = match fields.remove("op") {
+        None => "generate".to_string(),
+        Some(Value::String(op)) => op,
+        Some(other) => return Err(bad(id, format!("op must be a string (\"generate\" or \"health\"), got {other}"))),
+    };
+    match op.as_str() {
+        "generate" => match serde_json::from_value::<GenerateParams>(Value::Object(fields)) {
+            Ok(params) => Ok(Incoming { id, op: Op::Generate(Box::new(params)) }),
+            Err(e) => Err(bad(id, format!("{e}; fields: id, op, {}", FIELDS.join(", ")))),
+        },
+        "health" if fields.is_empty() => Ok(Incoming { id, op: Op::Health }),
+        "health" => Err(bad(id, "a health request has only id and op".into())),
+        other => Err(bad(id, format!("unknown op {other:?}; allowed: \"generate\", \"health\""))),
+    }
+}
+
+/// The fields a generate request may carry, for error messages.
+pub const FIELDS: [&str; 15] = [
+    "steps",
+    "seed",
+    "num",
+    "sampler",
+    "eta",
+    "pos",
+    "content",
+    "length",
+    "infill",
+    "span",
+    "guide_steps",
+    "guide_lambda",
+    "guide_lr",
+    "mbr",
+    "timeout_ms",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reject(line: &str) -> Rejection {
+        parse_request(line.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn parses_a_generate_request_with_controls() {
+        let r = parse_request(br#"{"id":"a","steps":20,"content":"food=Italian","pos":"DET NOUN"}"#).unwrap();
+        assert_eq!(r.id, Value::from("a"));
+        let Op::Generate(p) = r.op else { panic!("not generate") };
+        assert_eq!(p.steps, Some(20));
+        assert_eq!(p.controls().content, vec!["food=Italian"]);
+        assert_eq!(p.controls().pos.as_deref(), Some("DET NOUN"));
+        let r = parse_request(br#"{"id":2,"content":["a=b","c=d"]}"#).unwrap();
+        let Op::Generate(p) = r.op else { panic!("not generate") };
+        assert_eq!(p.controls().content.len(), 2);
+    }
+
+    #[test]
+    fn health_and_bad_requests_keep_their_id() {
+        assert_eq!(parse_request(br#"{"op":"health","id":9}"#).unwrap().op, Op::Health);
+        assert_eq!(reject("{").code, ErrorCode::BadRequest);
+        assert_eq!(reject("[1]").code, ErrorCode::BadRequest);
+        let r = reject(r#"{"id":5,"stepz":3}"#);
+        assert_eq!((r.id, r.code), (Value::from(5), ErrorCode::BadRequest));
+        assert!(r.message.contains("stepz") && r.message.contains("timeout_ms"), "{}", r.message);
+        assert_eq!(reject(r#"{"id":6,"steps":-1}"#).id, Value::from(6));
+        assert!(reject(r#"{"op":"dance"}"#).message.contains("health"));
+        assert_eq!(reject(r#"{"op":"health","steps":2}"#).code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn rejection_lines_are_json_with_a_stable_code() {
+        let line = Rejection::new(Value::from(3), ErrorCode::ShuttingDown, "bye").to_line();
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["error"]["code"], "shutting_down");
+        assert_eq!(v["ok"], false);
+        assert_eq!(v["id"], 3);
+    }
+
+    #[test]
+    fn sampler_names_are_checked() {
+        let p = |s: &str| match parse_request(s.as_bytes()).unwrap().op {
+            Op::Generate(p) => p.method(),
+            Op::Health => unreachable!(),
+        };
+        assert_eq!(p(r#"{"sampler":"ddim","eta":0.5}"#), Ok(Method::Ddim { eta: 0.5 }));
+        assert!(p(r#"{"sampler":"plms"}"#).unwrap_err().contains("ddim"));
+        assert!(p(r#"{"eta":0.5}"#).is_err());
+    }
+}

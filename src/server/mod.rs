@@ -1,0 +1,152 @@
+//! `dlm serve`: a long-lived service over byte streams.
+//!
+//! One inference thread ([`engine`]) owns the model; connections ([`connection`]) read
+//! request lines through `embedded_io` and feed it through a bounded queue; [`transport`]
+//! accepts them on stdin/stdout, a Unix socket, loopback TCP or a serial line; [`notify`]
+//! speaks the systemd notify protocol. SIGTERM/SIGINT stop accepting, let the queue drain
+//! (up to `drain`), answer the rest `shutting_down`, and return.
+
+pub mod connection;
+pub mod engine;
+pub mod lines;
+pub mod notify;
+pub mod transport;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::model::Model;
+use transport::Transport;
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Requests waiting for the inference thread (the one running is not counted); more get `busy`.
+    pub queue: usize,
+    /// Longest request line in bytes; longer ones get `too_large`.
+    pub max_line: usize,
+    /// Default and upper bound of a request's deadline, from its arrival.
+    pub timeout: Duration,
+    /// After SIGTERM, how long queued requests may still start.
+    pub drain: Duration,
+    /// Steps when a request names none.
+    pub default_steps: usize,
+    /// Most samples (num x mbr) in one request.
+    pub max_samples: usize,
+    /// Most simultaneous connections per listener; more are told `busy` and closed.
+    pub max_connections: usize,
+}
+
+/// What every thread of the server reads.
+pub struct Shared {
+    pub config: ServerConfig,
+    pub shutdown: Arc<AtomicBool>,
+    shutdown_at: OnceLock<Instant>,
+    pub queue_depth: AtomicUsize,
+    pub engine_alive: AtomicBool,
+    /// When the inference thread started its current request (None: idle).
+    pub busy_since: Mutex<Option<Instant>>,
+    pub served: AtomicU64,
+    started: Instant,
+    /// Model facts for health answers: directory, precision, provider.
+    about: Value,
+}
+
+impl Shared {
+    pub fn new(config: ServerConfig, shutdown: Arc<AtomicBool>, about: Value) -> Self {
+        Self {
+            config,
+            shutdown,
+            shutdown_at: OnceLock::new(),
+            queue_depth: AtomicUsize::new(0),
+            engine_alive: AtomicBool::new(true),
+            busy_since: Mutex::new(None),
+            served: AtomicU64::new(0),
+            started: Instant::now(),
+            about,
+        }
+    }
+
+    pub fn stopping(&self) -> bool {
+        let stopping = self.shutdown.load(Ordering::SeqCst);
+        if stopping {
+            self.shutdown_at.get_or_init(Instant::now);
+        }
+        stopping
+    }
+
+    /// Stopping, and the drain time is over: queued requests are no longer started.
+    pub fn drain_expired(&self) -> bool {
+        self.stopping() && self.shutdown_at.get().is_some_and(|at| at.elapsed() >= self.config.drain)
+    }
+
+    pub fn health(&self, id: &Value) -> String {
+        let status = if self.stopping() { "shutting_down" } else { "serving" };
+        let busy = self.busy_since.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+        json!({
+            "id": id,
+            "ok": true,
+            "health": {
+                "status": status,
+                "model": self.about,
+                "queue_depth": self.queue_depth.load(Ordering::SeqCst),
+                "queue_capacity": self.config.queue,
+                "busy": busy,
+                "engine_alive": self.engine_alive.load(Ordering::SeqCst),
+                "served": self.served.load(Ordering::Relaxed),
+                "uptime_s": self.started.elapsed().as_secs_f64(),
+            },
+        })
+        .to_string()
+    }
+}
+
+/// Serve `transports` with `model` until a signal sets `shutdown` or every transport has ended
+/// (stdin or a serial line at end of input, with no listener). Returns once all requests read
+/// have been answered.
+pub fn run(model: Model, config: ServerConfig, transports: Vec<Transport>, shutdown: Arc<AtomicBool>) {
+    let about = json!({
+        "dir": model.dir.display().to_string(),
+        "precision": format!("{:?}", model.denoiser.precision()).to_lowercase(),
+        "provider": model.denoiser.device.name(),
+        "controls": model.manifest.controls.keys().collect::<Vec<_>>(),
+        "seq_len": model.manifest.model.seq_len,
+        "max_steps": model.manifest.diffusion.t,
+    });
+    let shared = Arc::new(Shared::new(config, shutdown, about));
+    let (jobs, queue) = mpsc::sync_channel(shared.config.queue);
+    let engine = {
+        let shared = shared.clone();
+        thread::Builder::new().name("inference".into()).spawn(move || engine::run(model, queue, &shared))
+    };
+    let engine = match engine {
+        Ok(handle) => handle,
+        Err(e) => {
+            log::error!("cannot start the inference thread: {e}");
+            return;
+        }
+    };
+    let watchdog = notify::start_watchdog(shared.clone());
+    let running: Vec<_> = transports.into_iter().filter_map(|t| t.spawn(shared.clone(), jobs.clone())).collect();
+    drop(jobs);
+    notify::ready(&format!("serving {} transport(s)", running.len()));
+    while !shared.stopping() && !running.iter().all(|h| h.is_finished()) {
+        thread::sleep(Duration::from_millis(20));
+    }
+    if shared.stopping() {
+        notify::stopping();
+        log::info!("stopping: draining the queue ({} waiting)", shared.queue_depth.load(Ordering::SeqCst));
+    }
+    for handle in running {
+        let _ = handle.join();
+    }
+    shared.shutdown.store(true, Ordering::SeqCst); // ends the watchdog
+    let _ = engine.join();
+    if let Some(w) = watchdog {
+        let _ = w.join();
+    }
+}
+

@@ -1,0 +1,55 @@
+//! The systemd notify protocol over `$NOTIFY_SOCKET` (a no-op when it is unset): READY=1 once
+//! the sessions are built and warmed up, WATCHDOG=1 while the inference thread is alive and
+//! not stuck, STOPPING=1 on shutdown.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+
+use super::Shared;
+
+fn send(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        log::warn!("systemd notify failed: {e}");
+    }
+}
+
+pub fn ready(status: &str) {
+    send(&[NotifyState::Ready, NotifyState::Status(status)]);
+}
+
+pub fn stopping() {
+    send(&[NotifyState::Stopping, NotifyState::Status("draining")]);
+}
+
+/// With `WATCHDOG_USEC` set, ping at half the interval while the engine is healthy: alive, and
+/// not on one request for longer than its deadline allows plus an interval.
+pub fn start_watchdog(shared: Arc<Shared>) -> Option<JoinHandle<()>> {
+    let interval = sd_notify::watchdog_enabled()?;
+    let stuck_after = shared.config.timeout + interval;
+    let run = move || {
+        while !shared.shutdown.load(Ordering::SeqCst) || shared.engine_alive.load(Ordering::SeqCst) {
+            let busy = *shared.busy_since.lock().unwrap_or_else(|e| e.into_inner());
+            let stuck = busy.is_some_and(|since| since.elapsed() > stuck_after);
+            if shared.engine_alive.load(Ordering::SeqCst) && !stuck {
+                send(&[NotifyState::Watchdog]);
+            } else {
+                log::error!("inference thread dead or stuck: withholding the watchdog ping");
+            }
+            sleep_unless_stopped(&shared, interval / 2);
+        }
+    };
+    thread::Builder::new().name("watchdog".into()).spawn(run).ok()
+}
+
+fn sleep_unless_stopped(shared: &Shared, total: Duration) {
+    let tick = Duration::from_millis(20);
+    let mut slept = Duration::ZERO;
+    while slept < total && !(shared.shutdown.load(Ordering::SeqCst) && !shared.engine_alive.load(Ordering::SeqCst)) {
+        thread::sleep(tick);
+        slept += tick;
+    }
+}

@@ -1,0 +1,213 @@
+//! Byte streams the server answers on: stdin/stdout, a Unix domain socket, TCP on a loopback
+//! address, a serial line. Each stream is polled so that a reader notices shutdown, then
+//! adapted to `embedded_io` and handed to [`connection::serve`].
+
+use std::fs::File;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use embedded_io_adapters::std::FromStd;
+use serialport::TTYPort;
+
+use super::engine::Job;
+use super::{connection, Shared};
+use crate::protocol::{ErrorCode, Rejection};
+
+/// How long a read waits before the reader looks at the shutdown flag again.
+const POLL: Duration = Duration::from_millis(100);
+/// How often a listener with no pending connection looks again.
+const ACCEPT_IDLE: Duration = Duration::from_millis(20);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot listen on {what}: {source}")]
+    Bind { what: String, source: io::Error },
+    #[error("{0} is not a loopback address; dlm serve listens on 127.0.0.1 or ::1 unless --tcp-any-address is given")]
+    NotLoopback(SocketAddr),
+    #[error("{0}: exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    #[error("serial device {path}: {source}")]
+    Serial { path: String, source: serialport::Error },
+}
+
+/// An opened transport, not yet serving.
+pub enum Transport {
+    Stdio,
+    Tcp(TcpListener),
+    Unix { listener: UnixListener, path: PathBuf },
+    Serial { port: TTYPort, path: String },
+}
+
+impl Transport {
+    pub fn tcp(addr: &str, any_address: bool) -> Result<Self, TransportError> {
+        let bind = |source| TransportError::Bind { what: format!("tcp {addr}"), source };
+        let addrs: Vec<SocketAddr> = addr.to_socket_addrs().map_err(bind)?.collect();
+        if let Some(remote) = addrs.iter().find(|a| !a.ip().is_loopback() && !any_address) {
+            return Err(TransportError::NotLoopback(*remote));
+        }
+        let listener = TcpListener::bind(&addrs[..]).map_err(bind)?;
+        listener.set_nonblocking(true).map_err(bind)?;
+        Ok(Self::Tcp(listener))
+    }
+
+    pub fn unix(path: &Path) -> Result<Self, TransportError> {
+        let bind = |source| TransportError::Bind { what: format!("unix socket {}", path.display()), source };
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                return Err(TransportError::NotASocket(path.to_path_buf()));
+            }
+            std::fs::remove_file(path).map_err(bind)?; // a stale socket of an earlier run
+        }
+        let listener = UnixListener::bind(path).map_err(bind)?;
+        listener.set_nonblocking(true).map_err(bind)?;
+        Ok(Self::Unix { listener, path: path.to_path_buf() })
+    }
+
+    /// A serial device in raw mode (8N1, no flow control) at `baud`.
+    pub fn serial(path: &str, baud: u32) -> Result<Self, TransportError> {
+        let port = serialport::new(path, baud).timeout(Duration::from_secs(5)).open_native();
+        let port = port.map_err(|source| TransportError::Serial { path: path.to_string(), source })?;
+        Ok(Self::Serial { port, path: path.to_string() })
+    }
+
+    /// Where this transport listens, for logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Stdio => "stdin/stdout".into(),
+            Self::Tcp(l) => l.local_addr().map_or("tcp".into(), |a| format!("tcp {a}")),
+            Self::Unix { path, .. } => format!("unix {}", path.display()),
+            Self::Serial { path, .. } => format!("serial {path}"),
+        }
+    }
+
+    /// Serve on a thread of its own; it ends at shutdown once its connections have drained
+    /// (stdin and serial lines also at end of input).
+    pub fn spawn(self, shared: Arc<Shared>, jobs: SyncSender<Job>) -> Option<JoinHandle<()>> {
+        let name = self.describe();
+        log::info!("listening on {name}");
+        let run = move || match self {
+            Self::Stdio => match io::stdin().as_fd().try_clone_to_owned() {
+                // Raw fd reads: std's buffered Stdin would hide buffered bytes from poll(2).
+                Ok(fd) => serve_stream(File::from(fd), io::stdout(), &shared, &jobs),
+                Err(e) => log::error!("stdin: {e}"),
+            },
+            Self::Serial { port, .. } => match port.try_clone_native() {
+                Ok(writer) => serve_stream(port, writer, &shared, &jobs),
+                Err(e) => log::error!("serial: {e}"),
+            },
+            Self::Tcp(listener) => accept_loop(
+                || listener.accept().map(|(s, _)| s).and_then(|s| s.set_nodelay(true).map(|()| s)),
+                &shared,
+                &jobs,
+            ),
+            Self::Unix { listener, path } => {
+                accept_loop(|| listener.accept().map(|(s, _)| s), &shared, &jobs);
+                let _ = std::fs::remove_file(path);
+            }
+        };
+        match thread::Builder::new().name(name.clone()).spawn(run) {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                log::error!("{name}: cannot start its thread: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// A connected stream that can be split into a reading and a writing handle.
+trait Stream: io::Read + io::Write + AsRawFd + Send + Sized + 'static {
+    fn split(self) -> io::Result<(Self, Self)>;
+    fn set_blocking(&self) -> io::Result<()>;
+}
+
+impl Stream for TcpStream {
+    fn split(self) -> io::Result<(Self, Self)> {
+        Ok((self.try_clone()?, self))
+    }
+    fn set_blocking(&self) -> io::Result<()> {
+        self.set_nonblocking(false)
+    }
+}
+
+impl Stream for UnixStream {
+    fn split(self) -> io::Result<(Self, Self)> {
+        Ok((self.try_clone()?, self))
+    }
+    fn set_blocking(&self) -> io::Result<()> {
+        self.set_nonblocking(false)
+    }
+}
+
+fn accept_loop<S: Stream>(mut accept: impl FnMut() -> io::Result<S>, shared: &Arc<Shared>, jobs: &SyncSender<Job>) {
+    let mut connections: Vec<JoinHandle<()>> = Vec::new();
+    while !shared.stopping() {
+        connections.retain(|c| !c.is_finished());
+        let stream = match accept() {
+            Ok(stream) => stream,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                thread::sleep(ACCEPT_IDLE);
+                continue;
+            }
+            Err(e) => {
+                log::warn!("accept failed: {e}");
+                thread::sleep(ACCEPT_IDLE);
+                continue;
+            }
+        };
+        if let Err(e) = stream.set_blocking() {
+            log::warn!("dropping a connection: {e}");
+            continue;
+        }
+        if connections.len() >= shared.config.max_connections {
+            let message = format!("too many connections (limit {})", shared.config.max_connections);
+            let mut stream = stream;
+            let _ = writeln!(stream, "{}", Rejection::new(serde_json::Value::Null, ErrorCode::Busy, message).to_line());
+            continue;
+        }
+        let (shared, jobs) = (shared.clone(), jobs.clone());
+        let spawned = thread::Builder::new().name("connection".into()).spawn(move || match stream.split() {
+            Ok((reader, writer)) => serve_stream(reader, writer, &shared, &jobs),
+            Err(e) => log::warn!("dropping a connection: {e}"),
+        });
+        match spawned {
+            Ok(handle) => connections.push(handle),
+            Err(e) => log::error!("cannot start a connection thread: {e}"),
+        }
+    }
+    for c in connections {
+        let _ = c.join();
+    }
+}
+
+fn serve_stream<R, W>(reader: R, writer: W, shared: &Shared, jobs: &SyncSender<Job>)
+where
+    R: io::Read + AsRawFd,
+    W: io::Write + Send + 'static,
+{
+    connection::serve(FromStd::new(Polled(reader)), FromStd::new(writer), shared, jobs);
+}
+
+/// A reader whose reads give up with `TimedOut` after [`POLL`] without input.
+struct Polled<T>(T);
+
+impl<T: io::Read + AsRawFd> io::Read for Polled<T> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut fd = libc::pollfd { fd: self.0.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd, and the fd stays open while self.0 lives.
+        let ready = unsafe { libc::poll(&mut fd, 1, POLL.as_millis() as libc::c_int) };
+        match ready {
+            0 => Err(io::ErrorKind::TimedOut.into()),
+            n if n < 0 => Err(io::Error::last_os_error()),
+            _ => self.0.read(buf),
+        }
+    }
+}
