@@ -96,7 +96,8 @@ fn write_all_replies<W: Write>(mut writer: W, replies: mpsc::Receiver<String>) {
         if !open {
             continue;
         }
-        let written = writer.write_all(line.as_bytes()).and_then(|()| writer.write_all(b"\n")).and_then(|()| writer.flush());
+        let written =
+            writer.write_all(line.as_bytes()).and_then(|()| writer.write_all(b"\n")).and_then(|()| writer.flush());
         if let Err(e) = written {
             log::info!("client gone, dropping its replies: {e:?}");
             open = false;

@@ -65,7 +65,9 @@ fn answer(model: &mut Model, job: &Job, shared: &Shared) -> String {
         }
         Ok(Err(e @ GenerateError::Deadline { .. })) => fail(ErrorCode::Timeout, e.to_string()),
         Ok(Err(e @ GenerateError::Inference(_))) => fail(ErrorCode::Internal, e.to_string()),
-        Err(_) => fail(ErrorCode::Internal, "the inference thread panicked on this request (a bug: please report it)".into()),
+        Err(_) => {
+            fail(ErrorCode::Internal, "the inference thread panicked on this request (a bug: please report it)".into())
+        }
     }
 }
 
@@ -75,7 +77,10 @@ fn to_request(p: &GenerateParams, shared: &Shared, max_batch: usize, received: I
     let num = p.num.unwrap_or(1);
     let mbr = p.mbr.unwrap_or(1);
     if num.saturating_mul(mbr) > limits.max_samples {
-        return Err(format!("num x mbr = {num} x {mbr} is above this server's limit of {} samples", limits.max_samples));
+        return Err(format!(
+            "num x mbr = {num} x {mbr} is above this server's limit of {} samples",
+            limits.max_samples
+        ));
     }
     let timeout = match p.timeout_ms {
         Some(0) => return Err(format!("timeout_ms must be 1..={}", limits.timeout.as_millis())),

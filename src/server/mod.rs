@@ -149,4 +149,3 @@ pub fn run(model: Model, config: ServerConfig, transports: Vec<Transport>, shutd
         let _ = w.join();
     }
 }
-

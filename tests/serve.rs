@@ -1,0 +1,350 @@
+//! `dlm serve` driven as a client over loopback TCP, a Unix socket, a pseudo-terminal and
+//! stdin, with the systemd notify socket played by the test.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+struct Server {
+    child: Child,
+    notify: UnixDatagram,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Server {
+    /// Start `dlm serve` on a free loopback port and a Unix socket; wait for READY=1.
+    fn start(extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut args: Vec<String> = vec!["--tcp".into(), format!("127.0.0.1:{port}"), "--unix".into()];
+        args.push(dir.path().join("dlm.sock").display().to_string());
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Self::spawn(dir, port, &args, env)
+    }
+
+    /// Start `dlm serve ARGS` with the notify socket in `dir`; wait for READY=1.
+    fn spawn(dir: tempfile::TempDir, port: u16, args: &[String], env: &[(&str, &str)]) -> Server {
+        let notify_path = dir.path().join("notify.sock");
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        notify.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dlm"));
+        cmd.args(["serve", "--model", &common::model_dir().display().to_string()])
+            .args(args)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        let server = Server { child: cmd.spawn().unwrap(), notify, dir, port };
+        let first = server.note();
+        assert!(first.contains("READY=1"), "first notification: {first:?}");
+        server
+    }
+
+    /// The next notify datagram.
+    fn note(&self) -> String {
+        let mut buf = [0u8; 512];
+        let n = self.notify.recv(&mut buf).expect("a notification within 60 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    fn tcp(&self) -> Client<TcpStream> {
+        Client::new(TcpStream::connect(("127.0.0.1", self.port)).unwrap())
+    }
+
+    fn unix_path(&self) -> PathBuf {
+        self.dir.path().join("dlm.sock")
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
+    }
+
+    fn wait(&mut self) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "dlm serve did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Client<S> {
+    reader: BufReader<S>,
+    writer: S,
+}
+
+trait Split: Sized {
+    fn split(&self) -> Self;
+}
+
+impl Split for TcpStream {
+    fn split(&self) -> Self {
+        self.try_clone().unwrap()
+    }
+}
+
+impl Split for UnixStream {
+    fn split(&self) -> Self {
+        self.try_clone().unwrap()
+    }
+}
+
+impl<S: Read + Write + Split> Client<S> {
+    fn new(stream: S) -> Self {
+        Client { writer: stream.split(), reader: BufReader::new(stream) }
+    }
+
+    fn send(&mut self, request: &Value) {
+        writeln!(self.writer, "{request}").unwrap();
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).unwrap();
+    }
+
+    fn recv(&mut self) -> Value {
+        let mut line = String::new();
+        assert!(self.reader.read_line(&mut line).unwrap() > 0, "connection closed before a response");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("response is not JSON ({e}): {line:?}"))
+    }
+
+    /// Responses to `n` requests, by id (each id exactly once).
+    fn recv_by_id(&mut self, n: usize) -> BTreeMap<i64, Value> {
+        let mut by_id = BTreeMap::new();
+        for _ in 0..n {
+            let r = self.recv();
+            let id = r["id"].as_i64().unwrap_or_else(|| panic!("no integer id: {r}"));
+            assert!(by_id.insert(id, r).is_none(), "id {id} answered twice");
+        }
+        by_id
+    }
+}
+
+fn code(r: &Value) -> &str {
+    if r["ok"] == true {
+        "ok"
+    } else {
+        r["error"]["code"].as_str().unwrap_or_else(|| panic!("no error code: {r}"))
+    }
+}
+
+#[test]
+fn concurrent_tcp_clients_each_get_their_answers() {
+    let server = Server::start(&["--queue", "16"], &[]);
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let mut client = server.tcp();
+            std::thread::spawn(move || {
+                for k in 0..3 {
+                    client.send(&json!({"id": c * 10 + k, "steps": 5, "seed": k, "num": 2}));
+                }
+                client.recv_by_id(3)
+            })
+        })
+        .collect();
+    for (c, handle) in clients.into_iter().enumerate() {
+        let answers = handle.join().unwrap();
+        let ids: Vec<i64> = answers.keys().copied().collect();
+        let c = c as i64;
+        assert_eq!(ids, vec![c * 10, c * 10 + 1, c * 10 + 2]);
+        for r in answers.values() {
+            assert_eq!(code(r), "ok", "{r}");
+            assert_eq!(r["texts"].as_array().unwrap().len(), 2);
+            assert_eq!(r["timings"]["steps"], 5);
+        }
+    }
+}
+
+#[test]
+fn a_flood_beyond_the_queue_gets_busy_and_every_request_an_answer() {
+    let server = Server::start(&["--queue", "2"], &[]);
+    let mut client = server.tcp();
+    let n = 12;
+    let burst: String = (0..n).map(|k| format!("{}\n", json!({"id": k, "steps": 200}))).collect();
+    client.send_raw(burst.as_bytes());
+    let answers = client.recv_by_id(n);
+    let ok: Vec<i64> = answers.iter().filter(|(_, r)| code(r) == "ok").map(|(k, _)| *k).collect();
+    let busy = answers.values().filter(|r| code(r) == "busy").count();
+    // One request runs, two wait; the burst arrives far faster than a 200-step generation.
+    assert!(ok.len() >= 2 && ok.len() <= 4, "ok: {ok:?}");
+    assert_eq!(ok, (0..ok.len() as i64).collect::<Vec<_>>(), "the first requests are served, the later ones refused");
+    assert_eq!(ok.len() + busy, n, "every other request is busy");
+}
+
+#[test]
+fn malformed_and_oversized_lines_are_rejected_and_the_connection_stays_usable() {
+    let server = Server::start(&["--max-line", "1024"], &[]);
+    let mut client = server.tcp();
+    client.send_raw(b"this is not json\n");
+    assert_eq!(code(&client.recv()), "bad_request");
+    client.send(&json!({"id": 1, "steps": 5, "colour": "blue"}));
+    let r = client.recv();
+    assert_eq!((code(&r), &r["id"]), ("bad_request", &json!(1)));
+    assert!(r["error"]["message"].as_str().unwrap().contains("colour"));
+    let huge = format!("{{\"id\": 2, \"pos\": \"{}\"}}\n", "NOUN ".repeat(200_000));
+    client.send_raw(huge.as_bytes());
+    let r = client.recv();
+    assert_eq!(code(&r), "too_large", "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("1024"));
+    client.send(&json!({"id": 3, "pos": "DET NOUN BOGUS"}));
+    let r = client.recv();
+    assert_eq!(code(&r), "invalid_argument");
+    assert!(r["error"]["message"].as_str().unwrap().contains("allowed"));
+    client.send(&json!({"id": 4, "steps": 5, "content": ["food=Italian"], "length": 12}));
+    let r = client.recv();
+    assert_eq!((code(&r), &r["id"]), ("ok", &json!(4)), "{r}");
+    assert_eq!(r["results"][0]["tokens"].as_array().unwrap().len(), 12);
+}
+
+#[test]
+fn deadlines_give_timeout() {
+    let server = Server::start(&[], &[]);
+    let mut client = server.tcp();
+    client.send(&json!({"id": 1, "steps": 2000, "timeout_ms": 30}));
+    let r = client.recv();
+    assert_eq!(code(&r), "timeout", "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("of 2000 denoising steps"));
+}
+
+#[test]
+fn a_client_leaving_mid_request_does_not_disturb_the_others() {
+    let server = Server::start(&[], &[]);
+    {
+        let mut leaving = server.tcp();
+        leaving.send(&json!({"id": 1, "steps": 200}));
+        leaving.send_raw(b"{\"id\": 2, \"steps\"");
+    } // closed with one request running and half a line sent
+    let mut client = server.tcp();
+    client.send(&json!({"id": 3, "steps": 5}));
+    assert_eq!(code(&client.recv()), "ok");
+    client.send(&json!({"op": "health", "id": 4}));
+    let health = client.recv();
+    assert_eq!(health["health"]["engine_alive"], true);
+    assert!(health["health"]["served"].as_u64().unwrap() >= 2, "{health}");
+}
+
+#[test]
+fn unix_socket_serves_requests_and_health() {
+    let server = Server::start(&["--queue", "3"], &[]);
+    let mut client = Client::new(UnixStream::connect(server.unix_path()).unwrap());
+    client.send(&json!({"op": "health", "id": "h"}));
+    let h = client.recv();
+    assert_eq!(h["id"], "h");
+    assert_eq!(h["health"]["queue_capacity"], 3);
+    assert_eq!(h["health"]["model"]["provider"], "cpu");
+    client.send(&json!({"id": "g", "steps": 10, "infill": "The Eagle is a _ _ _ near _ ."}));
+    let r = client.recv();
+    assert_eq!(code(&r), "ok", "{r}");
+    let tokens = r["results"][0]["tokens"].as_array().unwrap();
+    assert_eq!(tokens[..4], [json!("The"), json!("Eagle"), json!("is"), json!("a")]);
+}
+
+#[test]
+fn sigterm_answers_everything_read_and_exits_zero() {
+    let mut server = Server::start(&["--queue", "8"], &[]);
+    let mut client = server.tcp();
+    for k in 0..3 {
+        client.send(&json!({"id": k, "steps": 200}));
+    }
+    std::thread::sleep(Duration::from_millis(100)); // the first one is running
+    server.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(20));
+    client.send(&json!({"id": 3, "steps": 5}));
+    let answers = client.recv_by_id(4);
+    for k in 0..3 {
+        assert_eq!(code(&answers[&k]), "ok", "queued before the signal: {}", answers[&k]);
+    }
+    assert!(["ok", "shutting_down"].contains(&code(&answers[&3])), "{}", answers[&3]);
+    assert!(server.note().contains("STOPPING=1"));
+    let status = server.wait();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(!server.unix_path().exists(), "the Unix socket is removed on exit");
+    assert!(TcpStream::connect(("127.0.0.1", server.port)).is_err(), "no longer listening");
+}
+
+#[test]
+fn watchdog_pings_while_the_engine_lives() {
+    let server = Server::start(&[], &[("WATCHDOG_USEC", "200000")]);
+    let start = Instant::now();
+    let mut pings = 0;
+    while pings < 3 {
+        let note = server.note();
+        pings += note.contains("WATCHDOG=1") as usize;
+        assert!(start.elapsed() < Duration::from_secs(5), "only {pings} watchdog pings in 5 s");
+    }
+}
+
+#[test]
+fn stdio_answers_every_line_then_exits_at_end_of_input() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dlm"))
+        .args(["serve", "--stdio", "--model", &common::model_dir().display().to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input = b"{\"id\":1,\"steps\":5}\n\n{\"id\":2,\"op\":\"health\"}\n[]\n{\"id\":3,\"steps\":5,\"seed\":1}";
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<Value> = out.stdout.lines().map(|l| serde_json::from_str(&l.unwrap()).unwrap()).collect();
+    let mut codes: Vec<(String, String)> = lines.iter().map(|r| (r["id"].to_string(), code(r).to_string())).collect();
+    codes.sort();
+    assert_eq!(
+        codes,
+        [("1", "ok"), ("2", "ok"), ("3", "ok"), ("null", "bad_request")].map(|(a, b)| (a.into(), b.into()))
+    );
+}
+
+#[test]
+fn serial_line_on_a_pseudo_terminal() {
+    let (mut master, slave) = serialport::TTYPort::pair().expect("a pseudo-terminal pair");
+    let name = serialport::SerialPort::name(&slave).expect("the pty has a name");
+    let args = ["--serial".to_string(), name, "--baud".into(), "115200".into()];
+    let mut server = Server::spawn(tempfile::tempdir().unwrap(), 0, &args, &[]);
+    serialport::SerialPort::set_timeout(&mut master, Duration::from_secs(60)).unwrap();
+    writeln!(master, "{}", json!({"id": 7, "steps": 5})).unwrap();
+    let mut reader = BufReader::new(master);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let r: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!((code(&r), &r["id"]), ("ok", &json!(7)), "{r}");
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait().code(), Some(0));
+    drop(slave);
+}
+
+#[test]
+fn bad_serve_options_fail_clearly() {
+    let dlm = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_dlm")).args(args).output().unwrap();
+    let out = dlm(&["serve", "--model", &common::model_dir().display().to_string()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--stdio, --tcp"));
+    let out = dlm(&["serve", "--tcp", "8.8.8.8:7000"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a loopback address"));
+    let out = dlm(&["serve", "--serial", "/dev/does-not-exist"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/dev/does-not-exist"));
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    let out = dlm(&["serve", "--unix", &file.display().to_string()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a socket"));
+}
