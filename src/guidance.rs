@@ -53,6 +53,11 @@ impl GuideSession {
             x_half: Vec::new(),
         })
     }
+
+    /// Finish ONNX Runtime's profile (sessions opened with `profile_dir`); returns its file.
+    pub fn end_profiling(&mut self) -> Result<std::path::PathBuf, InferenceError> {
+        crate::session::end_profiling(&mut self.session, &self.name)
+    }
 }
 
 /// The control's target, the same for every sequence of a request.

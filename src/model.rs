@@ -57,6 +57,15 @@ impl Model {
         Ok(Self { dir: dir.to_path_buf(), manifest, vocab, embeddings, denoiser, guides })
     }
 
+    /// Finish ONNX Runtime's profiles of every session (opened with `profile_dir`): their files.
+    pub fn end_profiling(&mut self) -> Result<Vec<PathBuf>, crate::error::InferenceError> {
+        let mut files = vec![self.denoiser.end_profiling()?];
+        for guide in self.guides.values_mut() {
+            files.push(guide.end_profiling()?);
+        }
+        Ok(files)
+    }
+
     pub fn max_batch(&self) -> usize {
         self.manifest.denoiser(self.denoiser.precision()).map_or(1, |g| self.manifest.max_batch(g))
     }

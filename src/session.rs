@@ -67,21 +67,37 @@ pub struct SessionOptions {
     pub trt_cache: Option<PathBuf>,
     /// Largest batch the TensorRT optimization profile must cover.
     pub max_batch: usize,
+    /// Write ONNX Runtime's per-operator profile of each session under this directory.
+    pub profile_dir: Option<PathBuf>,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        Self { device: Device::Cpu, allow_fallback: false, threads: 0, trt_cache: None, max_batch: 16 }
+        Self {
+            device: Device::Cpu,
+            allow_fallback: false,
+            threads: 0,
+            trt_cache: None,
+            max_batch: 16,
+            profile_dir: None,
+        }
     }
 }
 
-fn base_builder(runtime: &OrtRuntime, threads: usize) -> ort::Result<SessionBuilder> {
-    let builder = Session::builder(&runtime.environment)?.with_optimization_level(GraphOptimizationLevel::Level3)?;
-    Ok(if threads > 0 { builder.with_intra_threads(threads)? } else { builder })
+fn base_builder(runtime: &OrtRuntime, opts: &SessionOptions, graph: &Graph) -> ort::Result<SessionBuilder> {
+    let mut builder =
+        Session::builder(&runtime.environment)?.with_optimization_level(GraphOptimizationLevel::Level3)?;
+    if opts.threads > 0 {
+        builder = builder.with_intra_threads(opts.threads)?;
+    }
+    if let Some(dir) = &opts.profile_dir {
+        builder = builder.with_profiling(dir.join(&graph.name))?;
+    }
+    Ok(builder)
 }
 
-fn cpu_session(runtime: &OrtRuntime, path: &Path, threads: usize) -> Result<Session, LoadError> {
-    base_builder(runtime, threads)
+fn cpu_session(runtime: &OrtRuntime, path: &Path, graph: &Graph, opts: &SessionOptions) -> Result<Session, LoadError> {
+    base_builder(runtime, opts, graph)
         .and_then(|mut b| b.commit_from_file(path))
         .map_err(|source| LoadError::Session { path: path.to_path_buf(), source })
 }
@@ -117,7 +133,7 @@ fn provider_session(
     let provider = opts.device.name();
     let fail = |reason: String| LoadError::Provider { provider, reason };
     let wanted = match opts.device {
-        Device::Cpu => return cpu_session(runtime, path, opts.threads),
+        Device::Cpu => return cpu_session(runtime, path, graph, opts),
         Device::Cuda => "CUDAExecutionProvider",
         Device::Tensorrt => "TensorrtExecutionProvider",
     };
@@ -129,7 +145,7 @@ fn provider_session(
             runtime.library.display()
         )));
     }
-    base_builder(runtime, opts.threads)
+    base_builder(runtime, opts, graph)
         .and_then(|b| Ok(b.with_execution_providers([dispatch.error_on_failure()])?))
         .and_then(|mut b| b.commit_from_file(path))
         .map_err(|e| fail(e.to_string()))
@@ -179,7 +195,7 @@ pub fn open_session(
         Ok(session) => (session, opts.device),
         Err(e) if opts.allow_fallback && opts.device != Device::Cpu => {
             log::warn!("{e}; --allow-fallback given, running {} on CPU", graph.name);
-            (cpu_session(runtime, &path, opts.threads)?, Device::Cpu)
+            (cpu_session(runtime, &path, graph, opts)?, Device::Cpu)
         }
         Err(e) => return Err(e),
     };
@@ -247,6 +263,16 @@ impl OrtDenoiser {
     pub fn precision(&self) -> Precision {
         self.precision
     }
+
+    /// Finish ONNX Runtime's profile (sessions opened with `profile_dir`); returns its file.
+    pub fn end_profiling(&mut self) -> Result<PathBuf, InferenceError> {
+        end_profiling(&mut self.session, &self.name)
+    }
+}
+
+pub fn end_profiling(session: &mut Session, graph: &str) -> Result<PathBuf, InferenceError> {
+    let file = session.end_profiling().map_err(|source| InferenceError::Run { graph: graph.to_string(), source })?;
+    Ok(PathBuf::from(file))
 }
 
 impl Denoiser for OrtDenoiser {

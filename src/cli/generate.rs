@@ -1,0 +1,105 @@
+//! `dlm generate`.
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use dlm::generate::{generate, Generated, Request};
+use dlm::model::Model;
+use dlm::ortlib::OrtRuntime;
+use dlm::sampler::Method;
+use serde_json::json;
+
+use super::{session_options, ControlArgs, RuntimeArgs};
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+    /// Denoising steps, the latency budget: 1..=T, evenly respaced over the T training steps.
+    #[arg(long, default_value_t = 200)]
+    steps: usize,
+    /// Sampler: ddpm (ancestral) or ddim.
+    #[arg(long, default_value = "ddpm", value_parser = ["ddpm", "ddim"])]
+    sampler: String,
+    /// DDIM eta in [0, 1] (0: deterministic); only with --sampler ddim.
+    #[arg(long)]
+    eta: Option<f64>,
+    /// Disable the clamping trick (nearest word embedding at every step).
+    #[arg(long)]
+    no_clamp: bool,
+    /// Random seed; the same seed gives the same sentences.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Number of sentences.
+    #[arg(long, default_value_t = 1)]
+    num: usize,
+    /// Sequences per denoiser call.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// JSON lines with text, tokens and timings instead of plain sentences.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    pub controls: ControlArgs,
+    /// Minimum Bayes risk decoding: S samples per sentence, keep the one closest (BLEU) to the rest.
+    #[arg(long, default_value_t = 1)]
+    mbr: usize,
+}
+
+fn method(args: &GenerateArgs) -> Result<Method> {
+    match (args.sampler.as_str(), args.eta) {
+        ("ddim", eta) => Ok(Method::Ddim { eta: eta.unwrap_or(0.0) }),
+        (_, Some(_)) => anyhow::bail!("--eta applies to --sampler ddim only"),
+        _ => Ok(Method::Ddpm),
+    }
+}
+
+pub fn run(args: GenerateArgs) -> Result<()> {
+    let request = Request {
+        steps: args.steps,
+        method: method(&args)?,
+        clamp: !args.no_clamp,
+        seed: args.seed,
+        num: args.num,
+        batch: args.batch,
+        controls: args.controls.request(),
+        guide: args.controls.guide(),
+        mbr: args.mbr,
+        deadline: None,
+    };
+    let runtime = OrtRuntime::load(args.runtime.ort_lib.as_deref())?;
+    let opts = session_options(&args.runtime, args.batch);
+    let mut model = Model::load(&runtime, &args.runtime.model, args.runtime.precision, &opts)?;
+    log::info!("model {} on {}, {:?}", model.dir.display(), model.denoiser.device.name(), args.runtime.precision);
+    let outputs = generate(&mut model, &request).context("generation failed")?;
+    let mut out = std::io::stdout().lock();
+    for g in &outputs {
+        if args.json {
+            writeln!(out, "{}", json_line(g, &request))?;
+        } else {
+            writeln!(out, "{}", g.text)?;
+        }
+    }
+    Ok(())
+}
+
+fn json_line(g: &Generated, request: &Request) -> serde_json::Value {
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    json!({
+        "index": g.index,
+        "text": g.text,
+        "tokens": g.tokens,
+        "ids": g.ids,
+        "steps": request.steps,
+        "seed": request.seed,
+        "timings": {
+            "batch_total_ms": ms(g.timing.total),
+            "per_step_ms": ms(g.timing.per_step()),
+            "denoiser_ms": ms(g.timing.denoiser),
+            "guidance_ms": ms(g.timing.guidance),
+            "host_ms": ms(g.timing.host()),
+            "batch_size": request.batch.min(request.num),
+        },
+    })
+}

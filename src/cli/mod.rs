@@ -1,0 +1,119 @@
+//! The command line: argument structs shared by the subcommands, one module per subcommand.
+//! Everything they do lives in the library; these parse, load and print.
+
+pub mod generate;
+pub mod info;
+pub mod profile;
+pub mod serve;
+
+use std::path::PathBuf;
+
+use clap::Args;
+use dlm::controls::ControlRequest;
+use dlm::generate::GuideOverrides;
+use dlm::manifest::Precision;
+use dlm::session::{Device, SessionOptions};
+
+#[derive(Args, Clone)]
+pub struct RuntimeArgs {
+    /// Model directory (with manifest.json).
+    #[arg(long, env = "DLM_MODEL", default_value = "models/e2e")]
+    pub model: PathBuf,
+    /// Execution provider: cpu, cuda or tensorrt (the last two need the cargo features).
+    #[arg(long, default_value = "cpu")]
+    pub device: Device,
+    /// Graph precision: fp32 or fp16.
+    #[arg(long, default_value = "fp32")]
+    pub precision: Precision,
+    /// Run on CPU, with a warning, when the requested provider cannot be registered.
+    #[arg(long)]
+    pub allow_fallback: bool,
+    /// Path of libonnxruntime.so (default: next to dlm, then the copy scripts/setup.sh made).
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    pub ort_lib: Option<PathBuf>,
+    /// ONNX Runtime intra-op threads (0: ONNX Runtime decides).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Directory for TensorRT engine and timing caches.
+    #[arg(long, env = "DLM_TRT_CACHE")]
+    pub trt_cache: Option<PathBuf>,
+}
+
+pub fn session_options(args: &RuntimeArgs, max_batch: usize) -> SessionOptions {
+    SessionOptions {
+        device: args.device,
+        allow_fallback: args.allow_fallback,
+        threads: args.threads,
+        trt_cache: args.trt_cache.clone(),
+        max_batch,
+        profile_dir: None,
+    }
+}
+
+/// The control flags of `dlm generate` and `dlm profile`.
+#[derive(Args, Clone, Default)]
+pub struct ControlArgs {
+    /// POS template, one UPOS tag per word: "PROPN AUX DET ADJ NOUN PUNCT" (fixes the length).
+    #[arg(long)]
+    pub pos: Option<String>,
+    /// A field=value pair the sentence must express, e.g. "food=Italian" (repeatable).
+    #[arg(long)]
+    pub content: Vec<String>,
+    /// Number of words.
+    #[arg(long)]
+    pub length: Option<usize>,
+    /// Template with `_` for each word to generate: "The Eagle is a _ _ near _ ." (fixed words kept).
+    #[arg(long)]
+    pub infill: Option<String>,
+    /// Span "i,j,LABEL": words i..j (0-based, inclusive) form a phrase of LABEL (NP, PP).
+    #[arg(long)]
+    pub span: Option<String>,
+    /// Guidance steps K per diffusion step (default: the manifest's, 3).
+    #[arg(long)]
+    pub guide_steps: Option<usize>,
+    /// Fluency weight lambda of ||x - mu||^2 / sigma^2 (default: the manifest's per control).
+    #[arg(long)]
+    pub guide_lambda: Option<f64>,
+    /// Guidance step size (default: the manifest's per control).
+    #[arg(long)]
+    pub guide_lr: Option<f64>,
+}
+
+impl ControlArgs {
+    pub fn request(&self) -> ControlRequest {
+        ControlRequest {
+            pos: self.pos.clone(),
+            content: self.content.clone(),
+            length: self.length,
+            infill: self.infill.clone(),
+            span: self.span.clone(),
+        }
+    }
+
+    pub fn guide(&self) -> GuideOverrides {
+        GuideOverrides { steps: self.guide_steps, lambda: self.guide_lambda, lr: self.guide_lr }
+    }
+
+    /// A short label of the controls in use ("none" without any).
+    pub fn label(&self) -> String {
+        let mut parts = Vec::new();
+        if self.pos.is_some() {
+            parts.push("pos".to_string());
+        }
+        parts.extend(self.content.iter().map(|c| format!("content {c}")));
+        if let Some(n) = self.length {
+            parts.push(format!("length {n}"));
+        }
+        if self.infill.is_some() {
+            parts.push("infill".into());
+        }
+        if let Some(s) = &self.span {
+            parts.push(format!("span {s}"));
+        }
+        if parts.is_empty() {
+            "none".into()
+        } else {
+            parts.join(" + ")
+        }
+    }
+}

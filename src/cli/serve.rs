@@ -1,0 +1,135 @@
+//! `dlm serve`.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use dlm::controls::ControlRequest;
+use dlm::generate::{generate, GuideOverrides, Request};
+use dlm::model::Model;
+use dlm::ortlib::OrtRuntime;
+use dlm::sampler::Method;
+use dlm::server::transport::Transport;
+use dlm::server::{self, ServerConfig};
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+use super::{session_options, RuntimeArgs};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+    /// Answer requests on stdin, responses on stdout (ends at end of input).
+    #[arg(long)]
+    stdio: bool,
+    /// Listen on TCP at this loopback address, e.g. 127.0.0.1:7878 (repeatable).
+    #[arg(long)]
+    tcp: Vec<String>,
+    /// Allow --tcp on a non-loopback address (no authentication: trusted networks only).
+    #[arg(long)]
+    tcp_any_address: bool,
+    /// Listen on a Unix domain socket at this path (repeatable).
+    #[arg(long)]
+    unix: Vec<PathBuf>,
+    /// Serve on a serial device in raw mode, e.g. /dev/ttyTHS0 (repeatable).
+    #[arg(long)]
+    serial: Vec<String>,
+    /// Baud rate of --serial.
+    #[arg(long, default_value_t = 115_200)]
+    baud: u32,
+    /// Requests that may wait for the inference thread; more get `busy`.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    queue: u64,
+    /// Longest request line in bytes; longer lines get `too_large` and are skipped unread.
+    #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(64..=(64 << 20)))]
+    max_line: u64,
+    /// Default and largest deadline of a request, in ms from its arrival.
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    timeout_ms: u64,
+    /// After SIGTERM/SIGINT, how long queued requests may still start, in ms.
+    #[arg(long, default_value_t = 10_000)]
+    drain_ms: u64,
+    /// Denoising steps when a request names none.
+    #[arg(long, default_value_t = 200)]
+    steps: usize,
+    /// Most samples (num x mbr) one request may ask for.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    max_samples: u64,
+    /// Most simultaneous connections per listener.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    max_connections: u64,
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    let mut transports = Vec::new();
+    if args.stdio {
+        transports.push(Transport::Stdio);
+    }
+    for addr in &args.tcp {
+        transports.push(Transport::tcp(addr, args.tcp_any_address)?);
+    }
+    for path in &args.unix {
+        transports.push(Transport::unix(path)?);
+    }
+    for path in &args.serial {
+        transports.push(Transport::serial(path, args.baud)?);
+    }
+    if transports.is_empty() {
+        anyhow::bail!("nothing to serve on: give --stdio, --tcp ADDR, --unix PATH or --serial DEVICE");
+    }
+    let config = ServerConfig {
+        queue: args.queue as usize,
+        max_line: args.max_line as usize,
+        timeout: Duration::from_millis(args.timeout_ms),
+        drain: Duration::from_millis(args.drain_ms),
+        default_steps: args.steps,
+        max_samples: args.max_samples as usize,
+        max_connections: args.max_connections as usize,
+    };
+    let runtime = OrtRuntime::load(args.runtime.ort_lib.as_deref())?;
+    let opts = session_options(&args.runtime, config.max_samples.min(16));
+    let mut model = Model::load(&runtime, &args.runtime.model, args.runtime.precision, &opts)?;
+    let warm = Instant::now();
+    warm_up(&mut model).context("warm-up generation failed")?;
+    log::info!("model {} on {}, warmed up in {:?}", model.dir.display(), model.denoiser.device.name(), warm.elapsed());
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for signal in [SIGTERM, SIGINT] {
+        // A second signal while draining exits at once with status 1.
+        signal_hook::flag::register_conditional_shutdown(signal, 1, shutdown.clone())?;
+        signal_hook::flag::register(signal, shutdown.clone())?;
+    }
+    server::run(model, config, transports, shutdown);
+    Ok(())
+}
+
+/// One short generation through the denoiser and every guidance graph, so that the first
+/// request does not pay for ONNX Runtime's first-run allocations.
+fn warm_up(model: &mut Model) -> Result<()> {
+    let mut request = Request {
+        steps: 2,
+        method: Method::Ddpm,
+        clamp: true,
+        seed: 0,
+        num: 1,
+        batch: 1,
+        controls: ControlRequest::default(),
+        guide: GuideOverrides { steps: Some(1), lambda: None, lr: None },
+        mbr: 1,
+        deadline: None,
+    };
+    generate(model, &request)?;
+    if let Some(tag) = model.manifest.controls.get("pos").and_then(|c| c.labels.first()) {
+        request.controls.pos = Some(tag.clone());
+    }
+    if let Some(pair) = model.manifest.controls.get("content").and_then(|c| c.labels.first()) {
+        request.controls.content = vec![pair.clone()];
+    }
+    if model.manifest.controls.contains_key("spans") {
+        request.controls.span = model.manifest.controls["spans"].labels.first().map(|l| format!("0,0,{l}"));
+    }
+    generate(model, &request)?;
+    Ok(())
+}
