@@ -1,4 +1,4 @@
-"""python -m export {prepare,train,controls,teacher,export,verify,sample,fixtures,evaluate,all} --config C --workdir W."""
+"""python -m export {prepare,train,controls,teacher,export,verify,sample,fixtures,evaluate,bench,all} --config C --workdir W."""
 import argparse
 import json
 import sys
@@ -93,6 +93,20 @@ def cmd_evaluate(args, cfg):
         Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")
 
 
+def cmd_bench(args, cfg):
+    from .bench import bench, quality_table, report
+
+    result = bench(args.model, args.dlm, steps=args.steps, rounds=args.rounds, repeat=args.repeat,
+                   warmup=args.warmup, batch=args.batch)
+    print(report(result))
+    if args.quality:
+        budgets = [int(b) for b in args.budgets.split(",")]
+        result["quality"] = quality_table(args.model, args.dlm, budgets, args.quality)
+        print("\n" + result["quality"])
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
+
+
 def cmd_all(args, cfg):
     for step in (cmd_prepare, cmd_train, cmd_controls, cmd_teacher, cmd_export):
         step(args, cfg)
@@ -133,6 +147,18 @@ def main(argv=None):
     e.add_argument("--budgets", help="comma-separated step budgets: a sweep printed as a markdown table")
     e.add_argument("--guide-steps", help="K (comma-separated with --budgets); default: the manifest's")
     e.add_argument("--json-out", help="also write the report as JSON here")
+    b = sub.add_parser("bench", help="dlm against the PyTorch reference and a Python onnxruntime loop")
+    b.add_argument("--model", default="models/e2e")
+    b.add_argument("--dlm", default="target/release/dlm")
+    b.add_argument("--steps", type=int, default=50, help="step budget of the per-step measurements")
+    b.add_argument("--rounds", type=int, default=3, help="engines alternate this many times")
+    b.add_argument("--repeat", type=int, default=10, help="measured runs per engine and round")
+    b.add_argument("--warmup", type=int, default=2)
+    b.add_argument("--batch", type=int, default=16, help="batch of the throughput comparison")
+    b.add_argument("--quality", type=int, default=0, metavar="N",
+                   help="also evaluate N targets per control at each of --budgets, next to latency")
+    b.add_argument("--budgets", default="10,20,50,100,200")
+    b.add_argument("--json-out", help="also write the results as JSON here")
     a = sub.add_parser("all", help="prepare, train, export and verify")
     a.add_argument("--resume", action="store_true")
     a.add_argument("--out", help="model directory (default WORKDIR/model)")
@@ -140,7 +166,7 @@ def main(argv=None):
     try:
         cfg = config_mod.load(args.config)
         {"prepare": cmd_prepare, "train": cmd_train, "controls": cmd_controls, "teacher": cmd_teacher, "export": cmd_export, "verify": cmd_verify,
-         "sample": cmd_sample, "fixtures": cmd_fixtures, "evaluate": cmd_evaluate, "all": cmd_all}[args.command](args, cfg)
+         "sample": cmd_sample, "fixtures": cmd_fixtures, "evaluate": cmd_evaluate, "bench": cmd_bench, "all": cmd_all}[args.command](args, cfg)
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -11,14 +11,14 @@ use crate::manifest::EmbeddingsEntry;
 #[derive(Debug, Clone)]
 pub struct Embeddings {
     matrix: Array2<f32>,
-    /// ||EMB(v)||^2, precomputed for the L2 argmin of the clamping trick.
-    sq_norms: Vec<f32>,
+    /// ||EMB(v)||^2 / 2, precomputed for the L2 argmin of the clamping trick.
+    half_sq_norms: Vec<f32>,
 }
 
 impl Embeddings {
     pub fn new(matrix: Array2<f32>) -> Self {
-        let sq_norms = matrix.rows().into_iter().map(|r| r.dot(&r)).collect();
-        Self { matrix, sq_norms }
+        let half_sq_norms = matrix.rows().into_iter().map(|r| r.dot(&r) / 2.0).collect();
+        Self { matrix, half_sq_norms }
     }
 
     /// Read raw little-endian float32 [V, d] as the manifest describes it.
@@ -51,7 +51,7 @@ impl Embeddings {
     }
 
     /// Scores <x_i, EMB(v)> for every row i, as one GEMM into a reusable buffer.
-    fn dots<'s>(&self, x: ArrayView2<'_, f32>, scratch: &'s mut Array2<f32>) -> &'s Array2<f32> {
+    fn dots<'s>(&self, x: ArrayView2<'_, f32>, scratch: &'s mut Array2<f32>) -> &'s mut Array2<f32> {
         if scratch.dim() != (x.nrows(), self.vocab_size()) {
             *scratch = Array2::zeros((x.nrows(), self.vocab_size()));
         }
@@ -60,20 +60,21 @@ impl Embeddings {
     }
 
     /// Clamping trick: replace every row of `x0_hat` (one position) by its nearest embedding,
-    /// argmin_v ||x - EMB(v)||^2 = argmin_v ||EMB(v)||^2 - 2 <x, EMB(v)>.
+    /// argmin_v ||x - EMB(v)||^2 = argmax_v <x, EMB(v)> - ||EMB(v)||^2 / 2.
     pub fn clamp_rows(&self, mut x0_hat: ArrayViewMut2<'_, f32>, scratch: &mut Array2<f32>, words: WordsOnly<'_>) {
         let dots = self.dots(x0_hat.view(), scratch);
-        for (r, (mut row, scores)) in x0_hat.rows_mut().into_iter().zip(dots.rows()).enumerate() {
-            let scores = scores.iter().zip(&self.sq_norms).map(|(dot, n)| 2.0 * dot - n);
-            let v = arg_best(scores, words.banned(r));
-            row.assign(&self.matrix.row(v));
+        for (r, (mut row, mut scores)) in x0_hat.rows_mut().into_iter().zip(dots.rows_mut()).enumerate() {
+            let Some(scores) = scores.as_slice_mut() else { unreachable!("scratch is row-major") };
+            scores.iter_mut().zip(&self.half_sq_norms).for_each(|(s, h)| *s -= h);
+            row.assign(&self.matrix.row(arg_best(scores, words.banned(r))));
         }
     }
 
     /// Rounding through the tied head: argmax_v <x_i, EMB(v)> per row.
     pub fn round_rows(&self, x: ArrayView2<'_, f32>, scratch: &mut Array2<f32>, words: WordsOnly<'_>) -> Vec<u32> {
         let dots = self.dots(x, scratch);
-        dots.rows().into_iter().enumerate().map(|(r, s)| arg_best(s.iter().copied(), words.banned(r)) as u32).collect()
+        let rows = dots.rows_mut().into_iter().enumerate();
+        rows.map(|(r, mut s)| s.as_slice_mut().map_or(0, |s| arg_best(s, words.banned(r))) as u32).collect()
     }
 }
 
@@ -95,13 +96,67 @@ impl WordsOnly<'_> {
     }
 }
 
-/// Index of the largest score (the first one on ties), skipping the banned indices.
-fn arg_best(scores: impl Iterator<Item = f32>, banned: &[u32]) -> usize {
-    let mut best = (0, f32::NEG_INFINITY);
-    for (i, s) in scores.enumerate() {
-        if s > best.1 && !banned.contains(&(i as u32)) {
-            best = (i, s);
+/// Index of the largest score (the first one on ties; 0 when none is above -inf), skipping
+/// the banned indices (overwritten with -inf). A lane-wise max the compiler vectorises, then
+/// one scan for its position.
+fn arg_best(scores: &mut [f32], banned: &[u32]) -> usize {
+    const LANES: usize = 16;
+    for &b in banned {
+        if let Some(s) = scores.get_mut(b as usize) {
+            *s = f32::NEG_INFINITY;
         }
     }
-    best.0
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = scores.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (m, &s) in lanes.iter_mut().zip(chunk) {
+            *m = if s > *m { s } else { *m };
+        }
+    }
+    let max = lanes.iter().chain(rest).fold(f32::NEG_INFINITY, |m, &s| if s > m { s } else { m });
+    if max == f32::NEG_INFINITY {
+        return 0;
+    }
+    scores.iter().position(|&s| s == max).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(scores: &[f32], banned: &[u32]) -> usize {
+        let mut best = (0, f32::NEG_INFINITY);
+        for (i, &s) in scores.iter().enumerate() {
+            if s > best.1 && !banned.contains(&(i as u32)) {
+                best = (i, s);
+            }
+        }
+        best.0
+    }
+
+    #[test]
+    fn arg_best_matches_a_plain_scan_with_ties_bans_and_nan() {
+        for n in [1, 15, 16, 17, 100, 1013] {
+            for seed in 0..20u32 {
+                // Few distinct values, so ties are common.
+                let mut scores: Vec<f32> = (0..n).map(|i| ((i as u32 * 2654435761 ^ seed) % 7) as f32).collect();
+                if seed % 5 == 0 {
+                    scores[n / 2] = f32::NAN;
+                }
+                let banned: Vec<u32> = if seed % 2 == 0 { vec![0, 3, (n as u32) / 3] } else { vec![] };
+                let expected = naive(&scores, &banned);
+                assert_eq!(arg_best(&mut scores.clone(), &banned), expected, "n {n} seed {seed}");
+            }
+        }
+        assert_eq!(arg_best(&mut [f32::NEG_INFINITY; 3], &[]), 0);
+    }
+
+    #[test]
+    fn clamping_picks_the_nearest_embedding() {
+        let emb = Embeddings::new(Array2::from_shape_vec((3, 2), vec![0.0, 0.0, 1.0, 0.0, 10.0, 10.0]).unwrap());
+        let mut x = Array2::from_shape_vec((3, 2), vec![0.6, 0.1, 0.4, 0.0, 7.0, 6.0]).unwrap();
+        emb.clamp_rows(x.view_mut(), &mut Array2::zeros((0, 0)), WordsOnly::default());
+        assert_eq!(x.into_raw_vec_and_offset().0, vec![1.0, 0.0, 0.0, 0.0, 10.0, 10.0]);
+    }
 }

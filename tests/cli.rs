@@ -131,3 +131,54 @@ fn bad_controls_fail_cleanly() {
         "conflicting controls",
     );
 }
+
+#[test]
+fn profile_prints_a_table_and_writes_csv_json_svg_and_operator_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let out = dlm(&[
+        "profile",
+        "--model",
+        &model_arg(),
+        "--budgets",
+        "2,3",
+        "--batches",
+        "1,2",
+        "--repeat",
+        "2",
+        "--warmup",
+        "0",
+        "--quiet",
+        "--csv",
+        &path("p.csv"),
+        "--json",
+        &path("p.json"),
+        "--plot",
+        &path("p.svg"),
+        "--ort-profile",
+        &path("ort"),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("step ms p50") && stdout.contains("MatMul"), "{stdout}");
+    let csv = std::fs::read_to_string(path("p.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 4, "{csv}");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path("p.json")).unwrap()).unwrap();
+    let cases = json["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 4);
+    for c in cases {
+        let shares = ["denoiser_share", "guidance_share", "host_share"].map(|k| c[k].as_f64().unwrap());
+        assert!((shares.iter().sum::<f64>() - 1.0).abs() < 1e-6, "{c}");
+        assert!(c["request_ms"]["p50"].as_f64().unwrap() > 0.0 && c["peak_rss_mb"].as_f64().unwrap() > 1.0);
+    }
+    assert!(json["operators"].as_array().unwrap().iter().any(|o| o["op_type"] == "MatMul"));
+    assert!(std::fs::read_to_string(path("p.svg")).unwrap().contains("<svg"));
+}
+
+#[test]
+fn profile_rejects_bad_budgets_and_repeats() {
+    let out = dlm(&["profile", "--model", &model_arg(), "--budgets", "0", "--quiet"]);
+    assert_fails_with(&out, "steps must be between 1 and 2000");
+    let out = dlm(&["profile", "--model", &model_arg(), "--repeat", "0"]);
+    assert_fails_with(&out, "--repeat");
+}

@@ -1,0 +1,209 @@
+"""bench: dlm against the PyTorch reference sampler and a plain Python onnxruntime loop, on the
+same model, seed and budget, each engine in its own process, alternated over several rounds.
+
+Measures per-step latency at batch 1 (warm), one sentence at 20 steps from a cold process
+(wall and peak RSS), throughput at batch 16 against bare denoiser calls, a guided step
+against its parts, the denoiser's FLOPs and achieved FLOP/s against the best MatMul rate
+ONNX Runtime reaches on this CPU; then checks the issue's targets. `--quality N` adds the
+control evaluation at each budget next to its latency.
+"""
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import manifest as manifest_mod
+
+POS_TEMPLATE = "PROPN AUX DET ADJ NOUN ADP DET PROPN PUNCT"
+
+
+def run_process(cmd):
+    """Run to completion: (stdout, wall seconds, peak RSS MiB of the child)."""
+    with tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            err.seek(0)
+            raise RuntimeError(f"{' '.join(map(str, cmd))} failed: {err.read().decode(errors='replace')[-2000:]}")
+    return out.decode(), wall, usage.ru_maxrss / 1024
+
+
+def worker(engine, model_dir, steps, batch, warmup, repeat):
+    cmd = [sys.executable, "-m", "export.bench_worker", engine, "--model", str(model_dir), "--steps", str(steps),
+           "--batch", str(batch), "--warmup", str(warmup), "--repeat", str(repeat)]
+    out, wall, rss = run_process(cmd)
+    return json.loads(out.strip().splitlines()[-1]), wall, rss
+
+
+def dlm_profile(dlm, model_dir, steps, batch, warmup, repeat, extra=()):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "p.json"
+        run_process([str(dlm), "profile", "--model", str(model_dir), "--budgets", str(steps), "--batches", str(batch),
+                     "--warmup", str(warmup), "--repeat", str(repeat), "--quiet", "--json", str(path), *extra])
+        return json.loads(path.read_text())["cases"][0]
+
+
+def matmul_flops(onnx_path, batch, seq_len):
+    """2*M*K*N summed over the MatMul and Gemm nodes, shapes inferred at (batch, seq_len)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    for inp in model.graph.input:
+        dims = inp.type.tensor_type.shape.dim
+        for dim, value in zip(dims, [batch, seq_len]):
+            if dim.dim_param or not dim.dim_value:
+                dim.ClearField("dim_param")
+                dim.dim_value = value
+    model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)}
+    shapes.update({t.name: list(t.dims) for t in model.graph.initializer})
+    flops = 0
+    for node in model.graph.node:
+        if node.op_type not in ("MatMul", "Gemm"):
+            continue
+        a, b = shapes.get(node.input[0]), shapes.get(node.input[1])
+        if not a or not b or 0 in a or 0 in b:
+            raise ValueError(f"{onnx_path}: cannot infer the shapes of {node.op_type} {node.name}")
+        if node.op_type == "Gemm":
+            trans_b = any(at.name == "transB" and at.i for at in node.attribute)
+            n = b[0] if trans_b else b[-1]
+            flops += 2 * a[0] * a[1] * n
+        else:
+            flops += 2 * int(np.prod(a)) * b[-1]
+    return flops
+
+
+def matmul_peak(sizes=(256, 512, 1024), repeat=20):
+    """Best GFLOP/s of one fp32 MatMul graph in ONNX Runtime (the practical peak of this CPU)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    best = 0.0
+    for n in sizes:
+        graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "mm",
+                                  [helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n]),
+                                   helper.make_tensor_value_info("b", TensorProto.FLOAT, [n, n])],
+                                  [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        model.ir_version = 9
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        rng = np.random.default_rng(0)
+        feed = {"a": rng.standard_normal((n, n), dtype=np.float32), "b": rng.standard_normal((n, n), dtype=np.float32)}
+        session.run(None, feed)
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            session.run(None, feed)
+            times.append(time.perf_counter() - t0)
+        best = max(best, 2 * n**3 / statistics.median(times) / 1e9)
+    return best
+
+
+def median(values):
+    return statistics.median(values)
+
+
+def bench(model_dir, dlm, steps=50, rounds=3, repeat=10, warmup=2, cold_steps=20, batch=16, guide_steps=3):
+    model_dir, dlm = Path(model_dir), Path(dlm)
+    if not dlm.is_file():
+        raise FileNotFoundError(f"{dlm}: dlm binary not found; run `cargo build --release` first")
+    m = manifest_mod.load(model_dir)
+    seq_len = m["model"]["seq_len"]
+    r = {k: [] for k in ("torch_step", "ort_step", "dlm_step", "dlm_host", "torch_cold", "ort_cold", "dlm_cold",
+                         "torch_rss", "ort_rss", "dlm_rss", "bare16_step", "dlm16_step", "guided_step",
+                         "guided_call", "dlm_denoiser_call")}
+    guided_flags = ["--pos", POS_TEMPLATE, "--guide-steps", str(guide_steps)]
+    for _ in range(rounds):
+        t, _, _ = worker("torch", model_dir, steps, 1, warmup, repeat)
+        o, _, _ = worker("ort", model_dir, steps, 1, warmup, repeat)
+        d = dlm_profile(dlm, model_dir, steps, 1, warmup, repeat)
+        r["torch_step"].append(median(t["per_step_ms"]))
+        r["ort_step"].append(median(o["per_step_ms"]))
+        r["dlm_step"].append(d["step_ms"]["p50"])
+        r["dlm_host"].append(d["host_share"])
+        r["dlm_denoiser_call"].append(d["step_ms"]["mean"] * d["denoiser_share"])
+        for engine in ("torch", "ort"):
+            _, wall, rss = worker(engine, model_dir, cold_steps, 1, 0, 1)
+            r[f"{engine}_cold"].append(wall)
+            r[f"{engine}_rss"].append(rss)
+        _, wall, rss = run_process([str(dlm), "generate", "--model", str(model_dir), "--steps", str(cold_steps)])
+        r["dlm_cold"].append(wall)
+        r["dlm_rss"].append(rss)
+        bare, _, _ = worker("ort-bare", model_dir, steps, batch, warmup, repeat)
+        r["bare16_step"].append(median(bare["per_step_ms"]))
+        r["dlm16_step"].append(dlm_profile(dlm, model_dir, steps, batch, warmup, repeat)["step_ms"]["p50"])
+        g = dlm_profile(dlm, model_dir, steps, 1, warmup, repeat, guided_flags)
+        guided = steps - 1 - int(steps * 0.1)  # steps that get guidance: all but the last 10 %
+        r["guided_step"].append(g["step_ms"]["p50"])
+        r["guided_call"].append(g["request_ms"]["mean"] * g["guidance_share"] / (guided * guide_steps))
+    med = {k: median(v) for k, v in r.items()}
+    flops = matmul_flops(model_dir / "denoiser.fp32.onnx", 1, seq_len)
+    peak = matmul_peak()
+    achieved = flops / (med["dlm_denoiser_call"] / 1e3) / 1e9
+    guided_fraction = (steps - 1 - int(steps * 0.1)) / steps
+    expected_guided = med["dlm_step"] + guide_steps * med["guided_call"] * guided_fraction
+    return {"steps": steps, "rounds": rounds, "repeat": repeat, "batch": batch, "cold_steps": cold_steps,
+            "medians": med, "flops_per_call": flops, "achieved_gflops": achieved, "matmul_peak_gflops": peak,
+            "expected_guided_step_ms": expected_guided, "guide_steps": guide_steps}
+
+
+def report(b):
+    m = b["medians"]
+    s, k = b["steps"], b["guide_steps"]
+    lines = [
+        f"model per step at batch 1, {s} steps (median of {b['rounds']} rounds x {b['repeat']} runs, warm):",
+        f"  PyTorch reference {m['torch_step']:.3f} ms   Python onnxruntime loop {m['ort_step']:.3f} ms   dlm {m['dlm_step']:.3f} ms",
+        f"one sentence at {b['cold_steps']} steps from a cold process (wall, peak RSS):",
+        f"  PyTorch {m['torch_cold']:.2f} s, {m['torch_rss']:.0f} MiB   Python onnxruntime {m['ort_cold']:.2f} s, "
+        f"{m['ort_rss']:.0f} MiB   dlm {m['dlm_cold']:.2f} s, {m['dlm_rss']:.0f} MiB",
+        f"batch {b['batch']}: bare denoiser calls {m['bare16_step']:.3f} ms/step, dlm {m['dlm16_step']:.3f} ms/step "
+        f"({b['batch'] / m['bare16_step'] * 1e3:.0f} vs {b['batch'] / m['dlm16_step'] * 1e3:.0f} sequence-steps/s)",
+        f"guided (pos, K = {k}): {m['guided_step']:.3f} ms/step; one gradient-graph call {m['guided_call']:.3f} ms; "
+        f"expected {b['expected_guided_step_ms']:.3f} ms/step = unguided + K x call x guided fraction",
+        f"denoiser: {b['flops_per_call'] / 1e6:.1f} MFLOP per call at (1, 64); achieved {b['achieved_gflops']:.2f} GFLOP/s "
+        f"= {100 * b['achieved_gflops'] / b['matmul_peak_gflops']:.1f} % of ONNX Runtime's best MatMul rate here "
+        f"({b['matmul_peak_gflops']:.1f} GFLOP/s)",
+        "",
+        f"{'target':<52}{'measured':>12}{'limit':>8}  met",
+    ]
+    targets = [
+        ("per step, dlm / PyTorch reference", m["dlm_step"] / m["torch_step"], 0.5),
+        ("per step, dlm / Python onnxruntime loop", m["dlm_step"] / m["ort_step"], 0.9),
+        ("host work share of a step", m["dlm_host"], 0.05),
+        (f"guided step / (unguided + {k} x classifier)", m["guided_step"] / b["expected_guided_step_ms"], 1.1),
+        ("cold start to first sentence, dlm / PyTorch", m["dlm_cold"] / m["torch_cold"], 0.2),
+        ("peak RSS, dlm / PyTorch", m["dlm_rss"] / m["torch_rss"], 0.25),
+        (f"batch {b['batch']} step time, dlm / bare onnxruntime", m["dlm16_step"] / m["bare16_step"], 1.1),
+    ]
+    for name, value, limit in targets:
+        lines.append(f"{name:<52}{value:>12.3f}{limit:>8.2f}  {'yes' if value <= limit else 'NO'}")
+    return "\n".join(lines)
+
+
+def quality_table(model_dir, dlm, budgets, n, guide_steps=3):
+    """Control success and lm-score at each budget, next to dlm's warm latency there."""
+    from .evaluate import evaluate
+
+    controls = ["pos", "content", "length", "infill", "none"]
+    rows = [f"| steps | ms/sentence (none) | ms/sentence (pos, K={guide_steps}) | "
+            + " | ".join(f"{c} success / lm-score" for c in controls) + " |",
+            "|" + "---|" * (len(controls) + 3)]
+    for steps in budgets:
+        plain = dlm_profile(dlm, model_dir, steps, 1, 1, 5)["request_ms"]["p50"]
+        guided = dlm_profile(dlm, model_dir, steps, 1, 1, 5, ["--pos", POS_TEMPLATE])["request_ms"]["p50"]
+        res = evaluate(model_dir, dlm, steps=steps, n=n, guide_steps=guide_steps)["results"]
+        cells = [f"{100 * res[c]['success']:.0f} % / {res[c]['lm_score']:.1f}" for c in controls]
+        rows.append(f"| {steps} | {plain:.1f} | {guided:.1f} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)

@@ -1,0 +1,102 @@
+"""One engine of the benchmark, in a process of its own (so cold start and peak RSS are its own):
+
+    python -m export.bench_worker {torch,ort,ort-bare} --model DIR --steps S --batch B --warmup W --repeat R
+
+torch: the PyTorch reference sampler (export/sample.py). ort: the same sampler as a plain Python
+loop over the denoiser ONNX file with onnxruntime and numpy (clamping, posterior step,
+rounding). ort-bare: only the denoiser calls, on random input (what batching can reach).
+Prints one JSON line: per-step latencies of the measured runs and the first sentence.
+"""
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def torch_engine(model_dir, steps, batch, seed):
+    import torch
+
+    from .sample import decode, load_for_sampling, round_tokens, sample_latents
+    from .schedule import Diffusion
+
+    model, cfg, tok, special = load_for_sampling(model_dir)
+    diff = Diffusion.respaced(cfg.diffusion.schedule, cfg.diffusion.T, steps)
+
+    def run():
+        gen = torch.Generator().manual_seed(seed)
+        x_T = torch.randn(batch, cfg.model.seq_len, cfg.model.d, generator=gen)
+        x0 = sample_latents(model, diff, x_T, generator=gen)
+        return decode(tok, round_tokens(model, x0)[0].tolist(), special)
+
+    return run
+
+
+def ort_engine(model_dir, steps, batch, seed, bare=False):
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    from . import manifest as manifest_mod
+    from .schedule import Diffusion
+
+    m = manifest_mod.load(model_dir)
+    graph = next(g for g in m["graphs"] if g["name"] == "denoiser.fp32")
+    session = ort.InferenceSession(str(Path(model_dir) / graph["file"]), providers=["CPUExecutionProvider"])
+    e = m["embeddings"]
+    emb = np.fromfile(Path(model_dir) / e["file"], dtype="<f4").reshape(e["shape"])
+    emb_sq = (emb**2).sum(-1)
+    tok = Tokenizer.from_file(str(Path(model_dir) / m["tokenizer"]["file"]))
+    special = {m["special_tokens"][k] for k in ("pad", "start", "end")}
+    L, d = m["model"]["seq_len"], m["model"]["d"]
+    diff = Diffusion.respaced(m["diffusion"]["schedule"], m["diffusion"]["T"], steps)
+
+    def run():
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal((batch, L, d), dtype=np.float32)
+        for i in reversed(range(diff.num_steps)):
+            t = np.full((batch,), diff.timestep_map[i], dtype=np.int64)
+            x0_hat = session.run(None, {"x": x, "t": t})[0]
+            if bare:
+                continue
+            dist = emb_sq[None, None, :] - 2.0 * x0_hat @ emb.T  # clamping: nearest embedding
+            x0_hat = emb[dist.argmin(-1)]
+            mean = diff.posterior_mean_coef1[i] * x0_hat + diff.posterior_mean_coef2[i] * x
+            noise = rng.standard_normal(x.shape, dtype=np.float32) if i > 0 else 0.0
+            x = (mean + np.sqrt(diff.model_variance[i]) * noise).astype(np.float32)
+        ids = (x[0] @ emb.T).argmax(-1)
+        return " ".join(tok.id_to_token(int(i)) for i in ids if int(i) not in special)
+
+    return run
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("engine", choices=["torch", "ort", "ort-bare"])
+    p.add_argument("--model", default="models/e2e")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeat", type=int, default=5)
+    a = p.parse_args()
+    start = time.perf_counter()
+    if a.engine == "torch":
+        run = torch_engine(a.model, a.steps, a.batch, a.seed)
+    else:
+        run = ort_engine(a.model, a.steps, a.batch, a.seed, bare=a.engine == "ort-bare")
+    load_s = time.perf_counter() - start
+    text = None
+    for _ in range(a.warmup):
+        text = run()
+    per_step = []
+    for _ in range(a.repeat):
+        t0 = time.perf_counter()
+        text = run()
+        per_step.append((time.perf_counter() - t0) * 1e3 / a.steps)
+    print(json.dumps({"engine": a.engine, "steps": a.steps, "batch": a.batch, "load_s": load_s,
+                      "per_step_ms": per_step, "text": text}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""The benchmark on the committed model: a short run of every engine and the target table."""
+import shutil
+from pathlib import Path
+
+import pytest
+
+from export.bench import bench, matmul_flops, report
+
+MODEL = Path("models/e2e")
+DLM = Path("target/release/dlm")
+
+
+def test_denoiser_flops_scale_with_batch_and_length():
+    one = matmul_flops(MODEL / "denoiser.fp32.onnx", 1, 64)
+    assert one > 1e6
+    assert matmul_flops(MODEL / "denoiser.fp32.onnx", 2, 64) == 2 * one
+    assert matmul_flops(MODEL / "denoiser.fp32.onnx", 1, 32) < one
+
+
+@pytest.mark.skipif(not DLM.is_file() or shutil.which("true") is None, reason="needs target/release/dlm")
+def test_short_bench_measures_every_engine_and_checks_every_target():
+    result = bench(MODEL, DLM, steps=3, rounds=1, repeat=1, warmup=0, batch=2)
+    m = result["medians"]
+    for key in ("torch_step", "ort_step", "dlm_step", "torch_cold", "dlm_cold", "torch_rss", "dlm_rss",
+                "bare16_step", "dlm16_step", "guided_step", "guided_call"):
+        assert m[key] > 0, key
+    assert m["dlm_rss"] < m["torch_rss"]  # no torch in the dlm process
+    text = report(result)
+    assert text.count("  yes") + text.count("  NO") == 7, text
