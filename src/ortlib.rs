@@ -52,13 +52,21 @@ pub struct OrtRuntime {
 }
 
 impl OrtRuntime {
-    /// Load the library (once per process) and create the environment.
-    pub fn load(explicit: Option<&Path>) -> Result<Self, LoadError> {
+    /// Load the library (once per process) and create the environment, with one intra-op
+    /// thread pool of `threads` threads (0: ONNX Runtime decides) shared by every session:
+    /// per-session pools (denoiser plus a guidance graph per control) spun against each other
+    /// and made guided steps slower.
+    pub fn load(explicit: Option<&Path>, threads: usize) -> Result<Self, LoadError> {
         let library = resolve(explicit)?;
         let library = library.canonicalize().unwrap_or(library);
         let builder = ort::init_from(&library).map_err(|e| LoadError::OrtLibrary(format!("{e}; {HINT}")))?;
+        let pool = ort::environment::GlobalThreadPoolOptions::default()
+            .with_intra_threads(threads)
+            .and_then(|p| p.with_inter_threads(1))
+            .map_err(|e| LoadError::OrtLibrary(format!("thread pool options: {e}")))?;
         let environment = builder
             .with_name("dlm")
+            .with_global_thread_pool(pool)
             .build()
             .map_err(|e| LoadError::OrtLibrary(format!("{}: cannot create an environment: {e}", library.display())))?;
         Ok(Self { library, environment })

@@ -61,8 +61,6 @@ pub struct SessionOptions {
     pub device: Device,
     /// Run on CPU (with a warning) when the requested provider cannot be registered.
     pub allow_fallback: bool,
-    /// Intra-op threads; 0 lets ONNX Runtime decide.
-    pub threads: usize,
     /// TensorRT engine and timing caches.
     pub trt_cache: Option<PathBuf>,
     /// Largest batch the TensorRT optimization profile must cover.
@@ -76,7 +74,6 @@ impl Default for SessionOptions {
         Self {
             device: Device::Cpu,
             allow_fallback: false,
-            threads: 0,
             trt_cache: None,
             max_batch: 16,
             profile_dir: None,
@@ -87,9 +84,6 @@ impl Default for SessionOptions {
 fn base_builder(runtime: &OrtRuntime, opts: &SessionOptions, graph: &Graph) -> ort::Result<SessionBuilder> {
     let mut builder =
         Session::builder(&runtime.environment)?.with_optimization_level(GraphOptimizationLevel::Level3)?;
-    if opts.threads > 0 {
-        builder = builder.with_intra_threads(opts.threads)?;
-    }
     if let Some(dir) = &opts.profile_dir {
         builder = builder.with_profiling(dir.join(&graph.name))?;
     }

@@ -185,9 +185,10 @@ fn a_flood_beyond_the_queue_gets_busy_and_every_request_an_answer() {
     let answers = client.recv_by_id(n);
     let ok: Vec<i64> = answers.iter().filter(|(_, r)| code(r) == "ok").map(|(k, _)| *k).collect();
     let busy = answers.values().filter(|r| code(r) == "busy").count();
-    // One request runs, two wait; the burst arrives far faster than a 200-step generation.
-    assert!(ok.len() >= 2 && ok.len() <= 4, "ok: {ok:?}");
-    assert_eq!(ok, (0..ok.len() as i64).collect::<Vec<_>>(), "the first requests are served, the later ones refused");
+    // Two wait in the queue, one more once the inference thread has taken the first; the burst
+    // arrives far faster than a 200-step generation, so all others find the queue full.
+    assert!(ok.len() == 2 || ok.len() == 3, "ok: {ok:?}");
+    assert_eq!(ok[..2], [0, 1], "the first requests always find room");
     assert_eq!(ok.len() + busy, n, "every other request is busy");
 }
 
@@ -237,10 +238,18 @@ fn a_client_leaving_mid_request_does_not_disturb_the_others() {
     let mut client = server.tcp();
     client.send(&json!({"id": 3, "steps": 5}));
     assert_eq!(code(&client.recv()), "ok");
-    client.send(&json!({"op": "health", "id": 4}));
-    let health = client.recv();
-    assert_eq!(health["health"]["engine_alive"], true);
-    assert!(health["health"]["served"].as_u64().unwrap() >= 2, "{health}");
+    // The departed client's request still runs to the end (its answer is dropped).
+    let start = Instant::now();
+    loop {
+        client.send(&json!({"op": "health", "id": 4}));
+        let health = client.recv();
+        assert_eq!(health["health"]["engine_alive"], true);
+        if health["health"]["served"].as_u64().unwrap() >= 2 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "request 1 never finished: {health}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]

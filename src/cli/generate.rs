@@ -68,7 +68,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         mbr: args.mbr,
         deadline: None,
     };
-    let runtime = OrtRuntime::load(args.runtime.ort_lib.as_deref())?;
+    let runtime = OrtRuntime::load(args.runtime.ort_lib.as_deref(), args.runtime.threads)?;
     let opts = session_options(&args.runtime, args.batch);
     let mut model = Model::load(&runtime, &args.runtime.model, args.runtime.precision, &opts)?;
     log::info!("model {} on {}, {:?}", model.dir.display(), model.denoiser.device.name(), args.runtime.precision);

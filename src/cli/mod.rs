@@ -43,7 +43,6 @@ pub fn session_options(args: &RuntimeArgs, max_batch: usize) -> SessionOptions {
     SessionOptions {
         device: args.device,
         allow_fallback: args.allow_fallback,
-        threads: args.threads,
         trt_cache: args.trt_cache.clone(),
         max_batch,
         profile_dir: None,

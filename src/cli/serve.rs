@@ -89,7 +89,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         max_samples: args.max_samples as usize,
         max_connections: args.max_connections as usize,
     };
-    let runtime = OrtRuntime::load(args.runtime.ort_lib.as_deref())?;
+    let runtime = OrtRuntime::load(args.runtime.ort_lib.as_deref(), args.runtime.threads)?;
     let opts = session_options(&args.runtime, config.max_samples.min(16));
     let mut model = Model::load(&runtime, &args.runtime.model, args.runtime.precision, &opts)?;
     let warm = Instant::now();

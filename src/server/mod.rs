@@ -129,10 +129,10 @@ pub fn run(model: Model, config: ServerConfig, transports: Vec<Transport>, shutd
             return;
         }
     };
-    let watchdog = notify::start_watchdog(shared.clone());
     let running: Vec<_> = transports.into_iter().filter_map(|t| t.spawn(shared.clone(), jobs.clone())).collect();
     drop(jobs);
     notify::ready(&format!("serving {} transport(s)", running.len()));
+    let watchdog = notify::start_watchdog(shared.clone());
     while !shared.stopping() && !running.iter().all(|h| h.is_finished()) {
         thread::sleep(Duration::from_millis(20));
     }

@@ -19,7 +19,7 @@ pub fn model_dir() -> PathBuf {
 
 pub fn runtime() -> &'static OrtRuntime {
     static RUNTIME: OnceLock<OrtRuntime> = OnceLock::new();
-    RUNTIME.get_or_init(|| match OrtRuntime::load(None) {
+    RUNTIME.get_or_init(|| match OrtRuntime::load(None, 1) {
         Ok(rt) => rt,
         Err(e) => panic!("tests need the ONNX Runtime library (run scripts/setup.sh): {e}"),
     })
@@ -31,7 +31,7 @@ pub fn with_model<R>(precision: Precision, f: impl FnOnce(&mut Model) -> R) -> R
     static FP16: OnceLock<Mutex<Model>> = OnceLock::new();
     let cell = if precision == Precision::Fp32 { &FP32 } else { &FP16 };
     let model = cell.get_or_init(|| {
-        let opts = SessionOptions { threads: 1, ..SessionOptions::default() };
+        let opts = SessionOptions::default();
         Mutex::new(Model::load(runtime(), &model_dir(), precision, &opts).expect("bundled model loads"))
     });
     let mut guard = model.lock().unwrap_or_else(|e| e.into_inner());
