@@ -39,6 +39,10 @@ pub enum ControlError {
         "bad span {span:?}: {reason}; expected \"i,j,LABEL\" with 0 <= i <= j < {max_words} and LABEL one of: {labels}"
     )]
     BadSpan { span: String, reason: String, max_words: usize, labels: String },
+    #[error("{flag} {value:?}: expected VALUE or CONTROL=VALUE with a non-negative number (steps at most 100)")]
+    BadOverride { flag: &'static str, value: String },
+    #[error("{flag} names control {control:?}, which this request does not guide (guided: {guided})")]
+    OverrideUnused { flag: &'static str, control: String, guided: String },
 }
 
 /// Per-request targets: what the guidance graphs and the held positions need.

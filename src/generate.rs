@@ -4,19 +4,11 @@ use crate::controls::{plan, ControlRequest, Plan};
 use crate::embeddings::WordsOnly;
 use crate::error::{GenerateError, RequestError};
 use crate::guidance::{BoundGuide, Guide, Target};
-use crate::manifest::GuidanceDefaults;
 use crate::mbr;
 use crate::model::Model;
-use crate::sampler::{initial_noise, sequence_rng, GuideOptions, Method, SampleOptions, Sampler, Timing};
+pub use crate::overrides::GuideOverrides;
+use crate::sampler::{initial_noise, sequence_rng, Method, SampleOptions, Sampler, Timing};
 use crate::schedule::Diffusion;
-
-/// Overrides of the manifest's guidance defaults (for every control of the request).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct GuideOverrides {
-    pub steps: Option<usize>,
-    pub lambda: Option<f64>,
-    pub lr: Option<f64>,
-}
 
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -70,20 +62,6 @@ pub struct Generated {
     pub timing: Timing,
 }
 
-/// Guidance parameters: the overrides, else the defaults of the controls in use (several
-/// controls: the most steps, the smallest lambda, the largest lr).
-fn guide_options(defaults: &[GuidanceDefaults], overrides: GuideOverrides) -> GuideOptions {
-    let steps = defaults.iter().map(|d| d.steps).max().unwrap_or(0);
-    let lambda = defaults.iter().map(|d| d.lambda).fold(f64::INFINITY, f64::min);
-    let lr = defaults.iter().map(|d| d.lr).fold(0.0, f64::max);
-    GuideOptions {
-        steps: overrides.steps.unwrap_or(steps),
-        lambda: overrides.lambda.unwrap_or(if lambda.is_finite() { lambda } else { 0.0 }),
-        lr: overrides.lr.unwrap_or(lr),
-        skip_last: 0.1,
-    }
-}
-
 /// Generate `num` sequences in batches of `batch`; sequence k always uses random stream (seed, k).
 /// With `mbr` = S > 1, output k is the consensus of samples k*S..(k+1)*S.
 pub fn generate(model: &mut Model, request: &Request) -> Result<Vec<Generated>, GenerateError> {
@@ -112,9 +90,10 @@ fn generate_samples(model: &mut Model, request: &Request) -> Result<Vec<Generate
     .into_iter()
     .flatten()
     .collect();
-    let defaults: Vec<GuidanceDefaults> =
-        targets.iter().map(|(name, _)| model.manifest.controls[*name].defaults).collect();
-    let guide_opts = guide_options(&defaults, request.guide);
+    let guided: Vec<&str> = targets.iter().map(|(name, _)| *name).collect();
+    request.guide.check(&guided)?;
+    let defaults: Vec<_> = guided.iter().map(|name| (*name, model.manifest.controls[*name].defaults)).collect();
+    let guide_opts = request.guide.options(&defaults);
     let st = model.manifest.special_tokens;
     let specials = [st.pad, st.unk, st.start, st.end];
     let mut results = Vec::with_capacity(request.num);
@@ -125,7 +104,9 @@ fn generate_samples(model: &mut Model, request: &Request) -> Result<Vec<Generate
         let mut bound: Vec<BoundGuide> = Vec::new();
         for (name, session) in model.guides.iter_mut() {
             if let Some((_, target)) = targets.iter().find(|(n, _)| n == name) {
-                bound.push(BoundGuide::new(session, target.clone()));
+                let mut guide = BoundGuide::new(session, target.clone());
+                guide.weight = request.guide.weight.get(name).unwrap_or(1.0) as f32;
+                bound.push(guide);
             }
         }
         let mut sampler = Sampler::new(&mut model.denoiser, &model.embeddings, &diffusion, options);

@@ -15,6 +15,7 @@ pub mod manifest;
 pub mod mbr;
 pub mod model;
 pub mod ortlib;
+pub mod overrides;
 pub mod profile;
 pub mod protocol;
 pub mod sampler;

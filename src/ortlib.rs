@@ -64,11 +64,10 @@ impl OrtRuntime {
             .with_intra_threads(threads)
             .and_then(|p| p.with_inter_threads(1))
             .map_err(|e| LoadError::OrtLibrary(format!("thread pool options: {e}")))?;
-        let environment = builder
-            .with_name("dlm")
-            .with_global_thread_pool(pool)
-            .build()
-            .map_err(|e| LoadError::OrtLibrary(format!("{}: cannot create an environment: {e}", library.display())))?;
+        let environment =
+            builder.with_name("dlm").with_global_thread_pool(pool).build().map_err(|e| {
+                LoadError::OrtLibrary(format!("{}: cannot create an environment: {e}", library.display()))
+            })?;
         Ok(Self { library, environment })
     }
 

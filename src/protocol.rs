@@ -9,8 +9,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::controls::ControlError;
 use crate::controls::ControlRequest;
-use crate::generate::GuideOverrides;
+use crate::overrides::{valid_nonnegative, valid_steps, GuideOverrides, NumberOrMap, Setting};
 use crate::sampler::Method;
 
 /// Stable error codes; clients switch on these, never on messages.
@@ -87,9 +88,10 @@ pub struct GenerateParams {
     pub length: Option<usize>,
     pub infill: Option<String>,
     pub span: Option<String>,
-    pub guide_steps: Option<usize>,
-    pub guide_lambda: Option<f64>,
-    pub guide_lr: Option<f64>,
+    guide_steps: Option<NumberOrMap<usize>>,
+    guide_lambda: Option<NumberOrMap<f64>>,
+    guide_lr: Option<NumberOrMap<f64>>,
+    guide_weight: Option<NumberOrMap<f64>>,
     pub mbr: Option<usize>,
     /// Milliseconds from arrival to the answer; the server caps it.
     pub timeout_ms: Option<u64>,
@@ -111,8 +113,14 @@ impl GenerateParams {
         }
     }
 
-    pub fn guide(&self) -> GuideOverrides {
-        GuideOverrides { steps: self.guide_steps, lambda: self.guide_lambda, lr: self.guide_lr }
+    /// Guidance overrides: each a number for all controls or an object {"control": number}.
+    pub fn guide(&self) -> Result<GuideOverrides, ControlError> {
+        Ok(GuideOverrides {
+            steps: Setting::from_json("guide_steps", self.guide_steps.clone(), valid_steps)?,
+            lambda: Setting::from_json("guide_lambda", self.guide_lambda.clone(), valid_nonnegative)?,
+            lr: Setting::from_json("guide_lr", self.guide_lr.clone(), valid_nonnegative)?,
+            weight: Setting::from_json("guide_weight", self.guide_weight.clone(), valid_nonnegative)?,
+        })
     }
 
     pub fn method(&self) -> Result<Method, String> {
@@ -150,7 +158,7 @@ pub fn parse_request(line: &[u8]) -> Result<Incoming, Rejection> {
 }
 
 /// The fields a generate request may carry, for error messages.
-pub const FIELDS: [&str; 15] = [
+pub const FIELDS: [&str; 16] = [
     "steps",
     "seed",
     "num",
@@ -164,6 +172,7 @@ pub const FIELDS: [&str; 15] = [
     "guide_steps",
     "guide_lambda",
     "guide_lr",
+    "guide_weight",
     "mbr",
     "timeout_ms",
 ];
@@ -187,6 +196,13 @@ mod tests {
         let r = parse_request(br#"{"id":2,"content":["a=b","c=d"]}"#).unwrap();
         let Op::Generate(p) = r.op else { panic!("not generate") };
         assert_eq!(p.controls().content.len(), 2);
+        let r = parse_request(br#"{"guide_lr":{"content":0.3},"guide_steps":5}"#).unwrap();
+        let Op::Generate(p) = r.op else { panic!("not generate") };
+        let g = p.guide().unwrap();
+        assert_eq!((g.lr.get("content"), g.lr.get("pos"), g.steps.get("pos")), (Some(0.3), None, Some(5)));
+        let r = parse_request(br#"{"guide_lr":-1}"#).unwrap();
+        let Op::Generate(p) = r.op else { panic!("not generate") };
+        assert!(p.guide().is_err());
     }
 
     #[test]

@@ -71,13 +71,7 @@ pub struct SessionOptions {
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        Self {
-            device: Device::Cpu,
-            allow_fallback: false,
-            trt_cache: None,
-            max_batch: 16,
-            profile_dir: None,
-        }
+        Self { device: Device::Cpu, allow_fallback: false, trt_cache: None, max_batch: 16, profile_dir: None }
     }
 }
 

@@ -182,3 +182,15 @@ fn profile_rejects_bad_budgets_and_repeats() {
     let out = dlm(&["profile", "--model", &model_arg(), "--repeat", "0"]);
     assert_fails_with(&out, "--repeat");
 }
+
+#[test]
+fn guidance_overrides_per_control_are_checked() {
+    let pos = "PROPN AUX DET NOUN PUNCT";
+    let out = dlm(&["generate", "--model", &model_arg(), "--steps", "5", "--pos", pos, "--guide-lr", "content=0.3"]);
+    assert_fails_with(&out, "does not guide (guided: pos)");
+    let out = dlm(&["generate", "--model", &model_arg(), "--steps", "5", "--pos", pos, "--guide-steps", "pos=many"]);
+    assert_fails_with(&out, "CONTROL=VALUE");
+    let args = ["generate", "--model", &model_arg(), "--steps", "5", "--pos", pos, "--guide-lr", "pos=0.2"];
+    let out = dlm(&[&args[..], &["--guide-weight", "pos=2", "--guide-steps", "1"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

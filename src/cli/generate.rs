@@ -64,7 +64,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         num: args.num,
         batch: args.batch,
         controls: args.controls.request(),
-        guide: args.controls.guide(),
+        guide: args.controls.guide()?,
         mbr: args.mbr,
         deadline: None,
     };

@@ -9,9 +9,10 @@ pub mod serve;
 use std::path::PathBuf;
 
 use clap::Args;
+use dlm::controls::ControlError;
 use dlm::controls::ControlRequest;
-use dlm::generate::GuideOverrides;
 use dlm::manifest::Precision;
+use dlm::overrides::{valid_nonnegative, valid_steps, GuideOverrides, Setting};
 use dlm::session::{Device, SessionOptions};
 
 #[derive(Args, Clone)]
@@ -67,15 +68,18 @@ pub struct ControlArgs {
     /// Span "i,j,LABEL": words i..j (0-based, inclusive) form a phrase of LABEL (NP, PP).
     #[arg(long)]
     pub span: Option<String>,
-    /// Guidance steps K per diffusion step (default: the manifest's, 3).
-    #[arg(long)]
-    pub guide_steps: Option<usize>,
-    /// Fluency weight lambda of ||x - mu||^2 / sigma^2 (default: the manifest's per control).
-    #[arg(long)]
-    pub guide_lambda: Option<f64>,
-    /// Guidance step size (default: the manifest's per control).
-    #[arg(long)]
-    pub guide_lr: Option<f64>,
+    /// Guidance steps K per diffusion step: K for all controls or CONTROL=K (repeatable; default: the manifest's, 3).
+    #[arg(long, value_name = "[CONTROL=]K")]
+    pub guide_steps: Vec<String>,
+    /// Fluency weight lambda of ||x - mu||^2 / sigma^2, for all or CONTROL=LAMBDA (default: the manifest's per control).
+    #[arg(long, value_name = "[CONTROL=]LAMBDA")]
+    pub guide_lambda: Vec<String>,
+    /// Guidance step size, for all or CONTROL=LR (default: the manifest's per control).
+    #[arg(long, value_name = "[CONTROL=]LR")]
+    pub guide_lr: Vec<String>,
+    /// Weight of a control's loss in the sum, for all or CONTROL=W (default 1).
+    #[arg(long, value_name = "[CONTROL=]W")]
+    pub guide_weight: Vec<String>,
 }
 
 impl ControlArgs {
@@ -89,8 +93,13 @@ impl ControlArgs {
         }
     }
 
-    pub fn guide(&self) -> GuideOverrides {
-        GuideOverrides { steps: self.guide_steps, lambda: self.guide_lambda, lr: self.guide_lr }
+    pub fn guide(&self) -> Result<GuideOverrides, ControlError> {
+        Ok(GuideOverrides {
+            steps: Setting::parse("--guide-steps", &self.guide_steps, valid_steps)?,
+            lambda: Setting::parse("--guide-lambda", &self.guide_lambda, valid_nonnegative)?,
+            lr: Setting::parse("--guide-lr", &self.guide_lr, valid_nonnegative)?,
+            weight: Setting::parse("--guide-weight", &self.guide_weight, valid_nonnegative)?,
+        })
     }
 
     /// A short label of the controls in use ("none" without any).

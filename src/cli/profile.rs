@@ -84,7 +84,7 @@ pub fn run(args: ProfileArgs) -> Result<()> {
                     num: batch,
                     batch,
                     controls: args.controls.request(),
-                    guide: args.controls.guide(),
+                    guide: args.controls.guide()?,
                     mbr: 1,
                     deadline: None,
                 };

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Args;
 use dlm::controls::ControlRequest;
-use dlm::generate::{generate, GuideOverrides, Request};
+use dlm::generate::{generate, Request};
 use dlm::model::Model;
 use dlm::ortlib::OrtRuntime;
+use dlm::overrides::{GuideOverrides, Setting};
 use dlm::sampler::Method;
 use dlm::server::transport::Transport;
 use dlm::server::{self, ServerConfig};
@@ -116,7 +117,7 @@ fn warm_up(model: &mut Model) -> Result<()> {
         num: 1,
         batch: 1,
         controls: ControlRequest::default(),
-        guide: GuideOverrides { steps: Some(1), lambda: None, lr: None },
+        guide: GuideOverrides { steps: Setting { all: Some(1), ..Setting::default() }, ..GuideOverrides::default() },
         mbr: 1,
         deadline: None,
     };

@@ -95,7 +95,7 @@ fn to_request(p: &GenerateParams, shared: &Shared, max_batch: usize, received: I
         num,
         batch: (num * mbr).clamp(1, max_batch.max(1)),
         controls: p.controls(),
-        guide: p.guide(),
+        guide: p.guide().map_err(|e| e.to_string())?,
         mbr,
         deadline: Some(received + timeout),
     })
