@@ -15,8 +15,8 @@ pub struct ControlRequest {
     pub length: Option<usize>,
     /// Words with `_` for blanks: "The Eagle is a _ _ near _ .".
     pub infill: Option<String>,
-    /// "i,j,LABEL": words i..j (0-based, inclusive) form a phrase of LABEL (NP, PP).
-    pub span: Option<String>,
+    /// "i,j,LABEL" each: words i..j (0-based, inclusive) form a phrase of LABEL (NP, PP).
+    pub spans: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -52,8 +52,8 @@ pub struct Plan {
     pub pos_tags: Option<Vec<i64>>,
     /// 0/1 per content label, [V_content].
     pub content_wanted: Option<Vec<f32>>,
-    /// (first word, last word, label index) for the spans graph.
-    pub span: Option<Vec<i64>>,
+    /// (first word, last word, label index) per requested span, for the spans graph.
+    pub spans: Vec<Vec<i64>>,
     /// Token held at each position (START, template words, END, PAD), None = generated.
     pub held: Vec<Option<u32>>,
     /// Positions inside a fixed length: generated there, but always a word.
@@ -132,9 +132,9 @@ pub fn plan(request: &ControlRequest, manifest: &Manifest, vocab: &Vocab) -> Res
         }
         plan.content_wanted = Some(wanted);
     }
-    if let Some(span) = &request.span {
+    for span in &request.spans {
         let control = manifest.controls.get("spans").ok_or_else(|| ControlError::Missing("spans", have()))?;
-        plan.span = Some(parse_span(span, &control.labels, length.unwrap_or(max))?);
+        plan.spans.push(parse_span(span, &control.labels, length.unwrap_or(max))?);
     }
     if let Some(n) = length {
         let special = manifest.special_tokens;

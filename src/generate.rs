@@ -82,15 +82,16 @@ fn generate_samples(model: &mut Model, request: &Request) -> Result<Vec<Generate
     let diffusion = Diffusion::respaced(&model.manifest.diffusion, request.steps)?;
     let (seq_len, d) = (model.manifest.model.seq_len, model.manifest.model.d);
     let options = SampleOptions { method: request.method, clamp: request.clamp };
-    let targets: Vec<(&str, Target)> = [
+    let mut targets: Vec<(&str, Target)> = [
         plan.pos_tags.clone().map(|t| ("pos", Target::Tags(t))),
         plan.content_wanted.clone().map(|w| ("content", Target::Wanted(w))),
-        plan.span.clone().map(|s| ("spans", Target::Tags(s))),
     ]
     .into_iter()
     .flatten()
     .collect();
-    let guided: Vec<&str> = targets.iter().map(|(name, _)| *name).collect();
+    targets.extend(plan.spans.iter().map(|s| ("spans", Target::Tags(s.clone()))));
+    let mut guided: Vec<&str> = targets.iter().map(|(name, _)| *name).collect();
+    guided.dedup();
     request.guide.check(&guided)?;
     let defaults: Vec<_> = guided.iter().map(|name| (*name, model.manifest.controls[*name].defaults)).collect();
     let guide_opts = request.guide.options(&defaults);
@@ -103,8 +104,9 @@ fn generate_samples(model: &mut Model, request: &Request) -> Result<Vec<Generate
         let x_t = initial_noise(&mut rngs, seq_len, d);
         let mut bound: Vec<BoundGuide> = Vec::new();
         for (name, session) in model.guides.iter_mut() {
-            if let Some((_, target)) = targets.iter().find(|(n, _)| n == name) {
-                let mut guide = BoundGuide::new(session, target.clone());
+            let mine: Vec<Target> = targets.iter().filter(|(n, _)| n == name).map(|(_, t)| t.clone()).collect();
+            if !mine.is_empty() {
+                let mut guide = BoundGuide::with_targets(session, mine);
                 guide.weight = request.guide.weight.get(name).unwrap_or(1.0) as f32;
                 bound.push(guide);
             }

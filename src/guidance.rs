@@ -67,22 +67,30 @@ pub enum Target {
     Wanted(Vec<f32>),
 }
 
-/// A guide session bound to one request's target and weight.
+/// A guide session bound to one request's targets (several spans: one graph call each, their
+/// losses added) and weight.
 pub struct BoundGuide<'a> {
     pub session: &'a mut GuideSession,
     pub weight: f32,
-    /// The control loss per sequence at the last `add_grad`.
+    /// The control loss per sequence at the last `add_grad`, summed over targets.
     pub last_loss: Vec<f32>,
-    /// The target repeated to the graph's fixed batch, built once.
-    padded: Target,
+    /// The targets repeated to the graph's fixed batch, built once.
+    padded: Vec<Target>,
 }
 
 impl<'a> BoundGuide<'a> {
     pub fn new(session: &'a mut GuideSession, target: Target) -> Self {
-        let padded = match target {
-            Target::Tags(row) => Target::Tags(row.repeat(session.batch)),
-            Target::Wanted(row) => Target::Wanted(row.repeat(session.batch)),
-        };
+        Self::with_targets(session, vec![target])
+    }
+
+    pub fn with_targets(session: &'a mut GuideSession, targets: Vec<Target>) -> Self {
+        let padded = targets
+            .into_iter()
+            .map(|target| match target {
+                Target::Tags(row) => Target::Tags(row.repeat(session.batch)),
+                Target::Wanted(row) => Target::Wanted(row.repeat(session.batch)),
+            })
+            .collect();
         Self { session, weight: 1.0, last_loss: Vec::new(), padded }
     }
 }
@@ -100,7 +108,8 @@ impl Guide for BoundGuide<'_> {
         x_chunk.resize(g * per_seq, 0.0);
         x_half.resize(if s.precision == Precision::Fp16 { g * per_seq } else { 0 }, f16::ZERO);
         self.last_loss.clear();
-        for first in (0..b).step_by(g) {
+        self.last_loss.resize(b, 0.0);
+        for (padded, first) in self.padded.iter().flat_map(|p| (0..b).step_by(g).map(move |f| (p, f))) {
             let n = g.min(b - first);
             x_chunk.fill(0.0);
             x_chunk[..n * per_seq].copy_from_slice(&x_all[first * per_seq..(first + n) * per_seq]);
@@ -114,7 +123,7 @@ impl Guide for BoundGuide<'_> {
                     TensorRef::from_array_view((shape, &x_half[..])).map_err(run_err)?.into_dyn()
                 }
             };
-            let control = match &self.padded {
+            let control = match padded {
                 Target::Tags(rows) => {
                     TensorRef::from_array_view(([g, rows.len() / g], &rows[..])).map_err(run_err)?.into_dyn()
                 }
@@ -125,7 +134,7 @@ impl Guide for BoundGuide<'_> {
             let inputs = ort::inputs!["x" => x_tensor, "t" => t_tensor, s.control_input.as_str() => control];
             let outputs = s.session.run(inputs).map_err(run_err)?;
             let (_, losses) = outputs[0].try_extract_tensor::<f32>().map_err(run_err)?;
-            self.last_loss.extend_from_slice(&losses[..n]);
+            self.last_loss[first..first + n].iter_mut().zip(&losses[..n]).for_each(|(l, v)| *l += v);
             let out = grad.iter_mut().skip(first * per_seq).take(n * per_seq);
             match s.precision {
                 Precision::Fp32 => {

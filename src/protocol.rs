@@ -87,7 +87,7 @@ pub struct GenerateParams {
     content: Option<OneOrMany>,
     pub length: Option<usize>,
     pub infill: Option<String>,
-    pub span: Option<String>,
+    span: Option<OneOrMany>,
     guide_steps: Option<NumberOrMap<usize>>,
     guide_lambda: Option<NumberOrMap<f64>>,
     guide_lr: Option<NumberOrMap<f64>>,
@@ -99,17 +99,17 @@ pub struct GenerateParams {
 
 impl GenerateParams {
     pub fn controls(&self) -> ControlRequest {
-        let content = match &self.content {
+        let list = |v: &Option<OneOrMany>| match v {
             None => Vec::new(),
             Some(OneOrMany::One(c)) => vec![c.clone()],
             Some(OneOrMany::Many(c)) => c.clone(),
         };
         ControlRequest {
             pos: self.pos.clone(),
-            content,
+            content: list(&self.content),
             length: self.length,
             infill: self.infill.clone(),
-            span: self.span.clone(),
+            spans: list(&self.span),
         }
     }
 

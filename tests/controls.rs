@@ -114,14 +114,15 @@ fn bad_control_input_is_refused_with_what_is_allowed() {
 
 #[test]
 fn span_guidance_runs_and_bad_spans_are_refused() {
-    let controls = ControlRequest { span: Some("3,6,NP".into()), length: Some(12), ..Default::default() };
+    let controls =
+        ControlRequest { spans: vec!["3,6,NP".into(), "7,9,PP".into()], length: Some(12), ..Default::default() };
     for g in run(Precision::Fp32, &request(controls, 2, 2)) {
         assert_eq!(g.tokens.len(), 12, "{}", g.text);
         assert!(g.timing.guidance > std::time::Duration::ZERO);
     }
     common::with_model(Precision::Fp32, |m| {
         for span in ["3,2,NP", "1,5", "1,5,VP", "a,b,NP", "1,70,NP"] {
-            let r = request(ControlRequest { span: Some(span.into()), ..Default::default() }, 1, 1);
+            let r = request(ControlRequest { spans: vec!["0,1,NP".into(), span.into()], ..Default::default() }, 1, 1);
             match generate(m, &r) {
                 Err(GenerateError::Control(ControlError::BadSpan { labels, .. })) => assert!(labels.contains("PP")),
                 other => panic!("{span}: expected BadSpan, got {:?}", other.map(|g| g.len())),
@@ -165,5 +166,35 @@ fn pos_guidance_lowers_the_pos_classifier_loss() {
             final_loss.push(probe.last_loss.iter().sum::<f32>());
         }
         assert!(final_loss[1] < final_loss[0], "guided pos loss {} !< unguided {}", final_loss[1], final_loss[0]);
+    });
+}
+
+#[test]
+fn several_spans_add_their_losses_and_gradients() {
+    use dlm::guidance::{BoundGuide, Guide, Target};
+    use dlm::sampler::{initial_noise, sequence_rng};
+
+    common::with_model(Precision::Fp32, |m| {
+        let request = ControlRequest { spans: vec!["1,3,NP".into(), "4,6,PP".into()], ..Default::default() };
+        let plan = dlm::controls::plan(&request, &m.manifest, &m.vocab).unwrap();
+        assert_eq!(plan.spans.len(), 2);
+        let mut rngs: Vec<_> = (0..3).map(|k| sequence_rng(5, k)).collect();
+        let x = initial_noise(&mut rngs, 64, 16);
+        let t = [100i64; 3];
+        let session = m.guides.get_mut("spans").unwrap();
+        let mut run = |targets: Vec<Target>| {
+            let mut guide = BoundGuide::with_targets(session, targets);
+            let mut grad = ndarray::Array3::zeros(x.dim());
+            guide.add_grad(&x, &t, &mut grad).unwrap();
+            (guide.last_loss.clone(), grad)
+        };
+        let (l0, g0) = run(vec![Target::Tags(plan.spans[0].clone())]);
+        let (l1, g1) = run(vec![Target::Tags(plan.spans[1].clone())]);
+        let (both, g) = run(plan.spans.iter().map(|s| Target::Tags(s.clone())).collect());
+        for k in 0..3 {
+            assert!((both[k] - (l0[k] + l1[k])).abs() < 1e-4, "loss {k}: {} vs {} + {}", both[k], l0[k], l1[k]);
+        }
+        let worst = (&g - &(&g0 + &g1)).iter().fold(0f32, |w, v| w.max(v.abs()));
+        assert!(worst < 1e-5, "grad differs by {worst}");
     });
 }

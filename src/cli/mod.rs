@@ -65,9 +65,9 @@ pub struct ControlArgs {
     /// Template with `_` for each word to generate: "The Eagle is a _ _ near _ ." (fixed words kept).
     #[arg(long)]
     pub infill: Option<String>,
-    /// Span "i,j,LABEL": words i..j (0-based, inclusive) form a phrase of LABEL (NP, PP).
+    /// Span "i,j,LABEL": words i..j (0-based, inclusive) form a phrase of LABEL (NP, PP) (repeatable).
     #[arg(long)]
-    pub span: Option<String>,
+    pub span: Vec<String>,
     /// Guidance steps K per diffusion step: K for all controls or CONTROL=K (repeatable; default: the manifest's, 3).
     #[arg(long, value_name = "[CONTROL=]K")]
     pub guide_steps: Vec<String>,
@@ -89,7 +89,7 @@ impl ControlArgs {
             content: self.content.clone(),
             length: self.length,
             infill: self.infill.clone(),
-            span: self.span.clone(),
+            spans: self.span.clone(),
         }
     }
 
@@ -115,9 +115,7 @@ impl ControlArgs {
         if self.infill.is_some() {
             parts.push("infill".into());
         }
-        if let Some(s) = &self.span {
-            parts.push(format!("span {s}"));
-        }
+        parts.extend(self.span.iter().map(|s| format!("span {s}")));
         if parts.is_empty() {
             "none".into()
         } else {

@@ -129,7 +129,8 @@ fn warm_up(model: &mut Model) -> Result<()> {
         request.controls.content = vec![pair.clone()];
     }
     if model.manifest.controls.contains_key("spans") {
-        request.controls.span = model.manifest.controls["spans"].labels.first().map(|l| format!("0,0,{l}"));
+        request.controls.spans =
+            model.manifest.controls["spans"].labels.first().map(|l| format!("0,0,{l}")).into_iter().collect();
     }
     generate(model, &request)?;
     Ok(())
