@@ -9,11 +9,11 @@ control evaluation at each budget next to its latency.
 """
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from statistics import median
 from pathlib import Path
 
 import numpy as np
@@ -107,12 +107,8 @@ def matmul_peak(sizes=(256, 512, 1024), repeat=20):
             t0 = time.perf_counter()
             session.run(None, feed)
             times.append(time.perf_counter() - t0)
-        best = max(best, 2 * n**3 / statistics.median(times) / 1e9)
+        best = max(best, 2 * n**3 / median(times) / 1e9)
     return best
-
-
-def median(values):
-    return statistics.median(values)
 
 
 def bench(model_dir, dlm, steps=50, rounds=3, repeat=10, warmup=2, cold_steps=20, batch=16, guide_steps=3):
