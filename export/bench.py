@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import manifest as manifest_mod
+from .graphs import OPSET
 
 POS_TEMPLATE = "PROPN AUX DET ADJ NOUN ADP DET PROPN PUNCT"
 
@@ -96,7 +97,7 @@ def matmul_peak(sizes=(256, 512, 1024), repeat=20):
                                   [helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n]),
                                    helper.make_tensor_value_info("b", TensorProto.FLOAT, [n, n])],
                                   [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
         model.ir_version = 9
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         rng = np.random.default_rng(0)

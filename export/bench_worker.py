@@ -27,7 +27,7 @@ def torch_engine(model_dir, steps, batch, seed):
     def run():
         gen = torch.Generator().manual_seed(seed)
         x_T = torch.randn(batch, cfg.model.seq_len, cfg.model.d, generator=gen)
-        x0 = sample_latents(model, diff, x_T, generator=gen)
+        x0 = sample_latents(model, diff, x_T, lambda: torch.randn(x_T.shape, generator=gen))
         return decode(tok, round_tokens(model, x0)[0].tolist(), special)
 
     return run

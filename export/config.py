@@ -25,6 +25,8 @@ class ModelConfig:
     heads: int = 4
     ffn: int = 512
     dropout: float = 0.1
+    # the denoiser also reads its previous x0_hat (zeros at the first step; Chen et al. 2022)
+    self_condition: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,10 @@ def _build(cls, raw, where):
             if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{where}.{name}: expected a list of strings")
             value = tuple(value)
-        elif isinstance(default, bool) or not isinstance(value, type(default)):
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where}.{name}: expected true or false, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, type(default)):
             if not (isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)):
                 raise ConfigError(f"{where}.{name}: expected {type(default).__name__}, got {value!r}")
             value = float(value)

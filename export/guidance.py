@@ -6,39 +6,13 @@ out; that graph is then exported like any module. make_fx bakes concrete sizes i
 so these graphs have a fixed batch and length (recorded in the manifest); the runtime pads
 and chunks to that batch.
 """
-from dataclasses import dataclass
-
 import numpy as np
-import onnx
 import torch
 from torch import nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from .controls import IGNORE
 
-OPSET = 18
-
-
-@dataclass(frozen=True)
-class GuidanceSpec:
-    control: str  # "pos" or "content"
-    precision: str
-    tolerance: dict
-
-    @property
-    def name(self):
-        return f"guide_{self.control}.{self.precision}"
-
-    @property
-    def file(self):
-        return f"{self.name}.onnx"
-
-
-GUIDANCE = tuple(
-    GuidanceSpec(control, precision, tol)
-    for control in ("pos", "content", "spans")
-    for precision, tol in (("fp32", {"max_abs_diff_rel_to_scale": 1e-4}), ("fp16", {"max_abs_diff_rel_to_scale": 1e-2}))
-)
 # Paper's (lambda, lr) per task: POS 0.0005 / 0.05, semantic content 0.01 / 0.1, spans 0.1 / 0.15; K = 3
 DEFAULTS = {"pos": {"lambda": 0.0005, "lr": 0.05, "steps": 3}, "content": {"lambda": 0.01, "lr": 0.1, "steps": 3},
             "spans": {"lambda": 0.1, "lr": 0.15, "steps": 3}}
@@ -106,8 +80,10 @@ class _Traced(nn.Module):
         return self.graph(*[getattr(self, f"p{i}") for i in range(self.count)], x, t, control)
 
 
-def export_guidance(classifier, spec, batch, seq_len, d, num_labels, out_path):
+def export_guidance(classifier, spec, num_labels, out_path):
+    """The gradient graph of `spec` (graphs.guidance) for one classifier."""
     dtype = torch.float16 if spec.precision == "fp16" else torch.float32
+    (batch, seq_len, d) = spec.inputs[0].shape
     module = _Loss(classifier).eval()
     params = [p.detach() for p in module.parameters()]
     gen = torch.Generator().manual_seed(0)
@@ -115,10 +91,7 @@ def export_guidance(classifier, spec, batch, seq_len, d, num_labels, out_path):
     t = torch.randint(0, 2000, (batch,), generator=gen)
     control = example_control(spec.control, batch, seq_len, num_labels, gen)
     graph = make_fx(grad_and_loss(module))(*params, x, t, control)
-    torch.onnx.export(_Traced(graph, params), (x, t, control), str(out_path),
-                      input_names=["x", "t", control_spec(spec.control, batch, seq_len, num_labels)["name"]],
-                      output_names=["loss", "grad"], dynamo=True, opset_version=OPSET, external_data=False)
-    onnx.checker.check_model(str(out_path))
+    spec.export(_Traced(graph, params), (x, t, control), out_path)
 
 
 def reference_loss_and_grad(classifier, x, t, control):

@@ -40,10 +40,10 @@ class DiffusionLM(nn.Module):
     def __init__(self, cfg, vocab_size):
         super().__init__()
         d, hidden = cfg.d, cfg.hidden
-        self.hidden = hidden
+        self.hidden, self.self_condition = hidden, cfg.self_condition
         self.word_emb = nn.Embedding(vocab_size, d)
         nn.init.normal_(self.word_emb.weight, std=1.0)
-        self.input_up = nn.Sequential(nn.Linear(d, hidden), nn.Tanh(), nn.Linear(hidden, hidden))
+        self.input_up = nn.Sequential(nn.Linear(2 * d if cfg.self_condition else d, hidden), nn.Tanh(), nn.Linear(hidden, hidden))
         self.time_embed = nn.Sequential(nn.Linear(hidden, 4 * hidden), nn.SiLU(), nn.Linear(4 * hidden, hidden))
         self.pos_emb = nn.Parameter(torch.randn(cfg.seq_len, hidden) * 0.02)
         self.ln = nn.LayerNorm(hidden)
@@ -52,8 +52,10 @@ class DiffusionLM(nn.Module):
         self.ln_out = nn.LayerNorm(hidden)
         self.output_down = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, d))
 
-    def forward(self, x, t):
-        """x_t [B, L, d], t [B] int64 -> x0_hat [B, L, d]."""
+    def forward(self, x, t, x0_hat_prev=None):
+        """x_t [B, L, d], t [B] int64 (and, self-conditioned, the previous x0_hat) -> x0_hat [B, L, d]."""
+        if self.self_condition:
+            x = torch.cat([x, torch.zeros_like(x) if x0_hat_prev is None else x0_hat_prev], dim=-1)
         temb = self.time_embed(timestep_embedding(t, self.hidden).to(x.dtype))
         h = self.input_up(x) + self.pos_emb[: x.shape[1]] + temb[:, None, :]
         h = self.drop(self.ln(h))

@@ -2,7 +2,6 @@
 import copy
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -10,69 +9,27 @@ import onnxruntime
 import torch
 from tokenizers import Tokenizer
 
-from . import data, manifest as manifest_mod
+from . import data, graphs, manifest as manifest_mod
 from .errors import ExportError
-from .schedule import alpha_bar
+from .schedule import SCHEDULE_PARAM, alpha_bar
 from .atomic import atomic_dir
-from .guidance import DEFAULTS, GUIDANCE, control_spec, export_guidance
-from .guidance import OPSET as GUIDANCE_OPSET
+from .guidance import DEFAULTS, control_spec, export_guidance
 from .teacher import TEACHER_FILE, export_teacher, load_teacher
 from .train_controls import CONTROLS_FILE, load_controls
 from .train import CHECKPOINT, load_ema
 from .verify import verify_model_dir
 
-OPSET = 18
 KEEP = ("README.md", "samples.txt", "EVAL.md")  # hand-written or separately made files of a model directory
-MAX_BATCH = 4096
 
 
-@dataclass(frozen=True)
-class GraphSpec:
-    """Declarative description of one exported graph; written verbatim into the manifest."""
-
-    name: str
-    role: str
-    precision: str
-    tolerance: dict
-
-    @property
-    def file(self):
-        return f"{self.name}.onnx"
-
-    @property
-    def float_dtype(self):
-        return {"fp32": "float32", "fp16": "float16"}[self.precision]
-
-    def io(self, d):
-        x = {"name": "x", "dtype": self.float_dtype, "shape": ["batch", "seq", d]}
-        t = {"name": "t", "dtype": "int64", "shape": ["batch"]}
-        out = {"name": "x0_hat", "dtype": self.float_dtype, "shape": ["batch", "seq", d]}
-        return [x, t], [out]
-
-
-DENOISERS = (
-    GraphSpec("denoiser.fp32", "denoiser", "fp32", {"max_abs_diff": 1e-4}),
-    GraphSpec("denoiser.fp16", "denoiser", "fp16", {"max_abs_diff_rel_to_scale": 2e-2}),
-)
-
-
-def torch_dtype(precision):
-    return {"fp32": torch.float32, "fp16": torch.float16}[precision]
-
-
-def export_denoiser(model, spec, seq_len, out_path):
-    """torch.onnx (dynamo) export with batch and sequence length dynamic."""
-    model = model.to(torch_dtype(spec.precision)).eval()
-    x = torch.randn(2, seq_len, model.word_emb.embedding_dim, dtype=torch_dtype(spec.precision))
+def export_denoiser(model, spec, out_path):
+    """The denoiser at the precision of `spec`, batch and sequence length dynamic."""
+    dtype = {"fp32": torch.float32, "fp16": torch.float16}[spec.precision]
+    model = model.to(dtype).eval()
+    seq_len = spec.dynamic_axes["seq"]["max"]
+    x = torch.randn(2, seq_len, model.word_emb.embedding_dim, dtype=dtype)
     t = torch.tensor([1, 1000], dtype=torch.long)
-    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    seq = torch.export.Dim("seq", min=1, max=seq_len)
-    torch.onnx.export(
-        model, (x, t), str(out_path), input_names=["x", "t"], output_names=["x0_hat"],
-        dynamic_shapes={"x": {0: batch, 1: seq}, "t": {0: batch}},
-        dynamo=True, opset_version=OPSET, optimize=True, external_data=False, verbose=False,
-    )
-    onnx.checker.check_model(str(out_path))
+    spec.export(model, (x, t), out_path, optimize=True)
 
 
 def export_model(data_dir, train_dir, out_dir, command, controls_dir=None, teacher_dir=None):
@@ -90,35 +47,24 @@ def export_model(data_dir, train_dir, out_dir, command, controls_dir=None, teach
         (tmp / "embeddings.bin").write_bytes(emb.tobytes())
         torch.save({"config": cfg.to_dict(), "vocab_size": tok.get_vocab_size(), "ema": model.state_dict()},
                    tmp / "reference.pt")
-        graphs = []
-        for spec in DENOISERS:
+        entries = []
+        for precision in ("fp32", "fp16"):
+            spec = graphs.denoiser(precision, cfg.model.d, cfg.model.seq_len)
             # a fresh copy per precision: export_denoiser casts the module in place
-            export_denoiser(load_ema(ckpt, tok.get_vocab_size())[0], spec, cfg.model.seq_len, tmp / spec.file)
-            inputs, outputs = spec.io(cfg.model.d)
-            graphs.append({
-                "name": spec.name, "role": spec.role, **manifest_mod.file_entry(tmp, spec.file),
-                "precision": spec.precision, "opset": OPSET, "inputs": inputs, "outputs": outputs,
-                "dynamic_axes": {"batch": {"min": 1, "max": MAX_BATCH}, "seq": {"min": 1, "max": cfg.model.seq_len}},
-                "tolerance": spec.tolerance,
-            })
+            export_denoiser(load_ema(ckpt, tok.get_vocab_size())[0], spec, tmp / spec.file)
+            entries.append(spec.manifest_entry(tmp))
         controls = {}
         controls_pt = Path(controls_dir) / CONTROLS_FILE if controls_dir else None
         if controls_pt and controls_pt.is_file():
             shutil.copy(controls_pt, tmp / CONTROLS_FILE)
-            controls = export_controls(tmp, graphs)
+            controls = export_controls(tmp, entries)
         teacher_pt = Path(teacher_dir) / TEACHER_FILE if teacher_dir else None
         if teacher_pt and teacher_pt.is_file():
             shutil.copy(teacher_pt, tmp / TEACHER_FILE)
-            export_teacher(load_teacher(teacher_pt), cfg.model.seq_len, tmp / "teacher.onnx")
-            graphs.append({
-                "name": "teacher", "role": "teacher", **manifest_mod.file_entry(tmp, "teacher.onnx"),
-                "precision": "fp32", "opset": OPSET,
-                "inputs": [{"name": "ids", "dtype": "int64", "shape": ["batch", "seq"]}],
-                "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", "seq", tok.get_vocab_size()]}],
-                "dynamic_axes": {"batch": {"min": 1, "max": MAX_BATCH}, "seq": {"min": 2, "max": cfg.model.seq_len}},
-                "tolerance": {"max_abs_diff": 1e-3},
-            })
-        manifest = build_manifest(cfg, tok, tmp, graphs, data_dir, train_dir, state, command)
+            spec = graphs.teacher(tok.get_vocab_size(), cfg.model.seq_len)
+            export_teacher(load_teacher(teacher_pt), spec, tmp / spec.file)
+            entries.append(spec.manifest_entry(tmp))
+        manifest = build_manifest(cfg, tok, tmp, entries, data_dir, train_dir, state, command)
         if teacher_pt and teacher_pt.is_file():
             manifest["teacher_reference"] = {**manifest_mod.file_entry(tmp, TEACHER_FILE),
                                              "what": "teacher LM weights for PyTorch (lm-score parity checks)"}
@@ -128,34 +74,25 @@ def export_model(data_dir, train_dir, out_dir, command, controls_dir=None, teach
                                               "what": "classifier weights for PyTorch (guidance parity checks)"}
         manifest_mod.write(tmp, manifest)
         report = verify_model_dir(tmp)  # fails loudly before anything replaces out_dir
-        for g in graphs:
+        for g in entries:
             g["parity"] = report[g["name"]]
         manifest_mod.write(tmp, manifest)
     return out_dir
 
 
-def export_controls(model_dir, graphs):
-    """Guidance graphs for every trained classifier; appends to `graphs`, returns the manifest's controls."""
+def export_controls(model_dir, entries):
+    """Guidance graphs for every trained classifier; appends to `entries`, returns the manifest's controls."""
     classifiers, ccfg = load_controls(Path(model_dir) / CONTROLS_FILE)
     batch, seq_len, d = ccfg.controls.guide_batch, ccfg.model.seq_len, ccfg.model.d
     controls = {}
     for name, (classifier, labels) in classifiers.items():
         control_input = control_spec(name, batch, seq_len, len(labels))
         controls[name] = {"labels": labels, "input": control_input, "defaults": DEFAULTS[name], "graphs": {}}
-        for spec in (s for s in GUIDANCE if s.control == name):
-            export_guidance(copy.deepcopy(classifier), spec, batch, seq_len, d, len(labels), Path(model_dir) / spec.file)
-            x_dtype = "float16" if spec.precision == "fp16" else "float32"
-            graphs.append({
-                "name": spec.name, "role": "guidance", "control": name, **manifest_mod.file_entry(model_dir, spec.file),
-                "precision": spec.precision, "opset": GUIDANCE_OPSET,
-                "inputs": [{"name": "x", "dtype": x_dtype, "shape": [batch, seq_len, d]},
-                           {"name": "t", "dtype": "int64", "shape": [batch]},
-                           {k: control_input[k] for k in ("name", "dtype", "shape")}],
-                "outputs": [{"name": "loss", "dtype": "float32", "shape": [batch]},
-                            {"name": "grad", "dtype": x_dtype, "shape": [batch, seq_len, d]}],
-                "dynamic_axes": {}, "tolerance": spec.tolerance,
-            })
-            controls[name]["graphs"][spec.precision] = spec.name
+        for precision in ("fp32", "fp16"):
+            spec = graphs.guidance(name, precision, batch, seq_len, d, control_input)
+            export_guidance(copy.deepcopy(classifier), spec, len(labels), Path(model_dir) / spec.file)
+            entries.append(spec.manifest_entry(model_dir))
+            controls[name]["graphs"][precision] = spec.name
     return controls
 
 
@@ -166,7 +103,7 @@ def _final_record(train_dir):
     return steps[-1] if steps else {}
 
 
-def build_manifest(cfg, tok, model_dir, graphs, data_dir, train_dir, state, command):
+def build_manifest(cfg, tok, model_dir, entries, data_dir, train_dir, state, command):
     vocab = tok.get_vocab()
     stats = json.loads((Path(data_dir) / "stats.json").read_text())
     final = _final_record(train_dir)
@@ -175,7 +112,7 @@ def build_manifest(cfg, tok, model_dir, graphs, data_dir, train_dir, state, comm
         "model": {"d": cfg.model.d, "seq_len": cfg.model.seq_len, "vocab_size": tok.get_vocab_size(),
                   "prediction": "x0", "architecture": cfg.to_dict()["model"]},
         "diffusion": {
-            "schedule": cfg.diffusion.schedule, "schedule_param": {"offset": 1e-4, "max_beta": 0.999},
+            "schedule": cfg.diffusion.schedule, "schedule_param": dict(SCHEDULE_PARAM),
             "T": cfg.diffusion.T, "model_variance": "fixed_large",
             "alpha_bar": [float(a) for a in alpha_bar(cfg.diffusion.schedule, cfg.diffusion.T)],
         },
@@ -185,7 +122,7 @@ def build_manifest(cfg, tok, model_dir, graphs, data_dir, train_dir, state, comm
                        "byte_order": "little", "shape": [tok.get_vocab_size(), cfg.model.d]},
         "reference": {**manifest_mod.file_entry(model_dir, "reference.pt"),
                       "what": "EMA weights for PyTorch (parity checks and the reference sampler)"},
-        "graphs": graphs,
+        "graphs": entries,
         "training": {
             "data_files": stats["files"], "sentences": stats["sentences"], "split_seed": stats["split_seed"],
             "steps": state["step"], "seed": cfg.train.seed, "final_loss": final.get("loss_ema"),

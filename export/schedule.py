@@ -2,15 +2,20 @@
 import math
 
 import numpy as np
+import torch
+
+
+SCHEDULE_PARAM = {"offset": 1e-4, "max_beta": 0.999}  # written into the manifest; the runtime reads them there
 
 
 def alpha_bar_fn(name):
     if name == "sqrt":
-        return lambda s: 1.0 - math.sqrt(s + 1e-4)  # abar(s) = 1 - sqrt(s + 1e-4), s = t/T
+        offset = SCHEDULE_PARAM["offset"]
+        return lambda s: 1.0 - math.sqrt(s + offset)  # abar(s) = 1 - sqrt(s + offset), s = t/T
     raise ValueError(f"unknown schedule {name!r}; allowed: 'sqrt'")
 
 
-def betas_for(name, T, max_beta=0.999):
+def betas_for(name, T, max_beta=SCHEDULE_PARAM["max_beta"]):
     """beta_t = min(1 - abar((t+1)/T) / abar(t/T), max_beta), t = 0..T-1."""
     fn = alpha_bar_fn(name)
     return np.array([min(1.0 - fn((t + 1) / T) / fn(t / T), max_beta) for t in range(T)], dtype=np.float64)
@@ -68,3 +73,9 @@ class Diffusion:
     @property
     def num_steps(self):
         return len(self.betas)
+
+    def q_sample(self, x0, i, noise):
+        """x_i ~ q(x_i | x_0) = N(sqrt(abar_i) x_0, (1 - abar_i) I), per sequence; i: step indices [B]."""
+        sqrt_ab = torch.as_tensor(self.sqrt_alpha_bar, dtype=x0.dtype)[i][:, None, None]
+        sqrt_1mab = torch.as_tensor(self.sqrt_one_minus_alpha_bar, dtype=x0.dtype)[i][:, None, None]
+        return sqrt_ab * x0 + sqrt_1mab * noise

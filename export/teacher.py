@@ -70,12 +70,8 @@ def load_teacher(path):
     return model.eval()
 
 
-def export_teacher(model, seq_len, out_path):
-    ids = torch.randint(4, 100, (2, 17))
-    batch, length = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("seq", min=2, max=seq_len)
-    torch.onnx.export(model, (ids,), str(out_path), input_names=["ids"], output_names=["logits"],
-                      dynamic_shapes={"ids": {0: batch, 1: length}}, dynamo=True, opset_version=18,
-                      external_data=False)
+def export_teacher(model, spec, out_path):
+    spec.export(model, (torch.randint(4, 100, (2, 17)),), out_path)
 
 
 def lm_scores(session, tok, texts, seq_len):

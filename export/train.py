@@ -29,9 +29,7 @@ class Trainer:
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.gen = torch.Generator().manual_seed(cfg.train.seed)
-        diff = Diffusion.full(cfg.diffusion.schedule, cfg.diffusion.T)
-        self.sqrt_alpha_bar = torch.tensor(diff.sqrt_alpha_bar, dtype=torch.float32)
-        self.sqrt_one_minus_alpha_bar = torch.tensor(diff.sqrt_one_minus_alpha_bar, dtype=torch.float32)
+        self.diffusion = Diffusion.full(cfg.diffusion.schedule, cfg.diffusion.T)
         self.step = 0
         self.elapsed = 0.0
 
@@ -41,21 +39,25 @@ class Trainer:
             return t.lr * (step + 1) / t.warmup
         return t.lr * max(0.0, 1.0 - (step - t.warmup) / max(1, t.steps - t.warmup))
 
-    def q_sample(self, x0, t, noise):
-        """x_t ~ q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I)."""
-        return self.sqrt_alpha_bar[t][:, None, None] * x0 + self.sqrt_one_minus_alpha_bar[t][:, None, None] * noise
-
     def losses(self, ids):
-        """e2e-simple: x0 MSE (vs EMB(w) at t=0) + prior ||mean q(x_T|x0)||^2 + rounding NLL."""
-        b, T = ids.shape[0], self.cfg.diffusion.T
+        """e2e-simple: x0 MSE (vs EMB(w) at t=0) + prior ||mean q(x_T|x0)||^2 + rounding NLL.
+
+        Self-conditioned models see, for half the sequences, their own (detached) x0_hat of the
+        same x_t as a second input, and zeros for the rest, as they will when sampling."""
+        b, T, diff = ids.shape[0], self.cfg.diffusion.T, self.diffusion
         x0_mean = self.model.word_emb(ids)
-        x0 = x0_mean + self.sqrt_one_minus_alpha_bar[0] * torch.randn(x0_mean.shape, generator=self.gen)
+        x0 = x0_mean + float(diff.sqrt_one_minus_alpha_bar[0]) * torch.randn(x0_mean.shape, generator=self.gen)
         t = torch.randint(0, T, (b,), generator=self.gen)
-        x_t = self.q_sample(x0, t, torch.randn(x0.shape, generator=self.gen))
-        x0_hat = self.model(x_t, t)
+        x_t = diff.q_sample(x0, t, torch.randn(x0.shape, generator=self.gen))
+        x0_hat_prev = None
+        if self.cfg.model.self_condition:
+            keep = (torch.rand(b, generator=self.gen) < 0.5).to(x_t.dtype)[:, None, None]
+            with torch.no_grad():
+                x0_hat_prev = self.model(x_t, t) * keep
+        x0_hat = self.model(x_t, t, x0_hat_prev)
         mse = ((x0_hat - x0) ** 2).mean(dim=(1, 2))
         mse = torch.where(t == 0, ((x0_hat - x0_mean) ** 2).mean(dim=(1, 2)), mse)
-        prior = ((self.sqrt_alpha_bar[T - 1] * x0) ** 2).mean(dim=(1, 2))
+        prior = ((float(diff.sqrt_alpha_bar[T - 1]) * x0) ** 2).mean(dim=(1, 2))
         nll = token_nll(self.model, x0, ids)
         return {"mse": mse.mean(), "prior": prior.mean(), "nll": nll.mean(), "loss": (mse + prior + nll).mean()}
 
@@ -88,7 +90,7 @@ class Trainer:
     def load(self, path):
         state = torch.load(path, weights_only=False)
         if _resumable(state["config"]) != _resumable(self.cfg.to_dict()):
-            raise ExportError(f"{path}: checkpoint was trained with another config (only train.steps and "
+            raise ExportError(f"{path}: checkpoint was trained with another config (only train.steps, train.threads and "
                               "train.checkpoint_every may change on resume); refusing to resume")
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
@@ -98,8 +100,9 @@ class Trainer:
 
 
 def _resumable(cfg_dict):
-    """The config a checkpoint must match to resume: all of it but the step targets, the controls and the teacher."""
-    train_part = {k: v for k, v in cfg_dict["train"].items() if k not in ("steps", "checkpoint_every")}
+    """The config a checkpoint must match to resume: all of it but the step targets, threads, the controls and
+    the teacher."""
+    train_part = {k: v for k, v in cfg_dict["train"].items() if k not in ("steps", "checkpoint_every", "threads")}
     data_part = {**cfg_dict["data"], "files": list(cfg_dict["data"]["files"])}
     rest = {k: v for k, v in cfg_dict.items() if k not in ("controls", "teacher")}
     return {**rest, "train": train_part, "data": data_part}

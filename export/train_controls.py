@@ -48,8 +48,6 @@ def train_controls(cfg, data_dir, train_dir, out_dir):
     content = ContentClassifier(m.d, m.seq_len, len(values), c.hidden, c.layers, c.heads)
     spans = SpanClassifier(m.d, m.seq_len, len(SPAN_LABELS), c.hidden, c.layers, c.heads)
     diff = Diffusion.full(cfg.diffusion.schedule, cfg.diffusion.T)
-    sqrt_ab = torch.tensor(diff.sqrt_alpha_bar, dtype=torch.float32)
-    sqrt_1mab = torch.tensor(diff.sqrt_one_minus_alpha_bar, dtype=torch.float32)
     params = [p for clf in (pos, content, spans) for p in clf.parameters()]
     opt = torch.optim.AdamW(params, lr=c.lr)
     out_dir = Path(out_dir)
@@ -71,7 +69,7 @@ def train_controls(cfg, data_dir, train_dir, out_dir):
         t = torch.randint(0, cfg.diffusion.T, (c.batch_size,), generator=gen)
         x0 = emb[ids[idx]]
         noise = torch.randn(x0.shape, generator=gen)
-        x_t = sqrt_ab[t][:, None, None] * x0 + sqrt_1mab[t][:, None, None] * noise  # q(x_t | x_0)
+        x_t = diff.q_sample(x0, t, noise)
         pos_loss = pos.loss(x_t, t, pos_y[idx]).mean() / m.seq_len
         content_loss = content.train_loss(x_t, t, content_y[idx]).mean() / len(values)
         span, target = span_examples([records[k] for k in idx.tolist()], SPAN_LABELS, m.seq_len, gen)

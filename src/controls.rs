@@ -1,6 +1,7 @@
 //! Controls a request asks for (POS template, content pairs, length, infill template), checked
 //! against the manifest's label vocabularies and turned into per-position targets.
 
+use crate::error::ControlError;
 use crate::manifest::Manifest;
 use crate::text::Vocab;
 
@@ -17,32 +18,6 @@ pub struct ControlRequest {
     pub infill: Option<String>,
     /// "i,j,LABEL" each: words i..j (0-based, inclusive) form a phrase of LABEL (NP, PP).
     pub spans: Vec<String>,
-}
-
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum ControlError {
-    #[error("this model has no {0} control (manifest has: {1})")]
-    Missing(&'static str, String),
-    #[error("unknown POS tag {tag:?}; allowed: {allowed}")]
-    UnknownTag { tag: String, allowed: String },
-    #[error("unknown content {pair:?}; allowed field=value pairs: {allowed}")]
-    UnknownContent { pair: String, allowed: String },
-    #[error("{what} has {got} words; at most {max} fit in a sequence of {seq_len}")]
-    TooLong { what: &'static str, got: usize, max: usize, seq_len: usize },
-    #[error("{what} is empty")]
-    Empty { what: &'static str },
-    #[error("infill template word {word:?} is not in the vocabulary (use _ for a blank)")]
-    UnknownWord { word: String },
-    #[error("conflicting controls: {0}")]
-    Conflict(String),
-    #[error(
-        "bad span {span:?}: {reason}; expected \"i,j,LABEL\" with 0 <= i <= j < {max_words} and LABEL one of: {labels}"
-    )]
-    BadSpan { span: String, reason: String, max_words: usize, labels: String },
-    #[error("{flag} {value:?}: expected VALUE or CONTROL=VALUE with a non-negative number (steps at most 100)")]
-    BadOverride { flag: &'static str, value: String },
-    #[error("{flag} names control {control:?}, which this request does not guide (guided: {guided})")]
-    OverrideUnused { flag: &'static str, control: String, guided: String },
 }
 
 /// Per-request targets: what the guidance graphs and the held positions need.

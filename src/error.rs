@@ -1,6 +1,10 @@
-//! Typed errors, one enum per layer: loading a model, running it, configuring a request.
+//! Every error of the library, one enum per layer. A leaf: it imports nothing of this crate,
+//! and the sampler's [`InferenceError`] names no inference engine (its cause is boxed).
 
 use std::path::PathBuf;
+
+/// The cause of an engine failure, whatever the engine.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Loading the ONNX Runtime library, a model directory or its sessions.
 #[derive(Debug, thiserror::Error)]
@@ -20,16 +24,16 @@ pub enum LoadError {
     #[error("ONNX Runtime library: {0}")]
     OrtLibrary(String),
     #[error("{path}: cannot create an ONNX Runtime session: {source}")]
-    Session { path: PathBuf, source: ort::Error },
+    Session { path: PathBuf, source: BoxError },
     #[error("execution provider {provider}: {reason}")]
     Provider { provider: &'static str, reason: String },
 }
 
-/// A failure while running a graph.
+/// A failure while running a model graph (the sampler's contracts return it).
 #[derive(Debug, thiserror::Error)]
 pub enum InferenceError {
-    #[error("ONNX Runtime run of {graph} failed: {source}")]
-    Run { graph: String, source: ort::Error },
+    #[error("run of graph {graph} failed: {source}")]
+    Run { graph: String, source: BoxError },
     #[error("{graph}: output {output} has shape {actual:?}, expected {expected:?}")]
     OutputShape { graph: String, output: String, actual: Vec<i64>, expected: Vec<usize> },
 }
@@ -41,21 +45,67 @@ pub enum RequestError {
     Steps { got: usize, max: usize },
     #[error("eta must be a finite number in [0, 1], got {0}")]
     Eta(f64),
+    #[error("eta applies to sampler \"ddim\" only")]
+    EtaWithoutDdim,
+    #[error("unknown sampler {0:?}; allowed: \"ddpm\", \"ddim\"")]
+    Sampler(String),
     #[error("{what} must be at least 1, got 0")]
     Zero { what: &'static str },
     #[error("batch size {got} is above the model's maximum of {max}")]
     Batch { got: usize, max: usize },
+    #[error("num x mbr = {num} x {mbr} samples is above the limit of {max}")]
+    Samples { num: usize, mbr: usize, max: usize },
+    #[error("timeout_ms must be at least 1 (the server caps it at {max}), got {got}")]
+    Timeout { got: u64, max: u64 },
 }
 
-/// Anything the sampler can fail with.
+/// A control a request asks for that the model cannot give (unknown label, bad template...).
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ControlError {
+    #[error("this model has no {0} control (manifest has: {1})")]
+    Missing(&'static str, String),
+    #[error("unknown POS tag {tag:?}; allowed: {allowed}")]
+    UnknownTag { tag: String, allowed: String },
+    #[error("unknown content {pair:?}; allowed field=value pairs: {allowed}")]
+    UnknownContent { pair: String, allowed: String },
+    #[error("{what} has {got} words; at most {max} fit in a sequence of {seq_len}")]
+    TooLong { what: &'static str, got: usize, max: usize, seq_len: usize },
+    #[error("{what} is empty")]
+    Empty { what: &'static str },
+    #[error("infill template word {word:?} is not in the vocabulary (use _ for a blank)")]
+    UnknownWord { word: String },
+    #[error("conflicting controls: {0}")]
+    Conflict(String),
+    #[error(
+        "bad span {span:?}: {reason}; expected \"i,j,LABEL\" with 0 <= i <= j < {max_words} and LABEL one of: {labels}"
+    )]
+    BadSpan { span: String, reason: String, max_words: usize, labels: String },
+    #[error("{flag} {value:?}: expected VALUE or CONTROL=VALUE with a non-negative number (steps at most 100)")]
+    BadOverride { flag: &'static str, value: String },
+    #[error("{flag} names control {control:?}, which this request does not guide (guided: {guided})")]
+    OverrideUnused { flag: &'static str, control: String, guided: String },
+}
+
+/// Anything a generation can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
     #[error(transparent)]
     Request(#[from] RequestError),
     #[error(transparent)]
-    Control(#[from] crate::controls::ControlError),
+    Control(#[from] ControlError),
     #[error(transparent)]
     Inference(#[from] InferenceError),
     #[error("deadline passed after {done} of {steps} denoising steps")]
     Deadline { done: usize, steps: usize },
+}
+
+/// `dlm profile`'s outputs.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not an ONNX Runtime profile: {source}")]
+    Json { path: PathBuf, source: serde_json::Error },
+    #[error("{path}: cannot draw the plot: {message}")]
+    Plot { path: PathBuf, message: String },
 }

@@ -1,13 +1,15 @@
 //! A generation request: validated, split into batches, sampled and decoded.
 
+use std::time::Instant;
+
 use crate::controls::{plan, ControlRequest, Plan};
 use crate::embeddings::WordsOnly;
 use crate::error::{GenerateError, RequestError};
-use crate::guidance::{BoundGuide, Guide, Target};
 use crate::mbr;
 use crate::model::Model;
+use crate::ort::{BoundGuide, Target};
 pub use crate::overrides::GuideOverrides;
-use crate::sampler::{initial_noise, sequence_rng, Method, SampleOptions, Sampler, Timing};
+use crate::sampler::{Guide, Method, SampleOptions, Sampler, SequenceNoise, Timing};
 use crate::schedule::Diffusion;
 
 #[derive(Debug, Clone)]
@@ -23,32 +25,69 @@ pub struct Request {
     /// Minimum Bayes risk: draw this many samples per output and keep the consensus one (1 = off).
     pub mbr: usize,
     /// Stop with [`GenerateError::Deadline`] once this instant has passed.
-    pub deadline: Option<std::time::Instant>,
+    pub deadline: Option<Instant>,
+}
+
+impl Default for Request {
+    /// One sentence, 200 DDPM steps with clamping, seed 0, no controls.
+    fn default() -> Self {
+        Self {
+            steps: 200,
+            method: Method::Ddpm,
+            clamp: true,
+            seed: 0,
+            num: 1,
+            batch: 1,
+            controls: ControlRequest::default(),
+            guide: GuideOverrides::default(),
+            mbr: 1,
+            deadline: None,
+        }
+    }
+}
+
+/// What a request may ask for: the model's bounds, and a caller's cap on samples.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// T, the most denoising steps.
+    pub t_max: usize,
+    /// The most sequences per denoiser call.
+    pub max_batch: usize,
+    /// The most samples (num x mbr) per request.
+    pub max_samples: usize,
+}
+
+impl Limits {
+    /// The model's bounds, with no cap on samples.
+    pub fn of(model: &Model) -> Self {
+        Self { t_max: model.manifest.diffusion.t, max_batch: model.max_batch(), max_samples: usize::MAX }
+    }
 }
 
 impl Request {
-    pub fn validate(&self, t_max: usize, max_batch: usize) -> Result<(), RequestError> {
-        if self.steps == 0 || self.steps > t_max {
-            return Err(RequestError::Steps { got: self.steps, max: t_max });
+    /// The one check of a request's numbers, for the CLI and the server alike.
+    pub fn validate(&self, limits: &Limits) -> Result<(), RequestError> {
+        if self.steps == 0 || self.steps > limits.t_max {
+            return Err(RequestError::Steps { got: self.steps, max: limits.t_max });
         }
         if let Method::Ddim { eta } = self.method {
             if !(0.0..=1.0).contains(&eta) {
                 return Err(RequestError::Eta(eta));
             }
         }
-        if self.num == 0 {
-            return Err(RequestError::Zero { what: "num" });
+        for (what, value) in [("num", self.num), ("batch", self.batch), ("mbr", self.mbr)] {
+            if value == 0 {
+                return Err(RequestError::Zero { what });
+            }
         }
-        if self.batch == 0 {
-            return Err(RequestError::Zero { what: "batch" });
+        if self.batch > limits.max_batch {
+            return Err(RequestError::Batch { got: self.batch, max: limits.max_batch });
         }
-        if self.mbr == 0 {
-            return Err(RequestError::Zero { what: "mbr" });
+        let too_many = RequestError::Samples { num: self.num, mbr: self.mbr, max: limits.max_samples };
+        match self.num.checked_mul(self.mbr) {
+            Some(samples) if samples <= limits.max_samples => Ok(()),
+            _ => Err(too_many),
         }
-        if self.batch > max_batch {
-            return Err(RequestError::Batch { got: self.batch, max: max_batch });
-        }
-        Ok(())
     }
 }
 
@@ -65,7 +104,7 @@ pub struct Generated {
 /// Generate `num` sequences in batches of `batch`; sequence k always uses random stream (seed, k).
 /// With `mbr` = S > 1, output k is the consensus of samples k*S..(k+1)*S.
 pub fn generate(model: &mut Model, request: &Request) -> Result<Vec<Generated>, GenerateError> {
-    request.validate(model.manifest.diffusion.t, model.max_batch())?;
+    request.validate(&Limits::of(model))?;
     if request.mbr == 1 {
         return generate_samples(model, request);
     }
@@ -77,11 +116,8 @@ pub fn generate(model: &mut Model, request: &Request) -> Result<Vec<Generated>, 
     Ok(outputs.collect())
 }
 
-fn generate_samples(model: &mut Model, request: &Request) -> Result<Vec<Generated>, GenerateError> {
-    let plan: Plan = plan(&request.controls, &model.manifest, &model.vocab)?;
-    let diffusion = Diffusion::respaced(&model.manifest.diffusion, request.steps)?;
-    let (seq_len, d) = (model.manifest.model.seq_len, model.manifest.model.d);
-    let options = SampleOptions { method: request.method, clamp: request.clamp };
+/// The guidance targets of a plan, by control name (several spans: several targets).
+fn targets(plan: &Plan) -> Vec<(&'static str, Target)> {
     let mut targets: Vec<(&str, Target)> = [
         plan.pos_tags.clone().map(|t| ("pos", Target::Tags(t))),
         plan.content_wanted.clone().map(|w| ("content", Target::Wanted(w))),
@@ -90,6 +126,15 @@ fn generate_samples(model: &mut Model, request: &Request) -> Result<Vec<Generate
     .flatten()
     .collect();
     targets.extend(plan.spans.iter().map(|s| ("spans", Target::Tags(s.clone()))));
+    targets
+}
+
+fn generate_samples(model: &mut Model, request: &Request) -> Result<Vec<Generated>, GenerateError> {
+    let plan: Plan = plan(&request.controls, &model.manifest, &model.vocab)?;
+    let diffusion = Diffusion::respaced(&model.manifest.diffusion, request.steps)?;
+    let (seq_len, d) = (model.manifest.model.seq_len, model.manifest.model.d);
+    let options = SampleOptions { method: request.method, clamp: request.clamp };
+    let targets = targets(&plan);
     let mut guided: Vec<&str> = targets.iter().map(|(name, _)| *name).collect();
     guided.dedup();
     request.guide.check(&guided)?;
@@ -100,15 +145,14 @@ fn generate_samples(model: &mut Model, request: &Request) -> Result<Vec<Generate
     let mut results = Vec::with_capacity(request.num);
     for first in (0..request.num).step_by(request.batch) {
         let indices: Vec<usize> = (first..(first + request.batch).min(request.num)).collect();
-        let mut rngs: Vec<_> = indices.iter().map(|&k| sequence_rng(request.seed, k as u64)).collect();
-        let x_t = initial_noise(&mut rngs, seq_len, d);
+        let mut noise = SequenceNoise::new(request.seed, indices.iter().map(|&k| k as u64));
+        let x_t = noise.x_t(seq_len, d);
         let mut bound: Vec<BoundGuide> = Vec::new();
         for (name, session) in model.guides.iter_mut() {
             let mine: Vec<Target> = targets.iter().filter(|(n, _)| n == name).map(|(_, t)| t.clone()).collect();
             if !mine.is_empty() {
-                let mut guide = BoundGuide::with_targets(session, mine);
-                guide.weight = request.guide.weight.get(name).unwrap_or(1.0) as f32;
-                bound.push(guide);
+                let weight = request.guide.weight.get(name).unwrap_or(1.0) as f32;
+                bound.push(BoundGuide::new(session, &mine, weight));
             }
         }
         let mut sampler = Sampler::new(&mut model.denoiser, &model.embeddings, &diffusion, options);
@@ -117,7 +161,7 @@ fn generate_samples(model: &mut Model, request: &Request) -> Result<Vec<Generate
         sampler.held = &plan.held;
         sampler.words_only = WordsOnly { positions: &plan.words_only, specials: &specials };
         sampler.deadline = request.deadline;
-        let sampled = sampler.sample(x_t, &mut rngs, None)?;
+        let sampled = sampler.sample(x_t, &mut noise, None)?;
         for (k, ids) in indices.into_iter().zip(sampled.tokens) {
             let content: Vec<u32> = model.vocab.content_ids(&ids).collect();
             results.push(Generated {

@@ -41,18 +41,18 @@ pub struct ModelInfo {
     pub d: usize,
     pub seq_len: usize,
     pub vocab_size: usize,
-    pub prediction: String,
+    pub prediction: Prediction,
     pub architecture: serde_json::Value,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiffusionInfo {
-    pub schedule: String,
+    pub schedule: Schedule,
     pub schedule_param: ScheduleParam,
     #[serde(rename = "T")]
     pub t: usize,
-    pub model_variance: String,
+    pub model_variance: ModelVariance,
     pub alpha_bar: Vec<f64>,
 }
 
@@ -131,7 +131,39 @@ pub struct GuidanceDefaults {
     pub steps: usize,
 }
 
+/// What the denoiser predicts; dlm samples from x0-predicting models.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Prediction {
+    X0,
+}
+
+/// The noise schedule: abar(s) = 1 - sqrt(s + offset) (Diffusion-LM's "sqrt").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    Sqrt,
+}
+
+/// The variance of p(x_{t-1} | x_t): the posterior's at t = 1, beta_t after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelVariance {
+    FixedLarge,
+}
+
+/// What a graph is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Denoiser,
+    /// `(x, t, control) -> (loss, grad)` of a control's classifier.
+    Guidance,
+    /// The autoregressive LM of `python -m export evaluate` (lm-score); dlm does not run it.
+    Teacher,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     Fp32,
@@ -173,7 +205,7 @@ pub struct AxisRange {
 #[serde(deny_unknown_fields)]
 pub struct Graph {
     pub name: String,
-    pub role: String,
+    pub role: Role,
     /// For guidance graphs: the control they compute the gradient of.
     #[serde(default)]
     pub control: Option<String>,
@@ -200,8 +232,10 @@ impl Manifest {
         if found != SCHEMA_VERSION {
             return Err(LoadError::SchemaVersion { path, found, expected: SCHEMA_VERSION });
         }
-        let manifest: Manifest =
-            serde_json::from_value(raw).map_err(|source| LoadError::ManifestJson { path: path.clone(), source })?;
+        let manifest: Manifest = serde_path_to_error::deserialize(raw).map_err(|e| LoadError::Invalid {
+            path: path.clone(),
+            what: format!("field {}: {}", e.path(), e.inner()),
+        })?;
         manifest.check_consistency(&path)?;
         for (file, sha) in manifest.files() {
             verify_sha256(&dir.join(file), sha)?;
@@ -236,15 +270,12 @@ impl Manifest {
         if self.embeddings.dtype != "float32" || self.embeddings.byte_order != "little" {
             return Err(invalid("embeddings must be little-endian float32".into()));
         }
-        if self.model.prediction != "x0" {
-            return Err(invalid(format!("model.prediction {:?}: only \"x0\" is supported", self.model.prediction)));
-        }
         Ok(())
     }
 
     /// The denoiser graph of the given precision.
     pub fn denoiser(&self, precision: Precision) -> Option<&Graph> {
-        self.graphs.iter().find(|g| g.role == "denoiser" && g.precision == precision)
+        self.graphs.iter().find(|g| g.role == Role::Denoiser && g.precision == precision)
     }
 
     pub fn max_batch(&self, graph: &Graph) -> usize {

@@ -5,11 +5,9 @@ use std::path::{Path, PathBuf};
 
 use crate::embeddings::Embeddings;
 use crate::error::LoadError;
-use crate::guidance::GuideSession;
 use crate::manifest::{Manifest, Precision, MANIFEST_FILE};
-use crate::ortlib::OrtRuntime;
+use crate::ort::{GuideSession, OrtDenoiser, OrtRuntime, SessionOptions};
 use crate::schedule::{cumprod_alphas, Diffusion};
-use crate::session::{OrtDenoiser, SessionOptions};
 use crate::text::Vocab;
 
 /// The Rust schedule must reproduce the manifest's alpha_bar table to this tolerance.
@@ -95,11 +93,11 @@ fn open_guides(
 fn check_schedule(path: &Path, manifest: &Manifest) -> Result<(), LoadError> {
     let ours = cumprod_alphas(&Diffusion::full_betas(&manifest.diffusion));
     let worst = ours.iter().zip(&manifest.diffusion.alpha_bar).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-    if manifest.diffusion.schedule != "sqrt" || worst > SCHEDULE_TOLERANCE {
+    if worst > SCHEDULE_TOLERANCE {
         return Err(LoadError::Invalid {
             path: path.to_path_buf(),
             what: format!(
-                "schedule {:?}: dlm computes alpha_bar up to {worst:e} away from the manifest's table (allowed {SCHEDULE_TOLERANCE:e}); only \"sqrt\" is supported",
+                "schedule {:?}: dlm computes alpha_bar up to {worst:e} away from the manifest's table (allowed {SCHEDULE_TOLERANCE:e})",
                 manifest.diffusion.schedule
             ),
         });

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
-use crate::controls::ControlError;
+use crate::error::ControlError;
 use crate::manifest::GuidanceDefaults;
 use crate::sampler::GuideOptions;
 
@@ -127,7 +127,7 @@ impl GuideOverrides {
         let steps = defaults.iter().map(|(c, d)| self.steps.get(c).unwrap_or(d.steps)).max().unwrap_or(0);
         let lambda = defaults.iter().map(|(c, d)| self.lambda.get(c).unwrap_or(d.lambda)).fold(f64::INFINITY, f64::min);
         let lr = defaults.iter().map(|(c, d)| self.lr.get(c).unwrap_or(d.lr)).fold(0.0, f64::max);
-        GuideOptions { steps, lambda: if lambda.is_finite() { lambda } else { 0.0 }, lr, skip_last: 0.1 }
+        GuideOptions { steps, lambda: if lambda.is_finite() { lambda } else { 0.0 }, lr, ..GuideOptions::default() }
     }
 }
 

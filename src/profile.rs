@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::error::GenerateError;
+use crate::error::{GenerateError, ProfileError};
 use crate::generate::{generate, Request};
 use crate::model::Model;
 
@@ -130,14 +130,6 @@ pub struct OpTime {
     pub share: f64,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ProfileError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("{path}: not an ONNX Runtime profile: {source}")]
-    Json { path: PathBuf, source: serde_json::Error },
-}
-
 #[derive(serde::Deserialize)]
 struct Event {
     #[serde(default)]
@@ -180,7 +172,12 @@ pub fn summarise_ort_profiles(files: &[(String, PathBuf)]) -> Result<Vec<OpTime>
 }
 
 /// Latency (p50 per request) against step budget, one line per precision and batch, as SVG.
-pub fn plot_latency(results: &[CaseResult], path: &Path) -> Result<(), String> {
+pub fn plot_latency(results: &[CaseResult], path: &Path) -> Result<(), ProfileError> {
+    draw_latency(results, path).map_err(|message| ProfileError::Plot { path: path.to_path_buf(), message })
+}
+
+/// plotters' errors are generic over the backend: kept as their messages.
+fn draw_latency(results: &[CaseResult], path: &Path) -> Result<(), String> {
     use plotters::prelude::*;
     let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;

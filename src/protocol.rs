@@ -9,8 +9,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::controls::ControlError;
 use crate::controls::ControlRequest;
+use crate::error::{ControlError, RequestError};
 use crate::overrides::{valid_nonnegative, valid_steps, GuideOverrides, NumberOrMap, Setting};
 use crate::sampler::Method;
 
@@ -123,13 +123,8 @@ impl GenerateParams {
         })
     }
 
-    pub fn method(&self) -> Result<Method, String> {
-        match (self.sampler.as_deref().unwrap_or("ddpm"), self.eta) {
-            ("ddim", eta) => Ok(Method::Ddim { eta: eta.unwrap_or(0.0) }),
-            ("ddpm", None) => Ok(Method::Ddpm),
-            ("ddpm", Some(_)) => Err("eta applies to sampler \"ddim\" only".into()),
-            (other, _) => Err(format!("unknown sampler {other:?}; allowed: \"ddpm\", \"ddim\"")),
-        }
+    pub fn method(&self) -> Result<Method, RequestError> {
+        Method::parse(self.sampler.as_deref().unwrap_or("ddpm"), self.eta)
     }
 }
 
@@ -234,7 +229,7 @@ mod tests {
             Op::Health => unreachable!(),
         };
         assert_eq!(p(r#"{"sampler":"ddim","eta":0.5}"#), Ok(Method::Ddim { eta: 0.5 }));
-        assert!(p(r#"{"sampler":"plms"}"#).unwrap_err().contains("ddim"));
+        assert!(p(r#"{"sampler":"plms"}"#).unwrap_err().to_string().contains("ddim"));
         assert!(p(r#"{"eta":0.5}"#).is_err());
     }
 }

@@ -113,3 +113,47 @@ impl Diffusion {
         self.betas.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{ModelVariance, Schedule, ScheduleParam};
+
+    fn info(t: usize) -> DiffusionInfo {
+        let param = ScheduleParam { offset: 1e-4, max_beta: 0.999 };
+        let alpha_bar = cumprod_alphas(&sqrt_betas(t, param.offset, param.max_beta));
+        DiffusionInfo {
+            schedule: Schedule::Sqrt,
+            schedule_param: param,
+            t,
+            model_variance: ModelVariance::FixedLarge,
+            alpha_bar,
+        }
+    }
+
+    /// The respaced schedule of every budget 1..=T is a valid diffusion: the model's real
+    /// timesteps, first 0 and last T - 1, betas in (0, 1), a falling alpha_bar, finite posterior.
+    #[test]
+    fn every_budget_from_1_to_t_is_a_valid_schedule() {
+        let t = 2000;
+        let info = info(t);
+        for steps in 1..=t {
+            let d = Diffusion::respaced(&info, steps).unwrap();
+            assert_eq!(d.num_steps(), steps, "budget {steps}");
+            assert_eq!(d.timestep_map[0], 0);
+            if steps > 1 {
+                assert_eq!(d.timestep_map[steps - 1], t as i64 - 1, "budget {steps}");
+            }
+            assert!(d.timestep_map.windows(2).all(|w| w[0] < w[1]), "budget {steps}: timesteps not increasing");
+            assert!(d.betas.iter().all(|&b| b > 0.0 && b < 1.0), "budget {steps}: beta out of (0, 1)");
+            assert!(d.alpha_bar.windows(2).all(|w| w[1] < w[0]), "budget {steps}: alpha_bar not falling");
+            let finite = d.posterior_mean_coef1.iter().chain(&d.posterior_mean_coef2).all(|c| c.is_finite());
+            // step 0 adds no noise; a lone step's posterior variance is 0 (abar_prev = 1)
+            assert!(finite && d.model_variance.iter().skip(1).all(|&v| v > 0.0), "budget {steps}");
+            assert!(d.model_variance[0] >= 0.0 && (steps == 1 || d.model_variance[0] > 0.0), "budget {steps}");
+            let full_ab = d.timestep_map.iter().map(|&k| info.alpha_bar[k as usize]);
+            assert!(d.alpha_bar.iter().zip(full_ab).all(|(a, b)| (a - b).abs() < 1e-12), "budget {steps}");
+        }
+        assert!(Diffusion::respaced(&info, 0).is_err() && Diffusion::respaced(&info, t + 1).is_err());
+    }
+}

@@ -85,8 +85,8 @@ fn steps_out_of_range() {
 
 #[test]
 fn unknown_device_and_precision() {
-    assert_fails_with(&dlm(&["generate", "--device", "gpu"]), "allowed: cpu, cuda, tensorrt");
-    assert_fails_with(&dlm(&["generate", "--precision", "int8"]), "allowed: fp32, fp16");
+    assert_fails_with(&dlm(&["generate", "--device", "gpu"]), "possible values: cpu, cuda, tensorrt");
+    assert_fails_with(&dlm(&["generate", "--precision", "int8"]), "possible values: fp32, fp16");
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -108,7 +108,10 @@ fn missing_onnxruntime_library_is_a_one_line_error() {
 
 #[test]
 fn eta_needs_ddim() {
-    assert_fails_with(&dlm(&["generate", "--model", &model_arg(), "--eta", "0.5"]), "--sampler ddim");
+    assert_fails_with(
+        &dlm(&["generate", "--model", &model_arg(), "--eta", "0.5"]),
+        "eta applies to sampler \"ddim\" only",
+    );
 }
 
 #[test]

@@ -3,25 +3,14 @@
 
 mod common;
 
-use dlm::controls::{ControlError, ControlRequest};
-use dlm::error::GenerateError;
-use dlm::generate::{generate, Generated, GuideOverrides, Request};
+use dlm::controls::ControlRequest;
+use dlm::error::{ControlError, GenerateError};
+use dlm::generate::{generate, Generated, Request};
 use dlm::manifest::Precision;
 use dlm::sampler::Method;
 
 fn request(controls: ControlRequest, num: usize, batch: usize) -> Request {
-    Request {
-        steps: 40,
-        method: Method::Ddpm,
-        clamp: true,
-        seed: 11,
-        num,
-        batch,
-        controls,
-        guide: GuideOverrides::default(),
-        mbr: 1,
-        deadline: None,
-    }
+    Request { steps: 40, seed: 11, num, batch, controls, ..Request::default() }
 }
 
 fn run(precision: Precision, r: &Request) -> Vec<Generated> {
@@ -133,8 +122,8 @@ fn span_guidance_runs_and_bad_spans_are_refused() {
 
 #[test]
 fn pos_guidance_lowers_the_pos_classifier_loss() {
-    use dlm::guidance::{BoundGuide, Guide, Target};
-    use dlm::sampler::{initial_noise, sequence_rng, SampleOptions, Sampler};
+    use dlm::ort::{BoundGuide, Target};
+    use dlm::sampler::{Guide, SampleOptions, Sampler, SequenceNoise};
     use dlm::schedule::Diffusion;
 
     let pos = "PROPN AUX DET ADJ NOUN ADP DET PROPN PROPN PUNCT";
@@ -147,11 +136,11 @@ fn pos_guidance_lowers_the_pos_classifier_loss() {
         let options = SampleOptions { method: Method::Ddpm, clamp: true };
         let mut final_loss = Vec::new();
         for guided in [false, true] {
-            let mut rngs: Vec<_> = (0..4).map(|k| sequence_rng(3, k)).collect();
-            let x_t = initial_noise(&mut rngs, 64, 16);
+            let mut noise = SequenceNoise::new(3, 0..4);
+            let x_t = noise.x_t(64, 16);
             let (guides, embeddings) = (&mut m.guides, &m.embeddings);
             let session = guides.get_mut("pos").unwrap();
-            let mut guide = BoundGuide::new(session, Target::Tags(tags.clone()));
+            let mut guide = BoundGuide::new(session, &[Target::Tags(tags.clone())], 1.0);
             let mut sampler = Sampler::new(&mut m.denoiser, embeddings, &diffusion, options);
             sampler.held = &plan.held;
             if guided {
@@ -160,8 +149,8 @@ fn pos_guidance_lowers_the_pos_classifier_loss() {
                 sampler.guide_options.lr = 0.05;
                 sampler.guide_options.lambda = 0.0005;
             }
-            let x0 = sampler.sample(x_t, &mut rngs, None).unwrap().x0;
-            let mut probe = BoundGuide::new(m.guides.get_mut("pos").unwrap(), Target::Tags(tags.clone()));
+            let x0 = sampler.sample(x_t, &mut noise, None).unwrap().x0;
+            let mut probe = BoundGuide::new(m.guides.get_mut("pos").unwrap(), &[Target::Tags(tags.clone())], 1.0);
             probe.add_grad(&x0, &[0; 4], &mut ndarray::Array3::zeros(x0.dim())).unwrap();
             final_loss.push(probe.last_loss.iter().sum::<f32>());
         }
@@ -171,19 +160,18 @@ fn pos_guidance_lowers_the_pos_classifier_loss() {
 
 #[test]
 fn several_spans_add_their_losses_and_gradients() {
-    use dlm::guidance::{BoundGuide, Guide, Target};
-    use dlm::sampler::{initial_noise, sequence_rng};
+    use dlm::ort::{BoundGuide, Target};
+    use dlm::sampler::{Guide, SequenceNoise};
 
     common::with_model(Precision::Fp32, |m| {
         let request = ControlRequest { spans: vec!["1,3,NP".into(), "4,6,PP".into()], ..Default::default() };
         let plan = dlm::controls::plan(&request, &m.manifest, &m.vocab).unwrap();
         assert_eq!(plan.spans.len(), 2);
-        let mut rngs: Vec<_> = (0..3).map(|k| sequence_rng(5, k)).collect();
-        let x = initial_noise(&mut rngs, 64, 16);
+        let x = SequenceNoise::new(5, 0..3).x_t(64, 16);
         let t = [100i64; 3];
         let session = m.guides.get_mut("spans").unwrap();
         let mut run = |targets: Vec<Target>| {
-            let mut guide = BoundGuide::with_targets(session, targets);
+            let mut guide = BoundGuide::new(session, &targets, 1.0);
             let mut grad = ndarray::Array3::zeros(x.dim());
             guide.add_grad(&x, &t, &mut grad).unwrap();
             (guide.last_loss.clone(), grad)

@@ -2,25 +2,13 @@
 
 mod common;
 
-use dlm::controls::ControlRequest;
 use dlm::error::{GenerateError, RequestError};
-use dlm::generate::{generate, GuideOverrides, Request};
+use dlm::generate::{generate, Request};
 use dlm::manifest::Precision;
 use dlm::sampler::Method;
 
 fn request(steps: usize, seed: u64, num: usize, batch: usize) -> Request {
-    Request {
-        steps,
-        method: Method::Ddpm,
-        clamp: true,
-        seed,
-        num,
-        batch,
-        controls: ControlRequest::default(),
-        guide: GuideOverrides::default(),
-        mbr: 1,
-        deadline: None,
-    }
+    Request { steps, seed, num, batch, ..Request::default() }
 }
 
 fn texts(precision: Precision, r: &Request) -> Vec<String> {
@@ -44,10 +32,12 @@ fn batch_one_and_batch_eight_agree_per_sequence() {
     assert_eq!(one, uneven);
 }
 
+/// Every budget 1..=T is checked on the schedule alone (schedule.rs); the real model runs the
+/// edge budgets and a few odd ones.
 #[test]
-fn every_budget_from_1_to_200_runs() {
+fn a_handful_of_budgets_run_on_the_real_model() {
     common::with_model(Precision::Fp32, |m| {
-        for steps in 1..=200 {
+        for steps in [1, 2, 3, 7, 64, 200] {
             let out = generate(m, &request(steps, steps as u64, 1, 1)).unwrap();
             assert_eq!(out.len(), 1);
             assert_eq!(out[0].timing.steps, steps);
@@ -65,12 +55,17 @@ fn ddim_eta_zero_is_deterministic_and_eta_one_is_not_ddim_zero() {
 }
 
 #[test]
-fn fp16_generates_from_the_fp16_graph() {
-    let out = common::with_model(Precision::Fp16, |m| {
+fn fp16_generates_from_the_fp16_graph_close_to_fp32() {
+    let ddim = Request { method: Method::Ddim { eta: 0.0 }, ..request(20, 0, 4, 4) };
+    let half = common::with_model(Precision::Fp16, |m| {
         assert_eq!(m.denoiser.precision(), Precision::Fp16);
-        generate(m, &request(20, 0, 2, 2)).unwrap()
+        generate(m, &ddim).unwrap()
     });
-    assert!(out.iter().all(|g| !g.text.is_empty() && g.tokens.len() <= 64));
+    let full = common::with_model(Precision::Fp32, |m| generate(m, &ddim).unwrap());
+    let positions = full.len() * full[0].ids.len();
+    let same: usize =
+        half.iter().zip(&full).map(|(h, f)| h.ids.iter().zip(&f.ids).filter(|(a, b)| a == b).count()).sum();
+    assert!(same * 10 >= positions * 9, "fp16 agrees with fp32 on {same} of {positions} positions");
 }
 
 #[test]
@@ -83,6 +78,11 @@ fn out_of_range_requests_are_refused() {
             (request(10, 0, 0, 1), RequestError::Zero { what: "num" }),
             (request(10, 0, 1, 0), RequestError::Zero { what: "batch" }),
             (Request { method: Method::Ddim { eta: 1.5 }, ..request(10, 0, 1, 1) }, RequestError::Eta(1.5)),
+            (Request { mbr: 0, ..request(10, 0, 1, 1) }, RequestError::Zero { what: "mbr" }),
+            (
+                Request { mbr: 2, ..request(10, 0, usize::MAX, 1) },
+                RequestError::Samples { num: usize::MAX, mbr: 2, max: usize::MAX },
+            ),
         ] {
             match generate(m, &r) {
                 Err(GenerateError::Request(e)) => assert_eq!(e, expected),

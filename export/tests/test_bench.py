@@ -1,5 +1,4 @@
 """The benchmark on the committed model: a short run of every engine and the target table."""
-import shutil
 from pathlib import Path
 
 import pytest
@@ -17,8 +16,9 @@ def test_denoiser_flops_scale_with_batch_and_length():
     assert matmul_flops(MODEL / "denoiser.fp32.onnx", 1, 32) < one
 
 
-@pytest.mark.skipif(not DLM.is_file() or shutil.which("true") is None, reason="needs target/release/dlm")
 def test_short_bench_measures_every_engine_and_checks_every_target():
+    if not DLM.is_file():  # scripts/test.sh builds it first; a missing binary is a failure, not a skip
+        pytest.fail(f"{DLM} not found: run `cargo build --release` first")
     result = bench(MODEL, DLM, steps=3, rounds=1, repeat=1, warmup=0, batch=2)
     m = result["medians"]
     for key in ("torch_step", "ort_step", "dlm_step", "torch_cold", "dlm_cold", "torch_rss", "dlm_rss",

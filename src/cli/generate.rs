@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use dlm::generate::{generate, Generated, Request};
 use dlm::model::Model;
-use dlm::ortlib::OrtRuntime;
+use dlm::ort::OrtRuntime;
 use dlm::sampler::Method;
 use serde_json::json;
 
@@ -47,18 +47,10 @@ pub struct GenerateArgs {
     mbr: usize,
 }
 
-fn method(args: &GenerateArgs) -> Result<Method> {
-    match (args.sampler.as_str(), args.eta) {
-        ("ddim", eta) => Ok(Method::Ddim { eta: eta.unwrap_or(0.0) }),
-        (_, Some(_)) => anyhow::bail!("--eta applies to --sampler ddim only"),
-        _ => Ok(Method::Ddpm),
-    }
-}
-
 pub fn run(args: GenerateArgs) -> Result<()> {
     let request = Request {
         steps: args.steps,
-        method: method(&args)?,
+        method: Method::parse(&args.sampler, args.eta)?,
         clamp: !args.no_clamp,
         seed: args.seed,
         num: args.num,
@@ -66,7 +58,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         controls: args.controls.request(),
         guide: args.controls.guide()?,
         mbr: args.mbr,
-        deadline: None,
+        ..Request::default()
     };
     let runtime = OrtRuntime::load(args.runtime.ort_lib.as_deref(), args.runtime.threads)?;
     let opts = session_options(&args.runtime, args.batch);

@@ -5,7 +5,7 @@ use std::io::Write;
 use anyhow::Result;
 use dlm::manifest::{Manifest, Precision};
 use dlm::model::Model;
-use dlm::ortlib::OrtRuntime;
+use dlm::ort::OrtRuntime;
 
 use super::{session_options, RuntimeArgs};
 
@@ -16,7 +16,7 @@ pub fn run(args: RuntimeArgs) -> Result<()> {
     writeln!(out, "model        {}", args.model.display())?;
     writeln!(
         out,
-        "  d={} seq_len={} vocab={} T={} schedule={} prediction={}",
+        "  d={} seq_len={} vocab={} T={} schedule={:?} prediction={:?}",
         m.d, m.seq_len, m.vocab_size, manifest.diffusion.t, manifest.diffusion.schedule, m.prediction
     )?;
     writeln!(

@@ -9,22 +9,22 @@ pub mod serve;
 use std::path::PathBuf;
 
 use clap::Args;
-use dlm::controls::ControlError;
 use dlm::controls::ControlRequest;
+use dlm::error::ControlError;
 use dlm::manifest::Precision;
+use dlm::ort::{Device, SessionOptions};
 use dlm::overrides::{valid_nonnegative, valid_steps, GuideOverrides, Setting};
-use dlm::session::{Device, SessionOptions};
 
 #[derive(Args, Clone)]
 pub struct RuntimeArgs {
     /// Model directory (with manifest.json).
     #[arg(long, env = "DLM_MODEL", default_value = "models/e2e")]
     pub model: PathBuf,
-    /// Execution provider: cpu, cuda or tensorrt (the last two need the cargo features).
-    #[arg(long, default_value = "cpu")]
+    /// Execution provider (cuda and tensorrt need the cargo features of the same names).
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
-    /// Graph precision: fp32 or fp16.
-    #[arg(long, default_value = "fp32")]
+    /// Graph precision.
+    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
     pub precision: Precision,
     /// Run on CPU, with a warning, when the requested provider cannot be registered.
     #[arg(long)]

@@ -8,9 +8,8 @@ use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use dlm::generate::Request;
 use dlm::manifest::Precision;
 use dlm::model::Model;
-use dlm::ortlib::OrtRuntime;
+use dlm::ort::OrtRuntime;
 use dlm::profile::{plot_latency, run_case, summarise_ort_profiles, CaseResult};
-use dlm::sampler::Method;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{session_options, ControlArgs, RuntimeArgs};
@@ -26,7 +25,7 @@ pub struct ProfileArgs {
     #[arg(long, value_delimiter = ',', default_value = "1")]
     batches: Vec<usize>,
     /// Precisions (each loads its own sessions); overrides --precision.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_enum, value_delimiter = ',')]
     precisions: Vec<Precision>,
     /// Unmeasured runs per case before the measured ones.
     #[arg(long, default_value_t = 2)]
@@ -78,15 +77,12 @@ pub fn run(args: ProfileArgs) -> Result<()> {
                 bar.set_message(format!("{precision:?}, {steps} steps, batch {batch}"));
                 let request = Request {
                     steps,
-                    method: Method::Ddpm,
-                    clamp: true,
                     seed: args.seed,
                     num: batch,
                     batch,
                     controls: args.controls.request(),
                     guide: args.controls.guide()?,
-                    mbr: 1,
-                    deadline: None,
+                    ..Request::default()
                 };
                 let case = run_case(&mut model, &request, args.warmup, repeats, &label, &mut || bar.inc(1));
                 results.push(case.with_context(|| format!("{precision:?}, {steps} steps, batch {batch}"))?);
@@ -122,7 +118,7 @@ pub fn run(args: ProfileArgs) -> Result<()> {
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if let Some(path) = &args.plot {
-        plot_latency(&results, path).map_err(|e| anyhow::anyhow!("cannot plot to {}: {e}", path.display()))?;
+        plot_latency(&results, path)?;
     }
     Ok(())
 }

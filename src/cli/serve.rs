@@ -7,12 +7,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use dlm::controls::ControlRequest;
 use dlm::generate::{generate, Request};
 use dlm::model::Model;
-use dlm::ortlib::OrtRuntime;
+use dlm::ort::OrtRuntime;
 use dlm::overrides::{GuideOverrides, Setting};
-use dlm::sampler::Method;
 use dlm::server::transport::Transport;
 use dlm::server::{self, ServerConfig};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -111,15 +109,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
 fn warm_up(model: &mut Model) -> Result<()> {
     let mut request = Request {
         steps: 2,
-        method: Method::Ddpm,
-        clamp: true,
-        seed: 0,
-        num: 1,
-        batch: 1,
-        controls: ControlRequest::default(),
         guide: GuideOverrides { steps: Setting { all: Some(1), ..Setting::default() }, ..GuideOverrides::default() },
-        mbr: 1,
-        deadline: None,
+        ..Request::default()
     };
     generate(model, &request)?;
     if let Some(tag) = model.manifest.controls.get("pos").and_then(|c| c.labels.first()) {

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::Shared;
-use crate::error::GenerateError;
-use crate::generate::{generate, Generated, Request};
+use crate::error::{GenerateError, RequestError};
+use crate::generate::{generate, Generated, Limits, Request};
 use crate::model::Model;
 use crate::protocol::{ErrorCode, GenerateParams, Rejection};
 
@@ -45,9 +45,9 @@ fn answer(model: &mut Model, job: &Job, shared: &Shared) -> String {
     if shared.drain_expired() {
         return fail(ErrorCode::ShuttingDown, "the server is stopping; this request was not started".into());
     }
-    let request = match to_request(&job.params, shared, model.max_batch(), job.received) {
+    let request = match to_request(&job.params, shared, model, job.received) {
         Ok(r) => r,
-        Err(message) => return fail(ErrorCode::InvalidArgument, message),
+        Err(e) => return fail(ErrorCode::InvalidArgument, e.to_string()),
     };
     let started = Instant::now();
     if request.deadline.is_some_and(|d| started >= d) {
@@ -72,33 +72,30 @@ fn answer(model: &mut Model, job: &Job, shared: &Shared) -> String {
 }
 
 /// A request of the protocol, with the server's defaults and limits applied.
-fn to_request(p: &GenerateParams, shared: &Shared, max_batch: usize, received: Instant) -> Result<Request, String> {
-    let limits = &shared.config;
+fn to_request(p: &GenerateParams, shared: &Shared, model: &Model, received: Instant) -> Result<Request, GenerateError> {
+    let config = &shared.config;
     let num = p.num.unwrap_or(1);
     let mbr = p.mbr.unwrap_or(1);
-    if num.saturating_mul(mbr) > limits.max_samples {
-        return Err(format!(
-            "num x mbr = {num} x {mbr} is above this server's limit of {} samples",
-            limits.max_samples
-        ));
-    }
     let timeout = match p.timeout_ms {
-        Some(0) => return Err(format!("timeout_ms must be 1..={}", limits.timeout.as_millis())),
-        Some(ms) => Duration::from_millis(ms).min(limits.timeout),
-        None => limits.timeout,
+        Some(0) => return Err(RequestError::Timeout { got: 0, max: config.timeout.as_millis() as u64 }.into()),
+        Some(ms) => Duration::from_millis(ms).min(config.timeout), // the server caps it
+        None => config.timeout,
     };
-    Ok(Request {
-        steps: p.steps.unwrap_or(limits.default_steps),
+    let limits = Limits { max_samples: config.max_samples, ..Limits::of(model) };
+    let request = Request {
+        steps: p.steps.unwrap_or(config.default_steps),
         method: p.method()?,
-        clamp: true,
         seed: p.seed.unwrap_or(0),
         num,
-        batch: (num * mbr).clamp(1, max_batch.max(1)),
+        batch: num.saturating_mul(mbr).clamp(1, limits.max_batch.max(1)),
         controls: p.controls(),
-        guide: p.guide().map_err(|e| e.to_string())?,
+        guide: p.guide()?,
         mbr,
         deadline: Some(received + timeout),
-    })
+        ..Request::default()
+    };
+    request.validate(&limits)?;
+    Ok(request)
 }
 
 fn ok_line(id: &Value, outputs: &[Generated], request: &Request, received: Instant, started: Instant) -> String {

@@ -6,8 +6,8 @@ use std::sync::{Mutex, OnceLock};
 
 use dlm::manifest::Precision;
 use dlm::model::Model;
-use dlm::ortlib::OrtRuntime;
-use dlm::session::SessionOptions;
+use dlm::ort::OrtRuntime;
+use dlm::ort::SessionOptions;
 
 pub fn repo_path(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)

@@ -1,22 +1,18 @@
-//! ONNX Runtime sessions: execution providers (CPU, CUDA, TensorRT), the manifest/graph
-//! signature check, and the denoiser graph behind the sampler's [`Denoiser`] trait.
+//! ONNX Runtime sessions: execution providers (CPU, CUDA, TensorRT) and the check of each
+//! graph's inputs and outputs against the manifest.
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
-use half::f16;
-use half::slice::HalfFloatSliceExt;
 use ndarray::Array3;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::Session;
-use ort::value::{TensorElementType, TensorRef};
+use ort::value::TensorElementType;
 
+use super::OrtRuntime;
 use crate::error::{InferenceError, LoadError};
-use crate::manifest::{DType, Dim, Graph, Precision, TensorSpec};
-use crate::ortlib::OrtRuntime;
-use crate::sampler::Denoiser;
+use crate::manifest::{DType, Dim, Graph, TensorSpec};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Device {
     Cpu,
     Cuda,
@@ -29,29 +25,6 @@ impl Device {
             Device::Cpu => "cpu",
             Device::Cuda => "cuda",
             Device::Tensorrt => "tensorrt",
-        }
-    }
-}
-
-impl FromStr for Device {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "cpu" => Ok(Device::Cpu),
-            "cuda" => Ok(Device::Cuda),
-            "tensorrt" => Ok(Device::Tensorrt),
-            _ => Err(format!("unknown device {s:?}; allowed: cpu, cuda, tensorrt")),
-        }
-    }
-}
-
-impl FromStr for Precision {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "fp32" => Ok(Precision::Fp32),
-            "fp16" => Ok(Precision::Fp16),
-            _ => Err(format!("unknown precision {s:?}; allowed: fp32, fp16")),
         }
     }
 }
@@ -87,7 +60,7 @@ fn base_builder(runtime: &OrtRuntime, opts: &SessionOptions, graph: &Graph) -> o
 fn cpu_session(runtime: &OrtRuntime, path: &Path, graph: &Graph, opts: &SessionOptions) -> Result<Session, LoadError> {
     base_builder(runtime, opts, graph)
         .and_then(|mut b| b.commit_from_file(path))
-        .map_err(|source| LoadError::Session { path: path.to_path_buf(), source })
+        .map_err(|source| LoadError::Session { path: path.to_path_buf(), source: Box::new(source) })
 }
 
 /// TensorRT optimization profile "x:BxLxd,t:B" for min, opt and max shapes.
@@ -149,7 +122,7 @@ fn dispatch_for(graph: &Graph, opts: &SessionOptions) -> Result<ort::ep::Executi
         Device::Tensorrt => {
             let seq = graph.dynamic_axes.get("seq").map_or(1, |a| a.max);
             let mut trt = ort::ep::TensorRT::default()
-                .with_fp16(graph.precision == Precision::Fp16)
+                .with_fp16(graph.precision == crate::manifest::Precision::Fp16)
                 .with_profile_min_shapes(trt_profile(graph, 1, 1))
                 .with_profile_opt_shapes(trt_profile(graph, 1, seq))
                 .with_profile_max_shapes(trt_profile(graph, opts.max_batch.max(1), seq));
@@ -232,78 +205,9 @@ fn shape_matches(spec: &TensorSpec, shape: &[i64]) -> bool {
         })
 }
 
-/// The exported denoiser `(x [B,L,d], t [B]) -> x0_hat [B,L,d]` in fp32 or fp16.
-pub struct OrtDenoiser {
-    session: Session,
-    name: String,
-    precision: Precision,
-    pub device: Device,
-    /// fp16 staging buffer for x_t, reused across steps.
-    x_half: Vec<f16>,
-}
-
-impl OrtDenoiser {
-    pub fn open(runtime: &OrtRuntime, dir: &Path, graph: &Graph, opts: &SessionOptions) -> Result<Self, LoadError> {
-        let (session, device) = open_session(runtime, dir, graph, opts)?;
-        Ok(Self { session, name: graph.name.clone(), precision: graph.precision, device, x_half: Vec::new() })
-    }
-
-    pub fn precision(&self) -> Precision {
-        self.precision
-    }
-
-    /// Finish ONNX Runtime's profile (sessions opened with `profile_dir`); returns its file.
-    pub fn end_profiling(&mut self) -> Result<PathBuf, InferenceError> {
-        end_profiling(&mut self.session, &self.name)
-    }
-}
-
 pub fn end_profiling(session: &mut Session, graph: &str) -> Result<PathBuf, InferenceError> {
-    let file = session.end_profiling().map_err(|source| InferenceError::Run { graph: graph.to_string(), source })?;
+    let file = session.end_profiling().map_err(super::run_error(graph))?;
     Ok(PathBuf::from(file))
-}
-
-impl Denoiser for OrtDenoiser {
-    fn denoise(&mut self, x: &Array3<f32>, t: &[i64], out: &mut Array3<f32>) -> Result<(), InferenceError> {
-        let name = &self.name;
-        let run_err = |source| InferenceError::Run { graph: name.clone(), source };
-        let (b, l, d) = x.dim();
-        let shape = [b, l, d];
-        let x_flat = contiguous(x);
-        let x_flat = &x_flat[..];
-        let t_tensor = TensorRef::from_array_view(([b], t)).map_err(run_err)?;
-        match self.precision {
-            Precision::Fp32 => {
-                let x_tensor = TensorRef::from_array_view((shape, x_flat)).map_err(run_err)?;
-                let outputs = self.session.run(ort::inputs!["x" => x_tensor, "t" => t_tensor]).map_err(run_err)?;
-                let (out_shape, values) = outputs[0].try_extract_tensor::<f32>().map_err(run_err)?;
-                check_len(name, out_shape, &shape)?;
-                out.iter_mut().zip(values).for_each(|(o, &v)| *o = v);
-            }
-            Precision::Fp16 => {
-                self.x_half.resize(x_flat.len(), f16::ZERO);
-                self.x_half.convert_from_f32_slice(x_flat);
-                let x_tensor = TensorRef::from_array_view((shape, &self.x_half[..])).map_err(run_err)?;
-                let outputs = self.session.run(ort::inputs!["x" => x_tensor, "t" => t_tensor]).map_err(run_err)?;
-                let (out_shape, values) = outputs[0].try_extract_tensor::<f16>().map_err(run_err)?;
-                check_len(name, out_shape, &shape)?;
-                out.iter_mut().zip(values).for_each(|(o, v)| *o = v.to_f32());
-            }
-        }
-        Ok(())
-    }
-}
-
-fn check_len(graph: &str, actual: &ort::value::Shape, expected: &[usize; 3]) -> Result<(), InferenceError> {
-    if actual.iter().map(|&s| s as usize).ne(expected.iter().copied()) {
-        return Err(InferenceError::OutputShape {
-            graph: graph.into(),
-            output: "x0_hat".into(),
-            actual: actual.iter().copied().collect(),
-            expected: expected.to_vec(),
-        });
-    }
-    Ok(())
 }
 
 /// The values of `x` in logical (row-major) order, borrowed when it is already contiguous.

@@ -1,0 +1,61 @@
+//! The exported denoiser `(x [B,L,d], t [B]) -> x0_hat [B,L,d]`, fp32 or fp16, as the
+//! sampler's [`Denoiser`].
+
+use std::path::{Path, PathBuf};
+
+use ndarray::Array3;
+use ort::session::Session;
+use ort::value::TensorRef;
+
+use super::session::{contiguous, end_profiling, open_session, Device, SessionOptions};
+use super::staging::{read_output, Staging};
+use super::{run_error, OrtRuntime};
+use crate::error::{InferenceError, LoadError};
+use crate::manifest::{Graph, Precision};
+use crate::sampler::Denoiser;
+
+pub struct OrtDenoiser {
+    session: Session,
+    name: String,
+    precision: Precision,
+    pub device: Device,
+    staging: Staging,
+}
+
+impl OrtDenoiser {
+    pub fn open(runtime: &OrtRuntime, dir: &Path, graph: &Graph, opts: &SessionOptions) -> Result<Self, LoadError> {
+        let (session, device) = open_session(runtime, dir, graph, opts)?;
+        let (name, precision) = (graph.name.clone(), graph.precision);
+        Ok(Self { session, name, precision, device, staging: Staging::default() })
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Finish ONNX Runtime's profile (sessions opened with `profile_dir`); returns its file.
+    pub fn end_profiling(&mut self) -> Result<PathBuf, InferenceError> {
+        end_profiling(&mut self.session, &self.name)
+    }
+}
+
+impl Denoiser for OrtDenoiser {
+    fn denoise(&mut self, x: &Array3<f32>, t: &[i64], out: &mut Array3<f32>) -> Result<(), InferenceError> {
+        let (name, err) = (&self.name, run_error(&self.name));
+        let (b, l, d) = x.dim();
+        let x_flat = contiguous(x);
+        let x_tensor = self.staging.input(self.precision, [b, l, d], &x_flat).map_err(&err)?;
+        let t_tensor = TensorRef::from_array_view(([b], t)).map_err(&err)?;
+        let outputs = self.session.run(ort::inputs!["x" => x_tensor, "t" => t_tensor]).map_err(&err)?;
+        let shape = read_output(&outputs[0], self.precision, out.iter_mut(), |o, v| *o = v).map_err(&err)?;
+        if shape.iter().map(|&s| s as usize).ne([b, l, d]) {
+            return Err(InferenceError::OutputShape {
+                graph: name.clone(),
+                output: "x0_hat".into(),
+                actual: shape.iter().copied().collect(),
+                expected: vec![b, l, d],
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,22 @@
+//! The ONNX Runtime adapter: loading the library ([`runtime`]), sessions on an execution
+//! provider checked against the manifest ([`session`]), and the graphs behind the sampler's
+//! contracts: the denoiser ([`denoiser`], a [`crate::sampler::Denoiser`]) and the guidance
+//! graphs ([`guidance`], [`crate::sampler::Guide`]s). Nothing else in the crate runs ONNX Runtime.
+
+pub mod denoiser;
+pub mod guidance;
+pub mod runtime;
+pub mod session;
+mod staging;
+
+pub use denoiser::OrtDenoiser;
+pub use guidance::{BoundGuide, GuideSession, Target};
+pub use runtime::OrtRuntime;
+pub use session::{Device, SessionOptions};
+
+use crate::error::InferenceError;
+
+/// An ONNX Runtime failure while running `graph`, as the sampler's error.
+fn run_error(graph: &str) -> impl Fn(::ort::Error) -> InferenceError + '_ {
+    move |source| InferenceError::Run { graph: graph.to_string(), source: Box::new(source) }
+}

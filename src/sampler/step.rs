@@ -1,0 +1,78 @@
+//! One reverse-diffusion step, named after the distributions it samples (improved-diffusion
+//! `gaussian_diffusion.py`): `i` indexes the (respaced) schedule, `x` holds x_i on entry and
+//! x_{i-1} on return, `mean` the mean of p(x_{i-1} | x_i) (guidance pulls towards it), and
+//! `noise` is z ~ N(0, I), given by the caller (None: no noise, as at i = 0).
+
+use ndarray::{Array3, ArrayView1, ArrayViewMut1, Zip};
+
+use super::Method;
+use crate::schedule::Diffusion;
+
+/// x_t ~ q(x_t | x_0) = N(sqrt(abar) x_0, (1 - abar) I), for one position.
+pub fn q_sample(x0: ArrayView1<f32>, alpha_bar: f64, noise: ArrayView1<f32>, mut x_t: ArrayViewMut1<f32>) {
+    let (scale, sd) = (alpha_bar.sqrt() as f32, (1.0 - alpha_bar).max(0.0).sqrt() as f32);
+    Zip::from(&mut x_t).and(x0).and(noise).for_each(|x, &x0, &z| *x = scale * x0 + sd * z);
+}
+
+/// The mean of q(x_{i-1} | x_i, x_0 = x0_hat): coef1 x0_hat + coef2 x_i (Ho et al. 2020, Eq. 7).
+pub fn q_posterior_mean(d: &Diffusion, i: usize, x: &Array3<f32>, x0_hat: &Array3<f32>, mean: &mut Array3<f32>) {
+    let (coef1, coef2) = (d.posterior_mean_coef1[i] as f32, d.posterior_mean_coef2[i] as f32);
+    Zip::from(mean).and(x0_hat).and(x).for_each(|m, &x0, &xt| *m = coef1 * x0 + coef2 * xt);
+}
+
+/// DDPM: x_{i-1} = q_posterior_mean + sigma z, sigma^2 = the fixed-large model variance.
+pub fn p_sample(
+    d: &Diffusion,
+    i: usize,
+    x0_hat: &Array3<f32>,
+    noise: Option<&Array3<f32>>,
+    x: &mut Array3<f32>,
+    mean: &mut Array3<f32>,
+) {
+    q_posterior_mean(d, i, x, x0_hat, mean);
+    add_noise(x, mean, sigma(Method::Ddpm, d, i), noise);
+}
+
+/// DDIM (Song et al. 2021, Eq. 12) with eps recovered from the x0 prediction:
+/// eps = (x_i - sqrt(abar) x0_hat) / sqrt(1 - abar),
+/// x_{i-1} = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps + sigma z.
+pub fn ddim_sample(
+    d: &Diffusion,
+    i: usize,
+    eta: f64,
+    x0_hat: &Array3<f32>,
+    noise: Option<&Array3<f32>>,
+    x: &mut Array3<f32>,
+    mean: &mut Array3<f32>,
+) {
+    let (ab, ab_prev) = (d.alpha_bar[i], d.alpha_bar_prev[i]);
+    let sigma = sigma(Method::Ddim { eta }, d, i);
+    let (sqrt_ab, inv_sqrt_1mab) = (ab.sqrt() as f32, (1.0 / (1.0 - ab).sqrt()) as f32);
+    let (sqrt_ab_prev, c_eps) = (ab_prev.sqrt() as f32, (1.0 - ab_prev - sigma * sigma).max(0.0).sqrt() as f32);
+    Zip::from(&mut *mean).and(x0_hat).and(&*x).for_each(|m, &x0, &xt| {
+        let eps = (xt - sqrt_ab * x0) * inv_sqrt_1mab;
+        *m = sqrt_ab_prev * x0 + c_eps * eps;
+    });
+    add_noise(x, mean, sigma, noise);
+}
+
+/// The noise scale sigma of step i (0 at the last step, i = 0).
+pub fn sigma(method: Method, d: &Diffusion, i: usize) -> f64 {
+    if i == 0 {
+        return 0.0;
+    }
+    match method {
+        Method::Ddpm => d.model_variance[i].sqrt(),
+        Method::Ddim { eta } => {
+            let (ab, ab_prev) = (d.alpha_bar[i], d.alpha_bar_prev[i]);
+            eta * ((1.0 - ab_prev) / (1.0 - ab)).sqrt() * (1.0 - ab / ab_prev).sqrt()
+        }
+    }
+}
+
+fn add_noise(x: &mut Array3<f32>, mean: &Array3<f32>, sigma: f64, noise: Option<&Array3<f32>>) {
+    x.assign(mean);
+    if let Some(z) = noise.filter(|_| sigma > 0.0) {
+        x.scaled_add(sigma as f32, z);
+    }
+}
