@@ -77,6 +77,19 @@ fn manifest_of_another_schema_version() {
 }
 
 #[test]
+fn a_bad_manifest_value_names_the_file_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_model(dir.path());
+    let path = dir.path().join("manifest.json");
+    let mut manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    manifest["graphs"][1]["role"] = "decoder".into();
+    manifest["diffusion"]["schedule"] = "cosine".into();
+    std::fs::write(&path, manifest.to_string()).unwrap();
+    let out = dlm(&["generate", "--model", dir.path().to_str().unwrap()]);
+    assert_fails_with(&out, "manifest.json: field diffusion.schedule: unknown variant `cosine`, expected `sqrt`");
+}
+
+#[test]
 fn steps_out_of_range() {
     assert_fails_with(&dlm(&["generate", "--model", &model_arg(), "--steps", "0"]), "steps must be between 1 and 2000");
     assert_fails_with(&dlm(&["generate", "--model", &model_arg(), "--steps", "2001"]), "got 2001");
