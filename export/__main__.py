@@ -78,7 +78,10 @@ def cmd_fixtures(args, cfg):
 
 
 def cmd_evaluate(args, cfg):
-    from .evaluate import evaluate, sweep, table
+    from .evaluate import QUICK, evaluate, sweep, table
+
+    if args.quick:
+        args.n, args.steps = QUICK["n"], QUICK["steps"]
 
     if args.budgets:
         budgets = [int(b) for b in args.budgets.split(",")]
@@ -144,6 +147,7 @@ def main(argv=None):
     e.add_argument("--steps", type=int, default=200)
     e.add_argument("--n", type=int, default=200, help="targets per control")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--quick", action="store_true", help="n = 50 at 50 steps (the ablation setting, a few minutes)")
     e.add_argument("--budgets", help="comma-separated step budgets: a sweep printed as a markdown table")
     e.add_argument("--guide-steps", help="K (comma-separated with --budgets); default: the manifest's")
     e.add_argument("--json-out", help="also write the report as JSON here")

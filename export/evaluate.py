@@ -1,13 +1,17 @@
 """evaluate: drive the real `dlm` binary on control targets built from the held-out split.
 
 Scored like the paper: POS = per-position exact match of the output's spaCy UPOS tags with
-the target; content = the value string appears in the output; length = exact word count;
-infill = every fixed word kept in place; spans = the output's phrase spans (spans.py, from
-spaCy's dependency parse) contain the target span. Fluency: lm-score = exp(mean token NLL) under the
-teacher LM (lower is better), next to the held-out references' own lm-score.
+the target; content = the value appears in the output (family friendly: the phrase, or its
+negation for "no"), reported per field too; length = exact word count; infill = every fixed word
+kept in place; spans = the output's phrase spans (spans.py, from spaCy's dependency parse) contain
+the target span. Fluency: lm-score = exp(mean token NLL) under the teacher LM (lower is better),
+next to the held-out references' own; repeats = the share of outputs with an immediately
+repeated word or a word 3-gram that occurs twice. Targets and seeds are fixed by --seed, so two
+models are compared on the same work. QUICK (n = 50 at 50 steps) is the setting for ablations.
 """
 import json
 import random
+import re
 import statistics
 import subprocess
 import time
@@ -20,6 +24,30 @@ from . import data, manifest as manifest_mod
 from .config import from_dict
 from .errors import ExportError
 from .teacher import lm_scores
+
+QUICK = {"n": 50, "steps": 50}
+FRIENDLY = r"(?:family|kid|kids|child|children)\s*-?\s*friendly"
+NEGATED = re.compile(r"\b(?:not|non|n't|no|never)\b(?:\s+[\w-]+){0,2}?\s*-?\s*" + FRIENDLY)
+
+
+def repeats(tokens):
+    """An immediately repeated word, or a word 3-gram that occurs twice."""
+    if any(a == b for a, b in zip(tokens, tokens[1:])):
+        return True
+    grams = list(zip(tokens, tokens[1:], tokens[2:]))
+    return len(set(grams)) < len(grams)
+
+
+def content_hit(pair, text):
+    """Does the text express field=value? The value string appears (case-insensitive); for
+    family friendly the phrase appears un-negated (yes) or negated (no)."""
+    field, value = pair.split("=", 1)
+    text = " ".join(text.lower().split())
+    if field == "family friendly":
+        negated = bool(NEGATED.search(text))
+        plain = bool(re.search(FRIENDLY, NEGATED.sub(" ", text)))
+        return negated if value.lower() == "no" else plain
+    return value.lower() in text
 
 
 def heldout_targets(m, tok, n, seed):
@@ -34,10 +62,11 @@ def heldout_targets(m, tok, n, seed):
     tags = [pos for pos, _ in analysed]
     spans = [rng.choice(sp) for _, sp in analysed if sp]
     labels = set(m["controls"]["content"]["labels"])
-    content = []
+    content = []  # one pair of each held-out MR, every field (name included) equally likely
     for _, pairs, _ in picked:
-        options = [f"{f}={v}" for f, v in pairs if f"{f}={v}" in labels and f != "name"] or [f"{f}={v}" for f, v in pairs]
-        content.append(rng.choice(options))
+        options = [f"{f}={v}" for f, v in pairs if f"{f}={v}" in labels]
+        if options:
+            content.append(rng.choice(options))
     vocab = tok.get_vocab()
     infill = []  # the middle half blanked; out-of-vocabulary words are blanks too
     for ws in words[: max(1, n // 4)]:
@@ -86,7 +115,7 @@ def evaluate(model_dir, dlm, steps=200, n=200, seed=0, guide_steps=None):
     results = {}
     checks = {
         "pos": (lambda t: ["--pos", t], lambda out, t: pos_match(data.tag_upos(nlp, [out["tokens"]])[0], t)),
-        "content": (lambda t: ["--content", t], lambda out, t: float(t.split("=", 1)[1].lower() in out["text"].lower())),
+        "content": (lambda t: ["--content", t], lambda out, t: float(content_hit(t, out["text"]))),
         "length": (lambda t: ["--length", str(t)], lambda out, t: float(len(out["tokens"]) == t)),
         "infill": (lambda t: ["--infill", t], lambda out, t: float(all(
             w == "_" or (i < len(out["tokens"]) and out["tokens"][i] == w) for i, w in enumerate(t.split())))),
@@ -96,29 +125,46 @@ def evaluate(model_dir, dlm, steps=200, n=200, seed=0, guide_steps=None):
     targets["none"] = list(range(n))
     extra = ["--guide-steps", str(guide_steps)] if guide_steps is not None else []
     for name, (flags, score) in checks.items():
-        texts, scores, seconds = [], [], []
+        texts, scores, seconds, repeated = [], [], [], []
         for i, target in enumerate(targets[name]):
             start = time.perf_counter()
             out = run_dlm(dlm, model_dir, steps, seed + i, flags(target) + extra)
             seconds.append(time.perf_counter() - start)
             texts.append(out["text"])
             scores.append(score(out, target))
-        results[name] = {"n": len(texts), "success": statistics.mean(scores),
+            repeated.append(repeats(out["tokens"]))
+        results[name] = {"n": len(texts), "success": statistics.mean(scores), "repeats": statistics.mean(repeated),
                          "lm_score": statistics.mean(lm_scores(teacher, tok, texts, seq_len)),
                          "seconds_per_sentence": statistics.mean(seconds), "example": texts[0]}
-    results["references"] = {"n": len(targets["references"]),
-                             "lm_score": statistics.mean(lm_scores(teacher, tok, targets["references"], seq_len))}
+        if name == "content":
+            results[name]["by_field"] = by_field(targets[name], scores)
+    references = targets["references"]
+    results["references"] = {"n": len(references), "repeats": statistics.mean(
+                                  repeats(data.words_of(tok, text)) for text in references),
+                              "lm_score": statistics.mean(lm_scores(teacher, tok, references, seq_len))}
     return {"steps": steps, "guide_steps": guide_steps, "seed": seed, "results": results}
+
+
+def by_field(pairs, scores):
+    """Content success per field: {field: [hits, n]}."""
+    fields = {}
+    for pair, hit in zip(pairs, scores):
+        entry = fields.setdefault(pair.split("=", 1)[0], [0, 0])
+        entry[0] += int(hit)
+        entry[1] += 1
+    return dict(sorted(fields.items()))
 
 
 def table(report):
     k = report.get("guide_steps")
     lines = [f"steps {report['steps']}, guidance steps K = {k if k is not None else 'manifest default'}",
-             f"{'control':<11}{'n':>5}{'success':>9}{'lm-score':>10}{'s/sent':>8}"]
+             f"{'control':<11}{'n':>5}{'success':>9}{'repeats':>9}{'lm-score':>10}{'s/sent':>8}"]
     for name, r in report["results"].items():
         success = f"{r['success']:.3f}" if "success" in r else "-"
         secs = f"{r['seconds_per_sentence']:.2f}" if "seconds_per_sentence" in r else "-"
-        lines.append(f"{name:<11}{r['n']:>5}{success:>9}{r['lm_score']:>10.2f}{secs:>8}")
+        lines.append(f"{name:<11}{r['n']:>5}{success:>9}{r['repeats']:>9.3f}{r['lm_score']:>10.2f}{secs:>8}")
+    fields = report["results"]["content"].get("by_field", {})
+    lines.append("content by field: " + ", ".join(f"{f} {h}/{n}" for f, (h, n) in fields.items()))
     return "\n".join(lines)
 
 
@@ -126,12 +172,14 @@ def sweep(model_dir, dlm, budgets, guide_steps, n, seed=0):
     """evaluate at every (budget, K); a markdown table for models/e2e/EVAL.md."""
     reports = [evaluate(model_dir, dlm, steps=b, n=n, seed=seed, guide_steps=k) for b in budgets for k in guide_steps]
     controls = ["pos", "content", "spans", "length", "infill", "none"]
-    head = "| steps | K | " + " | ".join(f"{c} success / lm-score" for c in controls) + " | s/sentence (pos) |"
+    head = "| steps | K | " + " | ".join(f"{c} success / repeats / lm-score" for c in controls) + " | s/sentence (pos) |"
     rows = [head, "|" + "---|" * (len(controls) + 3)]
     for r in reports:
         res = r["results"]
-        cells = [f"{res[c]['success'] * 100:.1f} % / {res[c]['lm_score']:.2f}" for c in controls]
+        cells = [f"{res[c]['success'] * 100:.1f} % / {res[c]['repeats'] * 100:.0f} % / {res[c]['lm_score']:.2f}"
+                 for c in controls]
         rows.append(f"| {r['steps']} | {r['guide_steps']} | " + " | ".join(cells) + f" | {res['pos']['seconds_per_sentence']:.2f} |")
-    rows.append(f"\nHeld-out references' lm-score: {reports[0]['results']['references']['lm_score']:.2f} "
-                f"(n = {reports[0]['results']['references']['n']}).")
+    refs = reports[0]["results"]["references"]
+    rows.append(f"\nHeld-out references: lm-score {refs['lm_score']:.2f}, repeats {refs['repeats'] * 100:.0f} % "
+                f"(n = {refs['n']}).")
     return reports, "\n".join(rows)

@@ -82,12 +82,15 @@ DENOISER_TOLERANCE = {"fp32": {"max_abs_diff": 1e-4}, "fp16": {"max_abs_diff_rel
 GUIDANCE_TOLERANCE = {"fp32": {"max_abs_diff_rel_to_scale": 1e-4}, "fp16": {"max_abs_diff_rel_to_scale": 1e-2}}
 
 
-def denoiser(precision, d, seq_len):
-    """(x [B, L, d], t [B]) -> x0_hat [B, L, d], batch and length dynamic."""
+def denoiser(precision, d, seq_len, self_condition=False):
+    """(x [B, L, d], t [B]) -> x0_hat [B, L, d], batch and length dynamic; a self-conditioned
+    denoiser also takes its previous x0_hat [B, L, d] (zeros at the first step)."""
     f = float_dtype(precision)
+    inputs = (Tensor("x", f, ("batch", "seq", d)), Tensor("t", "int64", ("batch",)))
+    if self_condition:
+        inputs += (Tensor("x0_hat_prev", f, ("batch", "seq", d)),)
     return GraphSpec(
-        f"denoiser.{precision}", "denoiser", precision,
-        inputs=(Tensor("x", f, ("batch", "seq", d)), Tensor("t", "int64", ("batch",))),
+        f"denoiser.{precision}", "denoiser", precision, inputs=inputs,
         outputs=(Tensor("x0_hat", f, ("batch", "seq", d)),),
         tolerance=DENOISER_TOLERANCE[precision],
         dynamic_axes={"batch": {"min": 1, "max": MAX_BATCH}, "seq": {"min": 1, "max": seq_len}})

@@ -29,7 +29,8 @@ def export_denoiser(model, spec, out_path):
     seq_len = spec.dynamic_axes["seq"]["max"]
     x = torch.randn(2, seq_len, model.word_emb.embedding_dim, dtype=dtype)
     t = torch.tensor([1, 1000], dtype=torch.long)
-    spec.export(model, (x, t), out_path, optimize=True)
+    example = (x, t, torch.randn(x.shape, dtype=dtype)) if model.self_condition else (x, t)
+    spec.export(model, example, out_path, optimize=True)
 
 
 def export_model(data_dir, train_dir, out_dir, command, controls_dir=None, teacher_dir=None):
@@ -49,7 +50,7 @@ def export_model(data_dir, train_dir, out_dir, command, controls_dir=None, teach
                    tmp / "reference.pt")
         entries = []
         for precision in ("fp32", "fp16"):
-            spec = graphs.denoiser(precision, cfg.model.d, cfg.model.seq_len)
+            spec = graphs.denoiser(precision, cfg.model.d, cfg.model.seq_len, cfg.model.self_condition)
             # a fresh copy per precision: export_denoiser casts the module in place
             export_denoiser(load_ema(ckpt, tok.get_vocab_size())[0], spec, tmp / spec.file)
             entries.append(spec.manifest_entry(tmp))
@@ -110,7 +111,8 @@ def build_manifest(cfg, tok, model_dir, entries, data_dir, train_dir, state, com
     return {
         "schema_version": manifest_mod.SCHEMA_VERSION,
         "model": {"d": cfg.model.d, "seq_len": cfg.model.seq_len, "vocab_size": tok.get_vocab_size(),
-                  "prediction": "x0", "architecture": cfg.to_dict()["model"]},
+                  "prediction": "x0", "self_condition": cfg.model.self_condition,
+                  "architecture": cfg.to_dict()["model"]},
         "diffusion": {
             "schedule": cfg.diffusion.schedule, "schedule_param": dict(SCHEDULE_PARAM),
             "T": cfg.diffusion.T, "model_variance": "fixed_large",

@@ -90,15 +90,17 @@ def guide(x, mean, variance, t, g):
 @torch.no_grad()
 def sample_latents(model, diff, x_T, noise, clamp=True, ddpm=True, eta=0.0, guidance=None, trace=None):
     """Run the reverse process from x_T; returns x_0. `noise()` gives z ~ N(0, I) of x's shape and is
-    called once per step that needs it (i > 0, sigma > 0), as in the Rust sampler. `trace` collects
-    the model's x0_hat per step."""
+    called once per step that needs it (i > 0, sigma > 0), as in the Rust sampler. A self-conditioned
+    model reads its previous raw x0_hat (zeros at the first step). `trace` collects x0_hat per step."""
     emb = model.word_emb.weight
-    x = x_T
+    x, x0_hat_prev = x_T, (torch.zeros_like(x_T) if model.self_condition else None)
     n = diff.num_steps
     last_unguided = math.floor(n * (guidance.skip_last if guidance else GUIDE_SKIP_LAST))
     for i in reversed(range(n)):
         t = torch.full((x.shape[0],), int(diff.timestep_map[i]), dtype=torch.long)
-        x0_hat = model(x, t)
+        x0_hat = model(x, t, x0_hat_prev)
+        if model.self_condition:
+            x0_hat_prev = x0_hat  # the raw prediction, as in training
         if trace is not None:
             trace.append(x0_hat.clone())
         if clamp:

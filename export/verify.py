@@ -57,9 +57,15 @@ def _check_values(graph, session, reference, T, d, failures):
         t[0] = T - 1
         if np_dtype == np.float16:
             x = x.half().float()  # both engines see the same (fp16-representable) input
+        feed = {"x": x.numpy().astype(np_dtype), "t": t.numpy()}
+        prev = None
+        if len(graph["inputs"]) == 3:  # self-conditioned: the previous x0_hat
+            prev = torch.randn(batch, seq, d, generator=gen)
+            prev = prev.half().float() if np_dtype == np.float16 else prev
+            feed["x0_hat_prev"] = prev.numpy().astype(np_dtype)
         with torch.no_grad():
-            ref = reference(x, t).numpy()
-        (out,) = session.run(None, {"x": x.numpy().astype(np_dtype), "t": t.numpy()})
+            ref = reference(x, t, prev).numpy()
+        (out,) = session.run(None, feed)
         if out.shape != ref.shape:
             failures.append(f"{graph['name']}: x0_hat shape {out.shape} != PyTorch {ref.shape} at (B={batch}, L={seq})")
             continue

@@ -42,6 +42,9 @@ pub struct ModelInfo {
     pub seq_len: usize,
     pub vocab_size: usize,
     pub prediction: Prediction,
+    /// The denoiser also reads its previous x0_hat (input `x0_hat_prev`; zeros at the first step).
+    #[serde(default)]
+    pub self_condition: bool,
     pub architecture: serde_json::Value,
 }
 
@@ -266,6 +269,17 @@ impl Manifest {
                 "embeddings.shape {:?} is not [vocab_size, d] = [{}, {}]",
                 self.embeddings.shape, self.model.vocab_size, self.model.d
             )));
+        }
+        for g in self.graphs.iter().filter(|g| g.role == Role::Denoiser) {
+            let reads_prev = g.inputs.iter().any(|i| i.name == "x0_hat_prev");
+            if reads_prev != self.model.self_condition {
+                return Err(invalid(format!(
+                    "graph {}: input x0_hat_prev {}, but model.self_condition is {}",
+                    g.name,
+                    if reads_prev { "declared" } else { "missing" },
+                    self.model.self_condition
+                )));
+            }
         }
         if self.embeddings.dtype != "float32" || self.embeddings.byte_order != "little" {
             return Err(invalid("embeddings must be little-endian float32".into()));

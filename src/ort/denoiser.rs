@@ -1,5 +1,5 @@
 //! The exported denoiser `(x [B,L,d], t [B]) -> x0_hat [B,L,d]`, fp32 or fp16, as the
-//! sampler's [`Denoiser`].
+//! sampler's [`Denoiser`]; a self-conditioned graph has a third input, `x0_hat_prev [B,L,d]`.
 
 use std::path::{Path, PathBuf};
 
@@ -19,14 +19,24 @@ pub struct OrtDenoiser {
     name: String,
     precision: Precision,
     pub device: Device,
+    /// The graph declares the input x0_hat_prev.
+    self_condition: bool,
     staging: Staging,
+    staging_prev: Staging,
+    /// x0_hat_prev when the caller gives none: zeros.
+    zeros: Vec<f32>,
 }
+
+/// The self-conditioning input's name in the graph and the manifest.
+pub const SELF_CONDITION_INPUT: &str = "x0_hat_prev";
 
 impl OrtDenoiser {
     pub fn open(runtime: &OrtRuntime, dir: &Path, graph: &Graph, opts: &SessionOptions) -> Result<Self, LoadError> {
         let (session, device) = open_session(runtime, dir, graph, opts)?;
         let (name, precision) = (graph.name.clone(), graph.precision);
-        Ok(Self { session, name, precision, device, staging: Staging::default() })
+        let self_condition = graph.inputs.iter().any(|i| i.name == SELF_CONDITION_INPUT);
+        let (staging, staging_prev, zeros) = (Staging::default(), Staging::default(), Vec::new());
+        Ok(Self { session, name, precision, device, self_condition, staging, staging_prev, zeros })
     }
 
     pub fn precision(&self) -> Precision {
@@ -40,13 +50,33 @@ impl OrtDenoiser {
 }
 
 impl Denoiser for OrtDenoiser {
-    fn denoise(&mut self, x: &Array3<f32>, t: &[i64], out: &mut Array3<f32>) -> Result<(), InferenceError> {
+    fn denoise(
+        &mut self,
+        x: &Array3<f32>,
+        t: &[i64],
+        x0_hat_prev: Option<&Array3<f32>>,
+        out: &mut Array3<f32>,
+    ) -> Result<(), InferenceError> {
         let (name, err) = (&self.name, run_error(&self.name));
         let (b, l, d) = x.dim();
         let x_flat = contiguous(x);
         let x_tensor = self.staging.input(self.precision, [b, l, d], &x_flat).map_err(&err)?;
         let t_tensor = TensorRef::from_array_view(([b], t)).map_err(&err)?;
-        let outputs = self.session.run(ort::inputs!["x" => x_tensor, "t" => t_tensor]).map_err(&err)?;
+        let outputs = if self.self_condition {
+            let prev = match x0_hat_prev.filter(|p| p.dim() == (b, l, d)) {
+                Some(p) => contiguous(p),
+                None => {
+                    self.zeros.clear();
+                    self.zeros.resize(b * l * d, 0.0);
+                    std::borrow::Cow::Borrowed(&self.zeros[..])
+                }
+            };
+            let prev_tensor = self.staging_prev.input(self.precision, [b, l, d], &prev).map_err(&err)?;
+            let inputs = ort::inputs!["x" => x_tensor, "t" => t_tensor, SELF_CONDITION_INPUT => prev_tensor];
+            self.session.run(inputs).map_err(&err)?
+        } else {
+            self.session.run(ort::inputs!["x" => x_tensor, "t" => t_tensor]).map_err(&err)?
+        };
         let shape = read_output(&outputs[0], self.precision, out.iter_mut(), |o, v| *o = v).map_err(&err)?;
         if shape.iter().map(|&s| s as usize).ne([b, l, d]) {
             return Err(InferenceError::OutputShape {
@@ -57,5 +87,9 @@ impl Denoiser for OrtDenoiser {
             });
         }
         Ok(())
+    }
+
+    fn self_conditioned(&self) -> bool {
+        self.self_condition
     }
 }

@@ -20,8 +20,20 @@ use crate::schedule::Diffusion;
 
 /// "Given x_t and t, give x0_hat": what the sampler needs from a model.
 pub trait Denoiser {
-    /// `x` is x_t [B, L, d], `t` the model timestep per sequence; writes x0_hat [B, L, d] into `out`.
-    fn denoise(&mut self, x: &Array3<f32>, t: &[i64], out: &mut Array3<f32>) -> Result<(), InferenceError>;
+    /// `x` is x_t [B, L, d], `t` the model timestep per sequence; writes x0_hat [B, L, d] into
+    /// `out`. A self-conditioned model also reads `x0_hat_prev`, its previous raw prediction.
+    fn denoise(
+        &mut self,
+        x: &Array3<f32>,
+        t: &[i64],
+        x0_hat_prev: Option<&Array3<f32>>,
+        out: &mut Array3<f32>,
+    ) -> Result<(), InferenceError>;
+
+    /// Whether `denoise` reads `x0_hat_prev` (self-conditioning); the sampler then keeps it.
+    fn self_conditioned(&self) -> bool {
+        false
+    }
 }
 
 /// "Given x and t, give d loss / d x": what the sampler needs from a control.
@@ -203,6 +215,8 @@ impl<D: Denoiser> Sampler<'_, D> {
         let mut grad = Array3::zeros((b, l, d));
         let mut scratch = Array2::zeros((0, 0));
         let mut t = vec![0i64; b];
+        // self-conditioning: the previous raw x0_hat, zeros before the first step
+        let mut x0_hat_prev = self.denoiser.self_conditioned().then(|| Array3::zeros((b, l, d)));
         let n = self.diffusion.num_steps();
         let mut timing = Timing { steps: n, ..Timing::default() };
         let last_unguided = (n as f64 * self.guide_options.skip_last).floor() as usize;
@@ -220,8 +234,11 @@ impl<D: Denoiser> Sampler<'_, D> {
             }
             t.fill(self.diffusion.timestep_map[i]);
             let call = Instant::now();
-            self.denoiser.denoise(&x, &t, &mut x0_hat)?;
+            self.denoiser.denoise(&x, &t, x0_hat_prev.as_ref(), &mut x0_hat)?;
             timing.denoiser += call.elapsed();
+            if let Some(prev) = x0_hat_prev.as_mut() {
+                prev.assign(&x0_hat);
+            }
             if let Some(trace) = trace.as_deref_mut() {
                 trace.push(x0_hat.clone());
             }

@@ -12,13 +12,45 @@ struct ConstantWord {
 }
 
 impl Denoiser for ConstantWord {
-    fn denoise(&mut self, x: &Array3<f32>, t: &[i64], out: &mut Array3<f32>) -> Result<(), InferenceError> {
+    fn denoise(
+        &mut self,
+        x: &Array3<f32>,
+        t: &[i64],
+        prev: Option<&Array3<f32>>,
+        out: &mut Array3<f32>,
+    ) -> Result<(), InferenceError> {
         assert_eq!(x.dim().0, t.len());
+        assert!(prev.is_none(), "a model that is not self-conditioned gets no x0_hat_prev");
         self.calls.push(t[0]);
         for mut row in out.rows_mut() {
             row.assign(&ndarray::aview1(&self.embedding));
         }
         Ok(())
+    }
+}
+
+/// A self-conditioned fake: predicts its previous x0_hat plus one; records what it was given.
+#[derive(Default)]
+struct CountingUp {
+    given: Vec<Array3<f32>>,
+}
+
+impl Denoiser for CountingUp {
+    fn denoise(
+        &mut self,
+        _x: &Array3<f32>,
+        _t: &[i64],
+        prev: Option<&Array3<f32>>,
+        out: &mut Array3<f32>,
+    ) -> Result<(), InferenceError> {
+        let prev = prev.expect("a self-conditioned model gets x0_hat_prev");
+        self.given.push(prev.clone());
+        out.assign(&prev.mapv(|v| v + 1.0));
+        Ok(())
+    }
+
+    fn self_conditioned(&self) -> bool {
+        true
     }
 }
 
@@ -123,6 +155,21 @@ fn guidance_steps_k_times_against_the_gradient_and_skips_the_last_tenth() {
         let moved = &pair[1].1 - &pair[0].1;
         assert!(moved.iter().all(|&m| (m + 0.25).abs() < 1e-6), "{moved:?}");
     }
+}
+
+#[test]
+fn a_self_conditioned_model_reads_its_previous_raw_x0_hat_from_zeros() {
+    let emb = embeddings();
+    let diff = diffusion(4);
+    let mut fake = CountingUp::default();
+    let options = SampleOptions { method: Method::Ddim { eta: 0.0 }, clamp: true };
+    Sampler::new(&mut fake, &emb, &diff, options)
+        .sample(Array3::zeros((1, 2, 2)), &mut CountedZeros::default(), None)
+        .unwrap();
+    // the raw predictions 1, 2, 3 come back, not their clamped embeddings
+    let firsts: Vec<f32> = fake.given.iter().map(|p| p[[0, 0, 0]]).collect();
+    assert_eq!(firsts, vec![0.0, 1.0, 2.0, 3.0]);
+    assert!(fake.given.iter().all(|p| p.iter().all(|&v| v == p[[0, 0, 0]])));
 }
 
 #[test]
