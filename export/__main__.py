@@ -1,6 +1,7 @@
 """python -m export {prepare,train,controls,teacher,export,verify,sample,fixtures,evaluate,bench,all} --config C --workdir W."""
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -90,7 +91,9 @@ def cmd_evaluate(args, cfg):
         print(markdown)
     else:
         k = int(args.guide_steps) if args.guide_steps else None
-        report = evaluate(args.model, args.dlm, steps=args.steps, n=args.n, seed=args.seed, guide_steps=k)
+        only = args.only.split(",") if args.only else None
+        report = evaluate(args.model, args.dlm, steps=args.steps, n=args.n, seed=args.seed, guide_steps=k, only=only,
+                          dlm_args=shlex.split(args.dlm_args))
         print(table(report))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")
@@ -148,6 +151,8 @@ def main(argv=None):
     e.add_argument("--n", type=int, default=200, help="targets per control")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--quick", action="store_true", help="n = 50 at 50 steps (the ablation setting, a few minutes)")
+    e.add_argument("--only", help="comma-separated controls to evaluate (default: all)")
+    e.add_argument("--dlm-args", default="", help="extra flags for every dlm run, e.g. \"--length-hold ends\"")
     e.add_argument("--budgets", help="comma-separated step budgets: a sweep printed as a markdown table")
     e.add_argument("--guide-steps", help="K (comma-separated with --budgets); default: the manifest's")
     e.add_argument("--json-out", help="also write the report as JSON here")

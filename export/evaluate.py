@@ -100,7 +100,8 @@ def pos_match(nlp_tags, target):
     return sum(a == b for a, b in zip(nlp_tags, target)) / len(target)
 
 
-def evaluate(model_dir, dlm, steps=200, n=200, seed=0, guide_steps=None):
+def evaluate(model_dir, dlm, steps=200, n=200, seed=0, guide_steps=None, only=None, dlm_args=()):
+    """Every control (or those in `only`) on its held-out targets; `dlm_args` go to every dlm run."""
     model_dir = Path(model_dir)
     if not Path(dlm).is_file():
         raise ExportError(f"{dlm}: dlm binary not found; run `cargo build --release` first")
@@ -123,8 +124,13 @@ def evaluate(model_dir, dlm, steps=200, n=200, seed=0, guide_steps=None):
         "none": (lambda t: [], lambda out, t: 1.0),
     }
     targets["none"] = list(range(n))
-    extra = ["--guide-steps", str(guide_steps)] if guide_steps is not None else []
+    extra = (["--guide-steps", str(guide_steps)] if guide_steps is not None else []) + list(dlm_args)
+    unknown = set(only or ()) - set(checks)
+    if unknown:
+        raise ExportError(f"unknown controls {sorted(unknown)}; allowed: {', '.join(checks)}")
     for name, (flags, score) in checks.items():
+        if only and name not in only:
+            continue
         texts, scores, seconds, repeated = [], [], [], []
         for i, target in enumerate(targets[name]):
             start = time.perf_counter()
@@ -163,8 +169,9 @@ def table(report):
         success = f"{r['success']:.3f}" if "success" in r else "-"
         secs = f"{r['seconds_per_sentence']:.2f}" if "seconds_per_sentence" in r else "-"
         lines.append(f"{name:<11}{r['n']:>5}{success:>9}{r['repeats']:>9.3f}{r['lm_score']:>10.2f}{secs:>8}")
-    fields = report["results"]["content"].get("by_field", {})
-    lines.append("content by field: " + ", ".join(f"{f} {h}/{n}" for f, (h, n) in fields.items()))
+    fields = report["results"].get("content", {}).get("by_field", {})
+    if fields:
+        lines.append("content by field: " + ", ".join(f"{f} {h}/{n}" for f, (h, n) in fields.items()))
     return "\n".join(lines)
 
 

@@ -18,6 +18,19 @@ pub struct ControlRequest {
     pub infill: Option<String>,
     /// "i,j,LABEL" each: words i..j (0-based, inclusive) form a phrase of LABEL (NP, PP).
     pub spans: Vec<String>,
+    /// Which positions a fixed length (length, POS or infill template) holds.
+    pub length_hold: LengthHold,
+}
+
+/// How a fixed length of N words is enforced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LengthHold {
+    /// START, END after word N and PAD after it held; positions 1..=N clamped and rounded to words only.
+    #[default]
+    Full,
+    /// START and END only (Diffusion-LM's reference): the model may write PAD after END, nothing else is forced.
+    Ends,
 }
 
 /// Per-request targets: what the guidance graphs and the held positions need.
@@ -115,8 +128,10 @@ pub fn plan(request: &ControlRequest, manifest: &Manifest, vocab: &Vocab) -> Res
         let special = manifest.special_tokens;
         plan.held[0] = Some(special.start);
         plan.held[n + 1] = Some(special.end);
-        plan.held[n + 2..].iter_mut().for_each(|h| *h = Some(special.pad));
-        plan.words_only = (0..seq_len).map(|i| (1..=n).contains(&i) && plan.held[i].is_none()).collect();
+        if request.length_hold == LengthHold::Full {
+            plan.held[n + 2..].iter_mut().for_each(|h| *h = Some(special.pad));
+            plan.words_only = (0..seq_len).map(|i| (1..=n).contains(&i) && plan.held[i].is_none()).collect();
+        }
     }
     Ok(plan)
 }

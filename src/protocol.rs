@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::controls::ControlRequest;
+use crate::controls::{ControlRequest, LengthHold};
 use crate::error::{ControlError, RequestError};
 use crate::overrides::{valid_nonnegative, valid_steps, GuideOverrides, NumberOrMap, Setting};
 use crate::sampler::Method;
@@ -86,6 +86,8 @@ pub struct GenerateParams {
     pub pos: Option<String>,
     content: Option<OneOrMany>,
     pub length: Option<usize>,
+    /// "full" (default) or "ends": which positions a fixed length holds.
+    pub length_hold: Option<LengthHold>,
     pub infill: Option<String>,
     span: Option<OneOrMany>,
     guide_steps: Option<NumberOrMap<usize>>,
@@ -108,6 +110,7 @@ impl GenerateParams {
             pos: self.pos.clone(),
             content: list(&self.content),
             length: self.length,
+            length_hold: self.length_hold.unwrap_or_default(),
             infill: self.infill.clone(),
             spans: list(&self.span),
         }
@@ -153,7 +156,7 @@ pub fn parse_request(line: &[u8]) -> Result<Incoming, Rejection> {
 }
 
 /// The fields a generate request may carry, for error messages.
-pub const FIELDS: [&str; 16] = [
+pub const FIELDS: [&str; 17] = [
     "steps",
     "seed",
     "num",
@@ -162,6 +165,7 @@ pub const FIELDS: [&str; 16] = [
     "pos",
     "content",
     "length",
+    "length_hold",
     "infill",
     "span",
     "guide_steps",

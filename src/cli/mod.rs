@@ -9,7 +9,7 @@ pub mod serve;
 use std::path::PathBuf;
 
 use clap::Args;
-use dlm::controls::ControlRequest;
+use dlm::controls::{ControlRequest, LengthHold};
 use dlm::error::ControlError;
 use dlm::manifest::Precision;
 use dlm::ort::{Device, SessionOptions};
@@ -62,6 +62,10 @@ pub struct ControlArgs {
     /// Number of words.
     #[arg(long)]
     pub length: Option<usize>,
+    /// Which positions a fixed length (--length, --pos, --infill) holds: full (START, END, PAD
+    /// after it, words only inside) or ends (START and END only).
+    #[arg(long, value_enum, default_value_t = LengthHold::Full)]
+    pub length_hold: LengthHold,
     /// Template with `_` for each word to generate: "The Eagle is a _ _ near _ ." (fixed words kept).
     #[arg(long)]
     pub infill: Option<String>,
@@ -88,6 +92,7 @@ impl ControlArgs {
             pos: self.pos.clone(),
             content: self.content.clone(),
             length: self.length,
+            length_hold: self.length_hold,
             infill: self.infill.clone(),
             spans: self.span.clone(),
         }
