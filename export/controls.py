@@ -2,10 +2,14 @@
 
 - pos: a per-position UPOS tagger; positions carry START, the words' tags, END, then PAD, so a
   tag sequence also pins the length.
-- content: which `field=value` pairs of the MR the sentence expresses (multi-label).
-- spans: whether words i..j form a phrase of a label (NP, PP as defined in spans.py).
+- content: which `field=value` pairs the sentence expresses in its own words, tagged per
+  position (the MR alone often names fields a sentence leaves out).
+- spans: whether words i..j form a phrase of a label (NP, PP as defined in spans.py), trained
+  on real phrases against boundary-shifted, relabelled and random spans.
 Each guidance loss is summed per sequence; its gradient w.r.t. x is what the runtime follows.
 """
+import re
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -57,17 +61,26 @@ class PosClassifier(_LinearHead):
 
 
 class ContentClassifier(_LinearHead):
+    """Per-position tagger of content values: logit[b, i, v] says that position i carries (a word
+    of) the value of label v; p(v expressed) = 1 - prod_i (1 - sigmoid(logit[b, i, v])), so the
+    value may sit anywhere (a noisy-or over positions)."""
+
     def forward(self, x, t):
-        return self.head(self.encoder(x, t).mean(1))
+        return self.head(self.encoder(x, t))
+
+    def log_p_expressed(self, x, t):
+        """log p(v expressed | x_t) [B, V]."""
+        log_absent = F.logsigmoid(-self(x, t).float()).sum(1)
+        return torch.log((1.0 - torch.exp(log_absent)).clamp(min=1e-6))
 
     def loss(self, x, t, wanted):
         """-sum_v wanted_v log p(v expressed | x_t): [B]; `wanted` is a 0/1 mask [B, V]."""
-        logits = self(x, t).float()
-        return -(wanted * F.logsigmoid(logits)).sum(-1)
+        return -(wanted * self.log_p_expressed(x, t)).sum(-1)
 
-    def train_loss(self, x, t, present):
+    def train_loss(self, x, t, tags):
+        """Per-position binary cross entropy against tags [B, L, V] (1 where a value's word sits)."""
         logits = self(x, t).float()
-        return F.binary_cross_entropy_with_logits(logits, present, reduction="none").sum(-1)
+        return F.binary_cross_entropy_with_logits(logits, tags, reduction="none").sum((1, 2)) / logits.shape[1]
 
 
 class SpanClassifier(nn.Module):
@@ -80,42 +93,29 @@ class SpanClassifier(nn.Module):
         self.head = nn.Sequential(nn.Linear(3 * hidden, hidden), nn.Tanh(), nn.Linear(hidden, num_labels))
 
     def forward(self, x, t, span):
+        """Logits [B, labels] for span [B, 3] (i, j, label), or [B, S, labels] for S spans [B, S, 3]."""
+        single = span.dim() == 2
+        span = span[:, None] if single else span
         h = self.encoder(x, t)
-        pos = torch.arange(h.shape[1], device=h.device)[None, :]
-        first, last = span[:, 0:1] + 1, span[:, 1:2] + 1
-        inside = ((pos >= first) & (pos <= last)).to(h.dtype)[:, :, None]
-        mean = (h * inside).sum(1) / inside.sum(1).clamp(min=1.0)
-        at = lambda k: torch.gather(h, 1, k[:, :, None].expand(-1, 1, h.shape[2]))[:, 0]
-        return self.head(torch.cat([at(first), at(last), mean], dim=-1))
+        pos = torch.arange(h.shape[1], device=h.device)[None, None, :]
+        first, last = span[:, :, 0:1] + 1, span[:, :, 1:2] + 1
+        inside = ((pos >= first) & (pos <= last)).to(h.dtype)
+        mean = (inside @ h) / inside.sum(-1, keepdim=True).clamp(min=1.0)
+        at = lambda k: torch.gather(h, 1, k.expand(-1, -1, h.shape[2]))  # noqa: E731
+        logits = self.head(torch.cat([at(first), at(last), mean], dim=-1))
+        return logits[:, 0] if single else logits
 
     def loss(self, x, t, span):
         """-log p(span (i, j) has label | x_t) for span = [B, 3] (i, j, label): [B]."""
         logits = self(x, t, span).float()
         return -F.logsigmoid(torch.gather(logits, 1, span[:, 2:3]))[:, 0]
 
-    def train_loss(self, x, t, span, target):
-        logits = torch.gather(self(x, t, span).float(), 1, span[:, 2:3])[:, 0]
-        return F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-
-
-def span_examples(records, labels, seq_len, gen):
-    """One (i, j, label) per sentence, half of them its real phrases (target 1), half random
-    spans (target 1 only if it happens to be a phrase)."""
-    index = {label: k for k, label in enumerate(labels)}
-    rows, targets = [], []
-    for r in records:
-        n = min(len(r["words"]), seq_len - 2)
-        real = {(i, j, index[label]) for i, j, label in r["spans"] if j < n}
-        if real and torch.rand((), generator=gen) < 0.5:
-            spans = sorted(real)
-            span = spans[int(torch.randint(0, len(spans), (), generator=gen))]
-        else:
-            i = int(torch.randint(0, n, (), generator=gen))
-            j = min(n - 1, i + int(torch.randint(0, 6, (), generator=gen)))
-            span = (i, j, int(torch.randint(0, len(labels), (), generator=gen)))
-        rows.append(list(span))
-        targets.append(float(span in real))
-    return torch.tensor(rows, dtype=torch.long), torch.tensor(targets)
+    def train_loss(self, x, t, spans, target):
+        """Binary cross entropy of spans [B, S, 3] against target [B, S] (-1: unused slot), summed over S."""
+        logits = torch.gather(self(x, t, spans).float(), 2, spans[:, :, 2:3])[:, :, 0]
+        used = (target >= 0).float()
+        bce = F.binary_cross_entropy_with_logits(logits, target.clamp(min=0), reduction="none")
+        return (bce * used).sum(-1)
 
 
 def pos_labels(records, tag_vocab, seq_len):
@@ -128,12 +128,91 @@ def pos_labels(records, tag_vocab, seq_len):
     return torch.tensor(rows, dtype=torch.long)
 
 
-def content_labels(records, values):
+FRIENDLY = r"(?:family|kid|kids|child|children)\s*-?\s*friendly"
+NEGATED = re.compile(r"\b(?:not|non|n't|no|never)\b(?:\s+[\w-]+){0,2}?\s*-?\s*" + FRIENDLY)
+
+
+def expressed(pair, text):
+    """Does the text express field=value? The value string appears (case-insensitive); for
+    family friendly the phrase appears un-negated (yes) or negated (no)."""
+    field, value = pair.split("=", 1)
+    text = " ".join(text.lower().split())
+    if field == "family friendly":
+        negated = bool(NEGATED.search(text))
+        plain = bool(re.search(FRIENDLY, NEGATED.sub(" ", text)))
+        return negated if value.lower() == "no" else plain
+    return value.lower() in text
+
+
+def value_positions(pair, words):
+    """Latent positions (word k at k + 1) of the words that express field=value in `words`."""
+    field, value = pair.split("=", 1)
+    lower = [w.lower() for w in words]
+    if field == "family friendly":
+        text = " ".join(lower)
+        pattern = NEGATED if value.lower() == "no" else re.compile(FRIENDLY)
+        spans = [m.span() for m in pattern.finditer(text)]
+        if value.lower() != "no":
+            negated = [m.span() for m in NEGATED.finditer(text)]
+            spans = [s for s in spans if not any(a <= s[0] < b for a, b in negated)]
+        starts = [sum(len(w) + 1 for w in lower[:k]) for k in range(len(lower))]
+        return sorted({k + 1 for a, b in spans for k, c in enumerate(starts) if a <= c < b})
+    target = value.lower().split()
+    n = len(target)
+    return sorted({k + 1 + i for k in range(len(lower) - n + 1) if lower[k:k + n] == target for i in range(n)})
+
+
+def content_targets(records, values, seq_len):
+    """wanted [N, V]: the MR pairs each sentence expresses in its own words (not the MR alone),
+    and per sentence the (position, label) pairs of the words that express them."""
     index = {v: i for i, v in enumerate(values)}
-    out = torch.zeros(len(records), len(values))
+    wanted = torch.zeros(len(records), len(values))
+    tags = []
     for row, r in enumerate(records):
+        mine = []
         for field, value in r["fields"]:
             key = f"{field}={value}"
-            if key in index:
-                out[row, index[key]] = 1.0
+            if key in index and expressed(key, r["text"]):
+                where = [p for p in value_positions(key, r["words"]) if p < seq_len]
+                if where:
+                    wanted[row, index[key]] = 1.0
+                    mine.extend((p, index[key]) for p in where)
+        tags.append(mine)
+    return wanted, tags
+
+
+def position_tags(tags, rows, seq_len, num_labels):
+    """[B, L, V] 0/1 per-position content tags of the sentences `rows`."""
+    out = torch.zeros(len(rows), seq_len, num_labels)
+    for b, row in enumerate(rows):
+        for p, v in tags[row]:
+            out[b, p, v] = 1.0
     return out
+
+
+def span_candidates(records, labels, seq_len, gen, per_sentence=8):
+    """spans [N, S, 3] and targets [N, S] (1 phrase, 0 not, -1 unused slot): each sentence's real
+    phrases, then for each a boundary-shifted and a relabelled copy, then random spans."""
+    index = {label: k for k, label in enumerate(labels)}
+    spans = torch.zeros(len(records), per_sentence, 3, dtype=torch.long)
+    target = torch.full((len(records), per_sentence), -1.0)
+    for row, r in enumerate(records):
+        n = min(len(r["words"]), seq_len - 2)
+        real = {(i, j, index[label]) for i, j, label in r["spans"] if j < n}
+        order = sorted(real)
+        picks = [order[k] for k in torch.randperm(len(order), generator=gen)[: per_sentence // 4].tolist()]
+        chosen = list(picks)
+        for i, j, lab in picks:
+            shift = int(torch.randint(0, 4, (), generator=gen))
+            moved = [(i - 1, j, lab), (i + 1, j, lab), (i, j - 1, lab), (i, j + 1, lab)][shift]
+            if 0 <= moved[0] <= moved[1] < n:
+                chosen.append(moved)
+            chosen.append((i, j, (lab + 1) % len(labels)))
+        while len(chosen) < per_sentence and n > 0:
+            i = int(torch.randint(0, n, (), generator=gen))
+            j = min(n - 1, i + int(torch.randint(0, 6, (), generator=gen)))
+            chosen.append((i, j, int(torch.randint(0, len(labels), (), generator=gen))))
+        for k, span in enumerate(chosen[:per_sentence]):
+            spans[row, k] = torch.tensor(span)
+            target[row, k] = float(span in real)
+    return spans, target

@@ -11,7 +11,6 @@ models are compared on the same work. QUICK (n = 50 at 50 steps) is the setting 
 """
 import json
 import random
-import re
 import statistics
 import subprocess
 import time
@@ -22,32 +21,17 @@ from tokenizers import Tokenizer
 
 from . import data, manifest as manifest_mod
 from .config import from_dict
+from .controls import expressed
 from .errors import ExportError
 from .teacher import lm_scores
 
 QUICK = {"n": 50, "steps": 50}
-FRIENDLY = r"(?:family|kid|kids|child|children)\s*-?\s*friendly"
-NEGATED = re.compile(r"\b(?:not|non|n't|no|never)\b(?:\s+[\w-]+){0,2}?\s*-?\s*" + FRIENDLY)
-
-
 def repeats(tokens):
     """An immediately repeated word, or a word 3-gram that occurs twice."""
     if any(a == b for a, b in zip(tokens, tokens[1:])):
         return True
     grams = list(zip(tokens, tokens[1:], tokens[2:]))
     return len(set(grams)) < len(grams)
-
-
-def content_hit(pair, text):
-    """Does the text express field=value? The value string appears (case-insensitive); for
-    family friendly the phrase appears un-negated (yes) or negated (no)."""
-    field, value = pair.split("=", 1)
-    text = " ".join(text.lower().split())
-    if field == "family friendly":
-        negated = bool(NEGATED.search(text))
-        plain = bool(re.search(FRIENDLY, NEGATED.sub(" ", text)))
-        return negated if value.lower() == "no" else plain
-    return value.lower() in text
 
 
 def heldout_targets(m, tok, n, seed):
@@ -116,7 +100,7 @@ def evaluate(model_dir, dlm, steps=200, n=200, seed=0, guide_steps=None, only=No
     results = {}
     checks = {
         "pos": (lambda t: ["--pos", t], lambda out, t: pos_match(data.tag_upos(nlp, [out["tokens"]])[0], t)),
-        "content": (lambda t: ["--content", t], lambda out, t: float(content_hit(t, out["text"]))),
+        "content": (lambda t: ["--content", t], lambda out, t: float(expressed(t, out["text"]))),
         "length": (lambda t: ["--length", str(t)], lambda out, t: float(len(out["tokens"]) == t)),
         "infill": (lambda t: ["--infill", t], lambda out, t: float(all(
             w == "_" or (i < len(out["tokens"]) and out["tokens"][i] == w) for i, w in enumerate(t.split())))),

@@ -7,8 +7,9 @@ from tqdm import tqdm
 
 from . import data
 from .atomic import atomic_save
-from .controls import (POS_SPECIAL, ContentClassifier, PosClassifier, SpanClassifier, content_labels, pos_labels,
-                       span_examples)
+from .control_eval import accuracy_by_band
+from .controls import (POS_SPECIAL, ContentClassifier, PosClassifier, SpanClassifier, content_targets, pos_labels,
+                       position_tags, span_candidates)
 from .spans import SPAN_LABELS
 from .errors import ExportError
 from .schedule import Diffusion
@@ -41,7 +42,8 @@ def train_controls(cfg, data_dir, train_dir, out_dir):
     c, m = cfg.controls, cfg.model
     tags, values = label_vocab(records)
     ids = torch.tensor([data.encode_ids(tok, r["words"], m.seq_len) for r in records])
-    pos_y, content_y = pos_labels(records, tags, m.seq_len), content_labels(records, values)
+    pos_y = pos_labels(records, tags, m.seq_len)
+    _, content_tags = content_targets(records, values, m.seq_len)
     torch.manual_seed(c.seed)
     gen = torch.Generator().manual_seed(c.seed)
     pos = PosClassifier(m.d, m.seq_len, len(tags), c.hidden, c.layers, c.heads)
@@ -71,8 +73,9 @@ def train_controls(cfg, data_dir, train_dir, out_dir):
         noise = torch.randn(x0.shape, generator=gen)
         x_t = diff.q_sample(x0, t, noise)
         pos_loss = pos.loss(x_t, t, pos_y[idx]).mean() / m.seq_len
-        content_loss = content.train_loss(x_t, t, content_y[idx]).mean() / len(values)
-        span, target = span_examples([records[k] for k in idx.tolist()], SPAN_LABELS, m.seq_len, gen)
+        rows = idx.tolist()
+        content_loss = content.train_loss(x_t, t, position_tags(content_tags, rows, m.seq_len, len(values))).mean()
+        span, target = span_candidates([records[k] for k in rows], SPAN_LABELS, m.seq_len, gen)
         span_loss = spans.train_loss(x_t, t, span, target).mean()
         opt.zero_grad(set_to_none=True)
         (pos_loss + content_loss + span_loss).backward()
@@ -85,8 +88,13 @@ def train_controls(cfg, data_dir, train_dir, out_dir):
             atomic_save({"config": cfg.to_dict(), "step": step + 1, "log": log, "opt": opt.state_dict(),
                          "gen": gen.get_state(), "rng": torch.get_rng_state(), "pos": pos.state_dict(),
                          "content": content.state_dict(), "spans": spans.state_dict()}, partial)
+    classifiers = {"pos": (pos.eval(), tags), "content": (content.eval(), values), "spans": (spans.eval(), SPAN_LABELS)}
+    heldout = data.load_split(data_dir, "heldout")
+    accuracy = accuracy_by_band(classifiers, emb, heldout, tok, diff, tags, values, SPAN_LABELS, m.seq_len)
+    print(json.dumps({"heldout_accuracy_by_t": accuracy}))
     state = {"config": cfg.to_dict(), "tags": tags, "values": values, "span_labels": SPAN_LABELS, "log": log,
-             "pos": pos.state_dict(), "content": content.state_dict(), "spans": spans.state_dict()}
+             "accuracy": accuracy, "pos": pos.state_dict(), "content": content.state_dict(),
+             "spans": spans.state_dict()}
     torch.save(state, out_dir / CONTROLS_FILE)
     (out_dir / "controls_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
     partial.unlink(missing_ok=True)

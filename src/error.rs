@@ -53,8 +53,10 @@ pub enum RequestError {
     Zero { what: &'static str },
     #[error("batch size {got} is above the model's maximum of {max}")]
     Batch { got: usize, max: usize },
-    #[error("num x mbr = {num} x {mbr} samples is above the limit of {max}")]
-    Samples { num: usize, mbr: usize, max: usize },
+    #[error("num x samples per output (mbr or rerank) = {num} x {per_output} is above the limit of {max}")]
+    Samples { num: usize, per_output: usize, max: usize },
+    #[error("mbr and rerank each choose among samples: give one of them, not both")]
+    MbrAndRerank,
     #[error("timeout_ms must be at least 1 (the server caps it at {max}), got {got}")]
     Timeout { got: u64, max: u64 },
 }

@@ -2,6 +2,8 @@
 
 use std::time::Instant;
 
+use ndarray::Array3;
+
 use crate::controls::{plan, ControlRequest, Plan};
 use crate::embeddings::WordsOnly;
 use crate::error::{GenerateError, RequestError};
@@ -24,6 +26,9 @@ pub struct Request {
     pub guide: GuideOverrides,
     /// Minimum Bayes risk: draw this many samples per output and keep the consensus one (1 = off).
     pub mbr: usize,
+    /// Best-of-N: draw this many samples per output and keep the one whose final latent the
+    /// guided controls' classifiers score best (lowest summed loss at t = 0) (1 = off).
+    pub rerank: usize,
     /// Stop with [`GenerateError::Deadline`] once this instant has passed.
     pub deadline: Option<Instant>,
 }
@@ -41,6 +46,7 @@ impl Default for Request {
             controls: ControlRequest::default(),
             guide: GuideOverrides::default(),
             mbr: 1,
+            rerank: 1,
             deadline: None,
         }
     }
@@ -53,7 +59,7 @@ pub struct Limits {
     pub t_max: usize,
     /// The most sequences per denoiser call.
     pub max_batch: usize,
-    /// The most samples (num x mbr) per request.
+    /// The most samples (num x mbr, or num x rerank) per request.
     pub max_samples: usize,
 }
 
@@ -75,19 +81,28 @@ impl Request {
                 return Err(RequestError::Eta(eta));
             }
         }
-        for (what, value) in [("num", self.num), ("batch", self.batch), ("mbr", self.mbr)] {
+        for (what, value) in [("num", self.num), ("batch", self.batch), ("mbr", self.mbr), ("rerank", self.rerank)] {
             if value == 0 {
                 return Err(RequestError::Zero { what });
             }
         }
+        if self.mbr > 1 && self.rerank > 1 {
+            return Err(RequestError::MbrAndRerank);
+        }
         if self.batch > limits.max_batch {
             return Err(RequestError::Batch { got: self.batch, max: limits.max_batch });
         }
-        let too_many = RequestError::Samples { num: self.num, mbr: self.mbr, max: limits.max_samples };
-        match self.num.checked_mul(self.mbr) {
+        let per_output = self.samples_per_output();
+        let too_many = RequestError::Samples { num: self.num, per_output, max: limits.max_samples };
+        match self.num.checked_mul(per_output) {
             Some(samples) if samples <= limits.max_samples => Ok(()),
             _ => Err(too_many),
         }
+    }
+
+    /// Samples drawn for each output: mbr or rerank (at most one of them above 1).
+    pub fn samples_per_output(&self) -> usize {
+        self.mbr.max(self.rerank)
     }
 }
 
@@ -99,19 +114,31 @@ pub struct Generated {
     pub ids: Vec<u32>,
     /// Timing of the batch this sequence was generated in.
     pub timing: Timing,
+    /// The guided controls' summed, weighted classifier loss at t = 0 on the final latent
+    /// (None without a classifier control).
+    pub control_loss: Option<f32>,
 }
 
 /// Generate `num` sequences in batches of `batch`; sequence k always uses random stream (seed, k).
-/// With `mbr` = S > 1, output k is the consensus of samples k*S..(k+1)*S.
+/// With `mbr` or `rerank` = S > 1, output k is chosen from samples k*S..(k+1)*S: their consensus
+/// (MBR) or the one the control classifiers score best.
 pub fn generate(model: &mut Model, request: &Request) -> Result<Vec<Generated>, GenerateError> {
     request.validate(&Limits::of(model))?;
-    if request.mbr == 1 {
+    let per_output = request.samples_per_output();
+    if per_output == 1 {
         return generate_samples(model, request);
     }
-    let samples = generate_samples(model, &Request { num: request.num * request.mbr, mbr: 1, ..request.clone() })?;
-    let outputs = samples.chunks(request.mbr).enumerate().map(|(k, group)| {
-        let tokens: Vec<Vec<String>> = group.iter().map(|g| g.tokens.clone()).collect();
-        Generated { index: k, ..group[mbr::select(&tokens)].clone() }
+    let all = Request { num: request.num * per_output, mbr: 1, rerank: 1, ..request.clone() };
+    let samples = generate_samples(model, &all)?;
+    let outputs = samples.chunks(per_output).enumerate().map(|(k, group)| {
+        let best = if request.rerank > 1 {
+            let loss = |g: &Generated| g.control_loss.unwrap_or(0.0);
+            (0..group.len()).min_by(|&a, &b| loss(&group[a]).total_cmp(&loss(&group[b]))).unwrap_or(0)
+        } else {
+            let tokens: Vec<Vec<String>> = group.iter().map(|g| g.tokens.clone()).collect();
+            mbr::select(&tokens)
+        };
+        Generated { index: k, ..group[best].clone() }
     });
     Ok(outputs.collect())
 }
@@ -162,7 +189,8 @@ fn generate_samples(model: &mut Model, request: &Request) -> Result<Vec<Generate
         sampler.words_only = WordsOnly { positions: &plan.words_only, specials: &specials };
         sampler.deadline = request.deadline;
         let sampled = sampler.sample(x_t, &mut noise, None)?;
-        for (k, ids) in indices.into_iter().zip(sampled.tokens) {
+        let control_loss = final_control_loss(&mut bound, &sampled.x0)?;
+        for (n, (k, ids)) in indices.into_iter().zip(sampled.tokens).enumerate() {
             let content: Vec<u32> = model.vocab.content_ids(&ids).collect();
             results.push(Generated {
                 index: k,
@@ -170,8 +198,23 @@ fn generate_samples(model: &mut Model, request: &Request) -> Result<Vec<Generate
                 tokens: content.iter().map(|&i| model.vocab.token(i)).collect(),
                 ids,
                 timing: sampled.timing.clone(),
+                control_loss: control_loss.as_ref().map(|l| l[n]),
             });
         }
     }
     Ok(results)
+}
+
+/// Per sequence, the guided controls' weighted losses added, at t = 0 on the final latent x0.
+fn final_control_loss(guides: &mut [BoundGuide], x0: &Array3<f32>) -> Result<Option<Vec<f32>>, GenerateError> {
+    if guides.is_empty() {
+        return Ok(None);
+    }
+    let (t, mut grad) = (vec![0i64; x0.dim().0], Array3::zeros(x0.dim()));
+    let mut total = vec![0.0f32; x0.dim().0];
+    for guide in guides.iter_mut() {
+        guide.add_grad(x0, &t, &mut grad)?;
+        total.iter_mut().zip(&guide.last_loss).for_each(|(s, l)| *s += guide.weight * l);
+    }
+    Ok(Some(total))
 }

@@ -95,6 +95,7 @@ pub struct GenerateParams {
     guide_lr: Option<NumberOrMap<f64>>,
     guide_weight: Option<NumberOrMap<f64>>,
     pub mbr: Option<usize>,
+    pub rerank: Option<usize>,
     /// Milliseconds from arrival to the answer; the server caps it.
     pub timeout_ms: Option<u64>,
 }
@@ -156,7 +157,7 @@ pub fn parse_request(line: &[u8]) -> Result<Incoming, Rejection> {
 }
 
 /// The fields a generate request may carry, for error messages.
-pub const FIELDS: [&str; 17] = [
+pub const FIELDS: [&str; 18] = [
     "steps",
     "seed",
     "num",
@@ -173,6 +174,7 @@ pub const FIELDS: [&str; 17] = [
     "guide_lr",
     "guide_weight",
     "mbr",
+    "rerank",
     "timeout_ms",
 ];
 

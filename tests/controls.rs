@@ -186,3 +186,15 @@ fn several_spans_add_their_losses_and_gradients() {
         assert!(worst < 1e-5, "grad differs by {worst}");
     });
 }
+
+#[test]
+fn rerank_keeps_the_sample_the_classifiers_score_best() {
+    let controls = ControlRequest { content: vec!["food=Italian".into()], ..Default::default() };
+    let samples = run(Precision::Fp32, &request(controls.clone(), 4, 4));
+    let losses: Vec<f32> =
+        samples.iter().map(|g| g.control_loss.expect("a guided sample has a control loss")).collect();
+    let best = run(Precision::Fp32, &Request { rerank: 4, ..request(controls, 1, 4) });
+    let lowest = (0..4).min_by(|&a, &b| losses[a].total_cmp(&losses[b])).unwrap();
+    assert_eq!(best[0].text, samples[lowest].text, "losses {losses:?}");
+    assert!(run(Precision::Fp32, &request(ControlRequest::default(), 1, 1))[0].control_loss.is_none());
+}

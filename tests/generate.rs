@@ -79,9 +79,10 @@ fn out_of_range_requests_are_refused() {
             (request(10, 0, 1, 0), RequestError::Zero { what: "batch" }),
             (Request { method: Method::Ddim { eta: 1.5 }, ..request(10, 0, 1, 1) }, RequestError::Eta(1.5)),
             (Request { mbr: 0, ..request(10, 0, 1, 1) }, RequestError::Zero { what: "mbr" }),
+            (Request { mbr: 2, rerank: 2, ..request(10, 0, 1, 1) }, RequestError::MbrAndRerank),
             (
                 Request { mbr: 2, ..request(10, 0, usize::MAX, 1) },
-                RequestError::Samples { num: usize::MAX, mbr: 2, max: usize::MAX },
+                RequestError::Samples { num: usize::MAX, per_output: 2, max: usize::MAX },
             ),
         ] {
             match generate(m, &r) {

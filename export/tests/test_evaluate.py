@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from export.errors import ExportError
-from export.evaluate import content_hit, evaluate, repeats, table
+from export.controls import expressed as content_hit
+from export.evaluate import evaluate, repeats, table
 
 ROOT = Path(__file__).resolve().parents[2]
 DLM = ROOT / "target" / "release" / "dlm"

@@ -45,6 +45,9 @@ pub struct GenerateArgs {
     /// Minimum Bayes risk decoding: S samples per sentence, keep the one closest (BLEU) to the rest.
     #[arg(long, default_value_t = 1)]
     mbr: usize,
+    /// Best of S: S samples per sentence, keep the one the control classifiers score best.
+    #[arg(long, default_value_t = 1)]
+    rerank: usize,
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
@@ -58,6 +61,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         controls: args.controls.request(),
         guide: args.controls.guide()?,
         mbr: args.mbr,
+        rerank: args.rerank,
         ..Request::default()
     };
     let runtime = OrtRuntime::load(args.runtime.ort_lib.as_deref(), args.runtime.threads)?;

@@ -75,7 +75,7 @@ fn answer(model: &mut Model, job: &Job, shared: &Shared) -> String {
 fn to_request(p: &GenerateParams, shared: &Shared, model: &Model, received: Instant) -> Result<Request, GenerateError> {
     let config = &shared.config;
     let num = p.num.unwrap_or(1);
-    let mbr = p.mbr.unwrap_or(1);
+    let (mbr, rerank) = (p.mbr.unwrap_or(1), p.rerank.unwrap_or(1));
     let timeout = match p.timeout_ms {
         Some(0) => return Err(RequestError::Timeout { got: 0, max: config.timeout.as_millis() as u64 }.into()),
         Some(ms) => Duration::from_millis(ms).min(config.timeout), // the server caps it
@@ -87,10 +87,11 @@ fn to_request(p: &GenerateParams, shared: &Shared, model: &Model, received: Inst
         method: p.method()?,
         seed: p.seed.unwrap_or(0),
         num,
-        batch: num.saturating_mul(mbr).clamp(1, limits.max_batch.max(1)),
+        batch: num.saturating_mul(mbr.max(rerank)).clamp(1, limits.max_batch.max(1)),
         controls: p.controls(),
         guide: p.guide()?,
         mbr,
+        rerank,
         deadline: Some(received + timeout),
         ..Request::default()
     };
