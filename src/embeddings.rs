@@ -24,7 +24,7 @@ impl Embeddings {
     /// Read raw little-endian float32 [V, d] as the manifest describes it.
     pub fn load(dir: &Path, entry: &EmbeddingsEntry) -> Result<Self, LoadError> {
         let path = dir.join(&entry.file);
-        let bytes = std::fs::read(&path).map_err(|source| LoadError::Io { path: path.clone(), source })?;
+        let bytes = std::fs::read(&path).map_err(|error| LoadError::Io { path: path.clone(), error })?;
         let [vocab, d] = entry.shape;
         if bytes.len() != vocab * d * 4 {
             return Err(LoadError::Invalid {
@@ -32,7 +32,12 @@ impl Embeddings {
                 what: format!("{} bytes, expected {vocab} x {d} float32 = {}", bytes.len(), vocab * d * 4),
             });
         }
-        let values = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let values: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            let what =
+                format!("embedding value {i} (word {}, dimension {}) is {}", i / d.max(1), i % d.max(1), values[i]);
+            return Err(LoadError::Invalid { path, what });
+        }
         let matrix =
             Array2::from_shape_vec((vocab, d), values).map_err(|e| LoadError::Invalid { path, what: e.to_string() })?;
         Ok(Self::new(matrix))

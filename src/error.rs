@@ -1,6 +1,10 @@
 //! Every error of the library, one enum per layer. A leaf: it imports nothing of this crate,
 //! and the sampler's [`InferenceError`] names no inference engine (its cause is boxed).
 
+//! Causes are kept in fields named `error`, printed once by the message (not chained again as
+//! a `source`, which `anyhow`'s `{:#}` would print a second time).
+
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// The cause of an engine failure, whatever the engine.
@@ -9,10 +13,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Loading the ONNX Runtime library, a model directory or its sessions.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("{path}: not a valid manifest: {source}")]
-    ManifestJson { path: PathBuf, source: serde_json::Error },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
+    #[error("{path}: not a valid manifest: {error}")]
+    ManifestJson { path: PathBuf, error: serde_json::Error },
     #[error("{path}: manifest schema_version {found}, this dlm reads schema_version {expected}")]
     SchemaVersion { path: PathBuf, found: u64, expected: u64 },
     #[error("{path}: sha256 {actual} does not match the manifest's {expected} (file corrupted or replaced)")]
@@ -23,8 +27,8 @@ pub enum LoadError {
     Tokenizer { path: PathBuf, message: String },
     #[error("ONNX Runtime library: {0}")]
     OrtLibrary(String),
-    #[error("{path}: cannot create an ONNX Runtime session: {source}")]
-    Session { path: PathBuf, source: BoxError },
+    #[error("{path}: cannot create an ONNX Runtime session: {error}")]
+    Session { path: PathBuf, error: BoxError },
     #[error("execution provider {provider}: {reason}")]
     Provider { provider: &'static str, reason: String },
 }
@@ -32,8 +36,8 @@ pub enum LoadError {
 /// A failure while running a model graph (the sampler's contracts return it).
 #[derive(Debug, thiserror::Error)]
 pub enum InferenceError {
-    #[error("run of graph {graph} failed: {source}")]
-    Run { graph: String, source: BoxError },
+    #[error("run of graph {graph} failed: {error}")]
+    Run { graph: String, error: BoxError },
     #[error("{graph}: output {output} has shape {actual:?}, expected {expected:?}")]
     OutputShape { graph: String, output: String, actual: Vec<i64>, expected: Vec<usize> },
 }
@@ -82,8 +86,8 @@ pub enum ControlError {
         "bad span {span:?}: {reason}; expected \"i,j,LABEL\" with 0 <= i <= j < {max_words} and LABEL one of: {labels}"
     )]
     BadSpan { span: String, reason: String, max_words: usize, labels: String },
-    #[error("{flag} {value:?}: expected VALUE or CONTROL=VALUE with a non-negative number (steps at most 100)")]
-    BadOverride { flag: &'static str, value: String },
+    #[error("{flag} {value:?}: expected VALUE or CONTROL=VALUE, VALUE {allowed}")]
+    BadOverride { flag: &'static str, value: String, allowed: &'static str },
     #[error("{flag} names control {control:?}, which this request does not guide (guided: {guided})")]
     OverrideUnused { flag: &'static str, control: String, guided: String },
 }
@@ -99,15 +103,30 @@ pub enum GenerateError {
     Inference(#[from] InferenceError),
     #[error("deadline passed after {done} of {steps} denoising steps")]
     Deadline { done: usize, steps: usize },
+    #[error("the latent became NaN or infinite at denoising step {step} of {steps} (guidance too strong, or a broken model)")]
+    NonFinite { step: usize, steps: usize },
 }
 
 /// `dlm profile`'s outputs.
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("{path}: not an ONNX Runtime profile: {source}")]
-    Json { path: PathBuf, source: serde_json::Error },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
+    #[error("{path}: not an ONNX Runtime profile: {error}")]
+    Json { path: PathBuf, error: serde_json::Error },
     #[error("{path}: cannot draw the plot: {message}")]
     Plot { path: PathBuf, message: String },
+}
+
+/// Opening a transport of `dlm serve`.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot listen on {what}: {error}")]
+    Bind { what: String, error: std::io::Error },
+    #[error("{0} is not a loopback address; dlm serve listens on 127.0.0.1 or ::1 unless --tcp-any-address is given")]
+    NotLoopback(SocketAddr),
+    #[error("{0}: exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    #[error("serial device {path}: {error}")]
+    Serial { path: String, error: serialport::Error },
 }

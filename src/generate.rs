@@ -63,10 +63,13 @@ pub struct Limits {
     pub max_samples: usize,
 }
 
+/// The most samples one request may draw, whoever asks (a server caps it lower).
+pub const MAX_SAMPLES: usize = 100_000;
+
 impl Limits {
-    /// The model's bounds, with no cap on samples.
+    /// The model's bounds, and at most [`MAX_SAMPLES`] samples.
     pub fn of(model: &Model) -> Self {
-        Self { t_max: model.manifest.diffusion.t, max_batch: model.max_batch(), max_samples: usize::MAX }
+        Self { t_max: model.manifest.diffusion.t, max_batch: model.max_batch(), max_samples: MAX_SAMPLES }
     }
 }
 

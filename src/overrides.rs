@@ -22,17 +22,17 @@ impl<T> Default for Setting<T> {
 }
 
 impl<T: FromStr + Copy> Setting<T> {
-    /// From flag values, each `VALUE` or `CONTROL=VALUE`; `valid` checks a value.
-    pub fn parse(flag: &'static str, values: &[String], valid: fn(T) -> bool) -> Result<Self, ControlError> {
+    /// From flag values, each `VALUE` or `CONTROL=VALUE`; `range` checks a value.
+    pub fn parse(flag: &'static str, values: &[String], range: Range<T>) -> Result<Self, ControlError> {
         let mut setting = Self::default();
         for raw in values {
-            let bad = || ControlError::BadOverride { flag, value: raw.clone() };
+            let bad = || ControlError::BadOverride { flag, value: raw.clone(), allowed: range.allowed };
             let (control, value) = match raw.split_once('=') {
                 Some((c, v)) => (Some(c.trim()), v.trim()),
                 None => (None, raw.trim()),
             };
             let value: T = value.parse().map_err(|_| bad())?;
-            if !valid(value) {
+            if !(range.valid)(value) {
                 return Err(bad());
             }
             match control {
@@ -50,11 +50,7 @@ impl<T: Copy> Setting<T> {
     }
 
     /// From a request's JSON: a number for all controls, or an object of control -> number.
-    pub fn from_json(
-        flag: &'static str,
-        value: Option<NumberOrMap<T>>,
-        valid: fn(T) -> bool,
-    ) -> Result<Self, ControlError>
+    pub fn from_json(flag: &'static str, value: Option<NumberOrMap<T>>, range: Range<T>) -> Result<Self, ControlError>
     where
         T: std::fmt::Display,
     {
@@ -64,8 +60,8 @@ impl<T: Copy> Setting<T> {
             Some(NumberOrMap::PerControl(map)) => Self { all: None, per_control: map },
         };
         let values = setting.all.iter().chain(setting.per_control.values());
-        match values.copied().find(|v| !valid(*v)) {
-            Some(v) => Err(ControlError::BadOverride { flag, value: v.to_string() }),
+        match values.copied().find(|v| !(range.valid)(*v)) {
+            Some(v) => Err(ControlError::BadOverride { flag, value: v.to_string(), allowed: range.allowed }),
             None => Ok(setting),
         }
     }
@@ -92,13 +88,21 @@ pub struct GuideOverrides {
     pub weight: Setting<f64>,
 }
 
-pub fn valid_steps(k: usize) -> bool {
-    k <= 100
+/// What values a guidance parameter takes, and how an error says so.
+#[derive(Clone, Copy)]
+pub struct Range<T> {
+    pub valid: fn(T) -> bool,
+    pub allowed: &'static str,
 }
 
-pub fn valid_nonnegative(x: f64) -> bool {
-    x.is_finite() && x >= 0.0
-}
+/// K: at most 100 gradient steps per diffusion step.
+pub const STEPS: Range<usize> = Range { valid: |k| k <= 100, allowed: "an integer in 0..=100" };
+/// Step size: the paper uses 0.05 to 0.15.
+pub const LR: Range<f64> =
+    Range { valid: |x| x.is_finite() && (0.0..=10.0).contains(&x), allowed: "a number in [0, 10]" };
+/// lambda and the loss weights.
+pub const WEIGHT: Range<f64> =
+    Range { valid: |x| x.is_finite() && (0.0..=1e4).contains(&x), allowed: "a number in [0, 10000]" };
 
 impl GuideOverrides {
     /// Each per-control override must name a guided control of the request.
@@ -142,13 +146,13 @@ mod tests {
     #[test]
     fn per_control_values_beat_the_all_value_and_the_defaults() {
         let values = ["0.2".to_string(), "content=0.5".to_string()];
-        let lr = Setting::<f64>::parse("--guide-lr", &values, valid_nonnegative).unwrap();
+        let lr = Setting::<f64>::parse("--guide-lr", &values, LR).unwrap();
         assert_eq!((lr.get("content"), lr.get("pos")), (Some(0.5), Some(0.2)));
         let o = GuideOverrides { lr, ..Default::default() };
         let opts = o.options(&[("pos", d(3, 0.0005, 0.05)), ("content", d(3, 0.01, 0.1))]);
         assert_eq!((opts.steps, opts.lambda, opts.lr), (3, 0.0005, 0.5));
         let only_pos = GuideOverrides {
-            steps: Setting::parse("--guide-steps", &["pos=5".into()], valid_steps).unwrap(),
+            steps: Setting::parse("--guide-steps", &["pos=5".into()], STEPS).unwrap(),
             ..Default::default()
         };
         let opts = only_pos.options(&[("pos", d(3, 0.0005, 0.05)), ("content", d(2, 0.01, 0.1))]);
@@ -157,12 +161,13 @@ mod tests {
 
     #[test]
     fn bad_values_and_unused_controls_are_errors() {
-        let bad = |v: &str| Setting::<f64>::parse("--guide-lr", &[v.to_string()], valid_nonnegative).unwrap_err();
+        let bad = |v: &str| Setting::<f64>::parse("--guide-lr", &[v.to_string()], LR).unwrap_err();
         assert!(bad("fast").to_string().contains("--guide-lr"));
         assert!(bad("-1").to_string().contains("CONTROL=VALUE"));
-        assert!(Setting::<usize>::parse("--guide-steps", &["1000".into()], valid_steps).is_err());
+        assert!(bad("1e308").to_string().contains("[0, 10]"));
+        assert!(Setting::<usize>::parse("--guide-steps", &["1000".into()], STEPS).is_err());
         let o = GuideOverrides {
-            lr: Setting::parse("--guide-lr", &["spans=0.1".into()], valid_nonnegative).unwrap(),
+            lr: Setting::parse("--guide-lr", &["spans=0.1".into()], LR).unwrap(),
             ..Default::default()
         };
         let e = o.check(&["pos"]).unwrap_err().to_string();

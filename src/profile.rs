@@ -144,9 +144,9 @@ struct Event {
 pub fn summarise_ort_profiles(files: &[(String, PathBuf)]) -> Result<Vec<OpTime>, ProfileError> {
     let mut rows = Vec::new();
     for (graph, path) in files {
-        let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Io { path: path.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|error| ProfileError::Io { path: path.clone(), error })?;
         let events: Vec<Event> =
-            serde_json::from_str(&text).map_err(|source| ProfileError::Json { path: path.clone(), source })?;
+            serde_json::from_str(&text).map_err(|error| ProfileError::Json { path: path.clone(), error })?;
         let mut by_op: BTreeMap<String, (u64, f64)> = BTreeMap::new();
         for e in events.iter().filter(|e| e.cat == "Node") {
             let op = e.args.get("op_name").and_then(|v| v.as_str()).unwrap_or("?");

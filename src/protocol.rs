@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::controls::{ControlRequest, LengthHold};
 use crate::error::{ControlError, RequestError};
-use crate::overrides::{valid_nonnegative, valid_steps, GuideOverrides, NumberOrMap, Setting};
+use crate::overrides::{GuideOverrides, NumberOrMap, Setting, LR, STEPS, WEIGHT};
 use crate::sampler::Method;
 
 /// Stable error codes; clients switch on these, never on messages.
@@ -120,10 +120,10 @@ impl GenerateParams {
     /// Guidance overrides: each a number for all controls or an object {"control": number}.
     pub fn guide(&self) -> Result<GuideOverrides, ControlError> {
         Ok(GuideOverrides {
-            steps: Setting::from_json("guide_steps", self.guide_steps.clone(), valid_steps)?,
-            lambda: Setting::from_json("guide_lambda", self.guide_lambda.clone(), valid_nonnegative)?,
-            lr: Setting::from_json("guide_lr", self.guide_lr.clone(), valid_nonnegative)?,
-            weight: Setting::from_json("guide_weight", self.guide_weight.clone(), valid_nonnegative)?,
+            steps: Setting::from_json("guide_steps", self.guide_steps.clone(), STEPS)?,
+            lambda: Setting::from_json("guide_lambda", self.guide_lambda.clone(), WEIGHT)?,
+            lr: Setting::from_json("guide_lr", self.guide_lr.clone(), LR)?,
+            weight: Setting::from_json("guide_weight", self.guide_weight.clone(), WEIGHT)?,
         })
     }
 

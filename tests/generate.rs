@@ -82,7 +82,7 @@ fn out_of_range_requests_are_refused() {
             (Request { mbr: 2, rerank: 2, ..request(10, 0, 1, 1) }, RequestError::MbrAndRerank),
             (
                 Request { mbr: 2, ..request(10, 0, usize::MAX, 1) },
-                RequestError::Samples { num: usize::MAX, per_output: 2, max: usize::MAX },
+                RequestError::Samples { num: usize::MAX, per_output: 2, max: dlm::generate::MAX_SAMPLES },
             ),
         ] {
             match generate(m, &r) {

@@ -43,7 +43,7 @@ pub fn run(args: RuntimeArgs) -> Result<()> {
             d.steps
         )?;
     }
-    let runtime = OrtRuntime::load(args.ort_lib.as_deref(), args.threads)?;
+    let runtime = OrtRuntime::load(args.ort_lib.as_deref(), args.threads.into())?;
     writeln!(out, "onnxruntime  {}", runtime.library.display())?;
     writeln!(out, "  build      {}", runtime.build_info())?;
     writeln!(out, "  providers  {}", runtime.available_providers().join(", "))?;

@@ -13,7 +13,7 @@ use dlm::controls::{ControlRequest, LengthHold};
 use dlm::error::ControlError;
 use dlm::manifest::Precision;
 use dlm::ort::{Device, SessionOptions};
-use dlm::overrides::{valid_nonnegative, valid_steps, GuideOverrides, Setting};
+use dlm::overrides::{GuideOverrides, Setting, LR, STEPS, WEIGHT};
 
 #[derive(Args, Clone)]
 pub struct RuntimeArgs {
@@ -32,9 +32,9 @@ pub struct RuntimeArgs {
     /// Path of libonnxruntime.so (default: next to dlm, then the copy scripts/setup.sh made).
     #[arg(long, env = "ORT_DYLIB_PATH")]
     pub ort_lib: Option<PathBuf>,
-    /// ONNX Runtime intra-op threads (0: ONNX Runtime decides).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
+    /// ONNX Runtime intra-op threads, 0..=256 (0: ONNX Runtime decides, one per core).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=256))]
+    pub threads: u16,
     /// Directory for TensorRT engine and timing caches.
     #[arg(long, env = "DLM_TRT_CACHE")]
     pub trt_cache: Option<PathBuf>,
@@ -100,10 +100,10 @@ impl ControlArgs {
 
     pub fn guide(&self) -> Result<GuideOverrides, ControlError> {
         Ok(GuideOverrides {
-            steps: Setting::parse("--guide-steps", &self.guide_steps, valid_steps)?,
-            lambda: Setting::parse("--guide-lambda", &self.guide_lambda, valid_nonnegative)?,
-            lr: Setting::parse("--guide-lr", &self.guide_lr, valid_nonnegative)?,
-            weight: Setting::parse("--guide-weight", &self.guide_weight, valid_nonnegative)?,
+            steps: Setting::parse("--guide-steps", &self.guide_steps, STEPS)?,
+            lambda: Setting::parse("--guide-lambda", &self.guide_lambda, WEIGHT)?,
+            lr: Setting::parse("--guide-lr", &self.guide_lr, LR)?,
+            weight: Setting::parse("--guide-weight", &self.guide_weight, WEIGHT)?,
         })
     }
 

@@ -56,7 +56,7 @@ pub struct ProfileArgs {
 
 pub fn run(args: ProfileArgs) -> Result<()> {
     let precisions = if args.precisions.is_empty() { vec![args.runtime.precision] } else { args.precisions.clone() };
-    let runtime = OrtRuntime::load(args.runtime.ort_lib.as_deref(), args.runtime.threads)?;
+    let runtime = OrtRuntime::load(args.runtime.ort_lib.as_deref(), args.runtime.threads.into())?;
     let max_batch = args.batches.iter().copied().max().unwrap_or(1);
     let repeats = args.repeat as usize;
     let runs = precisions.len() * args.budgets.len() * args.batches.len() * (args.warmup + repeats);

@@ -54,9 +54,12 @@ pub struct ServeArgs {
     /// Denoising steps when a request names none.
     #[arg(long, default_value_t = 200)]
     steps: usize,
-    /// Most samples (num x mbr) one request may ask for.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    /// Most samples (num x mbr, or num x rerank) one request may ask for.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
     max_samples: u64,
+    /// Most sequences per denoiser call (a request's samples go in batches of this).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=256))]
+    max_batch: u64,
     /// Most simultaneous connections per listener.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     max_connections: u64,
@@ -86,11 +89,16 @@ pub fn run(args: ServeArgs) -> Result<()> {
         drain: Duration::from_millis(args.drain_ms),
         default_steps: args.steps,
         max_samples: args.max_samples as usize,
+        max_batch: args.max_batch as usize,
         max_connections: args.max_connections as usize,
     };
-    let runtime = OrtRuntime::load(args.runtime.ort_lib.as_deref(), args.runtime.threads)?;
-    let opts = session_options(&args.runtime, config.max_samples.min(16));
+    let runtime = OrtRuntime::load(args.runtime.ort_lib.as_deref(), args.runtime.threads.into())?;
+    let opts = session_options(&args.runtime, config.max_batch);
     let mut model = Model::load(&runtime, &args.runtime.model, args.runtime.precision, &opts)?;
+    let t = model.manifest.diffusion.t;
+    if !(1..=t).contains(&config.default_steps) {
+        anyhow::bail!("--steps {}: allowed 1..={t} (the model's T)", config.default_steps);
+    }
     let warm = Instant::now();
     warm_up(&mut model).context("warm-up generation failed")?;
     log::info!("model {} on {}, warmed up in {:?}", model.dir.display(), model.denoiser.device.name(), warm.elapsed());

@@ -260,6 +260,9 @@ impl<D: Denoiser> Sampler<'_, D> {
                 self.guide(&mut x, &mean, self.diffusion.model_variance[i], &t, &mut grad)?;
                 timing.guidance += call.elapsed();
             }
+            if !x.iter().all(|v| v.is_finite()) {
+                return Err(GenerateError::NonFinite { step: n - i, steps: n });
+            }
             if holds {
                 // at i = 0 (no z), abar_prev = 1: held positions become their words exactly
                 self.hold(&mut x, self.diffusion.alpha_bar_prev[i], z.unwrap_or(&no_noise));

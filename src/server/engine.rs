@@ -64,7 +64,9 @@ fn answer(model: &mut Model, job: &Job, shared: &Shared) -> String {
             fail(ErrorCode::InvalidArgument, e.to_string())
         }
         Ok(Err(e @ GenerateError::Deadline { .. })) => fail(ErrorCode::Timeout, e.to_string()),
-        Ok(Err(e @ GenerateError::Inference(_))) => fail(ErrorCode::Internal, e.to_string()),
+        Ok(Err(e @ (GenerateError::Inference(_) | GenerateError::NonFinite { .. }))) => {
+            fail(ErrorCode::Internal, e.to_string())
+        }
         Err(_) => {
             fail(ErrorCode::Internal, "the inference thread panicked on this request (a bug: please report it)".into())
         }
@@ -81,7 +83,8 @@ fn to_request(p: &GenerateParams, shared: &Shared, model: &Model, received: Inst
         Some(ms) => Duration::from_millis(ms).min(config.timeout), // the server caps it
         None => config.timeout,
     };
-    let limits = Limits { max_samples: config.max_samples, ..Limits::of(model) };
+    let model_limits = Limits::of(model);
+    let limits = Limits { max_samples: config.max_samples, max_batch: config.max_batch.min(model_limits.max_batch), ..model_limits };
     let request = Request {
         steps: p.steps.unwrap_or(config.default_steps),
         method: p.method()?,

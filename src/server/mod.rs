@@ -34,8 +34,10 @@ pub struct ServerConfig {
     pub drain: Duration,
     /// Steps when a request names none.
     pub default_steps: usize,
-    /// Most samples (num x mbr) in one request.
+    /// Most samples (num x mbr or num x rerank) in one request.
     pub max_samples: usize,
+    /// Most sequences per denoiser call; a request's samples are denoised in batches of this.
+    pub max_batch: usize,
     /// Most simultaneous connections per listener; more are told `busy` and closed.
     pub max_connections: usize,
 }

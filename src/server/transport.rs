@@ -19,24 +19,13 @@ use serialport::TTYPort;
 
 use super::engine::Job;
 use super::{connection, Shared};
+pub use crate::error::TransportError;
 use crate::protocol::{ErrorCode, Rejection};
 
 /// How long a read waits before the reader looks at the shutdown flag again.
 const POLL: Duration = Duration::from_millis(100);
 /// How often a listener with no pending connection looks again.
 const ACCEPT_IDLE: Duration = Duration::from_millis(20);
-
-#[derive(Debug, thiserror::Error)]
-pub enum TransportError {
-    #[error("cannot listen on {what}: {source}")]
-    Bind { what: String, source: io::Error },
-    #[error("{0} is not a loopback address; dlm serve listens on 127.0.0.1 or ::1 unless --tcp-any-address is given")]
-    NotLoopback(SocketAddr),
-    #[error("{0}: exists and is not a socket; refusing to replace it")]
-    NotASocket(PathBuf),
-    #[error("serial device {path}: {source}")]
-    Serial { path: String, source: serialport::Error },
-}
 
 /// An opened transport, not yet serving.
 pub enum Transport {
@@ -48,7 +37,7 @@ pub enum Transport {
 
 impl Transport {
     pub fn tcp(addr: &str, any_address: bool) -> Result<Self, TransportError> {
-        let bind = |source| TransportError::Bind { what: format!("tcp {addr}"), source };
+        let bind = |error| TransportError::Bind { what: format!("tcp {addr}"), error };
         let addrs: Vec<SocketAddr> = addr.to_socket_addrs().map_err(bind)?.collect();
         if let Some(remote) = addrs.iter().find(|a| !a.ip().is_loopback() && !any_address) {
             return Err(TransportError::NotLoopback(*remote));
@@ -59,7 +48,7 @@ impl Transport {
     }
 
     pub fn unix(path: &Path) -> Result<Self, TransportError> {
-        let bind = |source| TransportError::Bind { what: format!("unix socket {}", path.display()), source };
+        let bind = |error| TransportError::Bind { what: format!("unix socket {}", path.display()), error };
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if !meta.file_type().is_socket() {
                 return Err(TransportError::NotASocket(path.to_path_buf()));
@@ -74,7 +63,7 @@ impl Transport {
     /// A serial device in raw mode (8N1, no flow control) at `baud`.
     pub fn serial(path: &str, baud: u32) -> Result<Self, TransportError> {
         let port = serialport::new(path, baud).timeout(Duration::from_secs(5)).open_native();
-        let port = port.map_err(|source| TransportError::Serial { path: path.to_string(), source })?;
+        let port = port.map_err(|error| TransportError::Serial { path: path.to_string(), error })?;
         Ok(Self::Serial { port, path: path.to_string() })
     }
 

@@ -8,6 +8,8 @@ use sha2::{Digest, Sha256};
 
 use crate::error::LoadError;
 
+mod checks;
+
 pub const SCHEMA_VERSION: u64 = 1;
 pub const MANIFEST_FILE: &str = "manifest.json";
 
@@ -228,9 +230,9 @@ impl Manifest {
     /// Read `dir/manifest.json`, check its schema version, its shapes and every file's sha256.
     pub fn load(dir: &Path) -> Result<Self, LoadError> {
         let path = dir.join(MANIFEST_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| LoadError::Io { path: path.clone(), source })?;
+        let text = std::fs::read_to_string(&path).map_err(|error| LoadError::Io { path: path.clone(), error })?;
         let raw: serde_json::Value =
-            serde_json::from_str(&text).map_err(|source| LoadError::ManifestJson { path: path.clone(), source })?;
+            serde_json::from_str(&text).map_err(|error| LoadError::ManifestJson { path: path.clone(), error })?;
         let found = raw.get("schema_version").and_then(|v| v.as_u64()).unwrap_or(0);
         if found != SCHEMA_VERSION {
             return Err(LoadError::SchemaVersion { path, found, expected: SCHEMA_VERSION });
@@ -239,7 +241,7 @@ impl Manifest {
             path: path.clone(),
             what: format!("field {}: {}", e.path(), e.inner()),
         })?;
-        manifest.check_consistency(&path)?;
+        checks::check(&manifest).map_err(|what| LoadError::Invalid { path: path.clone(), what })?;
         for (file, sha) in manifest.files() {
             verify_sha256(&dir.join(file), sha)?;
         }
@@ -255,38 +257,6 @@ impl Manifest {
         files
     }
 
-    fn check_consistency(&self, path: &Path) -> Result<(), LoadError> {
-        let invalid = |what: String| LoadError::Invalid { path: path.to_path_buf(), what };
-        if self.diffusion.alpha_bar.len() != self.diffusion.t {
-            return Err(invalid(format!(
-                "diffusion.alpha_bar has {} entries, expected T = {}",
-                self.diffusion.alpha_bar.len(),
-                self.diffusion.t
-            )));
-        }
-        if self.embeddings.shape != [self.model.vocab_size, self.model.d] {
-            return Err(invalid(format!(
-                "embeddings.shape {:?} is not [vocab_size, d] = [{}, {}]",
-                self.embeddings.shape, self.model.vocab_size, self.model.d
-            )));
-        }
-        for g in self.graphs.iter().filter(|g| g.role == Role::Denoiser) {
-            let reads_prev = g.inputs.iter().any(|i| i.name == "x0_hat_prev");
-            if reads_prev != self.model.self_condition {
-                return Err(invalid(format!(
-                    "graph {}: input x0_hat_prev {}, but model.self_condition is {}",
-                    g.name,
-                    if reads_prev { "declared" } else { "missing" },
-                    self.model.self_condition
-                )));
-            }
-        }
-        if self.embeddings.dtype != "float32" || self.embeddings.byte_order != "little" {
-            return Err(invalid("embeddings must be little-endian float32".into()));
-        }
-        Ok(())
-    }
-
     /// The denoiser graph of the given precision.
     pub fn denoiser(&self, precision: Precision) -> Option<&Graph> {
         self.graphs.iter().find(|g| g.role == Role::Denoiser && g.precision == precision)
@@ -297,8 +267,13 @@ impl Manifest {
     }
 }
 
+/// The file's sha256 must be `expected`; it must be a regular file (a FIFO or device would block or never end).
 pub fn verify_sha256(path: &Path, expected: &str) -> Result<(), LoadError> {
-    let bytes = std::fs::read(path).map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?;
+    let meta = std::fs::metadata(path).map_err(|error| LoadError::Io { path: path.to_path_buf(), error })?;
+    if !meta.is_file() {
+        return Err(LoadError::Invalid { path: path.to_path_buf(), what: "not a regular file".into() });
+    }
+    let bytes = std::fs::read(path).map_err(|error| LoadError::Io { path: path.to_path_buf(), error })?;
     let actual = format!("{:x}", Sha256::digest(&bytes));
     if actual != expected {
         return Err(LoadError::Checksum { path: path.to_path_buf(), expected: expected.into(), actual });

@@ -1,0 +1,96 @@
+//! Every manifest value the runtime indexes, loops or allocates by, range-checked at load; an
+//! error names the field.
+
+use super::{Dim, Manifest, Role};
+
+/// Bounds far above any model dlm is meant for, low enough that nothing overflows or explodes.
+pub const MAX_D: usize = 4096;
+pub const MAX_SEQ_LEN: usize = 4096;
+pub const MAX_VOCAB: usize = 10_000_000;
+pub const MAX_T: usize = 100_000;
+pub const MAX_GRAPH_BATCH: usize = 65_536;
+
+fn within(field: &str, value: usize, lo: usize, hi: usize) -> Result<(), String> {
+    if (lo..=hi).contains(&value) {
+        Ok(())
+    } else {
+        Err(format!("{field} is {value}; allowed {lo}..={hi}"))
+    }
+}
+
+pub fn check(m: &Manifest) -> Result<(), String> {
+    within("model.d", m.model.d, 1, MAX_D)?;
+    within("model.seq_len", m.model.seq_len, 3, MAX_SEQ_LEN)?; // START, a word, END
+    within("model.vocab_size", m.model.vocab_size, 5, MAX_VOCAB)?; // PAD, UNK, START, END, a word
+    within("diffusion.T", m.diffusion.t, 2, MAX_T)?;
+    if m.diffusion.alpha_bar.len() != m.diffusion.t {
+        return Err(format!(
+            "diffusion.alpha_bar has {} entries, expected T = {}",
+            m.diffusion.alpha_bar.len(),
+            m.diffusion.t
+        ));
+    }
+    if m.embeddings.shape != [m.model.vocab_size, m.model.d] {
+        let (v, d) = (m.model.vocab_size, m.model.d);
+        return Err(format!("embeddings.shape {:?} is not [vocab_size, d] = [{v}, {d}]", m.embeddings.shape));
+    }
+    if m.embeddings.dtype != "float32" || m.embeddings.byte_order != "little" {
+        return Err("embeddings must be little-endian float32".into());
+    }
+    let st = m.special_tokens;
+    let ids = [("pad", st.pad), ("unk", st.unk), ("start", st.start), ("end", st.end)];
+    for (name, id) in ids {
+        within(&format!("special_tokens.{name}"), id as usize, 0, m.model.vocab_size - 1)?;
+    }
+    if ids.iter().enumerate().any(|(k, a)| ids[..k].iter().any(|b| b.1 == a.1)) {
+        return Err(format!("special_tokens {st:?} must be four different ids"));
+    }
+    for (k, g) in m.graphs.iter().enumerate() {
+        for (axis, range) in &g.dynamic_axes {
+            if range.min > range.max || range.max == 0 {
+                return Err(format!("graphs[{k}].dynamic_axes.{axis}: min {} max {}", range.min, range.max));
+            }
+        }
+        if g.role == Role::Denoiser && g.inputs.iter().any(|i| i.name == "x0_hat_prev") != m.model.self_condition {
+            return Err(format!(
+                "graphs[{k}] ({}): input x0_hat_prev must be declared exactly when model.self_condition is true",
+                g.name
+            ));
+        }
+    }
+    for (name, c) in &m.controls {
+        let field = |f: &str| format!("controls.{name}.{f}");
+        if c.labels.is_empty() {
+            return Err(format!("{} is empty", field("labels")));
+        }
+        let batch = c.input.shape.first().copied().unwrap_or(0);
+        within(&field("input.shape[0]"), batch, 1, MAX_GRAPH_BATCH)?;
+        let width = match name.as_str() {
+            "pos" => Some(m.model.seq_len),
+            "content" => Some(c.labels.len()),
+            "spans" => Some(3),
+            _ => None,
+        };
+        if let Some(w) = width.filter(|&w| c.input.shape != [batch, w]) {
+            return Err(format!("{} is {:?}, expected [{batch}, {w}]", field("input.shape"), c.input.shape));
+        }
+        within(&field("defaults.steps"), c.defaults.steps, 0, 100)?;
+        for (f, v, hi) in [("defaults.lr", c.defaults.lr, 10.0), ("defaults.lambda", c.defaults.lambda, 1e4)] {
+            if !(v.is_finite() && (0.0..=hi).contains(&v)) {
+                return Err(format!("{} is {v}; allowed [0, {hi}]", field(f)));
+            }
+        }
+        for (p, graph) in &c.graphs {
+            let declared = m.graphs.iter().find(|g| &g.name == graph);
+            let fixed =
+                declared.is_some_and(|g| g.inputs.first().is_some_and(|x| x.shape.first() == Some(&Dim::Fixed(batch))));
+            if !fixed {
+                return Err(format!(
+                    "{}: graph {graph:?} must be in graphs with input batch {batch}",
+                    field(&format!("graphs.{p}"))
+                ));
+            }
+        }
+    }
+    Ok(())
+}
