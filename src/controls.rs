@@ -33,6 +33,9 @@ pub enum LengthHold {
     Ends,
 }
 
+/// The most `--span`s in one request (each is one spans-graph call per guidance step).
+pub const MAX_SPANS: usize = 16;
+
 /// Per-request targets: what the guidance graphs and the held positions need.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
@@ -119,6 +122,9 @@ pub fn plan(request: &ControlRequest, manifest: &Manifest, vocab: &Vocab) -> Res
             wanted[i] = 1.0;
         }
         plan.content_wanted = Some(wanted);
+    }
+    if request.spans.len() > MAX_SPANS {
+        return Err(ControlError::TooManySpans { got: request.spans.len(), max: MAX_SPANS });
     }
     for span in &request.spans {
         let control = manifest.controls.get("spans").ok_or_else(|| ControlError::Missing("spans", have()))?;

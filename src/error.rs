@@ -61,6 +61,8 @@ pub enum RequestError {
     Samples { num: usize, per_output: usize, max: usize },
     #[error("mbr and rerank each choose among samples: give one of them, not both")]
     MbrAndRerank,
+    #[error("this request would cost {calls} guidance graph calls per batch (guided steps x K x controls and spans); the limit is {max}: ask for fewer steps or spans, or a smaller K")]
+    GuidanceCost { calls: usize, max: usize },
     #[error("timeout_ms must be at least 1 (the server caps it at {max}), got {got}")]
     Timeout { got: u64, max: u64 },
 }
@@ -88,6 +90,8 @@ pub enum ControlError {
     BadSpan { span: String, reason: String, max_words: usize, labels: String },
     #[error("{flag} {value:?}: expected VALUE or CONTROL=VALUE, VALUE {allowed}")]
     BadOverride { flag: &'static str, value: String, allowed: &'static str },
+    #[error("{got} spans; at most {max} per request")]
+    TooManySpans { got: usize, max: usize },
     #[error("{flag} names control {control:?}, which this request does not guide (guided: {guided})")]
     OverrideUnused { flag: &'static str, control: String, guided: String },
 }

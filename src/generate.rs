@@ -65,6 +65,9 @@ pub struct Limits {
 
 /// The most samples one request may draw, whoever asks (a server caps it lower).
 pub const MAX_SAMPLES: usize = 100_000;
+/// The most guidance graph calls one batch of a request may cost (guided steps x K x calls per
+/// step: one per classifier control and one per span), checked before it starts.
+pub const MAX_GUIDANCE_CALLS: usize = 20_000;
 
 impl Limits {
     /// The model's bounds, and at most [`MAX_SAMPLES`] samples.
@@ -170,6 +173,12 @@ fn generate_samples(model: &mut Model, request: &Request) -> Result<Vec<Generate
     request.guide.check(&guided)?;
     let defaults: Vec<_> = guided.iter().map(|name| (*name, model.manifest.controls[*name].defaults)).collect();
     let guide_opts = request.guide.options(&defaults);
+    let guided_steps =
+        diffusion.num_steps() - 1 - (diffusion.num_steps() as f64 * guide_opts.skip_last).floor() as usize;
+    let calls = [guided_steps, guide_opts.steps, targets.len()].iter().try_fold(1usize, |a, &b| a.checked_mul(b));
+    if calls.is_none_or(|c| c > MAX_GUIDANCE_CALLS) {
+        return Err(RequestError::GuidanceCost { calls: calls.unwrap_or(usize::MAX), max: MAX_GUIDANCE_CALLS }.into());
+    }
     let st = model.manifest.special_tokens;
     let specials = [st.pad, st.unk, st.start, st.end];
     let mut results = Vec::with_capacity(request.num);

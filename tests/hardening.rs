@@ -92,8 +92,14 @@ fn manifest_values_are_range_checked_naming_the_field() {
         (Box::new(|m| m["model"]["seq_len"] = 1.into()), "model.seq_len is 1"),
         (Box::new(|m| m["model"]["seq_len"] = 1_000_000_000_000u64.into()), "model.seq_len is 1000000000000"),
         (Box::new(|m| m["special_tokens"]["end"] = 5000.into()), "special_tokens.end is 5000"),
-        (Box::new(|m| m["controls"]["content"]["input"]["shape"][0] = 0.into()), "controls.content.input.shape[0] is 0"),
-        (Box::new(|m| m["controls"]["pos"]["defaults"]["steps"] = 1_000_000.into()), "controls.pos.defaults.steps is 1000000"),
+        (
+            Box::new(|m| m["controls"]["content"]["input"]["shape"][0] = 0.into()),
+            "controls.content.input.shape[0] is 0",
+        ),
+        (
+            Box::new(|m| m["controls"]["pos"]["defaults"]["steps"] = 1_000_000.into()),
+            "controls.pos.defaults.steps is 1000000",
+        ),
         (Box::new(|m| m["controls"]["spans"]["defaults"]["lr"] = (-1.0).into()), "controls.spans.defaults.lr is -1"),
     ];
     for (change, needle) in cases {
@@ -110,7 +116,10 @@ fn graph_files_must_be_regular_and_embeddings_finite() {
         let made = Command::new("mkfifo").arg(dir.join(&file)).status().unwrap();
         assert!(made.success());
     });
-    assert_fails_with(&dlm(&["generate", "--steps", "1", "--model", fifo.path().to_str().unwrap()]), "not a regular file");
+    assert_fails_with(
+        &dlm(&["generate", "--steps", "1", "--model", fifo.path().to_str().unwrap()]),
+        "not a regular file",
+    );
     let nan = tampered(|m, dir| {
         let path = dir.join("embeddings.bin");
         let mut bytes = std::fs::read(&path).unwrap();
@@ -129,4 +138,17 @@ fn an_error_says_its_cause_once() {
     assert_fails_with(&out, "manifest.json: No such file or directory (os error 2)");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.matches("os error 2").count(), 1, "{stderr}");
+}
+
+#[test]
+fn the_work_of_one_request_is_bounded_before_it_starts() {
+    let model = model();
+    let spans: Vec<String> = (0..17).map(|_| "0,1,NP".to_string()).collect();
+    let mut args = vec!["generate", "--model", &model, "--steps", "2"];
+    for s in &spans {
+        args.extend(["--span", s]);
+    }
+    assert_fails_with(&dlm(&args), "17 spans; at most 16 per request");
+    let costly = ["generate", "--model", &model, "--steps", "2000", "--guide-steps", "100", "--span", "0,1,NP"];
+    assert_fails_with(&dlm(&costly), "guidance graph calls per batch");
 }

@@ -228,6 +228,19 @@ fn deadlines_give_timeout() {
 }
 
 #[test]
+fn the_deadline_holds_inside_guidance() {
+    // 3 steps, two of them guided: 2 x 100 x 16 spans = 3200 graph calls, about 1.5 s here
+    let server = Server::start(&[], &[]);
+    let mut client = server.tcp();
+    let spans: Vec<String> = (0..16).map(|k| format!("{k},{k},NP")).collect();
+    let start = Instant::now();
+    client.send(&json!({"id": 1, "steps": 3, "guide_steps": 100, "span": spans, "timeout_ms": 50}));
+    let r = client.recv();
+    assert_eq!(code(&r), "timeout", "{r}");
+    assert!(start.elapsed() < Duration::from_millis(400), "answered after {:?}", start.elapsed());
+}
+
+#[test]
 fn a_client_leaving_mid_request_does_not_disturb_the_others() {
     let server = Server::start(&[], &[]);
     {

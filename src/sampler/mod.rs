@@ -257,7 +257,7 @@ impl<D: Denoiser> Sampler<'_, D> {
             if guided && i > last_unguided {
                 t.fill(self.diffusion.timestep_map[i - 1]);
                 let call = Instant::now();
-                self.guide(&mut x, &mean, self.diffusion.model_variance[i], &t, &mut grad)?;
+                self.guide(&mut x, &mean, self.diffusion.model_variance[i], &t, &mut grad, (n - 1 - i, n))?;
                 timing.guidance += call.elapsed();
             }
             if !x.iter().all(|v| v.is_finite()) {
@@ -282,13 +282,18 @@ impl<D: Denoiser> Sampler<'_, D> {
         variance: f64,
         t: &[i64],
         grad: &mut Array3<f32>,
-    ) -> Result<(), InferenceError> {
+        step: (usize, usize),
+    ) -> Result<(), GenerateError> {
         let opts = self.guide_options;
         let fluency = (2.0 * opts.lambda / variance.max(1e-12)) as f32;
         let lr = opts.lr as f32;
         for _ in 0..opts.steps {
             grad.fill(0.0);
             for guide in self.guides.iter_mut() {
+                // no request outlives its deadline by more than one graph call
+                if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(GenerateError::Deadline { done: step.0, steps: step.1 });
+                }
                 guide.add_grad(x, t, grad)?;
             }
             ndarray::Zip::from(&mut *x).and(&*grad).and(mean).for_each(|x, &g, &mu| {

@@ -84,7 +84,11 @@ fn to_request(p: &GenerateParams, shared: &Shared, model: &Model, received: Inst
         None => config.timeout,
     };
     let model_limits = Limits::of(model);
-    let limits = Limits { max_samples: config.max_samples, max_batch: config.max_batch.min(model_limits.max_batch), ..model_limits };
+    let limits = Limits {
+        max_samples: config.max_samples,
+        max_batch: config.max_batch.min(model_limits.max_batch),
+        ..model_limits
+    };
     let request = Request {
         steps: p.steps.unwrap_or(config.default_steps),
         method: p.method()?,
