@@ -29,6 +29,9 @@ cp -a "$here/models/e2e" "$prefix/models/e2e"
 chmod -R a+rX,go-w "$prefix"
 [[ -f "$here/README.md" ]] && install -m 0644 "$here/README.md" "$prefix/README.md"
 
+# Users in dlm-clients may connect to the Unix socket (the unit runs with Group=dlm-clients, UMask=0007).
+getent group dlm-clients >/dev/null || groupadd --system dlm-clients
+
 sed "s#/opt/dlm#$prefix#g" "$here/dlm.service" > "$unit"
 if [[ -n "${ORT_LIB:-}" ]]; then
   sed -i "s#^Environment=ORT_DYLIB_PATH=.*#Environment=ORT_DYLIB_PATH=$ORT_LIB#" "$unit"

@@ -131,6 +131,8 @@ pub enum TransportError {
     NotLoopback(SocketAddr),
     #[error("{0}: exists and is not a socket; refusing to replace it")]
     NotASocket(PathBuf),
+    #[error("{0}: a server is answering on this socket; refusing to take it over")]
+    InUse(PathBuf),
     #[error("serial device {path}: {error}")]
     Serial { path: String, error: serialport::Error },
 }

@@ -241,6 +241,27 @@ fn the_deadline_holds_inside_guidance() {
 }
 
 #[test]
+fn a_live_unix_socket_is_not_taken_over_and_only_our_own_is_removed() {
+    let mut server = Server::start(&[], &[]);
+    let path = server.unix_path();
+    let second = Command::new(env!("CARGO_BIN_EXE_dlm"))
+        .args(["serve", "--model", &common::model_dir().display().to_string(), "--unix"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("a server is answering on this socket"), "{stderr}");
+    assert!(UnixStream::connect(&path).is_ok(), "the first server's socket is gone");
+    // someone else's socket at the path now: the first server must leave it on exit
+    std::fs::remove_file(&path).unwrap();
+    let _theirs = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    server.signal(libc::SIGTERM);
+    assert!(server.wait().success());
+    assert!(path.exists(), "the server removed a socket that was not its own");
+}
+
+#[test]
 fn a_client_leaving_mid_request_does_not_disturb_the_others() {
     let server = Server::start(&[], &[]);
     {

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::SyncSender;
@@ -31,7 +31,8 @@ const ACCEPT_IDLE: Duration = Duration::from_millis(20);
 pub enum Transport {
     Stdio,
     Tcp(TcpListener),
-    Unix { listener: UnixListener, path: PathBuf },
+    /// `inode`: of the socket this server made, so that it removes only its own on exit.
+    Unix { listener: UnixListener, path: PathBuf, inode: u64 },
     Serial { port: TTYPort, path: String },
 }
 
@@ -53,11 +54,15 @@ impl Transport {
             if !meta.file_type().is_socket() {
                 return Err(TransportError::NotASocket(path.to_path_buf()));
             }
+            if UnixStream::connect(path).is_ok() {
+                return Err(TransportError::InUse(path.to_path_buf()));
+            }
             std::fs::remove_file(path).map_err(bind)?; // a stale socket of an earlier run
         }
         let listener = UnixListener::bind(path).map_err(bind)?;
         listener.set_nonblocking(true).map_err(bind)?;
-        Ok(Self::Unix { listener, path: path.to_path_buf() })
+        let inode = std::fs::symlink_metadata(path).map_err(bind)?.ino();
+        Ok(Self::Unix { listener, path: path.to_path_buf(), inode })
     }
 
     /// A serial device in raw mode (8N1, no flow control) at `baud`.
@@ -97,9 +102,12 @@ impl Transport {
                 &shared,
                 &jobs,
             ),
-            Self::Unix { listener, path } => {
+            Self::Unix { listener, path, inode } => {
                 accept_loop(|| listener.accept().map(|(s, _)| s), &shared, &jobs);
-                let _ = std::fs::remove_file(path);
+                // another server may have taken the path since: remove the socket only if still ours
+                if std::fs::symlink_metadata(&path).is_ok_and(|m| m.ino() == inode) {
+                    let _ = std::fs::remove_file(&path);
+                }
             }
         };
         match thread::Builder::new().name(name.clone()).spawn(run) {
