@@ -3,150 +3,15 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::os::unix::net::{UnixDatagram, UnixStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::server::{code, Client, Server};
 use serde_json::{json, Value};
-
-struct Server {
-    child: Child,
-    notify: UnixDatagram,
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Server {
-    /// Start `dlm serve` on a free loopback port and a Unix socket; wait for READY=1.
-    fn start(extra: &[&str], env: &[(&str, &str)]) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut args: Vec<String> = vec!["--tcp".into(), format!("127.0.0.1:{port}"), "--unix".into()];
-        args.push(dir.path().join("dlm.sock").display().to_string());
-        args.extend(extra.iter().map(|a| a.to_string()));
-        Self::spawn(dir, port, &args, env)
-    }
-
-    /// Start `dlm serve ARGS` with the notify socket in `dir`; wait for READY=1.
-    fn spawn(dir: tempfile::TempDir, port: u16, args: &[String], env: &[(&str, &str)]) -> Server {
-        let notify_path = dir.path().join("notify.sock");
-        let notify = UnixDatagram::bind(&notify_path).unwrap();
-        notify.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dlm"));
-        cmd.args(["serve", "--model", &common::model_dir().display().to_string()])
-            .args(args)
-            .env("NOTIFY_SOCKET", &notify_path)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
-        let server = Server { child: cmd.spawn().unwrap(), notify, dir, port };
-        let first = server.note();
-        assert!(first.contains("READY=1"), "first notification: {first:?}");
-        server
-    }
-
-    /// The next notify datagram.
-    fn note(&self) -> String {
-        let mut buf = [0u8; 512];
-        let n = self.notify.recv(&mut buf).expect("a notification within 60 s");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    }
-
-    fn tcp(&self) -> Client<TcpStream> {
-        Client::new(TcpStream::connect(("127.0.0.1", self.port)).unwrap())
-    }
-
-    fn unix_path(&self) -> PathBuf {
-        self.dir.path().join("dlm.sock")
-    }
-
-    fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
-    }
-
-    fn wait(&mut self) -> ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(start.elapsed() < Duration::from_secs(60), "dlm serve did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct Client<S> {
-    reader: BufReader<S>,
-    writer: S,
-}
-
-trait Split: Sized {
-    fn split(&self) -> Self;
-}
-
-impl Split for TcpStream {
-    fn split(&self) -> Self {
-        self.try_clone().unwrap()
-    }
-}
-
-impl Split for UnixStream {
-    fn split(&self) -> Self {
-        self.try_clone().unwrap()
-    }
-}
-
-impl<S: Read + Write + Split> Client<S> {
-    fn new(stream: S) -> Self {
-        Client { writer: stream.split(), reader: BufReader::new(stream) }
-    }
-
-    fn send(&mut self, request: &Value) {
-        writeln!(self.writer, "{request}").unwrap();
-    }
-
-    fn send_raw(&mut self, bytes: &[u8]) {
-        self.writer.write_all(bytes).unwrap();
-    }
-
-    fn recv(&mut self) -> Value {
-        let mut line = String::new();
-        assert!(self.reader.read_line(&mut line).unwrap() > 0, "connection closed before a response");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("response is not JSON ({e}): {line:?}"))
-    }
-
-    /// Responses to `n` requests, by id (each id exactly once).
-    fn recv_by_id(&mut self, n: usize) -> BTreeMap<i64, Value> {
-        let mut by_id = BTreeMap::new();
-        for _ in 0..n {
-            let r = self.recv();
-            let id = r["id"].as_i64().unwrap_or_else(|| panic!("no integer id: {r}"));
-            assert!(by_id.insert(id, r).is_none(), "id {id} answered twice");
-        }
-        by_id
-    }
-}
-
-fn code(r: &Value) -> &str {
-    if r["ok"] == true {
-        "ok"
-    } else {
-        r["error"]["code"].as_str().unwrap_or_else(|| panic!("no error code: {r}"))
-    }
-}
 
 #[test]
 fn concurrent_tcp_clients_each_get_their_answers() {

@@ -60,9 +60,16 @@ pub struct ServeArgs {
     /// Most sequences per denoiser call (a request's samples go in batches of this).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=256))]
     max_batch: u64,
-    /// Most simultaneous connections per listener.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    /// Most simultaneous connections per listener (each costs a reader and a writer thread).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
     max_connections: u64,
+    /// Close a connection with nothing to read, answer or write for this long, in ms; drop a
+    /// client that reads none of its waiting answers for this long.
+    #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
+    idle_timeout_ms: u64,
+    /// Bytes of answers a connection may leave unread before the server stops reading its requests.
+    #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(4096..=(1 << 30)))]
+    max_pending: u64,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -91,6 +98,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
         max_samples: args.max_samples as usize,
         max_batch: args.max_batch as usize,
         max_connections: args.max_connections as usize,
+        idle: Duration::from_millis(args.idle_timeout_ms),
+        max_pending: args.max_pending as usize,
     };
     let runtime = OrtRuntime::load(args.runtime.ort_lib.as_deref(), args.runtime.threads.into())?;
     let opts = session_options(&args.runtime, config.max_batch);

@@ -1,10 +1,11 @@
 //! One client connection: request lines in through `embedded_io::Read`, response lines out
 //! through `embedded_io::Write`, whatever the byte stream underneath.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender, SyncSender, TrySendError};
+use std::sync::Arc;
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use embedded_io::{Read, Write};
 use serde_json::Value;
@@ -14,33 +15,68 @@ use super::lines::{Line, LineReader};
 use super::Shared;
 use crate::protocol::{parse_request, ErrorCode, Op, Rejection};
 
-/// Read requests until end of input, an I/O error, or shutdown (then the lines already
-/// received are answered `shutting_down`); returns when every request read has its answer
-/// written (or the client is gone).
+/// After the shutdown signal a reader answers lines that arrive for this long (`shutting_down`),
+/// then stops, however chatty its client.
+const STOP_GRACE: Duration = Duration::from_millis(200);
+/// How often a reader held back by unwritten replies looks again.
+const BACKPRESSURE_POLL: Duration = Duration::from_millis(5);
+
+/// Replies of one connection not yet written, in bytes, and whether its writer still writes.
+#[derive(Default)]
+struct Pending {
+    bytes: AtomicUsize,
+    writer_gone: AtomicBool,
+}
+
+/// Read requests until end of input, an I/O error, an idle timeout, or shutdown (lines that
+/// arrive in the grace after it are answered `shutting_down`); returns when every request read
+/// has its answer written (or the client is gone). A client with more than `max_pending` bytes
+/// of answers unread is not read from until it reads them (or is dropped after `idle`).
 pub fn serve<R, W>(reader: R, writer: W, shared: &Shared, jobs: &SyncSender<Job>)
 where
     R: Read,
     W: Write + Send + 'static,
 {
     let (reply, replies) = mpsc::channel::<String>();
-    let writer = thread::Builder::new().name("writer".into()).spawn(move || write_all_replies(writer, replies));
+    let pending = Arc::new(Pending::default());
+    let counted = pending.clone();
+    let writer =
+        thread::Builder::new().name("writer".into()).spawn(move || write_all_replies(writer, replies, &counted));
     let writer = match writer {
         Ok(w) => w,
         Err(e) => return log::error!("cannot start a writer thread: {e}"),
     };
+    let reply = Reply { sender: reply, pending: pending.clone() };
     let mut lines = LineReader::new(reader, shared.config.max_line);
+    let mut active = Instant::now();
     loop {
+        if !wait_for_writer(&pending, shared) {
+            log::info!("dropping a client that reads none of its answers");
+            break;
+        }
         let stopping = shared.stopping();
+        if shared.stopping_for(STOP_GRACE) {
+            break;
+        }
         match lines.next_line() {
             Ok(Line::Text(bytes)) if bytes.iter().all(u8::is_ascii_whitespace) => continue,
-            Ok(Line::Text(bytes)) => dispatch(bytes, shared, jobs, &reply, stopping),
+            Ok(Line::Text(bytes)) => {
+                active = Instant::now();
+                dispatch(bytes, shared, jobs, &reply, stopping);
+            }
             Ok(Line::TooLong { len }) => {
+                active = Instant::now();
                 let max = shared.config.max_line;
                 let message = format!("request line of {len} bytes is over this server's limit of {max} bytes");
-                let _ = reply.send(Rejection::new(Value::Null, ErrorCode::TooLarge, message).to_line());
+                reply.send(Rejection::new(Value::Null, ErrorCode::TooLarge, message).to_line());
             }
             // Shutting down: stop once nothing more is waiting to be read.
             Ok(Line::Idle) if stopping => break,
+            Ok(Line::Idle) if pending.bytes.load(Ordering::SeqCst) > 0 => active = Instant::now(),
+            Ok(Line::Idle) if active.elapsed() >= shared.config.idle => {
+                log::info!("closing a connection idle for {:?}", shared.config.idle);
+                break;
+            }
             Ok(Line::Idle) => continue,
             Ok(Line::Eof) => break,
             Err(e) => {
@@ -53,25 +89,56 @@ where
     let _ = writer.join();
 }
 
-fn dispatch(line: &[u8], shared: &Shared, jobs: &SyncSender<Job>, reply: &Sender<String>, stopping: bool) {
+/// Hold the reader while the replies waiting exceed the limit; false when the client has read
+/// nothing for the idle time (or its writer is gone) and should be dropped.
+fn wait_for_writer(pending: &Pending, shared: &Shared) -> bool {
+    let since = Instant::now();
+    while pending.bytes.load(Ordering::SeqCst) > shared.config.max_pending {
+        if pending.writer_gone.load(Ordering::SeqCst) || since.elapsed() >= shared.config.idle {
+            return false;
+        }
+        thread::sleep(BACKPRESSURE_POLL);
+    }
+    true
+}
+
+/// The sending side of a connection's replies, counting the bytes that wait.
+#[derive(Clone)]
+pub struct Reply {
+    sender: Sender<String>,
+    pending: Arc<Pending>,
+}
+
+impl Reply {
+    /// Queue one reply line; dropped (not counted) when the connection is gone.
+    pub fn send(&self, line: String) {
+        let len = line.len() + 1;
+        self.pending.bytes.fetch_add(len, Ordering::SeqCst);
+        if self.sender.send(line).is_err() {
+            self.pending.bytes.fetch_sub(len, Ordering::SeqCst);
+        }
+    }
+}
+
+fn dispatch(line: &[u8], shared: &Shared, jobs: &SyncSender<Job>, reply: &Reply, stopping: bool) {
     let received = Instant::now();
     let incoming = match parse_request(line) {
         Ok(incoming) => incoming,
         Err(rejection) => {
-            let _ = reply.send(rejection.to_line());
+            reply.send(rejection.to_line());
             return;
         }
     };
     let params = match incoming.op {
         Op::Health => {
-            let _ = reply.send(shared.health(&incoming.id));
+            reply.send(shared.health(&incoming.id));
             return;
         }
         Op::Generate(params) => params,
     };
     let refuse = |code, message: &str| Rejection::new(incoming.id.clone(), code, message).to_line();
     if stopping {
-        let _ = reply.send(refuse(ErrorCode::ShuttingDown, "the server is stopping and takes no new requests"));
+        reply.send(refuse(ErrorCode::ShuttingDown, "the server is stopping and takes no new requests"));
         return;
     }
     let job = Job { id: incoming.id.clone(), params, received, reply: reply.clone() };
@@ -85,22 +152,21 @@ fn dispatch(line: &[u8], shared: &Shared, jobs: &SyncSender<Job>, reply: &Sender
         Err(TrySendError::Disconnected(_)) => refuse(ErrorCode::Internal, "the inference thread is not running"),
     };
     shared.queue_depth.fetch_sub(1, Ordering::SeqCst);
-    let _ = reply.send(refused);
+    reply.send(refused);
 }
 
-/// Write each reply line as it comes; after a write error (client gone) keep taking replies
-/// so that nobody waits on this connection, and drop them.
-fn write_all_replies<W: Write>(mut writer: W, replies: mpsc::Receiver<String>) {
-    let mut open = true;
+/// Write each reply line as it comes; after a write error or timeout (client gone or not
+/// reading) keep taking replies so that nobody waits on this connection, and drop them.
+fn write_all_replies<W: Write>(mut writer: W, replies: mpsc::Receiver<String>, pending: &Pending) {
     for line in replies {
-        if !open {
-            continue;
+        if !pending.writer_gone.load(Ordering::SeqCst) {
+            let written =
+                writer.write_all(line.as_bytes()).and_then(|()| writer.write_all(b"\n")).and_then(|()| writer.flush());
+            if let Err(e) = written {
+                log::info!("client gone or not reading, dropping its replies: {e:?}");
+                pending.writer_gone.store(true, Ordering::SeqCst);
+            }
         }
-        let written =
-            writer.write_all(line.as_bytes()).and_then(|()| writer.write_all(b"\n")).and_then(|()| writer.flush());
-        if let Err(e) = written {
-            log::info!("client gone, dropping its replies: {e:?}");
-            open = false;
-        }
+        pending.bytes.fetch_sub(line.len() + 1, Ordering::SeqCst);
     }
 }

@@ -3,11 +3,12 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use super::connection::Reply;
 use super::Shared;
 use crate::error::{GenerateError, RequestError};
 use crate::generate::{generate, Generated, Limits, Request};
@@ -20,7 +21,7 @@ pub struct Job {
     pub params: Box<GenerateParams>,
     pub received: Instant,
     /// Where the one response line goes (the connection's writer).
-    pub reply: Sender<String>,
+    pub reply: Reply,
 }
 
 /// Serve jobs until every sender is gone. Marks the engine dead when it returns or unwinds.
@@ -36,7 +37,7 @@ pub fn run(mut model: Model, jobs: Receiver<Job>, shared: &Shared) {
         shared.queue_depth.fetch_sub(1, Ordering::SeqCst);
         let line = answer(&mut model, &job, shared);
         // The client may be gone; its answer is dropped, the service goes on.
-        let _ = job.reply.send(line);
+        job.reply.send(line);
     }
 }
 

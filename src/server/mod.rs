@@ -40,6 +40,12 @@ pub struct ServerConfig {
     pub max_batch: usize,
     /// Most simultaneous connections per listener; more are told `busy` and closed.
     pub max_connections: usize,
+    /// A connection with nothing to read, answer or write for this long is closed; a client
+    /// that reads nothing for this long while its replies wait is dropped.
+    pub idle: Duration,
+    /// Bytes of replies a connection may have waiting to be written; past it the server stops
+    /// reading that client's requests until it reads its answers (backpressure).
+    pub max_pending: usize,
 }
 
 /// What every thread of the server reads.
@@ -78,6 +84,11 @@ impl Shared {
             self.shutdown_at.get_or_init(Instant::now);
         }
         stopping
+    }
+
+    /// Stopping for longer than `grace`: readers stop, whatever their clients still send.
+    pub fn stopping_for(&self, grace: Duration) -> bool {
+        self.stopping() && self.shutdown_at.get().is_some_and(|at| at.elapsed() >= grace)
     }
 
     /// Stopping, and the drain time is over: queued requests are no longer started.

@@ -32,8 +32,15 @@ pub enum Transport {
     Stdio,
     Tcp(TcpListener),
     /// `inode`: of the socket this server made, so that it removes only its own on exit.
-    Unix { listener: UnixListener, path: PathBuf, inode: u64 },
-    Serial { port: TTYPort, path: String },
+    Unix {
+        listener: UnixListener,
+        path: PathBuf,
+        inode: u64,
+    },
+    Serial {
+        port: TTYPort,
+        path: String,
+    },
 }
 
 impl Transport {
@@ -123,15 +130,17 @@ impl Transport {
 /// A connected stream that can be split into a reading and a writing handle.
 trait Stream: io::Read + io::Write + AsRawFd + Send + Sized + 'static {
     fn split(self) -> io::Result<(Self, Self)>;
-    fn set_blocking(&self) -> io::Result<()>;
+    /// Blocking, with writes that give up after `write_timeout` (a client that reads nothing).
+    fn set_blocking(&self, write_timeout: Duration) -> io::Result<()>;
 }
 
 impl Stream for TcpStream {
     fn split(self) -> io::Result<(Self, Self)> {
         Ok((self.try_clone()?, self))
     }
-    fn set_blocking(&self) -> io::Result<()> {
-        self.set_nonblocking(false)
+    fn set_blocking(&self, write_timeout: Duration) -> io::Result<()> {
+        self.set_nonblocking(false)?;
+        self.set_write_timeout(Some(write_timeout))
     }
 }
 
@@ -139,8 +148,9 @@ impl Stream for UnixStream {
     fn split(self) -> io::Result<(Self, Self)> {
         Ok((self.try_clone()?, self))
     }
-    fn set_blocking(&self) -> io::Result<()> {
-        self.set_nonblocking(false)
+    fn set_blocking(&self, write_timeout: Duration) -> io::Result<()> {
+        self.set_nonblocking(false)?;
+        self.set_write_timeout(Some(write_timeout))
     }
 }
 
@@ -160,7 +170,7 @@ fn accept_loop<S: Stream>(mut accept: impl FnMut() -> io::Result<S>, shared: &Ar
                 continue;
             }
         };
-        if let Err(e) = stream.set_blocking() {
+        if let Err(e) = stream.set_blocking(shared.config.idle) {
             log::warn!("dropping a connection: {e}");
             continue;
         }

@@ -1,6 +1,8 @@
 //! Shared by the integration tests: the bundled model and one ONNX Runtime per process.
 #![allow(dead_code)]
 
+pub mod server;
+
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 

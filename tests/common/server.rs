@@ -1,0 +1,147 @@
+//! `dlm serve` as the tests drive it: a server process with the systemd notify socket played
+//! by the test, and a line-protocol client.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub struct Server {
+    pub child: Child,
+    pub notify: UnixDatagram,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl Server {
+    /// Start `dlm serve` on a free loopback port and a Unix socket; wait for READY=1.
+    pub fn start(extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut args: Vec<String> = vec!["--tcp".into(), format!("127.0.0.1:{port}"), "--unix".into()];
+        args.push(dir.path().join("dlm.sock").display().to_string());
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Self::spawn(dir, port, &args, env)
+    }
+
+    /// Start `dlm serve ARGS` with the notify socket in `dir`; wait for READY=1.
+    pub fn spawn(dir: tempfile::TempDir, port: u16, args: &[String], env: &[(&str, &str)]) -> Server {
+        let notify_path = dir.path().join("notify.sock");
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        notify.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dlm"));
+        cmd.args(["serve", "--model", &super::model_dir().display().to_string()])
+            .args(args)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        let server = Server { child: cmd.spawn().unwrap(), notify, dir, port };
+        let first = server.note();
+        assert!(first.contains("READY=1"), "first notification: {first:?}");
+        server
+    }
+
+    /// The next notify datagram.
+    pub fn note(&self) -> String {
+        let mut buf = [0u8; 512];
+        let n = self.notify.recv(&mut buf).expect("a notification within 60 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    pub fn tcp(&self) -> Client<TcpStream> {
+        Client::new(TcpStream::connect(("127.0.0.1", self.port)).unwrap())
+    }
+
+    pub fn unix_path(&self) -> PathBuf {
+        self.dir.path().join("dlm.sock")
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
+    }
+
+    pub fn wait(&mut self) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "dlm serve did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Client<S> {
+    pub reader: BufReader<S>,
+    pub writer: S,
+}
+
+pub trait Split: Sized {
+    fn split(&self) -> Self;
+}
+
+impl Split for TcpStream {
+    fn split(&self) -> Self {
+        self.try_clone().unwrap()
+    }
+}
+
+impl Split for UnixStream {
+    fn split(&self) -> Self {
+        self.try_clone().unwrap()
+    }
+}
+
+impl<S: Read + Write + Split> Client<S> {
+    pub fn new(stream: S) -> Self {
+        Client { writer: stream.split(), reader: BufReader::new(stream) }
+    }
+
+    pub fn send(&mut self, request: &Value) {
+        writeln!(self.writer, "{request}").unwrap();
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).unwrap();
+    }
+
+    pub fn recv(&mut self) -> Value {
+        let mut line = String::new();
+        assert!(self.reader.read_line(&mut line).unwrap() > 0, "connection closed before a response");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("response is not JSON ({e}): {line:?}"))
+    }
+
+    /// Responses to `n` requests, by id (each id exactly once).
+    pub fn recv_by_id(&mut self, n: usize) -> BTreeMap<i64, Value> {
+        let mut by_id = BTreeMap::new();
+        for _ in 0..n {
+            let r = self.recv();
+            let id = r["id"].as_i64().unwrap_or_else(|| panic!("no integer id: {r}"));
+            assert!(by_id.insert(id, r).is_none(), "id {id} answered twice");
+        }
+        by_id
+    }
+}
+
+pub fn code(r: &Value) -> &str {
+    if r["ok"] == true {
+        "ok"
+    } else {
+        r["error"]["code"].as_str().unwrap_or_else(|| panic!("no error code: {r}"))
+    }
+}

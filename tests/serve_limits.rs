@@ -1,0 +1,74 @@
+//! `dlm serve` against clients that try to exhaust it (issue 11, findings 1, 3 and 5): one that
+//! never reads its answers, one that keeps talking after SIGTERM, idle ones holding every slot.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::server::{code, Server};
+use serde_json::json;
+
+fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_client_that_reads_nothing_is_held_back_then_dropped() {
+    let server = Server::start(&["--max-pending", "65536", "--idle-timeout-ms", "1500"], &[]);
+    let before = rss_kb(server.child.id());
+    let mut flood = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    flood.set_write_timeout(Some(Duration::from_millis(500))).unwrap();
+    let line = format!("{}\n", json!({"op": "health", "id": "x".repeat(1000)}));
+    let start = Instant::now();
+    let mut sent = 0usize;
+    // 6.4 MB and more of health lines, answers never read: the server stops reading us
+    while sent < 20_000 && flood.write_all(line.as_bytes()).is_ok() {
+        sent += 1;
+    }
+    assert!(sent < 20_000, "the server read all {sent} lines of a client that reads nothing");
+    let grown = rss_kb(server.child.id()).saturating_sub(before);
+    assert!(grown < 30_000, "server grew by {grown} kB for {sent} unread answers");
+    // after the idle time the server drops that client; others are served meanwhile
+    let mut other = server.tcp();
+    other.send(&json!({"id": 1, "op": "health"}));
+    assert_eq!(code(&other.recv()), "ok");
+    std::thread::sleep(Duration::from_millis(2500));
+    let gone = (0..200).any(|_| flood.write_all(line.as_bytes()).is_err());
+    assert!(gone, "the server still holds a client that read nothing for {:?}", start.elapsed());
+}
+
+#[test]
+fn a_chatty_client_does_not_hold_the_shutdown() {
+    let mut server = Server::start(&[], &[]);
+    let mut chatty = server.tcp();
+    let talking = std::thread::spawn(move || {
+        for k in 0..200 {
+            if writeln!(chatty.writer, "{}", json!({"op": "health", "id": k})).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let signalled = Instant::now();
+    server.signal(libc::SIGTERM);
+    assert!(server.wait().success());
+    assert!(signalled.elapsed() < Duration::from_secs(3), "shutdown took {:?}", signalled.elapsed());
+    talking.join().unwrap();
+}
+
+#[test]
+fn idle_connections_are_closed_and_free_their_slots() {
+    let server = Server::start(&["--max-connections", "2", "--idle-timeout-ms", "400"], &[]);
+    let idle: Vec<_> = (0..2).map(|_| server.tcp()).collect();
+    std::thread::sleep(Duration::from_millis(1200));
+    let mut client = server.tcp();
+    client.send(&json!({"id": 7, "steps": 2}));
+    let r = client.recv();
+    assert_eq!((code(&r), &r["id"]), ("ok", &json!(7)), "{r}");
+    drop(idle);
+}
