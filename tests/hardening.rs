@@ -152,3 +152,17 @@ fn the_work_of_one_request_is_bounded_before_it_starts() {
     let costly = ["generate", "--model", &model, "--steps", "2000", "--guide-steps", "100", "--span", "0,1,NP"];
     assert_fails_with(&dlm(&costly), "guidance graph calls per batch");
 }
+
+#[test]
+fn a_truncated_onnx_runtime_library_is_refused_before_loading() {
+    let lib = std::fs::canonicalize(common::repo_path(".ort/libonnxruntime.so")).unwrap();
+    let bytes = std::fs::read(&lib).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let truncated = dir.path().join("libonnxruntime.so");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let out = dlm(&["info", "--model", &model(), "--ort-lib", truncated.to_str().unwrap()]);
+    assert_fails_with(&out, "truncated");
+    std::fs::write(&truncated, b"not a library").unwrap();
+    let out = dlm(&["info", "--model", &model(), "--ort-lib", truncated.to_str().unwrap()]);
+    assert_fails_with(&out, "not a 64-bit little-endian ELF file");
+}

@@ -72,3 +72,36 @@ fn idle_connections_are_closed_and_free_their_slots() {
     assert_eq!((code(&r), &r["id"]), ("ok", &json!(7)), "{r}");
     drop(idle);
 }
+
+#[test]
+fn a_serial_line_that_hangs_up_is_a_failure_for_the_supervisor() {
+    use std::os::fd::AsRawFd;
+    let (master, slave) = serialport::TTYPort::pair().expect("a pseudo-terminal pair");
+    let name = serialport::SerialPort::name(&slave).expect("the pty has a name");
+    for fd in [master.as_raw_fd(), slave.as_raw_fd()] {
+        // SAFETY: fcntl on fds we own; the server must not inherit the master end
+        assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) }, 0);
+    }
+    let mut server = Server::spawn(tempfile::tempdir().unwrap(), 0, &["--serial".to_string(), name], &[]);
+    drop(master); // the line hangs up
+    assert_eq!(server.wait().code(), Some(1), "Restart=on-failure restarts only a non-zero exit");
+    drop(slave);
+}
+
+#[test]
+fn stdio_with_stdout_closed_fails_with_a_message() {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dlm"))
+        .args(["serve", "--stdio", "--model", &common::model_dir().display().to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // nobody reads the answers
+    child.stdin.take().unwrap().write_all(b"{\"id\":1,\"op\":\"health\"}\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("stdout is closed"), "{stderr}");
+}

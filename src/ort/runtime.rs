@@ -45,6 +45,37 @@ pub fn resolve(explicit: Option<&Path>) -> Result<PathBuf, LoadError> {
     })
 }
 
+/// What can be checked before the library is mapped: a truncated or foreign file would crash
+/// the process (SIGBUS) instead of failing. An ELF64 shared object whose loadable segments
+/// and section headers lie inside the file.
+pub fn check_library_file(path: &Path) -> Result<(), LoadError> {
+    let bad = |why: String| LoadError::OrtLibrary(format!("{}: {why}; {HINT}", path.display()));
+    let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let len = bytes.len() as u64;
+    let u16_at = |o: usize| bytes.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as u64);
+    let u32_at = |o: usize| bytes.get(o..o + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64);
+    let u64_at = |o: usize| bytes.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
+    if bytes.get(..4) != Some(b"\x7fELF") || bytes.get(4) != Some(&2) || bytes.get(5) != Some(&1) {
+        return Err(bad("not a 64-bit little-endian ELF file".into()));
+    }
+    let header = (u64_at(0x20), u16_at(0x36), u16_at(0x38), u64_at(0x28), u16_at(0x3A), u16_at(0x3C));
+    let (Some(phoff), Some(phentsize), Some(phnum), Some(shoff), Some(shentsize), Some(shnum)) = header else {
+        return Err(bad("truncated ELF header".into()));
+    };
+    let end = |off: u64, size: u64| off.checked_add(size).filter(|&e| e <= len);
+    if end(phoff, phentsize * phnum).is_none() || end(shoff, shentsize * shnum).is_none() {
+        return Err(bad(format!("truncated: {len} bytes, its headers reach past the end")));
+    }
+    for k in 0..phnum {
+        let at = (phoff + k * phentsize) as usize;
+        let (kind, offset, filesz) = (u32_at(at), u64_at(at + 8), u64_at(at + 32));
+        if kind == Some(1) && offset.zip(filesz).and_then(|(o, s)| end(o, s)).is_none() {
+            return Err(bad(format!("truncated: {len} bytes, a loadable segment reaches past the end")));
+        }
+    }
+    Ok(())
+}
+
 /// The ONNX Runtime library in use and the environment built on it.
 pub struct OrtRuntime {
     pub library: PathBuf,
@@ -59,6 +90,7 @@ impl OrtRuntime {
     pub fn load(explicit: Option<&Path>, threads: usize) -> Result<Self, LoadError> {
         let library = resolve(explicit)?;
         let library = library.canonicalize().unwrap_or(library);
+        check_library_file(&library)?;
         let builder = ort::init_from(&library).map_err(|e| LoadError::OrtLibrary(format!("{e}; {HINT}")))?;
         let pool = ort::environment::GlobalThreadPoolOptions::default()
             .with_intra_threads(threads)

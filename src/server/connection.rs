@@ -30,9 +30,9 @@ struct Pending {
 
 /// Read requests until end of input, an I/O error, an idle timeout, or shutdown (lines that
 /// arrive in the grace after it are answered `shutting_down`); returns when every request read
-/// has its answer written (or the client is gone). A client with more than `max_pending` bytes
+/// has its answer written (or the client is gone), and whether the answers could be written. A client with more than `max_pending` bytes
 /// of answers unread is not read from until it reads them (or is dropped after `idle`).
-pub fn serve<R, W>(reader: R, writer: W, shared: &Shared, jobs: &SyncSender<Job>)
+pub fn serve<R, W>(reader: R, writer: W, shared: &Shared, jobs: &SyncSender<Job>) -> bool
 where
     R: Read,
     W: Write + Send + 'static,
@@ -44,7 +44,10 @@ where
         thread::Builder::new().name("writer".into()).spawn(move || write_all_replies(writer, replies, &counted));
     let writer = match writer {
         Ok(w) => w,
-        Err(e) => return log::error!("cannot start a writer thread: {e}"),
+        Err(e) => {
+            log::error!("cannot start a writer thread: {e}");
+            return false;
+        }
     };
     let reply = Reply { sender: reply, pending: pending.clone() };
     let mut lines = LineReader::new(reader, shared.config.max_line);
@@ -87,6 +90,7 @@ where
     }
     drop(reply);
     let _ = writer.join();
+    !pending.writer_gone.load(Ordering::SeqCst)
 }
 
 /// Hold the reader while the replies waiting exceed the limit; false when the client has read

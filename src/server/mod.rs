@@ -119,8 +119,14 @@ impl Shared {
 
 /// Serve `transports` with `model` until a signal sets `shutdown` or every transport has ended
 /// (stdin or a serial line at end of input, with no listener). Returns once all requests read
-/// have been answered.
-pub fn run(model: Model, config: ServerConfig, transports: Vec<Transport>, shutdown: Arc<AtomicBool>) {
+/// have been answered: Err(why) when a transport failed (stdout closed, a serial line hung up),
+/// so that a supervisor restarts the service.
+pub fn run(
+    model: Model,
+    config: ServerConfig,
+    transports: Vec<Transport>,
+    shutdown: Arc<AtomicBool>,
+) -> Result<(), String> {
     let about = json!({
         "dir": model.dir.display().to_string(),
         "precision": format!("{:?}", model.denoiser.precision()).to_lowercase(),
@@ -137,10 +143,7 @@ pub fn run(model: Model, config: ServerConfig, transports: Vec<Transport>, shutd
     };
     let engine = match engine {
         Ok(handle) => handle,
-        Err(e) => {
-            log::error!("cannot start the inference thread: {e}");
-            return;
-        }
+        Err(e) => return Err(format!("cannot start the inference thread: {e}")),
     };
     let running: Vec<_> = transports.into_iter().filter_map(|t| t.spawn(shared.clone(), jobs.clone())).collect();
     drop(jobs);
@@ -153,12 +156,22 @@ pub fn run(model: Model, config: ServerConfig, transports: Vec<Transport>, shutd
         notify::stopping();
         log::info!("stopping: draining the queue ({} waiting)", shared.queue_depth.load(Ordering::SeqCst));
     }
+    let mut failures = Vec::new();
     for handle in running {
-        let _ = handle.join();
+        match handle.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => failures.push(why),
+            Err(_) => failures.push("a transport thread panicked".to_string()),
+        }
     }
     shared.shutdown.store(true, Ordering::SeqCst); // ends the watchdog
     let _ = engine.join();
     if let Some(w) = watchdog {
         let _ = w.join();
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("; "))
     }
 }

@@ -91,30 +91,43 @@ impl Transport {
 
     /// Serve on a thread of its own; it ends at shutdown once its connections have drained
     /// (stdin and serial lines also at end of input).
-    pub fn spawn(self, shared: Arc<Shared>, jobs: SyncSender<Job>) -> Option<JoinHandle<()>> {
+    /// The thread's result: Err(why) when a stdio or serial transport ended other than by a
+    /// signal or the end of stdin (stdout closed, the serial line hung up or failed).
+    pub fn spawn(self, shared: Arc<Shared>, jobs: SyncSender<Job>) -> Option<JoinHandle<Result<(), String>>> {
         let name = self.describe();
         log::info!("listening on {name}");
         let run = move || match self {
             Self::Stdio => match io::stdin().as_fd().try_clone_to_owned() {
                 // Raw fd reads: std's buffered Stdin would hide buffered bytes from poll(2).
-                Ok(fd) => serve_stream(File::from(fd), io::stdout(), &shared, &jobs),
-                Err(e) => log::error!("stdin: {e}"),
+                Ok(fd) => match serve_stream(File::from(fd), io::stdout(), &shared, &jobs) {
+                    true => Ok(()),
+                    false => Err("stdout is closed: answers could not be written".to_string()),
+                },
+                Err(e) => Err(format!("stdin: {e}")),
             },
-            Self::Serial { port, .. } => match port.try_clone_native() {
-                Ok(writer) => serve_stream(port, writer, &shared, &jobs),
-                Err(e) => log::error!("serial: {e}"),
-            },
-            Self::Tcp(listener) => accept_loop(
-                || listener.accept().map(|(s, _)| s).and_then(|s| s.set_nodelay(true).map(|()| s)),
-                &shared,
-                &jobs,
-            ),
+            Self::Serial { port, path } => {
+                match port.try_clone_native() {
+                    Ok(writer) => serve_stream(port, writer, &shared, &jobs),
+                    Err(e) => return Err(format!("serial {path}: {e}")),
+                };
+                if shared.stopping() {
+                    Ok(())
+                } else {
+                    Err(format!("serial {path}: the line hung up"))
+                }
+            }
+            Self::Tcp(listener) => {
+                let accept = || listener.accept().map(|(s, _)| s).and_then(|s| s.set_nodelay(true).map(|()| s));
+                accept_loop(accept, &shared, &jobs);
+                Ok(())
+            }
             Self::Unix { listener, path, inode } => {
                 accept_loop(|| listener.accept().map(|(s, _)| s), &shared, &jobs);
                 // another server may have taken the path since: remove the socket only if still ours
                 if std::fs::symlink_metadata(&path).is_ok_and(|m| m.ino() == inode) {
                     let _ = std::fs::remove_file(&path);
                 }
+                Ok(())
             }
         };
         match thread::Builder::new().name(name.clone()).spawn(run) {
@@ -182,7 +195,9 @@ fn accept_loop<S: Stream>(mut accept: impl FnMut() -> io::Result<S>, shared: &Ar
         }
         let (shared, jobs) = (shared.clone(), jobs.clone());
         let spawned = thread::Builder::new().name("connection".into()).spawn(move || match stream.split() {
-            Ok((reader, writer)) => serve_stream(reader, writer, &shared, &jobs),
+            Ok((reader, writer)) => {
+                serve_stream(reader, writer, &shared, &jobs);
+            }
             Err(e) => log::warn!("dropping a connection: {e}"),
         });
         match spawned {
@@ -195,12 +210,13 @@ fn accept_loop<S: Stream>(mut accept: impl FnMut() -> io::Result<S>, shared: &Ar
     }
 }
 
-fn serve_stream<R, W>(reader: R, writer: W, shared: &Shared, jobs: &SyncSender<Job>)
+/// Serve one stream; false when its answers could not all be written.
+fn serve_stream<R, W>(reader: R, writer: W, shared: &Shared, jobs: &SyncSender<Job>) -> bool
 where
     R: io::Read + AsRawFd,
     W: io::Write + Send + 'static,
 {
-    connection::serve(FromStd::new(Polled(reader)), FromStd::new(writer), shared, jobs);
+    connection::serve(FromStd::new(Polled(reader)), FromStd::new(writer), shared, jobs)
 }
 
 /// A reader whose reads give up with `TimedOut` after [`POLL`] without input.
