@@ -69,9 +69,11 @@ class ContentClassifier(_LinearHead):
         return self.head(self.encoder(x, t))
 
     def log_p_expressed(self, x, t):
-        """log p(v expressed | x_t) [B, V]."""
-        log_absent = F.logsigmoid(-self(x, t).float()).sum(1)
-        return torch.log((1.0 - torch.exp(log_absent)).clamp(min=1e-6))
+        """log p(v expressed | x_t) = log(1 - exp(s)), s = sum_i log(1 - p_i) [B, V]; near s = 0
+        (the value nowhere) as log(-s) + s / 2, where 1 - exp(s) would cancel."""
+        s = F.logsigmoid(-self(x, t).float()).sum(1)
+        near_zero = torch.log((-s).clamp(min=1e-12)) + s / 2
+        return torch.where(s > -1e-3, near_zero, torch.log((1.0 - torch.exp(s)).clamp(min=1e-12)))
 
     def loss(self, x, t, wanted):
         """-sum_v wanted_v log p(v expressed | x_t): [B]; `wanted` is a 0/1 mask [B, V]."""

@@ -45,7 +45,7 @@ def heldout_targets(m, tok, n, seed):
     analysed = data.analyse(data.load_spacy(), words)
     tags = [pos for pos, _ in analysed]
     spans = [rng.choice(sp) for _, sp in analysed if sp]
-    labels = set(m["controls"]["content"]["labels"])
+    labels = set(m.get("controls", {}).get("content", {}).get("labels", ()))
     content = []  # one pair of each held-out MR, every field (name included) equally likely
     for _, pairs, _ in picked:
         options = [f"{f}={v}" for f, v in pairs if f"{f}={v}" in labels]
@@ -90,8 +90,11 @@ def evaluate(model_dir, dlm, steps=200, n=200, seed=0, guide_steps=None, only=No
     if not Path(dlm).is_file():
         raise ExportError(f"{dlm}: dlm binary not found; run `cargo build --release` first")
     m = manifest_mod.load(model_dir)
-    if "controls" not in m or not any(g["role"] == "teacher" for g in m["graphs"]):
-        raise ExportError(f"{model_dir}: needs controls and a teacher LM (python -m export controls, teacher, export)")
+    guided = {"pos", "content", "spans"} & set(only or ("pos", "content", "spans"))
+    missing = sorted(guided - set(m.get("controls", {})))
+    if missing or not any(g["role"] == "teacher" for g in m["graphs"]):
+        raise ExportError(f"{model_dir}: needs a teacher LM and the controls {missing or 'asked for'} "
+                          "(python -m export controls, teacher, export)")
     tok = Tokenizer.from_file(str(model_dir / m["tokenizer"]["file"]))
     teacher = ort.InferenceSession(str(model_dir / next(g["file"] for g in m["graphs"] if g["role"] == "teacher")))
     seq_len = m["model"]["seq_len"]

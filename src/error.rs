@@ -61,6 +61,8 @@ pub enum RequestError {
     Samples { num: usize, per_output: usize, max: usize },
     #[error("mbr and rerank each choose among samples: give one of them, not both")]
     MbrAndRerank,
+    #[error("rerank scores samples with the control classifiers: it needs pos, content or span")]
+    RerankWithoutClassifier,
     #[error("this request would cost {calls} guidance graph calls per batch (guided steps x K x controls and spans); the limit is {max}: ask for fewer steps or spans, or a smaller K")]
     GuidanceCost { calls: usize, max: usize },
     #[error("timeout_ms must be at least 1 (the server caps it at {max}), got {got}")]

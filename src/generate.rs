@@ -131,6 +131,9 @@ pub struct Generated {
 pub fn generate(model: &mut Model, request: &Request) -> Result<Vec<Generated>, GenerateError> {
     request.validate(&Limits::of(model))?;
     let per_output = request.samples_per_output();
+    if request.rerank > 1 && targets(&plan(&request.controls, &model.manifest, &model.vocab)?).is_empty() {
+        return Err(RequestError::RerankWithoutClassifier.into());
+    }
     if per_output == 1 {
         return generate_samples(model, request);
     }

@@ -197,4 +197,7 @@ fn rerank_keeps_the_sample_the_classifiers_score_best() {
     let lowest = (0..4).min_by(|&a, &b| losses[a].total_cmp(&losses[b])).unwrap();
     assert_eq!(best[0].text, samples[lowest].text, "losses {losses:?}");
     assert!(run(Precision::Fp32, &request(ControlRequest::default(), 1, 1))[0].control_loss.is_none());
+    let unguided = Request { rerank: 2, ..request(ControlRequest { length: Some(8), ..Default::default() }, 1, 2) };
+    let refused = common::with_model(Precision::Fp32, |m| generate(m, &unguided).map(|g| g.len()));
+    assert!(matches!(refused, Err(GenerateError::Request(dlm::error::RequestError::RerankWithoutClassifier))));
 }
