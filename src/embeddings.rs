@@ -66,37 +66,68 @@ impl Embeddings {
 
     /// Clamping trick: replace every row of `x0_hat` (one position) by its nearest embedding,
     /// argmin_v ||x - EMB(v)||^2 = argmax_v <x, EMB(v)> - ||EMB(v)||^2 / 2.
-    pub fn clamp_rows(&self, mut x0_hat: ArrayViewMut2<'_, f32>, scratch: &mut Array2<f32>, words: WordsOnly<'_>) {
+    pub fn clamp_rows(&self, mut x0_hat: ArrayViewMut2<'_, f32>, scratch: &mut Array2<f32>, rules: Constraints<'_>) {
         let dots = self.dots(x0_hat.view(), scratch);
+        let mut chosen = Vec::with_capacity(dots.nrows());
+        let mut banned = Vec::new();
         for (r, (mut row, mut scores)) in x0_hat.rows_mut().into_iter().zip(dots.rows_mut()).enumerate() {
             let Some(scores) = scores.as_slice_mut() else { unreachable!("scratch is row-major") };
             scores.iter_mut().zip(&self.half_sq_norms).for_each(|(s, h)| *s -= h);
-            row.assign(&self.matrix.row(arg_best(scores, words.banned(r))));
+            rules.banned(r, &chosen, &mut banned);
+            let best = arg_best(scores, &banned);
+            chosen.push(best as u32);
+            row.assign(&self.matrix.row(best));
         }
     }
 
     /// Rounding through the tied head: argmax_v <x_i, EMB(v)> per row.
-    pub fn round_rows(&self, x: ArrayView2<'_, f32>, scratch: &mut Array2<f32>, words: WordsOnly<'_>) -> Vec<u32> {
+    pub fn round_rows(&self, x: ArrayView2<'_, f32>, scratch: &mut Array2<f32>, rules: Constraints<'_>) -> Vec<u32> {
         let dots = self.dots(x, scratch);
-        let rows = dots.rows_mut().into_iter().enumerate();
-        rows.map(|(r, mut s)| s.as_slice_mut().map_or(0, |s| arg_best(s, words.banned(r))) as u32).collect()
+        let mut chosen = Vec::with_capacity(dots.nrows());
+        let mut banned = Vec::new();
+        for (r, mut scores) in dots.rows_mut().into_iter().enumerate() {
+            rules.banned(r, &chosen, &mut banned);
+            chosen.push(scores.as_slice_mut().map_or(0, |s| arg_best(s, &banned)) as u32);
+        }
+        chosen
     }
 }
 
-/// Positions that must be words (inside a fixed length): PAD, START and END are not
-/// candidates there, when clamping or rounding. Rows are positions of [B * L] latents.
+/// What clamping and rounding may pick at each row of [B * L] latents (row r is position
+/// r % L of sequence r / L).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct WordsOnly<'a> {
-    /// Per position of a sequence, [L]; empty = no constraint.
-    pub positions: &'a [bool],
+pub struct Constraints<'a> {
+    /// Per position of a sequence, [L]: inside a fixed length, where PAD, START and END
+    /// (`specials`) are not candidates; empty = no such positions.
+    pub words_only: &'a [bool],
     pub specials: &'a [u32],
+    /// No word right after itself, and no word 3-gram twice in a sequence (special tokens
+    /// exempt), like n-gram blocking in autoregressive decoding; needs `seq_len`.
+    pub block_repeats: bool,
+    pub seq_len: usize,
 }
 
-impl WordsOnly<'_> {
-    fn banned(&self, row: usize) -> &[u32] {
-        match self.positions.get(row % self.positions.len().max(1)) {
-            Some(true) => self.specials,
-            _ => &[],
+impl Constraints<'_> {
+    /// The words row `r` may not take, given the words `chosen` for rows 0..r.
+    fn banned(&self, r: usize, chosen: &[u32], out: &mut Vec<u32>) {
+        out.clear();
+        if let Some(true) = self.words_only.get(r % self.words_only.len().max(1)) {
+            out.extend_from_slice(self.specials);
+        }
+        if !self.block_repeats || self.seq_len == 0 {
+            return;
+        }
+        let (start, pos) = (r - r % self.seq_len, r % self.seq_len);
+        let word = |k: usize| chosen.get(k).copied().filter(|w| !self.specials.contains(w));
+        if pos >= 1 {
+            out.extend(word(r - 1));
+        }
+        if pos >= 2 {
+            if let (Some(a), Some(b)) = (word(r - 2), word(r - 1)) {
+                // every w that already followed (a, b) in this sequence
+                let seen = (start + 2..r).filter(|&k| chosen[k - 2] == a && chosen[k - 1] == b);
+                out.extend(seen.filter_map(word));
+            }
         }
     }
 }
@@ -158,10 +189,29 @@ mod tests {
     }
 
     #[test]
+    fn blocking_repeats_bans_the_previous_word_and_a_seen_trigram() {
+        // 4 words on a line; every row is nearest to word 1 unless banned
+        let emb = Embeddings::new(Array2::from_shape_vec((4, 1), vec![0.0, 1.0, 0.9, -5.0]).unwrap());
+        let x = Array2::from_shape_vec((6, 1), vec![1.0; 6]).unwrap();
+        let rules = Constraints { block_repeats: true, seq_len: 6, specials: &[0], ..Constraints::default() };
+        let mut scratch = Array2::zeros((0, 0));
+        // 1 2 1 2, then after (1, 2) word 1 was seen and 2 just came: the next best, 0 (a special
+        // token, banned only inside a fixed length); after it nothing is banned
+        assert_eq!(emb.round_rows(x.view(), &mut scratch, rules), vec![1, 2, 1, 2, 0, 1]);
+        let plain = Constraints { block_repeats: false, ..rules };
+        assert_eq!(emb.round_rows(x.view(), &mut scratch, plain), vec![1; 6]);
+        // a new sequence starts fresh, and special tokens may repeat
+        let two = Constraints { seq_len: 3, ..rules };
+        assert_eq!(emb.round_rows(x.view(), &mut scratch, two), vec![1, 2, 1, 1, 2, 1]);
+        let pads = Array2::from_shape_vec((3, 1), vec![0.0; 3]).unwrap();
+        assert_eq!(emb.round_rows(pads.view(), &mut scratch, two), vec![0, 0, 0]);
+    }
+
+    #[test]
     fn clamping_picks_the_nearest_embedding() {
         let emb = Embeddings::new(Array2::from_shape_vec((3, 2), vec![0.0, 0.0, 1.0, 0.0, 10.0, 10.0]).unwrap());
         let mut x = Array2::from_shape_vec((3, 2), vec![0.6, 0.1, 0.4, 0.0, 7.0, 6.0]).unwrap();
-        emb.clamp_rows(x.view_mut(), &mut Array2::zeros((0, 0)), WordsOnly::default());
+        emb.clamp_rows(x.view_mut(), &mut Array2::zeros((0, 0)), Constraints::default());
         assert_eq!(x.into_raw_vec_and_offset().0, vec![1.0, 0.0, 0.0, 0.0, 10.0, 10.0]);
     }
 }

@@ -5,7 +5,7 @@ use std::time::Instant;
 use ndarray::Array3;
 
 use crate::controls::{plan, ControlRequest, Plan};
-use crate::embeddings::WordsOnly;
+use crate::embeddings::Constraints;
 use crate::error::{GenerateError, RequestError};
 use crate::mbr;
 use crate::model::Model;
@@ -26,6 +26,8 @@ pub struct Request {
     pub guide: GuideOverrides,
     /// Minimum Bayes risk: draw this many samples per output and keep the consensus one (1 = off).
     pub mbr: usize,
+    /// No word right after itself and no word 3-gram twice, when clamping and rounding.
+    pub block_repeats: bool,
     /// Best-of-N: draw this many samples per output and keep the one whose final latent the
     /// guided controls' classifiers score best (lowest summed loss at t = 0) (1 = off).
     pub rerank: usize,
@@ -47,6 +49,7 @@ impl Default for Request {
             guide: GuideOverrides::default(),
             mbr: 1,
             rerank: 1,
+            block_repeats: false,
             deadline: None,
         }
     }
@@ -201,7 +204,12 @@ fn generate_samples(model: &mut Model, request: &Request) -> Result<Vec<Generate
         sampler.guides = bound.iter_mut().map(|g| g as &mut dyn Guide).collect();
         sampler.guide_options = guide_opts;
         sampler.held = &plan.held;
-        sampler.words_only = WordsOnly { positions: &plan.words_only, specials: &specials };
+        sampler.constraints = Constraints {
+            words_only: &plan.words_only,
+            specials: &specials,
+            block_repeats: request.block_repeats,
+            seq_len,
+        };
         sampler.deadline = request.deadline;
         let sampled = sampler.sample(x_t, &mut noise, None)?;
         let control_loss = final_control_loss(&mut bound, &sampled.x0)?;

@@ -96,6 +96,7 @@ pub struct GenerateParams {
     guide_weight: Option<NumberOrMap<f64>>,
     pub mbr: Option<usize>,
     pub rerank: Option<usize>,
+    pub block_repeats: Option<bool>,
     /// Milliseconds from arrival to the answer; the server caps it.
     pub timeout_ms: Option<u64>,
 }
@@ -157,7 +158,7 @@ pub fn parse_request(line: &[u8]) -> Result<Incoming, Rejection> {
 }
 
 /// The fields a generate request may carry, for error messages.
-pub const FIELDS: [&str; 18] = [
+pub const FIELDS: [&str; 19] = [
     "steps",
     "seed",
     "num",
@@ -175,6 +176,7 @@ pub const FIELDS: [&str; 18] = [
     "guide_weight",
     "mbr",
     "rerank",
+    "block_repeats",
     "timeout_ms",
 ];
 

@@ -101,3 +101,18 @@ fn mbr_returns_one_of_its_samples_per_output() {
     assert_eq!(chosen.len(), 2);
     assert!(plain[..3].contains(&chosen[0]) && plain[3..].contains(&chosen[1]), "{chosen:?} not in {plain:?}");
 }
+
+#[test]
+fn block_repeats_leaves_no_word_twice_in_a_row_and_no_trigram_twice() {
+    let r = Request { block_repeats: true, ..request(50, 0, 8, 8) };
+    let out = common::with_model(Precision::Fp32, |m| generate(m, &r).unwrap());
+    for g in &out {
+        let ids: Vec<u32> = g.ids.iter().copied().filter(|&i| i > 3).collect(); // words only
+        assert!(ids.windows(2).all(|w| w[0] != w[1]), "{}", g.text);
+        let grams: Vec<&[u32]> = ids.windows(3).collect();
+        let unique: std::collections::BTreeSet<&[u32]> = grams.iter().copied().collect();
+        assert_eq!(unique.len(), grams.len(), "{}", g.text);
+    }
+    let plain = texts(Precision::Fp32, &request(50, 0, 8, 8));
+    assert_ne!(plain, out.iter().map(|g| g.text.clone()).collect::<Vec<_>>(), "blocking changed nothing");
+}

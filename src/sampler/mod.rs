@@ -14,7 +14,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
-use crate::embeddings::{Embeddings, WordsOnly};
+use crate::embeddings::{Constraints, Embeddings};
 use crate::error::{GenerateError, InferenceError, RequestError};
 use crate::schedule::Diffusion;
 
@@ -166,8 +166,8 @@ pub struct Sampler<'a, D: Denoiser> {
     pub guide_options: GuideOptions,
     /// Token held at each position (infill words, START/END/PAD of a fixed length).
     pub held: &'a [Option<u32>],
-    /// Positions inside a fixed length, which clamping and rounding keep to words.
-    pub words_only: WordsOnly<'a>,
+    /// What clamping and rounding may pick (words only inside a fixed length, repeats blocked).
+    pub constraints: Constraints<'a>,
     /// Give up with [`GenerateError::Deadline`] when a step would start after this instant.
     pub deadline: Option<Instant>,
 }
@@ -188,7 +188,7 @@ impl<'a, D: Denoiser> Sampler<'a, D> {
             guides: Vec::new(),
             guide_options: GuideOptions::default(),
             held: &[],
-            words_only: WordsOnly::default(),
+            constraints: Constraints::default(),
             deadline: None,
         }
     }
@@ -243,7 +243,7 @@ impl<D: Denoiser> Sampler<'_, D> {
                 trace.push(x0_hat.clone());
             }
             if self.options.clamp {
-                self.embeddings.clamp_rows(flat_mut(&mut x0_hat), &mut scratch, self.words_only);
+                self.embeddings.clamp_rows(flat_mut(&mut x0_hat), &mut scratch, self.constraints);
             }
             let draw = i > 0 && (holds || step::sigma(self.options.method, self.diffusion, i) > 0.0);
             if draw {
@@ -268,7 +268,7 @@ impl<D: Denoiser> Sampler<'_, D> {
                 self.hold(&mut x, self.diffusion.alpha_bar_prev[i], z.unwrap_or(&no_noise));
             }
         }
-        let tokens = self.embeddings.round_rows(flat(&x), &mut scratch, self.words_only);
+        let tokens = self.embeddings.round_rows(flat(&x), &mut scratch, self.constraints);
         timing.total = start.elapsed();
         Ok(Sampled { tokens: tokens.chunks(l).map(<[u32]>::to_vec).collect(), x0: x, timing })
     }

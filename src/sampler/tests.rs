@@ -207,8 +207,11 @@ fn clamping_picks_the_nearest_and_rounding_the_largest_dot_product() {
     let emb = embeddings();
     let mut x: Array2<f32> = array![[2.0, 0.5], [0.2, 0.1], [-1.0, -2.5]];
     let mut scratch = Array2::zeros((0, 0));
-    emb.clamp_rows(x.view_mut(), &mut scratch, WordsOnly::default());
+    emb.clamp_rows(x.view_mut(), &mut scratch, Constraints::default());
     assert_eq!(x, array![[3.0, 0.0], [0.0, 0.0], [-3.0, -3.0]]);
     // <x, EMB>: the origin word never wins a dot product against a positive one
-    assert_eq!(emb.round_rows(array![[0.2, 0.1], [-0.1, -0.2]].view(), &mut scratch, WordsOnly::default()), vec![1, 3]);
+    assert_eq!(
+        emb.round_rows(array![[0.2, 0.1], [-0.1, -0.2]].view(), &mut scratch, Constraints::default()),
+        vec![1, 3]
+    );
 }
