@@ -5,7 +5,7 @@ mod common;
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use sha2::{Digest, Sha256};
 
@@ -49,13 +49,7 @@ fn guidance_values_out_of_range_are_refused() {
     assert_fails_with(&dlm(&[&base[..], &["--guide-lr", "1e308"]].concat()), "a number in [0, 10]");
     assert_fails_with(&dlm(&[&base[..], &["--guide-lambda", "content=1e300"]].concat()), "[0, 10000]");
     assert_fails_with(&dlm(&[&base[..], &["--guide-weight", "inf"]].concat()), "[0, 10000]");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dlm"))
-        .args(["serve", "--stdio", "--model", &model()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = common::server::spawn_stdio(&[]);
     let line = r#"{"id":1,"steps":2,"content":"food=Italian","guide_lambda":1e300}"#;
     child.stdin.take().unwrap().write_all(format!("{line}\n").as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::server::{code, Client, Server};
@@ -204,13 +204,7 @@ fn watchdog_pings_while_the_engine_lives() {
 
 #[test]
 fn stdio_answers_every_line_then_exits_at_end_of_input() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dlm"))
-        .args(["serve", "--stdio", "--model", &common::model_dir().display().to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = common::server::spawn_stdio(&[]);
     let input = b"{\"id\":1,\"steps\":5}\n\n{\"id\":2,\"op\":\"health\"}\n[]\n{\"id\":3,\"steps\":5,\"seed\":1}";
     child.stdin.take().unwrap().write_all(input).unwrap();
     let out = child.wait_with_output().unwrap();

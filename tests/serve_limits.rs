@@ -90,14 +90,7 @@ fn a_serial_line_that_hangs_up_is_a_failure_for_the_supervisor() {
 
 #[test]
 fn stdio_with_stdout_closed_fails_with_a_message() {
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dlm"))
-        .args(["serve", "--stdio", "--model", &common::model_dir().display().to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = common::server::spawn_stdio(&[]);
     drop(child.stdout.take()); // nobody reads the answers
     child.stdin.take().unwrap().write_all(b"{\"id\":1,\"op\":\"health\"}\n").unwrap();
     let out = child.wait_with_output().unwrap();

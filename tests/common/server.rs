@@ -145,3 +145,15 @@ pub fn code(r: &Value) -> &str {
         r["error"]["code"].as_str().unwrap_or_else(|| panic!("no error code: {r}"))
     }
 }
+
+/// `dlm serve --stdio ARGS` on the bundled model with stdin, stdout and stderr piped.
+pub fn spawn_stdio(extra: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_dlm"))
+        .args(["serve", "--stdio", "--model", &super::model_dir().display().to_string()])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("dlm serve starts")
+}
