@@ -105,6 +105,9 @@ pub struct Constraints<'a> {
     /// exempt), like n-gram blocking in autoregressive decoding; needs `seq_len`.
     pub block_repeats: bool,
     pub seq_len: usize,
+    /// Per position, [L]: a word the request holds there (infill template, START, END, PAD),
+    /// never banned; empty = none.
+    pub held: &'a [Option<u32>],
 }
 
 impl Constraints<'_> {
@@ -118,6 +121,9 @@ impl Constraints<'_> {
             return;
         }
         let (start, pos) = (r - r % self.seq_len, r % self.seq_len);
+        if self.held.get(pos).is_some_and(Option::is_some) {
+            return;
+        }
         let word = |k: usize| chosen.get(k).copied().filter(|w| !self.specials.contains(w));
         if pos >= 1 {
             out.extend(word(r - 1));
@@ -205,6 +211,9 @@ mod tests {
         assert_eq!(emb.round_rows(x.view(), &mut scratch, two), vec![1, 2, 1, 1, 2, 1]);
         let pads = Array2::from_shape_vec((3, 1), vec![0.0; 3]).unwrap();
         assert_eq!(emb.round_rows(pads.view(), &mut scratch, two), vec![0, 0, 0]);
+        // a held word stays, whatever came before it
+        let held = [None, Some(1), None];
+        assert_eq!(emb.round_rows(x.view(), &mut scratch, Constraints { held: &held, ..two }), vec![1, 1, 2, 1, 1, 2]);
     }
 
     #[test]

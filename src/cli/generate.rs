@@ -48,9 +48,10 @@ pub struct GenerateArgs {
     /// Best of S: S samples per sentence, keep the one the control classifiers score best.
     #[arg(long, default_value_t = 1)]
     rerank: usize,
-    /// No word right after itself and no word 3-gram twice (clamping and rounding skip them).
+    /// Let a word follow itself and a word 3-gram come twice (by default clamping and rounding
+    /// skip them, like n-gram blocking).
     #[arg(long)]
-    block_repeats: bool,
+    allow_repeats: bool,
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
@@ -65,7 +66,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         guide: args.controls.guide()?,
         mbr: args.mbr,
         rerank: args.rerank,
-        block_repeats: args.block_repeats,
+        block_repeats: !args.allow_repeats,
         ..Request::default()
     };
     let runtime = OrtRuntime::load(args.runtime.ort_lib.as_deref(), args.runtime.threads.into())?;

@@ -100,7 +100,7 @@ fn to_request(p: &GenerateParams, shared: &Shared, model: &Model, received: Inst
         guide: p.guide()?,
         mbr,
         rerank,
-        block_repeats: p.block_repeats.unwrap_or(false),
+        block_repeats: p.block_repeats.unwrap_or(true),
         deadline: Some(received + timeout),
         ..Request::default()
     };
