@@ -51,12 +51,18 @@ def ort_engine(model_dir, steps, batch, seed, bare=False):
     L, d = m["model"]["seq_len"], m["model"]["d"]
     diff = Diffusion.respaced(m["diffusion"]["schedule"], m["diffusion"]["T"], steps)
 
+    self_condition = m["model"].get("self_condition", False)
+
     def run():
         rng = np.random.default_rng(seed)
         x = rng.standard_normal((batch, L, d), dtype=np.float32)
+        x0_hat = np.zeros_like(x)
         for i in reversed(range(diff.num_steps)):
             t = np.full((batch,), diff.timestep_map[i], dtype=np.int64)
-            x0_hat = session.run(None, {"x": x, "t": t})[0]
+            feed = {"x": x, "t": t, "x0_hat_prev": x0_hat} if self_condition else {"x": x, "t": t}
+            x0_hat = session.run(None, feed)[0]
+            if self_condition and not bare:
+                x0_hat_raw = x0_hat.copy()
             if bare:
                 continue
             dist = emb_sq[None, None, :] - 2.0 * x0_hat @ emb.T  # clamping: nearest embedding
@@ -64,6 +70,8 @@ def ort_engine(model_dir, steps, batch, seed, bare=False):
             mean = diff.posterior_mean_coef1[i] * x0_hat + diff.posterior_mean_coef2[i] * x
             noise = rng.standard_normal(x.shape, dtype=np.float32) if i > 0 else 0.0
             x = (mean + np.sqrt(diff.model_variance[i]) * noise).astype(np.float32)
+            if self_condition:
+                x0_hat = x0_hat_raw  # the next step reads the raw prediction
         ids = (x[0] @ emb.T).argmax(-1)
         return " ".join(tok.id_to_token(int(i)) for i in ids if int(i) not in special)
 
