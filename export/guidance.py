@@ -13,8 +13,9 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from .controls import IGNORE
 
-# Paper's (lambda, lr) per task: POS 0.0005 / 0.05, semantic content 0.01 / 0.1, spans 0.1 / 0.15; K = 3
-DEFAULTS = {"pos": {"lambda": 0.0005, "lr": 0.05, "steps": 3}, "content": {"lambda": 0.01, "lr": 0.1, "steps": 3},
+# Paper's (lambda, lr) per task: POS 0.0005 / 0.05, semantic content 0.01 / 0.1, spans 0.1 / 0.15; K = 3.
+# Content lr 0.2 here: the self-conditioned denoiser follows guidance less (quick setting: 72 % -> 82 %).
+DEFAULTS = {"pos": {"lambda": 0.0005, "lr": 0.05, "steps": 3}, "content": {"lambda": 0.01, "lr": 0.2, "steps": 3},
             "spans": {"lambda": 0.1, "lr": 0.15, "steps": 3}}
 
 
