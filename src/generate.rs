@@ -180,8 +180,7 @@ fn generate_samples(model: &mut Model, request: &Request) -> Result<Vec<Generate
     request.guide.check(&guided)?;
     let defaults: Vec<_> = guided.iter().map(|name| (*name, model.manifest.controls[*name].defaults)).collect();
     let guide_opts = request.guide.options(&defaults);
-    let guided_steps =
-        diffusion.num_steps() - 1 - (diffusion.num_steps() as f64 * guide_opts.skip_last).floor() as usize;
+    let guided_steps = guide_opts.guided_steps(diffusion.num_steps());
     let calls = [guided_steps, guide_opts.steps, targets.len()].iter().try_fold(1usize, |a, &b| a.checked_mul(b));
     if calls.is_none_or(|c| c > MAX_GUIDANCE_CALLS) {
         return Err(RequestError::GuidanceCost { calls: calls.unwrap_or(usize::MAX), max: MAX_GUIDANCE_CALLS }.into());

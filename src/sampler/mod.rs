@@ -123,6 +123,13 @@ pub struct GuideOptions {
     pub skip_last: f64,
 }
 
+impl GuideOptions {
+    /// Of `n` sampling steps, how many are guided: steps i = n-1 down to floor(n * skip_last) + 1.
+    pub fn guided_steps(&self, n: usize) -> usize {
+        n.saturating_sub(1 + (n as f64 * self.skip_last).floor() as usize)
+    }
+}
+
 impl Default for GuideOptions {
     fn default() -> Self {
         Self { steps: 0, lambda: 0.0, lr: 0.0, skip_last: GUIDE_SKIP_LAST }
@@ -219,15 +226,15 @@ impl<D: Denoiser> Sampler<'_, D> {
         let mut x0_hat_prev = self.denoiser.self_conditioned().then(|| Array3::zeros((b, l, d)));
         let n = self.diffusion.num_steps();
         let mut timing = Timing { steps: n, ..Timing::default() };
-        let last_unguided = (n as f64 * self.guide_options.skip_last).floor() as usize;
+        let last_unguided = n - 1 - self.guide_options.guided_steps(n);
         let guided = !self.guides.is_empty() && self.guide_options.steps > 0;
         let holds = self.held.iter().any(Option::is_some);
         // x_T is N(0, I): its own values are the first z of the held positions
-        let no_noise = if holds { x.clone() } else { Array3::zeros((0, 0, 0)) };
         if holds {
-            self.hold(&mut x, self.diffusion.alpha_bar[n - 1], &no_noise);
+            let x_t = x.clone();
+            self.hold(&mut x, self.diffusion.alpha_bar[n - 1], &x_t);
         }
-        let no_noise = no_noise.mapv(|_| 0.0);
+        let no_noise = Array3::zeros(if holds { (b, l, d) } else { (0, 0, 0) });
         for i in (0..n).rev() {
             if self.deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(GenerateError::Deadline { done: n - 1 - i, steps: n });
