@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use ndarray::linalg::general_mat_mul;
-use ndarray::{Array2, ArrayView2, ArrayViewMut2};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis};
 
 use crate::error::LoadError;
 use crate::manifest::EmbeddingsEntry;
@@ -66,17 +66,28 @@ impl Embeddings {
 
     /// Clamping trick: replace every row of `x0_hat` (one position) by its nearest embedding,
     /// argmin_v ||x - EMB(v)||^2 = argmax_v <x, EMB(v)> - ||EMB(v)||^2 / 2.
-    pub fn clamp_rows(&self, mut x0_hat: ArrayViewMut2<'_, f32>, scratch: &mut Array2<f32>, rules: Constraints<'_>) {
+    pub fn clamp_rows(&self, x0_hat: ArrayViewMut2<'_, f32>, scratch: &mut Array2<f32>, rules: Constraints<'_>) {
+        self.clamp_lanes(x0_hat, scratch, &[Some(rules)]);
+    }
+
+    /// Clamping of several sequences in one GEMM: `x0_hat`'s rows split evenly into one block
+    /// per entry of `lanes`, each clamped under its own rules (None: left as it is).
+    pub fn clamp_lanes(&self, mut x0_hat: ArrayViewMut2<'_, f32>, scratch: &mut Array2<f32>, lanes: &[Option<Constraints<'_>>]) {
         let dots = self.dots(x0_hat.view(), scratch);
-        let mut chosen = Vec::with_capacity(dots.nrows());
+        let per_lane = x0_hat.nrows() / lanes.len().max(1);
         let mut banned = Vec::new();
-        for (r, (mut row, mut scores)) in x0_hat.rows_mut().into_iter().zip(dots.rows_mut()).enumerate() {
-            let Some(scores) = scores.as_slice_mut() else { unreachable!("scratch is row-major") };
-            scores.iter_mut().zip(&self.half_sq_norms).for_each(|(s, h)| *s -= h);
-            rules.banned(r, &chosen, &mut banned);
-            let best = arg_best(scores, &banned);
-            chosen.push(best as u32);
-            row.assign(&self.matrix.row(best));
+        let blocks = x0_hat.axis_chunks_iter_mut(Axis(0), per_lane.max(1)).zip(dots.axis_chunks_iter_mut(Axis(0), per_lane.max(1)));
+        for ((mut block, mut scores), rules) in blocks.zip(lanes) {
+            let Some(rules) = rules else { continue };
+            let mut chosen = Vec::with_capacity(block.nrows());
+            for (r, (mut row, mut scores)) in block.rows_mut().into_iter().zip(scores.rows_mut()).enumerate() {
+                let Some(scores) = scores.as_slice_mut() else { unreachable!("scratch is row-major") };
+                scores.iter_mut().zip(&self.half_sq_norms).for_each(|(s, h)| *s -= h);
+                rules.banned(r, &chosen, &mut banned);
+                let best = arg_best(scores, &banned);
+                chosen.push(best as u32);
+                row.assign(&self.matrix.row(best));
+            }
         }
     }
 

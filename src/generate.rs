@@ -1,18 +1,17 @@
-//! A generation request: validated, split into batches, sampled and decoded.
+//! A generation request: validated, turned into a [`Course`] and its sequences, sampled
+//! (iteration-level, see [`crate::sampler::Batch`]) and decoded.
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use ndarray::Array3;
-
 use crate::controls::{plan, ControlRequest, Plan};
-use crate::embeddings::Constraints;
-use crate::error::{GenerateError, RequestError};
+use crate::error::{ControlError, GenerateError, RequestError};
 use crate::mbr;
 use crate::model::Model;
-use crate::ort::{BoundGuide, Target};
 pub use crate::overrides::GuideOverrides;
-use crate::sampler::{Guide, Method, SampleOptions, Sampler, SequenceNoise, Timing};
+use crate::sampler::{Batch, Course, Denoiser, GuideTarget, Lane, Method, SampleOptions, Sampled, SequenceNoise, Target, Timing};
 use crate::schedule::Diffusion;
+use crate::text::Vocab;
 
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -122,27 +121,71 @@ pub struct Generated {
     pub text: String,
     pub tokens: Vec<String>,
     pub ids: Vec<u32>,
-    /// Timing of the batch this sequence was generated in.
+    /// This sequence's share of the batched calls it was part of.
     pub timing: Timing,
     /// The guided controls' summed, weighted classifier loss at t = 0 on the final latent
     /// (None without a classifier control).
     pub control_loss: Option<f32>,
 }
 
-/// Generate `num` sequences in batches of `batch`; sequence k always uses random stream (seed, k).
-/// With `mbr` or `rerank` = S > 1, output k is chosen from samples k*S..(k+1)*S: their consensus
-/// (MBR) or the one the control classifiers score best.
+impl Generated {
+    pub fn of(vocab: &Vocab, lane: &Lane, sampled: Sampled) -> Self {
+        let content: Vec<u32> = vocab.content_ids(&sampled.tokens).collect();
+        Self {
+            index: lane.index,
+            text: vocab.decode(&sampled.tokens),
+            tokens: content.iter().map(|&i| vocab.token(i)).collect(),
+            ids: sampled.tokens,
+            timing: lane.timing.clone(),
+            control_loss: sampled.control_loss,
+        }
+    }
+}
+
+/// Generate `num` outputs, at most `batch` sequences per denoiser call (a sequence joins as
+/// another leaves); sequence k always uses random stream (seed, k), so its output does not
+/// depend on what it is batched with. With `mbr` or `rerank` = S > 1, output k is chosen from
+/// samples k*S..(k+1)*S: their consensus (MBR) or the one the control classifiers score best.
 pub fn generate(model: &mut Model, request: &Request) -> Result<Vec<Generated>, GenerateError> {
     request.validate(&Limits::of(model))?;
+    let course = Arc::new(course(model, request)?);
+    let total = request.num * request.samples_per_output();
+    let mut active = Batch::new();
+    let mut samples: Vec<Option<Generated>> = vec![None; total];
+    let mut next = 0;
+    while next < total || !active.is_empty() {
+        while active.len() < request.batch && next < total {
+            active.push(lane(model, 0, &course, request.seed, next));
+            next += 1;
+        }
+        let finished = {
+            let (denoiser, mut guides, embeddings) = model.engines();
+            active.iterate(denoiser, &mut guides, embeddings)?
+        };
+        for f in finished {
+            let sampled = f.result?;
+            samples[f.lane.index] = Some(Generated::of(&model.vocab, &f.lane, sampled));
+        }
+    }
+    Ok(choose(request, samples.into_iter().flatten().collect()))
+}
+
+/// Sequence `index` of a request: x_T from its own random stream (seed, index).
+pub fn lane(model: &Model, owner: u64, course: &Arc<Course>, seed: u64, index: usize) -> Lane {
+    let (seq_len, d) = (model.manifest.model.seq_len, model.manifest.model.d);
+    let mut noise = SequenceNoise::new(seed, [index as u64]);
+    let x_t = noise.x_t(seq_len, d);
+    let self_conditioned = model.denoiser.self_conditioned();
+    Lane::new(owner, index, Arc::clone(course), x_t, Box::new(noise), &model.embeddings, self_conditioned)
+}
+
+/// The outputs of a request from its samples in index order: each output's S samples reduced
+/// to one by MBR or rerank (S = 1: the samples themselves).
+pub fn choose(request: &Request, samples: Vec<Generated>) -> Vec<Generated> {
     let per_output = request.samples_per_output();
-    if request.rerank > 1 && targets(&plan(&request.controls, &model.manifest, &model.vocab)?).is_empty() {
-        return Err(RequestError::RerankWithoutClassifier.into());
-    }
     if per_output == 1 {
-        return generate_samples(model, request);
+        return samples;
     }
-    let all = Request { num: request.num * per_output, mbr: 1, rerank: 1, ..request.clone() };
-    let samples = generate_samples(model, &all)?;
     let outputs = samples.chunks(per_output).enumerate().map(|(k, group)| {
         let best = if request.rerank > 1 {
             let loss = |g: &Generated| g.control_loss.unwrap_or(0.0);
@@ -153,7 +196,48 @@ pub fn generate(model: &mut Model, request: &Request) -> Result<Vec<Generated>, 
         };
         Generated { index: k, ..group[best].clone() }
     });
-    Ok(outputs.collect())
+    outputs.collect()
+}
+
+/// What every sequence of a (validated) request shares: its respaced schedule, sampler,
+/// guidance terms (checked against the manifest's controls and the cost cap), held positions
+/// and clamping rules, and deadline.
+pub fn course(model: &Model, request: &Request) -> Result<Course, GenerateError> {
+    let plan: Plan = plan(&request.controls, &model.manifest, &model.vocab)?;
+    let diffusion = Diffusion::respaced(&model.manifest.diffusion, request.steps)?;
+    let named = targets(&plan);
+    if request.rerank > 1 && named.is_empty() {
+        return Err(RequestError::RerankWithoutClassifier.into());
+    }
+    let mut guided: Vec<&str> = named.iter().map(|(name, _)| *name).collect();
+    guided.dedup();
+    request.guide.check(&guided)?;
+    let defaults: Vec<_> = guided.iter().map(|name| (*name, model.manifest.controls[*name].defaults)).collect();
+    let guide_options = request.guide.options(&defaults);
+    let guided_steps = guide_options.guided_steps(diffusion.num_steps());
+    let calls = [guided_steps, guide_options.steps, named.len()].iter().try_fold(1usize, |a, &b| a.checked_mul(b));
+    if calls.is_none_or(|c| c > MAX_GUIDANCE_CALLS) {
+        return Err(RequestError::GuidanceCost { calls: calls.unwrap_or(usize::MAX), max: MAX_GUIDANCE_CALLS }.into());
+    }
+    let mut targets = Vec::with_capacity(named.len());
+    for (name, target) in named {
+        let have = || model.manifest.controls.keys().cloned().collect::<Vec<_>>().join(", ");
+        let guide = model.guide_index(name).ok_or_else(|| ControlError::Missing(name, have()))?;
+        let weight = request.guide.weight.get(name).unwrap_or(1.0) as f32;
+        targets.push(GuideTarget { guide, target, weight });
+    }
+    let st = model.manifest.special_tokens;
+    Ok(Course {
+        diffusion,
+        options: SampleOptions { method: request.method, clamp: request.clamp },
+        guide_options,
+        targets,
+        held: plan.held,
+        words_only: plan.words_only,
+        specials: vec![st.pad, st.unk, st.start, st.end],
+        block_repeats: request.block_repeats,
+        deadline: request.deadline,
+    })
 }
 
 /// The guidance targets of a plan, by control name (several spans: several targets).
@@ -167,78 +251,4 @@ fn targets(plan: &Plan) -> Vec<(&'static str, Target)> {
     .collect();
     targets.extend(plan.spans.iter().map(|s| ("spans", Target::Tags(s.clone()))));
     targets
-}
-
-fn generate_samples(model: &mut Model, request: &Request) -> Result<Vec<Generated>, GenerateError> {
-    let plan: Plan = plan(&request.controls, &model.manifest, &model.vocab)?;
-    let diffusion = Diffusion::respaced(&model.manifest.diffusion, request.steps)?;
-    let (seq_len, d) = (model.manifest.model.seq_len, model.manifest.model.d);
-    let options = SampleOptions { method: request.method, clamp: request.clamp };
-    let targets = targets(&plan);
-    let mut guided: Vec<&str> = targets.iter().map(|(name, _)| *name).collect();
-    guided.dedup();
-    request.guide.check(&guided)?;
-    let defaults: Vec<_> = guided.iter().map(|name| (*name, model.manifest.controls[*name].defaults)).collect();
-    let guide_opts = request.guide.options(&defaults);
-    let guided_steps = guide_opts.guided_steps(diffusion.num_steps());
-    let calls = [guided_steps, guide_opts.steps, targets.len()].iter().try_fold(1usize, |a, &b| a.checked_mul(b));
-    if calls.is_none_or(|c| c > MAX_GUIDANCE_CALLS) {
-        return Err(RequestError::GuidanceCost { calls: calls.unwrap_or(usize::MAX), max: MAX_GUIDANCE_CALLS }.into());
-    }
-    let st = model.manifest.special_tokens;
-    let specials = [st.pad, st.unk, st.start, st.end];
-    let mut results = Vec::with_capacity(request.num);
-    for first in (0..request.num).step_by(request.batch) {
-        let indices: Vec<usize> = (first..(first + request.batch).min(request.num)).collect();
-        let mut noise = SequenceNoise::new(request.seed, indices.iter().map(|&k| k as u64));
-        let x_t = noise.x_t(seq_len, d);
-        let mut bound: Vec<BoundGuide> = Vec::new();
-        for (name, session) in model.guides.iter_mut() {
-            let mine: Vec<Target> = targets.iter().filter(|(n, _)| n == name).map(|(_, t)| t.clone()).collect();
-            if !mine.is_empty() {
-                let weight = request.guide.weight.get(name).unwrap_or(1.0) as f32;
-                bound.push(BoundGuide::new(session, &mine, weight));
-            }
-        }
-        let mut sampler = Sampler::new(&mut model.denoiser, &model.embeddings, &diffusion, options);
-        sampler.guides = bound.iter_mut().map(|g| g as &mut dyn Guide).collect();
-        sampler.guide_options = guide_opts;
-        sampler.held = &plan.held;
-        sampler.constraints = Constraints {
-            words_only: &plan.words_only,
-            specials: &specials,
-            block_repeats: request.block_repeats,
-            seq_len,
-            held: &plan.held,
-        };
-        sampler.deadline = request.deadline;
-        let sampled = sampler.sample(x_t, &mut noise, None)?;
-        let control_loss = final_control_loss(&mut bound, &sampled.x0)?;
-        for (n, (k, ids)) in indices.into_iter().zip(sampled.tokens).enumerate() {
-            let content: Vec<u32> = model.vocab.content_ids(&ids).collect();
-            results.push(Generated {
-                index: k,
-                text: model.vocab.decode(&ids),
-                tokens: content.iter().map(|&i| model.vocab.token(i)).collect(),
-                ids,
-                timing: sampled.timing.clone(),
-                control_loss: control_loss.as_ref().map(|l| l[n]),
-            });
-        }
-    }
-    Ok(results)
-}
-
-/// Per sequence, the guided controls' weighted losses added, at t = 0 on the final latent x0.
-fn final_control_loss(guides: &mut [BoundGuide], x0: &Array3<f32>) -> Result<Option<Vec<f32>>, GenerateError> {
-    if guides.is_empty() {
-        return Ok(None);
-    }
-    let (t, mut grad) = (vec![0i64; x0.dim().0], Array3::zeros(x0.dim()));
-    let mut total = vec![0.0f32; x0.dim().0];
-    for guide in guides.iter_mut() {
-        guide.add_grad(x0, &t, &mut grad)?;
-        total.iter_mut().zip(&guide.last_loss).for_each(|(s, l)| *s += guide.weight * l);
-    }
-    Ok(Some(total))
 }

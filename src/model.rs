@@ -7,6 +7,7 @@ use crate::embeddings::Embeddings;
 use crate::error::LoadError;
 use crate::manifest::{Manifest, Precision, MANIFEST_FILE};
 use crate::ort::{GuideSession, OrtDenoiser, OrtRuntime, SessionOptions};
+use crate::sampler::Guide;
 use crate::schedule::{cumprod_alphas, Diffusion};
 use crate::text::Vocab;
 
@@ -62,6 +63,18 @@ impl Model {
             files.push(guide.end_profiling()?);
         }
         Ok(files)
+    }
+
+    /// Where control `name`'s guide sits in [`Model::engines`]'s list.
+    pub fn guide_index(&self, name: &str) -> Option<usize> {
+        self.guides.keys().position(|k| k == name)
+    }
+
+    /// The denoiser, the guides (in [`Model::guide_index`] order) and the embeddings, borrowed
+    /// together for [`crate::sampler::Batch::iterate`].
+    pub fn engines(&mut self) -> (&mut OrtDenoiser, Vec<&mut dyn Guide>, &Embeddings) {
+        let guides = self.guides.values_mut().map(|g| g as &mut dyn Guide).collect();
+        (&mut self.denoiser, guides, &self.embeddings)
     }
 
     pub fn max_batch(&self) -> usize {

@@ -77,11 +77,11 @@ pub fn run_case(
         let start = Instant::now();
         let outputs = generate(model, request)?;
         let wall = start.elapsed();
-        let timing = &outputs[0].timing;
         request_ms.push(ms(wall));
         step_ms.push(ms(wall) / request.steps as f64);
-        denoiser += timing.denoiser;
-        guidance += timing.guidance;
+        // each sequence holds its share of the batched calls
+        denoiser += outputs.iter().map(|g| g.timing.denoiser).sum::<Duration>();
+        guidance += outputs.iter().map(|g| g.timing.guidance).sum::<Duration>();
         total += wall;
         tick();
     }

@@ -122,8 +122,9 @@ fn span_guidance_runs_and_bad_spans_are_refused() {
 
 #[test]
 fn pos_guidance_lowers_the_pos_classifier_loss() {
-    use dlm::ort::{BoundGuide, Target};
-    use dlm::sampler::{Guide, SampleOptions, Sampler, SequenceNoise};
+    use std::sync::Arc;
+
+    use dlm::sampler::{sample_all, Course, GuideOptions, GuideTarget, SampleOptions, Target};
     use dlm::schedule::Diffusion;
 
     let pos = "PROPN AUX DET ADJ NOUN ADP DET PROPN PROPN PUNCT";
@@ -132,58 +133,53 @@ fn pos_guidance_lowers_the_pos_classifier_loss() {
             dlm::controls::plan(&ControlRequest { pos: Some(pos.into()), ..Default::default() }, &m.manifest, &m.vocab)
                 .unwrap();
         let tags = plan.pos_tags.clone().unwrap();
-        let diffusion = Diffusion::respaced(&m.manifest.diffusion, 50).unwrap();
-        let options = SampleOptions { method: Method::Ddpm, clamp: true };
         let mut final_loss = Vec::new();
         for guided in [false, true] {
-            let mut noise = SequenceNoise::new(3, 0..4);
-            let x_t = noise.x_t(64, 16);
-            let (guides, embeddings) = (&mut m.guides, &m.embeddings);
-            let session = guides.get_mut("pos").unwrap();
-            let mut guide = BoundGuide::new(session, &[Target::Tags(tags.clone())], 1.0);
-            let mut sampler = Sampler::new(&mut m.denoiser, embeddings, &diffusion, options);
-            sampler.held = &plan.held;
-            if guided {
-                sampler.guides = vec![&mut guide as &mut dyn Guide];
-                sampler.guide_options.steps = 3;
-                sampler.guide_options.lr = 0.05;
-                sampler.guide_options.lambda = 0.0005;
-            }
-            let x0 = sampler.sample(x_t, &mut noise, None).unwrap().x0;
-            let mut probe = BoundGuide::new(m.guides.get_mut("pos").unwrap(), &[Target::Tags(tags.clone())], 1.0);
-            probe.add_grad(&x0, &[0; 4], &mut ndarray::Array3::zeros(x0.dim())).unwrap();
-            final_loss.push(probe.last_loss.iter().sum::<f32>());
+            let diffusion = Diffusion::respaced(&m.manifest.diffusion, 50).unwrap();
+            let mut course = Course::new(diffusion, SampleOptions { method: Method::Ddpm, clamp: true });
+            course.held = plan.held.clone();
+            // the target is always there (the final loss is scored), K = 0 leaves it unguided
+            let guide = m.guide_index("pos").unwrap();
+            course.targets = vec![GuideTarget { guide, target: Target::Tags(tags.clone()), weight: 1.0 }];
+            course.guide_options = GuideOptions { steps: if guided { 3 } else { 0 }, lr: 0.05, lambda: 0.0005, ..Default::default() };
+            let course = Arc::new(course);
+            let lanes = (0..4).map(|k| dlm::generate::lane(m, 0, &course, 3, k)).collect();
+            let (denoiser, mut guides, embeddings) = m.engines();
+            let out = sample_all(lanes, denoiser, &mut guides, embeddings).unwrap();
+            final_loss.push(out.iter().map(|(_, s)| s.control_loss.unwrap()).sum::<f32>());
         }
         assert!(final_loss[1] < final_loss[0], "guided pos loss {} !< unguided {}", final_loss[1], final_loss[0]);
     });
 }
 
 #[test]
-fn several_spans_add_their_losses_and_gradients() {
-    use dlm::ort::{BoundGuide, Target};
-    use dlm::sampler::{Guide, SequenceNoise};
+fn rows_with_different_targets_in_one_guidance_call_match_separate_calls() {
+    use dlm::sampler::{Guide, SequenceNoise, Target};
 
     common::with_model(Precision::Fp32, |m| {
         let request = ControlRequest { spans: vec!["1,3,NP".into(), "4,6,PP".into()], ..Default::default() };
         let plan = dlm::controls::plan(&request, &m.manifest, &m.vocab).unwrap();
-        assert_eq!(plan.spans.len(), 2);
+        let spans: Vec<Target> = plan.spans.iter().map(|s| Target::Tags(s.clone())).collect();
         let x = SequenceNoise::new(5, 0..3).x_t(64, 16);
-        let t = [100i64; 3];
+        let t = [100i64, 900, 1700];
         let session = m.guides.get_mut("spans").unwrap();
-        let mut run = |targets: Vec<Target>| {
-            let mut guide = BoundGuide::new(session, &targets, 1.0);
-            let mut grad = ndarray::Array3::zeros(x.dim());
-            guide.add_grad(&x, &t, &mut grad).unwrap();
-            (guide.last_loss.clone(), grad)
+        let mut run = |targets: Vec<&Target>| {
+            let (mut grad, mut loss) = (ndarray::Array3::zeros(x.dim()), vec![0.0; 3]);
+            session.grad(&x, &t, &targets, &mut grad, &mut loss).unwrap();
+            (loss, grad)
         };
-        let (l0, g0) = run(vec![Target::Tags(plan.spans[0].clone())]);
-        let (l1, g1) = run(vec![Target::Tags(plan.spans[1].clone())]);
-        let (both, g) = run(plan.spans.iter().map(|s| Target::Tags(s.clone())).collect());
-        for k in 0..3 {
-            assert!((both[k] - (l0[k] + l1[k])).abs() < 1e-4, "loss {k}: {} vs {} + {}", both[k], l0[k], l1[k]);
+        let (l0, g0) = run(vec![&spans[0]; 3]);
+        let (l1, g1) = run(vec![&spans[1]; 3]);
+        let (mixed, g) = run(vec![&spans[0], &spans[1], &spans[0]]);
+        assert_ne!(l0, l1, "the two spans score differently");
+        for (k, expected) in [(0, &l0), (1, &l1), (2, &l0)] {
+            assert!((mixed[k] - expected[k]).abs() < 1e-5, "loss {k}: {} vs {}", mixed[k], expected[k]);
+            let other = if k == 1 { &g1 } else { &g0 };
+            let worst = (&g.index_axis(ndarray::Axis(0), k) - &other.index_axis(ndarray::Axis(0), k))
+                .iter()
+                .fold(0f32, |w, v| w.max(v.abs()));
+            assert!(worst < 1e-5, "grad {k} differs by {worst}");
         }
-        let worst = (&g - &(&g0 + &g1)).iter().fold(0f32, |w, v| w.max(v.abs()));
-        assert!(worst < 1e-5, "grad differs by {worst}");
     });
 }
 

@@ -6,10 +6,11 @@
 mod common;
 
 use dlm::manifest::Precision;
-use dlm::ort::{BoundGuide, Target};
-use dlm::sampler::{Guide, GuideOptions, Method, Noise, SampleOptions, Sampler};
+use std::sync::Arc;
+
+use dlm::sampler::{sample_all, Course, GuideOptions, GuideTarget, Lane, Method, Noise, SampleOptions, Target};
 use dlm::schedule::Diffusion;
-use ndarray::Array3;
+use ndarray::{Array3, Axis};
 use serde_json::Value;
 
 /// Max abs difference allowed between ONNX Runtime (Rust) and PyTorch x0_hat at any step, fp32.
@@ -21,19 +22,19 @@ fn array3(v: &Value) -> Array3<f32> {
     Array3::from_shape_vec((b, l, d), nested.into_iter().flatten().flatten().collect()).unwrap()
 }
 
-/// The noise the reference drew, handed out in order.
+/// The noise the reference drew for one sequence, handed out in order.
 struct Recorded {
     draws: Vec<Array3<f32>>,
-    used: usize,
+    used: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Noise for Recorded {
     fn fill(&mut self, z: &mut Array3<f32>) {
-        match self.draws.get(self.used) {
+        let used = self.used.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        match self.draws.get(used) {
             Some(next) => z.assign(next),
             None => panic!("the sampler drew more noise than the reference ({} draws)", self.draws.len()),
         }
-        self.used += 1;
     }
 }
 
@@ -51,30 +52,47 @@ fn replay(kind: &str) {
         let method = Method::parse(fixture["sampler"].as_str().unwrap(), fixture["eta"].as_f64()).unwrap();
         let x_t = array3(&fixture["x_T"]);
         let draws: Vec<Array3<f32>> = fixture["noise"].as_array().unwrap().iter().map(array3).collect();
-        let mut noise = Recorded { draws, used: 0 };
-        let mut guides = Vec::new();
+        let mut course = Course::new(diffusion, SampleOptions { method, clamp: fixture["clamp"].as_bool().unwrap() });
         let guidance = &fixture["guidance"];
         if !guidance.is_null() {
             let control = guidance["control"].as_str().unwrap();
             let labels = &model.manifest.controls[control].labels;
             let wanted = labels.iter().map(|l| f32::from(l == guidance["target"].as_str().unwrap())).collect();
             let weight = guidance["weight"].as_f64().unwrap() as f32;
-            guides.push(BoundGuide::new(model.guides.get_mut(control).unwrap(), &[Target::Wanted(wanted)], weight));
-        }
-        let options = SampleOptions { method, clamp: fixture["clamp"].as_bool().unwrap() };
-        let mut sampler = Sampler::new(&mut model.denoiser, &model.embeddings, &diffusion, options);
-        sampler.guides = guides.iter_mut().map(|g| g as &mut dyn Guide).collect();
-        if !guidance.is_null() {
-            sampler.guide_options = GuideOptions {
+            let guide = model.guide_index(control).unwrap();
+            course.targets.push(GuideTarget { guide, target: Target::Wanted(wanted), weight });
+            course.guide_options = GuideOptions {
                 steps: guidance["steps"].as_u64().unwrap() as usize,
                 lambda: guidance["lambda"].as_f64().unwrap(),
                 lr: guidance["lr"].as_f64().unwrap(),
                 ..GuideOptions::default()
             };
         }
-        let mut trace = Vec::new();
-        let sampled = sampler.sample(x_t, &mut noise, Some(&mut trace)).unwrap();
-        assert_eq!(noise.used, noise.draws.len(), "{kind}: the sampler drew less noise than the reference");
+        let course = Arc::new(course);
+        let used: Vec<_> = (0..x_t.dim().0).map(|_| Arc::new(std::sync::atomic::AtomicUsize::new(0))).collect();
+        let lanes: Vec<Lane> = (0..x_t.dim().0)
+            .map(|b| {
+                let mine = draws.iter().map(|z| z.slice(ndarray::s![b..b + 1, .., ..]).to_owned()).collect();
+                let noise = Box::new(Recorded { draws: mine, used: Arc::clone(&used[b]) });
+                let x = x_t.slice(ndarray::s![b..b + 1, .., ..]).to_owned();
+                let self_conditioned = dlm::sampler::Denoiser::self_conditioned(&model.denoiser);
+                let mut lane = Lane::new(0, b, Arc::clone(&course), x, noise, &model.embeddings, self_conditioned);
+                lane.trace = Some(Vec::new());
+                lane
+            })
+            .collect();
+        let (denoiser, mut guides, embeddings) = model.engines();
+        let sampled = sample_all(lanes, denoiser, &mut guides, embeddings).unwrap();
+        for (b, used) in used.iter().enumerate() {
+            let used = used.load(std::sync::atomic::Ordering::SeqCst);
+            assert_eq!(used, draws.len(), "{kind}: sequence {b} drew less noise than the reference");
+        }
+        // x0_hat per step, the sequences stacked again
+        let traces: Vec<&Vec<Array3<f32>>> = sampled.iter().map(|(lane, _)| lane.trace.as_ref().unwrap()).collect();
+        let trace: Vec<Array3<f32>> = (0..traces[0].len())
+            .map(|i| ndarray::concatenate(Axis(0), &traces.iter().map(|t| t[i].view()).collect::<Vec<_>>()).unwrap())
+            .collect();
+        let tokens: Vec<Vec<u32>> = sampled.iter().map(|(_, s)| s.tokens.clone()).collect();
 
         let reference = fixture["x0_hat"].as_array().unwrap();
         assert_eq!(trace.len(), reference.len());
@@ -83,8 +101,8 @@ fn replay(kind: &str) {
             assert!(diff <= X0_HAT_TOLERANCE, "{kind}: x0_hat at step {step} differs by {diff} > {X0_HAT_TOLERANCE}");
         }
         let expected_tokens: Vec<Vec<u32>> = serde_json::from_value(fixture["tokens"].clone()).unwrap();
-        assert_eq!(sampled.tokens, expected_tokens, "{kind}: tokens differ from the PyTorch reference");
-        let texts: Vec<String> = sampled.tokens.iter().map(|ids| model.vocab.decode(ids)).collect();
+        assert_eq!(tokens, expected_tokens, "{kind}: tokens differ from the PyTorch reference");
+        let texts: Vec<String> = tokens.iter().map(|ids| model.vocab.decode(ids)).collect();
         let expected_texts: Vec<String> = serde_json::from_value(fixture["texts"].clone()).unwrap();
         assert_eq!(texts, expected_texts);
     });

@@ -95,7 +95,7 @@ fn json_line(g: &Generated, request: &Request) -> serde_json::Value {
         "steps": request.steps,
         "seed": request.seed,
         "timings": {
-            "batch_total_ms": ms(g.timing.total),
+            "total_ms": ms(g.timing.total),
             "per_step_ms": ms(g.timing.per_step()),
             "denoiser_ms": ms(g.timing.denoiser),
             "guidance_ms": ms(g.timing.guidance),

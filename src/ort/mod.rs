@@ -10,7 +10,7 @@ pub mod session;
 mod staging;
 
 pub use denoiser::OrtDenoiser;
-pub use guidance::{BoundGuide, GuideSession, Target};
+pub use guidance::GuideSession;
 pub use runtime::OrtRuntime;
 pub use session::{Device, SessionOptions};
 

@@ -3,7 +3,7 @@
 //! x_{i-1} on return, `mean` the mean of p(x_{i-1} | x_i) (guidance pulls towards it), and
 //! `noise` is z ~ N(0, I), given by the caller (None: no noise, as at i = 0).
 
-use ndarray::{Array3, ArrayView1, ArrayViewMut1, Zip};
+use ndarray::{ArrayView1, ArrayView3, ArrayViewMut1, ArrayViewMut3, Zip};
 
 use super::Method;
 use crate::schedule::Diffusion;
@@ -15,7 +15,7 @@ pub fn q_sample(x0: ArrayView1<f32>, alpha_bar: f64, noise: ArrayView1<f32>, mut
 }
 
 /// The mean of q(x_{i-1} | x_i, x_0 = x0_hat): coef1 x0_hat + coef2 x_i (Ho et al. 2020, Eq. 7).
-pub fn q_posterior_mean(d: &Diffusion, i: usize, x: &Array3<f32>, x0_hat: &Array3<f32>, mean: &mut Array3<f32>) {
+pub fn q_posterior_mean(d: &Diffusion, i: usize, x: ArrayView3<f32>, x0_hat: ArrayView3<f32>, mean: ArrayViewMut3<f32>) {
     let (coef1, coef2) = (d.posterior_mean_coef1[i] as f32, d.posterior_mean_coef2[i] as f32);
     Zip::from(mean).and(x0_hat).and(x).for_each(|m, &x0, &xt| *m = coef1 * x0 + coef2 * xt);
 }
@@ -24,13 +24,13 @@ pub fn q_posterior_mean(d: &Diffusion, i: usize, x: &Array3<f32>, x0_hat: &Array
 pub fn p_sample(
     d: &Diffusion,
     i: usize,
-    x0_hat: &Array3<f32>,
-    noise: Option<&Array3<f32>>,
-    x: &mut Array3<f32>,
-    mean: &mut Array3<f32>,
+    x0_hat: ArrayView3<f32>,
+    noise: Option<ArrayView3<f32>>,
+    x: ArrayViewMut3<f32>,
+    mut mean: ArrayViewMut3<f32>,
 ) {
-    q_posterior_mean(d, i, x, x0_hat, mean);
-    add_noise(x, mean, sigma(Method::Ddpm, d, i), noise);
+    q_posterior_mean(d, i, x.view(), x0_hat, mean.view_mut());
+    add_noise(x, mean.view(), sigma(Method::Ddpm, d, i), noise);
 }
 
 /// DDIM (Song et al. 2021, Eq. 12) with eps recovered from the x0 prediction:
@@ -40,20 +40,20 @@ pub fn ddim_sample(
     d: &Diffusion,
     i: usize,
     eta: f64,
-    x0_hat: &Array3<f32>,
-    noise: Option<&Array3<f32>>,
-    x: &mut Array3<f32>,
-    mean: &mut Array3<f32>,
+    x0_hat: ArrayView3<f32>,
+    noise: Option<ArrayView3<f32>>,
+    x: ArrayViewMut3<f32>,
+    mut mean: ArrayViewMut3<f32>,
 ) {
     let (ab, ab_prev) = (d.alpha_bar[i], d.alpha_bar_prev[i]);
     let sigma = sigma(Method::Ddim { eta }, d, i);
     let (sqrt_ab, inv_sqrt_1mab) = (ab.sqrt() as f32, (1.0 / (1.0 - ab).sqrt()) as f32);
     let (sqrt_ab_prev, c_eps) = (ab_prev.sqrt() as f32, (1.0 - ab_prev - sigma * sigma).max(0.0).sqrt() as f32);
-    Zip::from(&mut *mean).and(x0_hat).and(&*x).for_each(|m, &x0, &xt| {
+    Zip::from(&mut mean).and(x0_hat).and(&x).for_each(|m, &x0, &xt| {
         let eps = (xt - sqrt_ab * x0) * inv_sqrt_1mab;
         *m = sqrt_ab_prev * x0 + c_eps * eps;
     });
-    add_noise(x, mean, sigma, noise);
+    add_noise(x, mean.view(), sigma, noise);
 }
 
 /// The noise scale sigma of step i (0 at the last step, i = 0).
@@ -70,9 +70,9 @@ pub fn sigma(method: Method, d: &Diffusion, i: usize) -> f64 {
     }
 }
 
-fn add_noise(x: &mut Array3<f32>, mean: &Array3<f32>, sigma: f64, noise: Option<&Array3<f32>>) {
-    x.assign(mean);
+fn add_noise(mut x: ArrayViewMut3<f32>, mean: ArrayView3<f32>, sigma: f64, noise: Option<ArrayView3<f32>>) {
+    x.assign(&mean);
     if let Some(z) = noise.filter(|_| sigma > 0.0) {
-        x.scaled_add(sigma as f32, z);
+        x.scaled_add(sigma as f32, &z);
     }
 }
