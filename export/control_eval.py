@@ -4,12 +4,14 @@ pure noise), so a weak classifier is visible before it steers anything.
 - pos: per-position tag accuracy over START, the words and END;
 - content: balanced accuracy (mean of the hit rates on expressed and on absent labels, p > 0.5);
 - spans: balanced accuracy on the sentence's real phrases against boundary-shifted, relabelled
-  and random non-phrase spans (the same kinds of negatives as training).
+  and random non-phrase spans (the same kinds of negatives as training), judged by the pair
+  head alone ("spans") and by the whole guidance loss, p = exp(-loss) ("spans, pair + tags");
+- span tags: balanced accuracy of the per-position boundary channels (starts, ends, inside).
 """
 import torch
 
 from . import data
-from .controls import content_targets, pos_labels, span_candidates
+from .controls import content_targets, pos_labels, span_candidates, span_tags
 
 BANDS = ((0, 100), (100, 500), (500, 1000), (1000, 1500), (1500, 2000))
 
@@ -30,7 +32,9 @@ def accuracy_by_band(classifiers, emb, records, tok, diff, tags, values, span_la
     wanted, _ = content_targets(records, values, seq_len)
     spans, target = span_candidates(records, span_labels, seq_len, gen)
     pos, content, span = (classifiers[k][0] for k in ("pos", "content", "spans"))
-    out = {"pos": {}, "content": {}, "spans": {}}
+    boundary = span_tags(records, span_labels, seq_len)
+    words = (ids != 0)[:, :, None, None].expand_as(boundary)
+    out = {"pos": {}, "content": {}, "spans": {}, "spans, pair + tags": {}, "span tags": {}}
     for lo, hi in BANDS:
         t = torch.randint(lo, hi, (len(records),), generator=gen)
         x_t = diff.q_sample(emb[ids], t, torch.randn(len(records), seq_len, emb.shape[1], generator=gen))
@@ -42,6 +46,10 @@ def accuracy_by_band(classifiers, emb, records, tok, diff, tags, values, span_la
         p = torch.sigmoid(torch.gather(logits, 2, spans[:, :, 2:3])[:, :, 0])
         valid = target >= 0
         out["spans"][band] = _balanced(p[valid], target[valid] > 0)
+        whole = torch.stack([span.loss(x_t, t, spans[:, k]) for k in range(spans.shape[1])], dim=1)
+        out["spans, pair + tags"][band] = _balanced(torch.exp(-whole)[valid], target[valid] > 0)
+        tagged = torch.sigmoid(span._tags(span.encoder(x_t, t)))
+        out["span tags"][band] = _balanced(tagged[words], boundary[words] > 0)
     return out
 
 

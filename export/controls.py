@@ -5,7 +5,8 @@
 - content: which `field=value` pairs the sentence expresses in its own words, tagged per
   position (the MR alone often names fields a sentence leaves out).
 - spans: whether words i..j form a phrase of a label (NP, PP as defined in spans.py), trained
-  on real phrases against boundary-shifted, relabelled and random spans.
+  on real phrases against boundary-shifted, relabelled and random spans, and per position on
+  where phrases start, end and run.
 Each guidance loss is summed per sequence; its gradient w.r.t. x is what the runtime follows.
 """
 import re
@@ -18,6 +19,7 @@ from .model import Block, timestep_embedding
 
 POS_SPECIAL = ["START", "END", "PAD"]
 IGNORE = -100  # pos label of a position the control leaves free
+SPAN_TAGS = ("starts", "ends", "inside")  # the span classifier's boundary channels per label
 
 
 class LatentEncoder(nn.Module):
@@ -86,38 +88,76 @@ class ContentClassifier(_LinearHead):
 
 
 class SpanClassifier(nn.Module):
-    """p(words i..j form a phrase of label | x_t): from the encoder states at both ends and
-    their mean over the span (word k sits at latent position k + 1, after START)."""
+    """p(words i..j form a phrase of label | x_t) from two heads over one encoder (word k sits at
+    latent position k + 1, after START):
+    - pair: the encoder states at both ends and their mean over the span -> logit per label;
+    - tags: per position and label, three boundary channels (a phrase starts here, ends here,
+      this word is inside one), so the guidance gradient lands on the words that make the phrase,
+      the way a POS template's does."""
 
     def __init__(self, d, seq_len, num_labels, hidden=64, layers=2, heads=4):
         super().__init__()
         self.encoder = LatentEncoder(d, seq_len, hidden, layers, heads)
         self.head = nn.Sequential(nn.Linear(3 * hidden, hidden), nn.Tanh(), nn.Linear(hidden, num_labels))
+        self.tags = nn.Linear(hidden, len(SPAN_TAGS) * num_labels)
 
-    def forward(self, x, t, span):
-        """Logits [B, labels] for span [B, 3] (i, j, label), or [B, S, labels] for S spans [B, S, 3]."""
-        single = span.dim() == 2
-        span = span[:, None] if single else span
-        h = self.encoder(x, t)
+    def _pair(self, h, span):
         pos = torch.arange(h.shape[1], device=h.device)[None, None, :]
         first, last = span[:, :, 0:1] + 1, span[:, :, 1:2] + 1
         inside = ((pos >= first) & (pos <= last)).to(h.dtype)
         mean = (inside @ h) / inside.sum(-1, keepdim=True).clamp(min=1.0)
         at = lambda k: torch.gather(h, 1, k.expand(-1, -1, h.shape[2]))  # noqa: E731
-        logits = self.head(torch.cat([at(first), at(last), mean], dim=-1))
+        return self.head(torch.cat([at(first), at(last), mean], dim=-1))
+
+    def _tags(self, h):
+        """[B, L, labels, 3] logits of (starts, ends, inside)."""
+        return self.tags(h).unflatten(-1, (-1, len(SPAN_TAGS)))
+
+    def forward(self, x, t, span):
+        """Pair logits [B, labels] for span [B, 3] (i, j, label), or [B, S, labels] for S spans [B, S, 3]."""
+        single = span.dim() == 2
+        logits = self._pair(self.encoder(x, t), span[:, None] if single else span)
         return logits[:, 0] if single else logits
 
     def loss(self, x, t, span):
-        """-log p(span (i, j) has label | x_t) for span = [B, 3] (i, j, label): [B]."""
-        logits = self(x, t, span).float()
-        return -F.logsigmoid(torch.gather(logits, 1, span[:, 2:3]))[:, 0]
+        """-log p(span (i, j) has label | x_t) for span = [B, 3] (i, j, label): [B]; the pair
+        head's term plus the tags': a phrase starts at i and ends at j, every word of i..j is
+        inside one, and none starts after i or ends before j."""
+        h = self.encoder(x, t)
+        pair = torch.gather(self._pair(h, span[:, None])[:, 0].float(), 1, span[:, 2:3])[:, 0]
+        tags = torch.gather(self._tags(h).float(), 2, span[:, None, 2:3, None].expand(-1, h.shape[1], 1, len(SPAN_TAGS)))[:, :, 0]
+        pos = torch.arange(h.shape[1], device=h.device)[None, :]
+        first, last = span[:, 0:1] + 1, span[:, 1:2] + 1
+        want = torch.stack([pos == first, pos == last, (pos >= first) & (pos <= last)], dim=-1).float()
+        starts_after, ends_before = (pos > first) & (pos <= last), (pos >= first) & (pos < last)
+        avoid = torch.stack([starts_after, ends_before, torch.zeros_like(starts_after)], dim=-1).float()
+        tag_nll = -(want * F.logsigmoid(tags) + avoid * F.logsigmoid(-tags)).sum((1, 2))
+        return -F.logsigmoid(pair) + tag_nll
 
-    def train_loss(self, x, t, spans, target):
-        """Binary cross entropy of spans [B, S, 3] against target [B, S] (-1: unused slot), summed over S."""
-        logits = torch.gather(self(x, t, spans).float(), 2, spans[:, :, 2:3])[:, :, 0]
+    def train_loss(self, x, t, spans, target, tags):
+        """Binary cross entropy of spans [B, S, 3] against target [B, S] (-1: unused slot), summed
+        over S, plus that of the boundary channels against tags [B, L, labels, 3], per position."""
+        h = self.encoder(x, t)
+        logits = torch.gather(self._pair(h, spans).float(), 2, spans[:, :, 2:3])[:, :, 0]
         used = (target >= 0).float()
         bce = F.binary_cross_entropy_with_logits(logits, target.clamp(min=0), reduction="none")
-        return (bce * used).sum(-1)
+        tag_bce = F.binary_cross_entropy_with_logits(self._tags(h).float(), tags, reduction="none")
+        return (bce * used).sum(-1) + tag_bce.sum((1, 2, 3)) / h.shape[1]
+
+
+def span_tags(records, labels, seq_len):
+    """[N, L, labels, 3] 0/1: at word k's position k + 1, whether a phrase of each label starts
+    there, ends there, or covers it."""
+    index = {label: k for k, label in enumerate(labels)}
+    out = torch.zeros(len(records), seq_len, len(labels), len(SPAN_TAGS))
+    for row, r in enumerate(records):
+        for i, j, label in r["spans"]:
+            if j + 1 < seq_len - 1:
+                lab = index[label]
+                out[row, i + 1, lab, 0] = 1.0
+                out[row, j + 1, lab, 1] = 1.0
+                out[row, i + 1:j + 2, lab, 2] = 1.0
+    return out
 
 
 def pos_labels(records, tag_vocab, seq_len):

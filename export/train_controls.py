@@ -9,7 +9,7 @@ from . import data
 from .atomic import atomic_save
 from .control_eval import accuracy_by_band
 from .controls import (POS_SPECIAL, ContentClassifier, PosClassifier, SpanClassifier, content_targets, pos_labels,
-                       position_tags, span_candidates)
+                       position_tags, span_candidates, span_tags)
 from .spans import SPAN_LABELS
 from .errors import ExportError
 from .schedule import Diffusion
@@ -44,6 +44,7 @@ def train_controls(cfg, data_dir, train_dir, out_dir):
     ids = torch.tensor([data.encode_ids(tok, r["words"], m.seq_len) for r in records])
     pos_y = pos_labels(records, tags, m.seq_len)
     _, content_tags = content_targets(records, values, m.seq_len)
+    boundary_tags = span_tags(records, SPAN_LABELS, m.seq_len)
     torch.manual_seed(c.seed)
     gen = torch.Generator().manual_seed(c.seed)
     pos = PosClassifier(m.d, m.seq_len, len(tags), c.hidden, c.layers, c.heads)
@@ -76,7 +77,7 @@ def train_controls(cfg, data_dir, train_dir, out_dir):
         rows = idx.tolist()
         content_loss = content.train_loss(x_t, t, position_tags(content_tags, rows, m.seq_len, len(values))).mean()
         span, target = span_candidates([records[k] for k in rows], SPAN_LABELS, m.seq_len, gen)
-        span_loss = spans.train_loss(x_t, t, span, target).mean()
+        span_loss = spans.train_loss(x_t, t, span, target, boundary_tags[idx]).mean()
         opt.zero_grad(set_to_none=True)
         (pos_loss + content_loss + span_loss).backward()
         opt.step()

@@ -12,7 +12,7 @@ use dlm::model::Model;
 use dlm::ort::OrtRuntime;
 use dlm::overrides::{GuideOverrides, Setting};
 use dlm::server::transport::Transport;
-use dlm::server::{self, ServerConfig};
+use dlm::server::{self, Schedule, ServerConfig};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use super::{session_options, RuntimeArgs};
@@ -57,9 +57,14 @@ pub struct ServeArgs {
     /// Most samples (num x mbr, or num x rerank) one request may ask for.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
     max_samples: u64,
-    /// Most sequences per denoiser call (a request's samples go in batches of this).
+    /// Most sequences per denoiser call, of any requests: queued requests' sequences join the
+    /// running batch while fewer run (iteration-level batching).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=256))]
     max_batch: u64,
+    /// How requests share the inference thread: batched (per iteration) or fifo (one request
+    /// at a time, for comparison).
+    #[arg(long, value_enum, default_value_t = Schedule::Batched)]
+    schedule: Schedule,
     /// Most simultaneous connections per listener (each costs a reader and a writer thread).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
     max_connections: u64,
@@ -97,6 +102,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         default_steps: args.steps,
         max_samples: args.max_samples as usize,
         max_batch: args.max_batch as usize,
+        schedule: args.schedule,
         max_connections: args.max_connections as usize,
         idle: Duration::from_millis(args.idle_timeout_ms),
         max_pending: args.max_pending as usize,
@@ -107,6 +113,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let t = model.manifest.diffusion.t;
     if !(1..=t).contains(&config.default_steps) {
         anyhow::bail!("--steps {}: allowed 1..={t} (the model's T)", config.default_steps);
+    }
+    if config.max_batch > model.max_batch() {
+        anyhow::bail!("--max-batch {}: allowed 1..={} (the model's graphs)", config.max_batch, model.max_batch());
     }
     let warm = Instant::now();
     warm_up(&mut model).context("warm-up generation failed")?;

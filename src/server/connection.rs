@@ -21,11 +21,15 @@ const STOP_GRACE: Duration = Duration::from_millis(200);
 /// How often a reader held back by unwritten replies looks again.
 const BACKPRESSURE_POLL: Duration = Duration::from_millis(5);
 
-/// Replies of one connection not yet written, in bytes, and whether its writer still writes.
+/// Replies of one connection not yet written, in bytes, and whether its writer still writes
+/// and its reader still reads.
 #[derive(Default)]
 struct Pending {
     bytes: AtomicUsize,
     writer_gone: AtomicBool,
+    /// Reading failed (a reset connection): not an end of input, after which a client may
+    /// still wait for its answers.
+    reader_failed: AtomicBool,
 }
 
 /// Read requests until end of input, an I/O error, an idle timeout, or shutdown (lines that
@@ -84,6 +88,7 @@ where
             Ok(Line::Eof) => break,
             Err(e) => {
                 log::info!("connection closed: read error {e:?}");
+                pending.reader_failed.store(true, Ordering::SeqCst);
                 break;
             }
         }
@@ -114,6 +119,12 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// Whether the client is gone (its connection failed to read or write): its requests
+    /// can stop.
+    pub fn client_gone(&self) -> bool {
+        self.pending.writer_gone.load(Ordering::SeqCst) || self.pending.reader_failed.load(Ordering::SeqCst)
+    }
+
     /// Queue one reply line; dropped (not counted) when the connection is gone.
     pub fn send(&self, line: String) {
         let len = line.len() + 1;

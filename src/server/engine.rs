@@ -1,19 +1,24 @@
-//! The inference thread: it alone owns the ONNX Runtime sessions and answers queued jobs in
-//! order, each exactly once.
+//! The inference thread: it alone owns the ONNX Runtime sessions. It schedules per iteration:
+//! the sequences of every admitted request share each denoiser call (each at its own step),
+//! finished ones leave, and queued requests join while fewer than `max_batch` sequences run.
+//! Every job is answered exactly once.
 
+use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use super::connection::Reply;
-use super::Shared;
+use super::{Schedule, Shared};
 use crate::error::{GenerateError, RequestError};
-use crate::generate::{generate, Generated, Limits, Request};
+use crate::generate::{choose, course, lane, Generated, Limits, Request};
 use crate::model::Model;
 use crate::protocol::{ErrorCode, GenerateParams, Rejection};
+use crate::sampler::{Batch, Course, Timing};
 
 /// A generate request waiting for the inference thread.
 pub struct Job {
@@ -24,52 +29,191 @@ pub struct Job {
     pub reply: Reply,
 }
 
-/// Serve jobs until every sender is gone. Marks the engine dead when it returns or unwinds.
-pub fn run(mut model: Model, jobs: Receiver<Job>, shared: &Shared) {
+/// An admitted request: its sequences run (or wait for room) in the batch.
+struct Active {
+    job: Job,
+    request: Request,
+    course: Arc<Course>,
+    /// Samples to draw (num x mbr or rerank) and the next one to admit.
+    total: usize,
+    next: usize,
+    samples: Vec<Option<Generated>>,
+    /// When its first sequence joined the batch.
+    started: Option<Instant>,
+}
+
+struct Engine<'s> {
+    shared: &'s Shared,
+    model: Model,
+    batch: Batch,
+    /// By admission order: the first with sequences not yet admitted gets the next free places.
+    active: BTreeMap<u64, Active>,
+    next_owner: u64,
+}
+
+/// Serve jobs until every sender is gone and every admitted request is answered. Marks the
+/// engine dead when it returns or unwinds.
+pub fn run(model: Model, jobs: Receiver<Job>, shared: &Shared) {
     struct Alive<'a>(&'a Shared);
     impl Drop for Alive<'_> {
         fn drop(&mut self) {
             self.0.engine_alive.store(false, Ordering::SeqCst);
+            self.0.active_sequences.store(0, Ordering::SeqCst);
         }
     }
     let _alive = Alive(shared);
-    while let Ok(job) = jobs.recv() {
-        shared.queue_depth.fetch_sub(1, Ordering::SeqCst);
-        let line = answer(&mut model, &job, shared);
-        // The client may be gone; its answer is dropped, the service goes on.
-        job.reply.send(line);
+    let mut engine = Engine { shared, model, batch: Batch::new(), active: BTreeMap::new(), next_owner: 0 };
+    let mut senders_gone = false;
+    loop {
+        senders_gone |= engine.admit(&jobs);
+        if engine.batch.is_empty() {
+            if senders_gone && engine.active.is_empty() {
+                return;
+            }
+            continue;
+        }
+        engine.drop_gone_clients();
+        engine.iterate();
+        shared.active_sequences.store(engine.batch.len(), Ordering::SeqCst);
     }
 }
 
-fn answer(model: &mut Model, job: &Job, shared: &Shared) -> String {
-    let fail = |code, message: String| Rejection::new(job.id.clone(), code, message).to_line();
-    if shared.drain_expired() {
-        return fail(ErrorCode::ShuttingDown, "the server is stopping; this request was not started".into());
-    }
-    let request = match to_request(&job.params, shared, model, job.received) {
-        Ok(r) => r,
-        Err(e) => return fail(ErrorCode::InvalidArgument, e.to_string()),
-    };
-    let started = Instant::now();
-    if request.deadline.is_some_and(|d| started >= d) {
-        let waited = started.duration_since(job.received).as_millis();
-        return fail(ErrorCode::Timeout, format!("deadline passed after {waited} ms in the queue"));
-    }
-    *shared.busy_since.lock().unwrap_or_else(|e| e.into_inner()) = Some(started);
-    let result = catch_unwind(AssertUnwindSafe(|| generate(model, &request)));
-    *shared.busy_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    shared.served.fetch_add(1, Ordering::Relaxed);
-    match result {
-        Ok(Ok(outputs)) => ok_line(&job.id, &outputs, &request, job.received, started),
-        Ok(Err(e @ (GenerateError::Request(_) | GenerateError::Control(_)))) => {
-            fail(ErrorCode::InvalidArgument, e.to_string())
+impl Engine<'_> {
+    /// Fill free places: first the remaining sequences of admitted requests, then new jobs
+    /// (blocking only when nothing runs). FIFO takes a new job only when none is active.
+    /// Returns true once every sender is gone.
+    fn admit(&mut self, jobs: &Receiver<Job>) -> bool {
+        let max_batch = self.shared.config.max_batch.max(1);
+        loop {
+            while self.batch.len() < max_batch {
+                let Some((&owner, waiting)) = self.active.iter_mut().find(|(_, a)| a.next < a.total) else { break };
+                if waiting.course.expired(Instant::now()) {
+                    self.fail(owner, ErrorCode::Timeout, "deadline passed before the request's sequences could start".into());
+                    continue;
+                }
+                waiting.started.get_or_insert_with(Instant::now);
+                let l = lane(&self.model, owner, &waiting.course, waiting.request.seed, waiting.next);
+                waiting.next += 1;
+                self.batch.push(l);
+            }
+            let fifo_busy = self.shared.config.schedule == Schedule::Fifo && !self.active.is_empty();
+            if self.batch.len() >= max_batch || fifo_busy || self.active.values().any(|a| a.next < a.total) {
+                return false;
+            }
+            let job = if self.active.is_empty() {
+                match jobs.recv() {
+                    Ok(job) => job,
+                    Err(_) => return true,
+                }
+            } else {
+                match jobs.try_recv() {
+                    Ok(job) => job,
+                    Err(TryRecvError::Empty) => return false,
+                    Err(TryRecvError::Disconnected) => return true,
+                }
+            };
+            self.shared.queue_depth.fetch_sub(1, Ordering::SeqCst);
+            self.start(job);
         }
-        Ok(Err(e @ GenerateError::Deadline { .. })) => fail(ErrorCode::Timeout, e.to_string()),
-        Ok(Err(e @ (GenerateError::Inference(_) | GenerateError::NonFinite { .. }))) => {
-            fail(ErrorCode::Internal, e.to_string())
+    }
+
+    /// A job leaves the queue: answered at once (draining, invalid, expired) or admitted.
+    fn start(&mut self, job: Job) {
+        let fail = |code, message: String| Rejection::new(job.id.clone(), code, message).to_line();
+        if self.shared.drain_expired() {
+            job.reply.send(fail(ErrorCode::ShuttingDown, "the server is stopping; this request was not started".into()));
+            return;
         }
-        Err(_) => {
-            fail(ErrorCode::Internal, "the inference thread panicked on this request (a bug: please report it)".into())
+        let checked = to_request(&job.params, self.shared, &self.model, job.received)
+            .and_then(|request| Ok((course(&self.model, &request)?, request)));
+        let (course, request) = match checked {
+            Ok(c) => c,
+            Err(e) => {
+                job.reply.send(fail(ErrorCode::InvalidArgument, e.to_string()));
+                return;
+            }
+        };
+        if course.expired(Instant::now()) {
+            let waited = job.received.elapsed().as_millis();
+            job.reply.send(fail(ErrorCode::Timeout, format!("deadline passed after {waited} ms in the queue")));
+            return;
+        }
+        let total = request.num * request.samples_per_output();
+        let owner = self.next_owner;
+        self.next_owner += 1;
+        let active = Active { job, request, course: Arc::new(course), total, next: 0, samples: vec![None; total], started: None };
+        self.active.insert(owner, active);
+    }
+
+    /// Requests whose client is gone leave the batch unanswered.
+    fn drop_gone_clients(&mut self) {
+        let gone: Vec<u64> = self.active.iter().filter(|(_, a)| a.job.reply.client_gone()).map(|(&o, _)| o).collect();
+        for owner in gone {
+            log::info!("a client left: its request's sequences leave the batch");
+            self.batch.remove_owner(owner);
+            self.active.remove(&owner);
+            self.shared.served.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn iterate(&mut self) {
+        *self.shared.busy_since.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        let (batch, model) = (&mut self.batch, &mut self.model);
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            let (denoiser, mut guides, embeddings) = model.engines();
+            batch.iterate(denoiser, &mut guides, embeddings)
+        }));
+        *self.shared.busy_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let finished = match result {
+            Ok(Ok(finished)) => finished,
+            Ok(Err(e)) => return self.fail_all(ErrorCode::Internal, e.to_string()),
+            Err(_) => {
+                let why = "the inference thread panicked on this batch (a bug: please report it)";
+                return self.fail_all(ErrorCode::Internal, why.into());
+            }
+        };
+        for f in finished {
+            let owner = f.lane.owner;
+            let Some(active) = self.active.get_mut(&owner) else { continue };
+            match f.result {
+                Ok(sampled) => {
+                    active.samples[f.lane.index] = Some(Generated::of(&self.model.vocab, &f.lane, sampled));
+                    if active.samples.iter().all(Option::is_some) {
+                        self.finish(owner);
+                    }
+                }
+                Err(e @ GenerateError::Deadline { .. }) => self.fail(owner, ErrorCode::Timeout, e.to_string()),
+                Err(e) => self.fail(owner, ErrorCode::Internal, e.to_string()),
+            }
+        }
+    }
+
+    fn finish(&mut self, owner: u64) {
+        let Some(active) = self.active.remove(&owner) else { return };
+        let samples: Vec<Generated> = active.samples.into_iter().flatten().collect();
+        // every sequence holds its share of the batched calls: the request's time is their sum
+        let mut timing = Timing::default();
+        samples.iter().for_each(|g| timing.add(&g.timing));
+        let outputs = choose(&active.request, samples);
+        let started = active.started.unwrap_or(active.job.received);
+        let line = ok_line(&active.job.id, &outputs, &timing, active.request.steps, (active.job.received, started));
+        active.job.reply.send(line);
+        self.shared.served.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn fail(&mut self, owner: u64, code: ErrorCode, message: String) {
+        self.batch.remove_owner(owner);
+        if let Some(active) = self.active.remove(&owner) {
+            active.job.reply.send(Rejection::new(active.job.id.clone(), code, message).to_line());
+            self.shared.served.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn fail_all(&mut self, code: ErrorCode, message: String) {
+        log::error!("the batch failed: {message}");
+        let owners: Vec<u64> = self.batch.lanes().iter().map(|l| l.owner).collect();
+        for owner in owners {
+            self.fail(owner, code, message.clone());
         }
     }
 }
@@ -108,11 +252,10 @@ fn to_request(p: &GenerateParams, shared: &Shared, model: &Model, received: Inst
     Ok(request)
 }
 
-fn ok_line(id: &Value, outputs: &[Generated], request: &Request, received: Instant, started: Instant) -> String {
+/// The response of a request: its outputs, and its time (`received`, `started`: when its first
+/// sequence joined the batch).
+fn ok_line(id: &Value, outputs: &[Generated], timing: &Timing, steps: usize, (received, started): (Instant, Instant)) -> String {
     let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
-    // Sequences of one batch share its timing: add each batch once.
-    let batches: Vec<_> = outputs.chunks(request.batch.max(1)).map(|c| &c[0].timing).collect();
-    let sum = |f: &dyn Fn(&crate::sampler::Timing) -> Duration| batches.iter().map(|t| f(t)).sum::<Duration>();
     let results: Vec<Value> = outputs.iter().map(|g| json!({ "text": g.text, "tokens": g.tokens })).collect();
     json!({
         "id": id,
@@ -123,10 +266,10 @@ fn ok_line(id: &Value, outputs: &[Generated], request: &Request, received: Insta
             "queue_ms": ms(started.duration_since(received)),
             "run_ms": ms(started.elapsed()),
             "total_ms": ms(received.elapsed()),
-            "steps": request.steps,
-            "denoiser_ms": ms(sum(&|t| t.denoiser)),
-            "guidance_ms": ms(sum(&|t| t.guidance)),
-            "host_ms": ms(sum(&|t| t.host())),
+            "steps": steps,
+            "denoiser_ms": ms(timing.denoiser),
+            "guidance_ms": ms(timing.guidance),
+            "host_ms": ms(timing.host()),
         },
     })
     .to_string()

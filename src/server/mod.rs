@@ -36,8 +36,10 @@ pub struct ServerConfig {
     pub default_steps: usize,
     /// Most samples (num x mbr or num x rerank) in one request.
     pub max_samples: usize,
-    /// Most sequences per denoiser call; a request's samples are denoised in batches of this.
+    /// Most sequences per denoiser call, of any requests (iteration-level batching).
     pub max_batch: usize,
+    /// How requests share the inference thread.
+    pub schedule: Schedule,
     /// Most simultaneous connections per listener; more are told `busy` and closed.
     pub max_connections: usize,
     /// A connection with nothing to read, answer or write for this long is closed; a client
@@ -48,14 +50,25 @@ pub struct ServerConfig {
     pub max_pending: usize,
 }
 
+/// How the inference thread takes requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Schedule {
+    /// Per iteration: queued requests join the running batch whenever places are free.
+    Batched,
+    /// One request at a time, in arrival order (its own sequences batched): for comparison.
+    Fifo,
+}
+
 /// What every thread of the server reads.
 pub struct Shared {
     pub config: ServerConfig,
     pub shutdown: Arc<AtomicBool>,
     shutdown_at: OnceLock<Instant>,
     pub queue_depth: AtomicUsize,
+    /// Sequences in the running batch.
+    pub active_sequences: AtomicUsize,
     pub engine_alive: AtomicBool,
-    /// When the inference thread started its current request (None: idle).
+    /// When the inference thread started its current iteration (None: between iterations).
     pub busy_since: Mutex<Option<Instant>>,
     pub served: AtomicU64,
     started: Instant,
@@ -70,6 +83,7 @@ impl Shared {
             shutdown,
             shutdown_at: OnceLock::new(),
             queue_depth: AtomicUsize::new(0),
+            active_sequences: AtomicUsize::new(0),
             engine_alive: AtomicBool::new(true),
             busy_since: Mutex::new(None),
             served: AtomicU64::new(0),
@@ -108,6 +122,8 @@ impl Shared {
                 "queue_depth": self.queue_depth.load(Ordering::SeqCst),
                 "queue_capacity": self.config.queue,
                 "busy": busy,
+                "active_sequences": self.active_sequences.load(Ordering::SeqCst),
+                "max_batch": self.config.max_batch,
                 "engine_alive": self.engine_alive.load(Ordering::SeqCst),
                 "served": self.served.load(Ordering::Relaxed),
                 "uptime_s": self.started.elapsed().as_secs_f64(),
