@@ -42,7 +42,8 @@ fn concurrent_tcp_clients_each_get_their_answers() {
 
 #[test]
 fn a_flood_beyond_the_queue_gets_busy_and_every_request_an_answer() {
-    let server = Server::start(&["--queue", "2"], &[]);
+    // one sequence at a time: the inference thread takes no job while its batch is full
+    let server = Server::start(&["--queue", "2", "--max-batch", "1"], &[]);
     let mut client = server.tcp();
     let n = 12;
     let burst: String = (0..n).map(|k| format!("{}\n", json!({"id": k, "steps": 200}))).collect();
