@@ -113,6 +113,16 @@ def cmd_bench(args, cfg):
         Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
 
 
+def cmd_loadtest(args, cfg):
+    from .loadtest import loadtest, table
+
+    report = loadtest(args.model, args.dlm, clients=args.clients, per_client=args.requests, max_batch=args.max_batch,
+                      threads=args.threads, repeat=args.repeat, before=args.before)
+    print(table(report))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")
+
+
 def cmd_all(args, cfg):
     for step in (cmd_prepare, cmd_train, cmd_controls, cmd_teacher, cmd_export):
         step(args, cfg)
@@ -168,6 +178,16 @@ def main(argv=None):
                    help="also evaluate N targets per control at each of --budgets, next to latency")
     b.add_argument("--budgets", default="10,20,50,100,200")
     b.add_argument("--json-out", help="also write the results as JSON here")
+    lt = sub.add_parser("loadtest", help="dlm serve under mixed concurrent load: batched against fifo")
+    lt.add_argument("--model", default="models/e2e")
+    lt.add_argument("--dlm", default="target/release/dlm")
+    lt.add_argument("--clients", type=int, default=8)
+    lt.add_argument("--requests", type=int, default=9, help="requests per client, sent back to back")
+    lt.add_argument("--max-batch", type=int, default=16)
+    lt.add_argument("--threads", type=int, default=0, help="dlm --threads")
+    lt.add_argument("--repeat", type=int, default=5, help="requests per budget timed alone")
+    lt.add_argument("--before", help="an earlier dlm binary whose requests alone are timed as the baseline")
+    lt.add_argument("--json-out", help="also write the report as JSON here")
     a = sub.add_parser("all", help="prepare, train, export and verify")
     a.add_argument("--resume", action="store_true")
     a.add_argument("--out", help="model directory (default WORKDIR/model)")
@@ -175,7 +195,8 @@ def main(argv=None):
     try:
         cfg = config_mod.load(args.config)
         {"prepare": cmd_prepare, "train": cmd_train, "controls": cmd_controls, "teacher": cmd_teacher, "export": cmd_export, "verify": cmd_verify,
-         "sample": cmd_sample, "fixtures": cmd_fixtures, "evaluate": cmd_evaluate, "bench": cmd_bench, "all": cmd_all}[args.command](args, cfg)
+         "sample": cmd_sample, "fixtures": cmd_fixtures, "evaluate": cmd_evaluate, "bench": cmd_bench, "loadtest": cmd_loadtest,
+         "all": cmd_all}[args.command](args, cfg)
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -57,7 +57,7 @@ class ControlsConfig:
     layers: int = 2
     heads: int = 4
     seed: int = 0
-    guide_batch: int = 1  # guidance graphs have a fixed batch; the runtime pads and chunks
+    guide_batches: tuple = (1, 4, 16)  # the guidance graphs' fixed batch sizes; the runtime picks one per call and pads
 
 
 @dataclass(frozen=True)
@@ -94,8 +94,10 @@ def _build(cls, raw, where):
     for name, value in raw.items():
         default = getattr(cls(), name)
         if isinstance(default, tuple):
-            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-                raise ConfigError(f"{where}.{name}: expected a list of strings")
+            kind = type(default[0]) if default else str
+            ok = isinstance(value, (list, tuple)) and all(isinstance(v, kind) and not isinstance(v, bool) for v in value)
+            if not ok:
+                raise ConfigError(f"{where}.{name}: expected a list of {kind.__name__}")
             value = tuple(value)
         elif isinstance(default, bool):
             if not isinstance(value, bool):
@@ -125,7 +127,9 @@ def validate(cfg: Config):
         (t.lr > 0, "train.lr must be > 0"),
         (0.0 <= t.ema_rate < 1.0, "train.ema_rate must be in [0, 1)"),
         (t.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),
-        (cfg.controls.steps >= 1 and cfg.controls.guide_batch >= 1, "controls.steps and guide_batch must be >= 1"),
+        (cfg.controls.steps >= 1, "controls.steps must be >= 1"),
+        (list(cfg.controls.guide_batches) == sorted(set(cfg.controls.guide_batches)) and cfg.controls.guide_batches
+         and cfg.controls.guide_batches[0] >= 1, "controls.guide_batches must be increasing batch sizes >= 1"),
         (cfg.controls.hidden % cfg.controls.heads == 0, "controls.hidden must be divisible by controls.heads"),
     ]
     errors = [msg for ok, msg in checks if not ok]

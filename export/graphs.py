@@ -96,11 +96,12 @@ def denoiser(precision, d, seq_len, self_condition=False):
         dynamic_axes={"batch": {"min": 1, "max": MAX_BATCH}, "seq": {"min": 1, "max": seq_len}})
 
 
-def guidance(control, precision, batch, seq_len, d, control_input):
-    """(x [B, L, d], t [B], control) -> (loss [B], grad [B, L, d]) at a fixed batch and length."""
+def guidance(control, precision, batch, seq_len, d, control_input, bucket=False):
+    """(x [B, L, d], t [B], control) -> (loss [B], grad [B, L, d]) at a fixed batch and length;
+    a `bucket` (a batch size beyond the first) has the batch in its name."""
     f = float_dtype(precision)
     return GraphSpec(
-        f"guide_{control}.{precision}", "guidance", precision,
+        f"guide_{control}.b{batch}.{precision}" if bucket else f"guide_{control}.{precision}", "guidance", precision,
         inputs=(Tensor("x", f, (batch, seq_len, d)), Tensor("t", "int64", (batch,)),
                 Tensor(control_input["name"], control_input["dtype"], tuple(control_input["shape"]))),
         outputs=(Tensor("loss", "float32", (batch,)), Tensor("grad", f, (batch, seq_len, d))),

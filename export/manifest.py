@@ -58,4 +58,5 @@ def listed_files(manifest):
     for optional in ("controls_reference", "teacher_reference"):
         if optional in manifest:
             yield manifest[optional]
+    yield from manifest.get("weights", [])  # weights shared by several graphs (external data)
     yield from manifest["graphs"]

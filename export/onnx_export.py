@@ -14,6 +14,7 @@ from .errors import ExportError
 from .schedule import SCHEDULE_PARAM, alpha_bar
 from .atomic import atomic_dir
 from .guidance import DEFAULTS, control_spec, export_guidance
+from .weights import share_weights
 from .teacher import TEACHER_FILE, export_teacher, load_teacher
 from .train_controls import CONTROLS_FILE, load_controls
 from .train import CHECKPOINT, load_ema
@@ -54,11 +55,11 @@ def export_model(data_dir, train_dir, out_dir, command, controls_dir=None, teach
             # a fresh copy per precision: export_denoiser casts the module in place
             export_denoiser(load_ema(ckpt, tok.get_vocab_size())[0], spec, tmp / spec.file)
             entries.append(spec.manifest_entry(tmp))
-        controls = {}
+        controls, weights = {}, []
         controls_pt = Path(controls_dir) / CONTROLS_FILE if controls_dir else None
         if controls_pt and controls_pt.is_file():
             shutil.copy(controls_pt, tmp / CONTROLS_FILE)
-            controls = export_controls(tmp, entries)
+            controls, weights = export_controls(tmp, entries)
         teacher_pt = Path(teacher_dir) / TEACHER_FILE if teacher_dir else None
         if teacher_pt and teacher_pt.is_file():
             shutil.copy(teacher_pt, tmp / TEACHER_FILE)
@@ -71,6 +72,7 @@ def export_model(data_dir, train_dir, out_dir, command, controls_dir=None, teach
                                              "what": "teacher LM weights for PyTorch (lm-score parity checks)"}
         if controls:
             manifest["controls"] = controls
+            manifest["weights"] = weights
             manifest["controls_reference"] = {**manifest_mod.file_entry(tmp, CONTROLS_FILE),
                                               "what": "classifier weights for PyTorch (guidance parity checks)"}
         manifest_mod.write(tmp, manifest)
@@ -82,19 +84,29 @@ def export_model(data_dir, train_dir, out_dir, command, controls_dir=None, teach
 
 
 def export_controls(model_dir, entries):
-    """Guidance graphs for every trained classifier; appends to `entries`, returns the manifest's controls."""
+    """Guidance graphs for every trained classifier, at each batch size of controls.guide_batches
+    and both precisions, sharing one weights file per classifier; appends the graphs to
+    `entries`, returns the manifest's controls and the weights files' entries."""
     classifiers, ccfg = load_controls(Path(model_dir) / CONTROLS_FILE)
-    batch, seq_len, d = ccfg.controls.guide_batch, ccfg.model.seq_len, ccfg.model.d
-    controls = {}
+    batches, seq_len, d = ccfg.controls.guide_batches, ccfg.model.seq_len, ccfg.model.d
+    controls, weights = {}, []
     for name, (classifier, labels) in classifiers.items():
-        control_input = control_spec(name, batch, seq_len, len(labels))
-        controls[name] = {"labels": labels, "input": control_input, "defaults": DEFAULTS[name], "graphs": {}}
+        control_input = control_spec(name, batches[0], seq_len, len(labels))
+        controls[name] = {"labels": labels, "input": control_input, "defaults": DEFAULTS[name],
+                          "graphs": {"fp32": [], "fp16": []}}
+        specs = []
         for precision in ("fp32", "fp16"):
-            spec = graphs.guidance(name, precision, batch, seq_len, d, control_input)
-            export_guidance(copy.deepcopy(classifier), spec, len(labels), Path(model_dir) / spec.file)
-            entries.append(spec.manifest_entry(model_dir))
-            controls[name]["graphs"][precision] = spec.name
-    return controls
+            for batch in batches:
+                spec = graphs.guidance(name, precision, batch, seq_len, d, control_spec(name, batch, seq_len, len(labels)),
+                                       bucket=batch != batches[0])
+                export_guidance(copy.deepcopy(classifier), spec, len(labels), Path(model_dir) / spec.file)
+                controls[name]["graphs"][precision].append(spec.name)
+                specs.append(spec)
+        shared = f"guide_{name}.weights"
+        share_weights(model_dir, [spec.file for spec in specs], shared)
+        entries.extend(spec.manifest_entry(model_dir) for spec in specs)
+        weights.append({**manifest_mod.file_entry(model_dir, shared), "graphs": [spec.name for spec in specs]})
+    return controls, weights
 
 
 def _final_record(train_dir):

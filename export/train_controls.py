@@ -107,11 +107,15 @@ def load_controls(path):
     state = torch.load(path, weights_only=False)
     from .config import from_dict
 
-    cfg = from_dict(state["config"])
+    raw = {**state["config"], "controls": dict(state["config"]["controls"])}
+    if "guide_batch" in raw["controls"]:  # classifiers trained when the guidance graphs had one batch size
+        raw["controls"]["guide_batches"] = [raw["controls"].pop("guide_batch")]
+    cfg = from_dict(raw)
     c, m = cfg.controls, cfg.model
     pos = PosClassifier(m.d, m.seq_len, len(state["tags"]), c.hidden, c.layers, c.heads)
     content = ContentClassifier(m.d, m.seq_len, len(state["values"]), c.hidden, c.layers, c.heads)
-    spans = SpanClassifier(m.d, m.seq_len, len(state["span_labels"]), c.hidden, c.layers, c.heads)
+    spans = SpanClassifier(m.d, m.seq_len, len(state["span_labels"]), c.hidden, c.layers, c.heads,
+                           boundary_tags="tags.weight" in state["spans"])
     pos.load_state_dict(state["pos"])
     content.load_state_dict(state["content"])
     spans.load_state_dict(state["spans"])

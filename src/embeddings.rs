@@ -72,11 +72,18 @@ impl Embeddings {
 
     /// Clamping of several sequences in one GEMM: `x0_hat`'s rows split evenly into one block
     /// per entry of `lanes`, each clamped under its own rules (None: left as it is).
-    pub fn clamp_lanes(&self, mut x0_hat: ArrayViewMut2<'_, f32>, scratch: &mut Array2<f32>, lanes: &[Option<Constraints<'_>>]) {
+    pub fn clamp_lanes(
+        &self,
+        mut x0_hat: ArrayViewMut2<'_, f32>,
+        scratch: &mut Array2<f32>,
+        lanes: &[Option<Constraints<'_>>],
+    ) {
         let dots = self.dots(x0_hat.view(), scratch);
         let per_lane = x0_hat.nrows() / lanes.len().max(1);
         let mut banned = Vec::new();
-        let blocks = x0_hat.axis_chunks_iter_mut(Axis(0), per_lane.max(1)).zip(dots.axis_chunks_iter_mut(Axis(0), per_lane.max(1)));
+        let blocks = x0_hat
+            .axis_chunks_iter_mut(Axis(0), per_lane.max(1))
+            .zip(dots.axis_chunks_iter_mut(Axis(0), per_lane.max(1)));
         for ((mut block, mut scores), rules) in blocks.zip(lanes) {
             let Some(rules) = rules else { continue };
             let mut chosen = Vec::with_capacity(block.nrows());
@@ -193,7 +200,7 @@ mod tests {
         for n in [1, 15, 16, 17, 100, 1013] {
             for seed in 0..20u32 {
                 // Few distinct values, so ties are common.
-                let mut scores: Vec<f32> = (0..n).map(|i| ((i as u32 * 2654435761 ^ seed) % 7) as f32).collect();
+                let mut scores: Vec<f32> = (0..n).map(|i| (((i as u32 * 2654435761) ^ seed) % 7) as f32).collect();
                 if seed % 5 == 0 {
                     scores[n / 2] = f32::NAN;
                 }

@@ -9,7 +9,9 @@ use crate::error::{ControlError, GenerateError, RequestError};
 use crate::mbr;
 use crate::model::Model;
 pub use crate::overrides::GuideOverrides;
-use crate::sampler::{Batch, Course, Denoiser, GuideTarget, Lane, Method, SampleOptions, Sampled, SequenceNoise, Target, Timing};
+use crate::sampler::{
+    Batch, Course, Denoiser, GuideTarget, Lane, Method, SampleOptions, Sampled, SequenceNoise, Target, Timing,
+};
 use crate::schedule::Diffusion;
 use crate::text::Vocab;
 

@@ -57,7 +57,7 @@ mod tests {
         let a = words("The Eagle is a coffee shop near Burger King .");
         assert!((sentence_bleu(&a, &a) - 1.0).abs() < 1e-12);
         assert_eq!(sentence_bleu(&a, &words("xx yy zz")), 0.0);
-        assert!(sentence_bleu(&words("The Eagle is"), &a) < sentence_bleu(&a[..8].to_vec(), &a));
+        assert!(sentence_bleu(&words("The Eagle is"), &a) < sentence_bleu(&a[..8], &a));
     }
 
     #[test]

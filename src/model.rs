@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::embeddings::Embeddings;
 use crate::error::LoadError;
-use crate::manifest::{Manifest, Precision, MANIFEST_FILE};
+use crate::manifest::{Graph, Manifest, Precision, MANIFEST_FILE};
 use crate::ort::{GuideSession, OrtDenoiser, OrtRuntime, SessionOptions};
 use crate::sampler::Guide;
 use crate::schedule::{cumprod_alphas, Diffusion};
@@ -60,7 +60,7 @@ impl Model {
     pub fn end_profiling(&mut self) -> Result<Vec<PathBuf>, crate::error::InferenceError> {
         let mut files = vec![self.denoiser.end_profiling()?];
         for guide in self.guides.values_mut() {
-            files.push(guide.end_profiling()?);
+            files.extend(guide.end_profiling()?);
         }
         Ok(files)
     }
@@ -93,12 +93,15 @@ fn open_guides(
     let key = if precision == Precision::Fp16 { "fp16" } else { "fp32" };
     let mut guides = BTreeMap::new();
     for (name, control) in &manifest.controls {
-        let graph = control.graphs.get(key).and_then(|g| manifest.graphs.iter().find(|graph| &graph.name == g));
-        let graph = graph.ok_or_else(|| LoadError::Invalid {
-            path: dir.join(MANIFEST_FILE),
-            what: format!("control {name} names no {key} guidance graph present in graphs"),
-        })?;
-        guides.insert(name.clone(), GuideSession::open(runtime, dir, graph, control, opts)?);
+        let names = control.graphs.get(key).map(|n| n.names()).unwrap_or_default();
+        let graphs: Vec<&Graph> = names.iter().filter_map(|n| manifest.graphs.iter().find(|g| &g.name == n)).collect();
+        if graphs.is_empty() || graphs.len() != names.len() {
+            return Err(LoadError::Invalid {
+                path: dir.join(MANIFEST_FILE),
+                what: format!("control {name} names no {key} guidance graph present in graphs"),
+            });
+        }
+        guides.insert(name.clone(), GuideSession::open(runtime, dir, &graphs, control, opts)?);
     }
     Ok(guides)
 }

@@ -89,11 +89,13 @@ fn a_client_that_resets_its_connection_leaves_the_batch() {
     let mut leaving = server.tcp();
     leaving.send(&json!({"id": 1, "steps": 2000, "num": 8}));
     std::thread::sleep(Duration::from_millis(100)); // its sequences are running
-    // SO_LINGER 0: close sends a reset, which the server reads as the client gone
+                                                    // SO_LINGER 0: close sends a reset, which the server reads as the client gone
     let linger = libc::linger { l_onoff: 1, l_linger: 0 };
     let fd = leaving.writer.as_raw_fd();
     let size = std::mem::size_of::<libc::linger>() as libc::socklen_t;
-    let set = unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_LINGER, (&linger as *const libc::linger).cast(), size) };
+    let set = unsafe {
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_LINGER, (&linger as *const libc::linger).cast(), size)
+    };
     assert_eq!(set, 0);
     drop(leaving);
     let mut probe = server.tcp();

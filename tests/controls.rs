@@ -141,7 +141,8 @@ fn pos_guidance_lowers_the_pos_classifier_loss() {
             // the target is always there (the final loss is scored), K = 0 leaves it unguided
             let guide = m.guide_index("pos").unwrap();
             course.targets = vec![GuideTarget { guide, target: Target::Tags(tags.clone()), weight: 1.0 }];
-            course.guide_options = GuideOptions { steps: if guided { 3 } else { 0 }, lr: 0.05, lambda: 0.0005, ..Default::default() };
+            course.guide_options =
+                GuideOptions { steps: if guided { 3 } else { 0 }, lr: 0.05, lambda: 0.0005, ..Default::default() };
             let course = Arc::new(course);
             let lanes = (0..4).map(|k| dlm::generate::lane(m, 0, &course, 3, k)).collect();
             let (denoiser, mut guides, embeddings) = m.engines();
@@ -179,6 +180,49 @@ fn rows_with_different_targets_in_one_guidance_call_match_separate_calls() {
                 .iter()
                 .fold(0f32, |w, v| w.max(v.abs()));
             assert!(worst < 1e-5, "grad {k} differs by {worst}");
+        }
+    });
+}
+
+#[test]
+fn any_number_of_rows_gives_each_row_what_it_gets_alone() {
+    use dlm::sampler::{Guide, SequenceNoise, Target};
+
+    // 1, 3, 5, 17 and 21 rows: every bucket (1, 4, 16), padded, and chunks of several buckets
+    common::with_model(Precision::Fp32, |m| {
+        let plan = dlm::controls::plan(
+            &ControlRequest { content: vec!["food=Italian".into()], ..Default::default() },
+            &m.manifest,
+            &m.vocab,
+        )
+        .unwrap();
+        let target = Target::Wanted(plan.content_wanted.unwrap());
+        let x = SequenceNoise::new(11, 0..21).x_t(64, 16);
+        let t: Vec<i64> = (0..21).map(|k| 90 * k).collect();
+        let session = m.guides.get_mut("content").unwrap();
+        let alone: Vec<(f32, ndarray::Array3<f32>)> = (0..21)
+            .map(|k| {
+                let row = x.slice(ndarray::s![k..k + 1, .., ..]).to_owned();
+                let (mut grad, mut loss) = (ndarray::Array3::zeros(row.dim()), vec![0.0]);
+                session.grad(&row, &t[k..k + 1], &[&target], &mut grad, &mut loss).unwrap();
+                (loss[0], grad)
+            })
+            .collect();
+        for n in [1, 3, 5, 17, 21] {
+            let rows = x.slice(ndarray::s![..n, .., ..]).to_owned();
+            let (mut grad, mut loss) = (ndarray::Array3::zeros(rows.dim()), vec![0.0; n]);
+            session.grad(&rows, &t[..n], &vec![&target; n], &mut grad, &mut loss).unwrap();
+            for k in 0..n {
+                assert!(
+                    (loss[k] - alone[k].0).abs() <= 1e-5 * alone[k].0.abs().max(1.0),
+                    "{n} rows, row {k}: loss {} vs {}",
+                    loss[k],
+                    alone[k].0
+                );
+                let worst =
+                    (&grad.slice(ndarray::s![k..k + 1, .., ..]) - &alone[k].1).iter().fold(0f32, |w, v| w.max(v.abs()));
+                assert!(worst < 1e-5, "{n} rows, row {k}: grad differs by {worst}");
+            }
         }
     });
 }

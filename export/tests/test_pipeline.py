@@ -20,9 +20,8 @@ def test_export_writes_every_file_with_matching_sha256(tiny_workdir):
     m = manifest.load(model_dir)  # raises on any missing file or sha mismatch
     for entry in manifest.listed_files(m):
         assert manifest.sha256_of(model_dir / entry["file"]) == entry["sha256"]
-    assert {g["name"] for g in m["graphs"]} == {"denoiser.fp32", "denoiser.fp16", "guide_pos.fp32", "guide_pos.fp16",
-                                                "guide_content.fp32", "guide_content.fp16", "guide_spans.fp32",
-                                                "guide_spans.fp16", "teacher"}
+    guides = {f"guide_{c}{b}.{p}" for c in ("pos", "content", "spans") for b in ("", ".b2") for p in ("fp32", "fp16")}
+    assert {g["name"] for g in m["graphs"]} == {"denoiser.fp32", "denoiser.fp16", "teacher"} | guides
     assert len(m["diffusion"]["alpha_bar"]) == m["diffusion"]["T"] == 2000
     assert m["special_tokens"] == {"pad": 0, "unk": 1, "start": 2, "end": 3}
     emb = np.fromfile(model_dir / "embeddings.bin", dtype="<f4")
@@ -48,12 +47,24 @@ def test_guidance_graphs_match_autograd_at_fixed_shapes(tiny_workdir):
     m = manifest.load(tiny_workdir / "model")
     report = verify_model_dir(tiny_workdir / "model")
     for g in (g for g in m["graphs"] if g["role"] == "guidance"):
-        batch = m["training"]["config"]["controls"]["guide_batch"]
+        batch = 2 if ".b2." in g["name"] else 1  # the tiny config's guide_batches
         assert g["inputs"][0]["shape"] == [batch, 64, 16] and g["outputs"][1]["shape"] == [batch, 64, 16]
         assert report[g["name"]]["grad"] <= g["tolerance"]["max_abs_diff_rel_to_scale"]
     assert m["controls"]["pos"]["labels"][-3:] == ["START", "END", "PAD"]
     assert m["controls"]["content"]["input"]["shape"][1] == len(m["controls"]["content"]["labels"])
-    assert set(m["controls"]["pos"]["graphs"]) == {"fp32", "fp16"}
+    assert m["controls"]["pos"]["graphs"] == {"fp32": ["guide_pos.fp32", "guide_pos.b2.fp32"],
+                                              "fp16": ["guide_pos.fp16", "guide_pos.b2.fp16"]}
+
+
+def test_guidance_graphs_of_a_control_share_one_weights_file(tiny_workdir):
+    m = manifest.load(tiny_workdir / "model")
+    for w in m["weights"]:
+        control = w["file"].split("_", 1)[1].split(".")[0]
+        assert set(w["graphs"]) == {n for ns in m["controls"][control]["graphs"].values() for n in ns}
+        for name in w["graphs"]:
+            graph = onnx.load(str(tiny_workdir / "model" / f"{name}.onnx"), load_external_data=False).graph
+            external = [i for i in graph.initializer if i.data_location == onnx.TensorProto.EXTERNAL]
+            assert external and all(e.external_data[0].value == w["file"] for e in external)
 
 
 def test_verify_fails_loudly_on_a_tampered_graph(tiny_workdir, tmp_path):

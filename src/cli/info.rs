@@ -30,7 +30,7 @@ pub fn run(args: RuntimeArgs) -> Result<()> {
         writeln!(out, "             parity {parity}, tolerance {}", g.tolerance)?;
     }
     for (name, c) in &manifest.controls {
-        let graphs: Vec<&str> = c.graphs.values().map(String::as_str).collect();
+        let graphs: Vec<&str> = c.graphs.values().flat_map(|n| n.names()).map(String::as_str).collect();
         let d = c.defaults;
         writeln!(
             out,

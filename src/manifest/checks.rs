@@ -80,15 +80,27 @@ pub fn check(m: &Manifest) -> Result<(), String> {
                 return Err(format!("{} is {v}; allowed [0, {hi}]", field(f)));
             }
         }
-        for (p, graph) in &c.graphs {
-            let declared = m.graphs.iter().find(|g| &g.name == graph);
-            let fixed =
-                declared.is_some_and(|g| g.inputs.first().is_some_and(|x| x.shape.first() == Some(&Dim::Fixed(batch))));
-            if !fixed {
-                return Err(format!(
-                    "{}: graph {graph:?} must be in graphs with input batch {batch}",
-                    field(&format!("graphs.{p}"))
-                ));
+        for (p, names) in &c.graphs {
+            if names.names().is_empty() {
+                return Err(format!("{} is empty", field(&format!("graphs.{p}"))));
+            }
+            for graph in names.names() {
+                // a fixed batch of its own, the control input's width otherwise
+                let width: Vec<Dim> = c.input.shape.iter().skip(1).map(|&w| Dim::Fixed(w)).collect();
+                let declared = m.graphs.iter().find(|g| &g.name == graph);
+                let fits = declared.is_some_and(|g| {
+                    let batch = g.inputs.first().and_then(|x| x.shape.first());
+                    let control = g.inputs.get(2).and_then(|i| i.shape.get(1..));
+                    matches!(batch, Some(Dim::Fixed(n)) if (1..=MAX_GRAPH_BATCH).contains(n))
+                        && control == Some(&width[..])
+                });
+                if !fits {
+                    return Err(format!(
+                        "{}: graph {graph:?} must be in graphs with a fixed batch and control input [batch, {:?}]",
+                        field(&format!("graphs.{p}")),
+                        &c.input.shape[1..]
+                    ));
+                }
             }
         }
     }

@@ -24,6 +24,10 @@ pub struct Manifest {
     pub embeddings: EmbeddingsEntry,
     pub reference: ReferenceEntry,
     pub graphs: Vec<Graph>,
+    /// Weights files that several graphs read as ONNX external data (a classifier's guidance
+    /// graphs at every batch size and precision).
+    #[serde(default)]
+    pub weights: Vec<WeightsEntry>,
     /// Guidance controls (classifier gradient graphs), by name: "pos", "content".
     #[serde(default)]
     pub controls: BTreeMap<String, Control>,
@@ -110,8 +114,34 @@ pub struct Control {
     /// The graph's third input, carrying the control.
     pub input: ControlInput,
     pub defaults: GuidanceDefaults,
-    /// Graph name per precision ("fp32", "fp16").
-    pub graphs: BTreeMap<String, String>,
+    /// Graph names per precision ("fp32", "fp16"): one, or one per batch size (bucket).
+    pub graphs: BTreeMap<String, GraphNames>,
+}
+
+/// One graph name, or several (the same graph at several fixed batch sizes).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum GraphNames {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl GraphNames {
+    pub fn names(&self) -> &[String] {
+        match self {
+            GraphNames::One(name) => std::slice::from_ref(name),
+            GraphNames::Many(names) => names,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightsEntry {
+    pub file: String,
+    pub sha256: String,
+    /// The graphs that read it.
+    pub graphs: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -253,6 +283,7 @@ impl Manifest {
             (self.tokenizer.file.as_str(), self.tokenizer.sha256.as_str()),
             (self.embeddings.file.as_str(), self.embeddings.sha256.as_str()),
         ];
+        files.extend(self.weights.iter().map(|w| (w.file.as_str(), w.sha256.as_str())));
         files.extend(self.graphs.iter().map(|g| (g.file.as_str(), g.sha256.as_str())));
         files
     }

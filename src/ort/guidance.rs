@@ -1,6 +1,6 @@
 //! Classifier guidance: the exported gradient graphs `(x, t, control) -> (loss, grad)` as the
-//! sampler's [`Guide`]s, every row with its own t and target. The graphs have a fixed batch;
-//! this pads and chunks to it.
+//! sampler's [`Guide`]s, every row with its own t and target. The graphs have fixed batch
+//! sizes; this picks one per chunk of rows and pads to it.
 
 use std::path::{Path, PathBuf};
 
@@ -12,46 +12,68 @@ use super::session::{contiguous, end_profiling, open_session, Device, SessionOpt
 use super::staging::{read_output, Staging};
 use super::{run_error, OrtRuntime};
 use crate::error::{InferenceError, LoadError};
-use crate::manifest::{Control, Graph, Precision};
+use crate::manifest::{Control, Dim, Graph, Precision};
 use crate::sampler::{Guide, Target};
 
-/// One control's guidance graph, loaded once.
-pub struct GuideSession {
+/// One control's guidance graph at one fixed batch size.
+struct Bucket {
     session: Session,
     name: String,
-    precision: Precision,
     batch: usize,
-    control_input: String,
-    pub device: Device,
     /// Padded input, reused across calls (K per diffusion step).
     x_chunk: Vec<f32>,
     staging: Staging,
 }
 
+/// One control's guidance graphs, loaded once: the same graph at one or more fixed batch sizes
+/// (buckets); each call of n rows is cut into chunks, each run on the smallest bucket that holds
+/// it (the largest when none does), padded.
+pub struct GuideSession {
+    buckets: Vec<Bucket>,
+    precision: Precision,
+    control_input: String,
+    pub device: Device,
+}
+
 impl GuideSession {
+    /// `graphs`: the control's graphs of one precision, in any order.
     pub fn open(
         runtime: &OrtRuntime,
         dir: &Path,
-        graph: &Graph,
+        graphs: &[&Graph],
         control: &Control,
         opts: &SessionOptions,
     ) -> Result<Self, LoadError> {
-        let (session, device) = open_session(runtime, dir, graph, opts)?;
-        Ok(Self {
-            session,
-            name: graph.name.clone(),
-            precision: graph.precision,
-            batch: control.input.shape.first().copied().unwrap_or(1).max(1),
-            control_input: control.input.name.clone(),
-            device,
-            x_chunk: Vec::new(),
-            staging: Staging::default(),
-        })
+        let mut buckets = Vec::with_capacity(graphs.len());
+        let mut device = Device::Cpu;
+        for graph in graphs {
+            let (session, on) = open_session(runtime, dir, graph, opts)?;
+            device = on;
+            let batch = match graph.inputs.first().and_then(|x| x.shape.first()) {
+                Some(Dim::Fixed(b)) => (*b).max(1),
+                _ => 1, // the manifest check requires a fixed batch
+            };
+            buckets.push(Bucket {
+                session,
+                name: graph.name.clone(),
+                batch,
+                x_chunk: Vec::new(),
+                staging: Staging::default(),
+            });
+        }
+        buckets.sort_by_key(|b| b.batch);
+        let precision = graphs.first().map_or(Precision::Fp32, |g| g.precision);
+        Ok(Self { buckets, precision, control_input: control.input.name.clone(), device })
     }
 
-    /// Finish ONNX Runtime's profile (sessions opened with `profile_dir`); returns its file.
-    pub fn end_profiling(&mut self) -> Result<PathBuf, InferenceError> {
-        end_profiling(&mut self.session, &self.name)
+    /// Finish ONNX Runtime's profiles (sessions opened with `profile_dir`); returns their files.
+    pub fn end_profiling(&mut self) -> Result<Vec<PathBuf>, InferenceError> {
+        self.buckets.iter_mut().map(|b| end_profiling(&mut b.session, &b.name)).collect()
+    }
+
+    /// Which bucket runs a chunk of `rows` rows: the smallest that holds them, else the largest.
+    fn bucket_for(&self, rows: usize) -> usize {
+        self.buckets.iter().position(|b| b.batch >= rows).unwrap_or(self.buckets.len().saturating_sub(1))
     }
 }
 
@@ -64,20 +86,25 @@ impl Guide for GuideSession {
         grad: &mut Array3<f32>,
         loss: &mut [f32],
     ) -> Result<(), InferenceError> {
-        let err = run_error(&self.name);
         let (b, l, d) = x.dim();
-        let (g, per_seq) = (self.batch, l * d);
+        let per_seq = l * d;
         let x_all = contiguous(x);
-        self.x_chunk.resize(g * per_seq, 0.0);
-        for first in (0..b).step_by(g) {
+        let mut first = 0;
+        while first < b {
+            let k = self.bucket_for(b - first);
+            let (precision, control_input) = (self.precision, self.control_input.as_str());
+            let bucket = &mut self.buckets[k];
+            let err = run_error(&bucket.name);
+            let g = bucket.batch;
             let n = g.min(b - first);
-            self.x_chunk.fill(0.0);
-            self.x_chunk[..n * per_seq].copy_from_slice(&x_all[first * per_seq..(first + n) * per_seq]);
+            bucket.x_chunk.resize(g * per_seq, 0.0);
+            bucket.x_chunk.fill(0.0);
+            bucket.x_chunk[..n * per_seq].copy_from_slice(&x_all[first * per_seq..(first + n) * per_seq]);
             // padding rows repeat the chunk's last row: their outputs are not read
             let row = |k: usize| first + k.min(n - 1);
             let t_chunk: Vec<i64> = (0..g).map(|k| t[row(k)]).collect();
             let t_tensor = TensorRef::from_array_view(([g], &t_chunk[..])).map_err(&err)?;
-            let x_tensor = self.staging.input(self.precision, [g, l, d], &self.x_chunk).map_err(&err)?;
+            let x_tensor = bucket.staging.input(precision, [g, l, d], &bucket.x_chunk).map_err(&err)?;
             let (mut tags, mut wanted) = (Vec::new(), Vec::new());
             for k in 0..g {
                 match targets[row(k)] {
@@ -91,12 +118,13 @@ impl Guide for GuideSession {
                 TensorRef::from_array_view(([g, wanted.len() / g], &wanted[..])).map(|v| v.into_dyn())
             }
             .map_err(&err)?;
-            let inputs = ort::inputs!["x" => x_tensor, "t" => t_tensor, self.control_input.as_str() => control];
-            let outputs = self.session.run(inputs).map_err(&err)?;
+            let inputs = ort::inputs!["x" => x_tensor, "t" => t_tensor, control_input => control];
+            let outputs = bucket.session.run(inputs).map_err(&err)?;
             let (_, losses) = outputs[0].try_extract_tensor::<f32>().map_err(&err)?;
             loss[first..first + n].copy_from_slice(&losses[..n]);
             let out = grad.iter_mut().skip(first * per_seq).take(n * per_seq);
-            read_output(&outputs[1], self.precision, out, |o, v| *o = v).map_err(&err)?;
+            read_output(&outputs[1], precision, out, |o, v| *o = v).map_err(&err)?;
+            first += n;
         }
         Ok(())
     }

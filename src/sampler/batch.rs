@@ -106,7 +106,8 @@ impl Batch {
         let courses: Vec<Arc<Course>> = self.lanes.iter().map(|lane| Arc::clone(&lane.course)).collect();
         let rules: Vec<_> = courses.iter().map(|c| c.options.clamp.then(|| c.constraints(l))).collect();
         if rules.iter().any(Option::is_some) {
-            let flat = self.x0_hat.view_mut().into_shape_with_order((b * l, d)).expect("the batch keeps its arrays row-major");
+            let flat =
+                self.x0_hat.view_mut().into_shape_with_order((b * l, d)).expect("the batch keeps its arrays row-major");
             embeddings.clamp_lanes(flat, &mut self.scratch, &rules);
         }
         for (lane, x0_hat) in self.lanes.iter_mut().zip(self.x0_hat.outer_iter()) {
@@ -172,7 +173,8 @@ impl Batch {
     /// (what an Adagrad re-created every step does first). Round k of every lane shares the
     /// graph calls; a lane whose deadline passes leaves before the next call.
     fn guide(&mut self, guides: &mut [&mut dyn Guide]) -> Result<(), InferenceError> {
-        let guided: Vec<usize> = (0..self.lanes.len()).filter(|&k| self.lanes[k].course.guided_at(self.lanes[k].i)).collect();
+        let guided: Vec<usize> =
+            (0..self.lanes.len()).filter(|&k| self.lanes[k].course.guided_at(self.lanes[k].i)).collect();
         let rounds = guided.iter().map(|&k| self.lanes[k].course.guide_options.steps).max().unwrap_or(0);
         for round in 0..rounds {
             let active: Vec<usize> =
@@ -191,7 +193,8 @@ impl Batch {
                     continue;
                 }
                 let call = Instant::now();
-                let (x, t, targets) = gather_rows(&self.lanes, &rows, |lane| lane.course.diffusion.timestep_map[lane.i - 1]);
+                let (x, t, targets) =
+                    gather_rows(&self.lanes, &rows, |lane| lane.course.diffusion.timestep_map[lane.i - 1]);
                 let (mut grad, mut loss) = (Array3::zeros(x.dim()), vec![0.0; rows.len()]);
                 guide.grad(&x, &t, &targets, &mut grad, &mut loss)?;
                 let share = call.elapsed() / rows.len() as u32;
@@ -227,7 +230,8 @@ impl Batch {
         guides: &mut [&mut dyn Guide],
         embeddings: &Embeddings,
     ) -> Result<Vec<Finished>, InferenceError> {
-        let mut losses: Vec<Option<f32>> = done.iter().map(|lane| (!lane.course.targets.is_empty()).then_some(0.0)).collect();
+        let mut losses: Vec<Option<f32>> =
+            done.iter().map(|lane| (!lane.course.targets.is_empty()).then_some(0.0)).collect();
         for (g, guide) in guides.iter_mut().enumerate() {
             let rows = target_rows(&done, (0..done.len()).collect::<Vec<_>>().as_slice(), g);
             if rows.is_empty() {

@@ -178,4 +178,3 @@ impl Timing {
         self.steps = self.steps.max(other.steps);
     }
 }
-

@@ -15,7 +15,13 @@ pub fn q_sample(x0: ArrayView1<f32>, alpha_bar: f64, noise: ArrayView1<f32>, mut
 }
 
 /// The mean of q(x_{i-1} | x_i, x_0 = x0_hat): coef1 x0_hat + coef2 x_i (Ho et al. 2020, Eq. 7).
-pub fn q_posterior_mean(d: &Diffusion, i: usize, x: ArrayView3<f32>, x0_hat: ArrayView3<f32>, mean: ArrayViewMut3<f32>) {
+pub fn q_posterior_mean(
+    d: &Diffusion,
+    i: usize,
+    x: ArrayView3<f32>,
+    x0_hat: ArrayView3<f32>,
+    mean: ArrayViewMut3<f32>,
+) {
     let (coef1, coef2) = (d.posterior_mean_coef1[i] as f32, d.posterior_mean_coef2[i] as f32);
     Zip::from(mean).and(x0_hat).and(x).for_each(|m, &x0, &xt| *m = coef1 * x0 + coef2 * xt);
 }

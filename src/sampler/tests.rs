@@ -109,7 +109,12 @@ impl Noise for CountedZeros {
 }
 
 /// Lanes for the sequences of x_t [B, L, d] under one course, each with `noise(b)`.
-fn lanes(course: Course, x_t: &Array3<f32>, noise: impl Fn(usize) -> Box<dyn Noise + Send>, self_conditioned: bool) -> Vec<Lane> {
+fn lanes(
+    course: Course,
+    x_t: &Array3<f32>,
+    noise: impl Fn(usize) -> Box<dyn Noise + Send>,
+    self_conditioned: bool,
+) -> Vec<Lane> {
     let course = Arc::new(course);
     let emb = embeddings();
     (0..x_t.dim().0)
@@ -271,7 +276,13 @@ fn clamping_picks_the_nearest_and_rounding_the_largest_dot_product() {
 struct Mixing;
 
 impl Denoiser for Mixing {
-    fn denoise(&mut self, x: &Array3<f32>, t: &[i64], _: Option<&Array3<f32>>, out: &mut Array3<f32>) -> Result<(), InferenceError> {
+    fn denoise(
+        &mut self,
+        x: &Array3<f32>,
+        t: &[i64],
+        _: Option<&Array3<f32>>,
+        out: &mut Array3<f32>,
+    ) -> Result<(), InferenceError> {
         for (k, (mut o, x)) in out.outer_iter_mut().zip(x.outer_iter()).enumerate() {
             o.zip_mut_with(&x, |o, &x| *o = 0.5 * x + t[k] as f32 / 100.0);
         }
@@ -293,18 +304,24 @@ fn mixing_lane(owner: u64, index: usize, steps: usize, method: Method, guided: b
 #[test]
 fn a_sequence_gets_the_same_latent_alone_and_joining_a_batch_of_other_requests() {
     let emb = embeddings();
-    let cases = [(1, 8, Method::Ddpm, true), (2, 3, Method::Ddim { eta: 0.0 }, false), (3, 5, Method::Ddim { eta: 1.0 }, true)];
+    let cases =
+        [(1, 8, Method::Ddpm, true), (2, 3, Method::Ddim { eta: 0.0 }, false), (3, 5, Method::Ddim { eta: 1.0 }, true)];
     let alone: Vec<Array3<f32>> = cases
         .iter()
         .map(|&(owner, steps, method, guided)| {
-            let out = sample_all(vec![mixing_lane(owner, 0, steps, method, guided)], &mut Mixing, &mut [&mut ConstantGrad::default()], &emb);
+            let out = sample_all(
+                vec![mixing_lane(owner, 0, steps, method, guided)],
+                &mut Mixing,
+                &mut [&mut ConstantGrad::default()],
+                &emb,
+            );
             out.unwrap().remove(0).1.x0
         })
         .collect();
     // together: the first starts alone, the others join one and two iterations later
     let mut batch = Batch::new();
     let mut guide = ConstantGrad::default();
-    let mut x0 = vec![None, None, None];
+    let mut x0 = [None, None, None];
     for iteration in 0..20 {
         if let Some(&(owner, steps, method, guided)) = cases.get(iteration) {
             batch.push(mixing_lane(owner, 0, steps, method, guided));

@@ -88,7 +88,11 @@ impl Engine<'_> {
             while self.batch.len() < max_batch {
                 let Some((&owner, waiting)) = self.active.iter_mut().find(|(_, a)| a.next < a.total) else { break };
                 if waiting.course.expired(Instant::now()) {
-                    self.fail(owner, ErrorCode::Timeout, "deadline passed before the request's sequences could start".into());
+                    self.fail(
+                        owner,
+                        ErrorCode::Timeout,
+                        "deadline passed before the request's sequences could start".into(),
+                    );
                     continue;
                 }
                 waiting.started.get_or_insert_with(Instant::now);
@@ -121,7 +125,8 @@ impl Engine<'_> {
     fn start(&mut self, job: Job) {
         let fail = |code, message: String| Rejection::new(job.id.clone(), code, message).to_line();
         if self.shared.drain_expired() {
-            job.reply.send(fail(ErrorCode::ShuttingDown, "the server is stopping; this request was not started".into()));
+            job.reply
+                .send(fail(ErrorCode::ShuttingDown, "the server is stopping; this request was not started".into()));
             return;
         }
         let checked = to_request(&job.params, self.shared, &self.model, job.received)
@@ -141,7 +146,15 @@ impl Engine<'_> {
         let total = request.num * request.samples_per_output();
         let owner = self.next_owner;
         self.next_owner += 1;
-        let active = Active { job, request, course: Arc::new(course), total, next: 0, samples: vec![None; total], started: None };
+        let active = Active {
+            job,
+            request,
+            course: Arc::new(course),
+            total,
+            next: 0,
+            samples: vec![None; total],
+            started: None,
+        };
         self.active.insert(owner, active);
     }
 
@@ -254,7 +267,13 @@ fn to_request(p: &GenerateParams, shared: &Shared, model: &Model, received: Inst
 
 /// The response of a request: its outputs, and its time (`received`, `started`: when its first
 /// sequence joined the batch).
-fn ok_line(id: &Value, outputs: &[Generated], timing: &Timing, steps: usize, (received, started): (Instant, Instant)) -> String {
+fn ok_line(
+    id: &Value,
+    outputs: &[Generated],
+    timing: &Timing,
+    steps: usize,
+    (received, started): (Instant, Instant),
+) -> String {
     let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
     let results: Vec<Value> = outputs.iter().map(|g| json!({ "text": g.text, "tokens": g.tokens })).collect();
     json!({

@@ -48,7 +48,7 @@ pub fn start_watchdog(shared: Arc<Shared>) -> Option<JoinHandle<()>> {
 fn sleep_unless_stopped(shared: &Shared, total: Duration) {
     let tick = Duration::from_millis(20);
     let mut slept = Duration::ZERO;
-    while slept < total && !(shared.shutdown.load(Ordering::SeqCst) && !shared.engine_alive.load(Ordering::SeqCst)) {
+    while slept < total && (!shared.shutdown.load(Ordering::SeqCst) || shared.engine_alive.load(Ordering::SeqCst)) {
         thread::sleep(tick);
         slept += tick;
     }

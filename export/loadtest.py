@@ -1,0 +1,195 @@
+"""loadtest: `dlm serve` under a mixed load over loopback TCP, iteration-level batching against
+one request at a time (`--schedule fifo`), the same requests and seeds for both.
+
+C clients each send R requests back to back (a closed loop); budgets cycle through 10/50/200
+and every other request is content-guided. Reported per schedule: throughput (sentences/s) and
+p50/p95 latency per budget; per budget, the latency of a request alone on an idle server; the
+host share of an iteration at batch 16 (`dlm profile`); then the issue's targets.
+"""
+import json
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .bench import dlm_profile
+from .errors import ExportError
+
+BUDGETS = (10, 50, 200)
+CONTENT = ("food=Italian", "area=riverside", "name=The Eagle", "customer rating=high", "price=cheap")
+
+
+def requests_of(client, count):
+    """Client `client`'s requests: budgets cycle, every other one guided, a seed each."""
+    out = []
+    for k in range(count):
+        r = {"id": client * 1000 + k, "steps": BUDGETS[(client + k) % 3], "seed": client * 1000 + k}
+        if (client + k) % 2 == 0:
+            r["content"] = [CONTENT[(client + k) % len(CONTENT)]]
+        out.append(r)
+    return out
+
+
+class Server:
+    """`dlm serve` on a free loopback port, stopped with SIGTERM."""
+
+    def __init__(self, dlm, model_dir, schedule, max_batch, threads):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        cmd = [str(dlm), "serve", "--model", str(model_dir), "--tcp", f"127.0.0.1:{self.port}", "--queue", "64",
+               "--max-batch", str(max_batch), "--threads", str(threads), "--max-connections", "64"]
+        cmd += ["--schedule", schedule] if schedule else []  # None: a dlm from before --schedule
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with self.connect() as c:
+                    c.call({"op": "health", "id": 0})
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise ExportError(f"{' '.join(cmd)} did not start: {self.proc.stderr.read().decode()[-2000:]}")
+                time.sleep(0.1)
+
+    def connect(self):
+        return Client(self.port)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        if self.proc.wait(timeout=60) != 0:
+            raise ExportError(f"dlm serve exited with {self.proc.returncode}")
+
+
+class Client:
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.file = self.sock.makefile("rwb")
+
+    def call(self, request):
+        self.file.write((json.dumps(request) + "\n").encode())
+        self.file.flush()
+        line = self.file.readline()
+        if not line:
+            raise OSError("connection closed")
+        return json.loads(line)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+        self.sock.close()
+
+
+def run_load(server, clients, per_client):
+    """Every client's requests in a closed loop: [(budget, guided, seconds)], wall seconds."""
+    results, errors = [], []
+
+    def client(c):
+        with server.connect() as conn:
+            for r in requests_of(c, per_client):
+                start = time.perf_counter()
+                answer = conn.call(r)
+                if not answer.get("ok"):
+                    errors.append(answer)
+                results.append((r["steps"], "content" in r, time.perf_counter() - start))
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    if errors:
+        raise ExportError(f"{len(errors)} requests failed, e.g. {errors[0]}")
+    return results, wall
+
+
+def alone(server, repeat):
+    """Median latency of one request on an idle server, per (budget, guided)."""
+    out = {}
+    with server.connect() as conn:
+        for budget in BUDGETS:
+            for guided in (False, True):
+                times = []
+                for k in range(repeat):
+                    r = {"id": k, "steps": budget, "seed": k}
+                    if guided:
+                        r["content"] = [CONTENT[k % len(CONTENT)]]
+                    start = time.perf_counter()
+                    conn.call(r)
+                    times.append(time.perf_counter() - start)
+                out[(budget, guided)] = float(np.median(times))
+    return out
+
+
+def loadtest(model_dir, dlm, clients=8, per_client=9, max_batch=16, threads=0, repeat=5, before=None):
+    """`before`: another dlm binary (an earlier build) whose requests alone are timed too."""
+    for binary in filter(None, (dlm, before)):
+        if not Path(binary).is_file():
+            raise ExportError(f"{binary}: dlm binary not found; run `cargo build --release` first")
+    report = {"clients": clients, "per_client": per_client, "max_batch": max_batch, "schedules": {}}
+    if before:
+        server = Server(before, model_dir, None, max_batch, threads)
+        try:
+            report["before_alone_ms"] = {f"{b}{' guided' if g else ''}": 1e3 * s
+                                         for (b, g), s in alone(server, repeat).items()}
+        finally:
+            server.stop()
+    for schedule in ("fifo", "batched"):
+        server = Server(dlm, model_dir, schedule, max_batch, threads)
+        try:
+            results, wall = run_load(server, clients, per_client)
+            lonely = alone(server, repeat)
+        finally:
+            server.stop()
+        by_budget = {}
+        for budget in BUDGETS:
+            seconds = [s for b, _, s in results if b == budget]
+            by_budget[budget] = {"p50_ms": 1e3 * float(np.percentile(seconds, 50)),
+                                 "p95_ms": 1e3 * float(np.percentile(seconds, 95)), "n": len(seconds)}
+        report["schedules"][schedule] = {
+            "wall_s": wall, "sentences_per_s": len(results) / wall, "by_budget": by_budget,
+            "alone_ms": {f"{b}{' guided' if g else ''}": 1e3 * s for (b, g), s in lonely.items()},
+        }
+    case = dlm_profile(dlm, model_dir, 50, max_batch, 2, 5)
+    report["host_share_batch"] = case["host_share"]
+    return report
+
+
+def table(report):
+    lines = [f"{report['clients']} clients x {report['per_client']} requests, budgets 10/50/200, every other one "
+             f"content-guided, --max-batch {report['max_batch']}", "",
+             "| schedule | sentences/s | " + " | ".join(f"{b} steps p50 / p95 ms" for b in BUDGETS) + " |",
+             "|---|---|" + "---|" * len(BUDGETS)]
+    for name, s in report["schedules"].items():
+        cells = [f"{s['by_budget'][b]['p50_ms']:.0f} / {s['by_budget'][b]['p95_ms']:.0f}" for b in BUDGETS]
+        lines.append(f"| {name} | {s['sentences_per_s']:.2f} | " + " | ".join(cells) + " |")
+    lines += ["", "Alone on an idle server (median ms):", "",
+              "| schedule | " + " | ".join(report["schedules"]["fifo"]["alone_ms"]) + " |",
+              "|---|" + "---|" * len(report["schedules"]["fifo"]["alone_ms"])]
+    for name, s in report["schedules"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{v:.0f}" for v in s["alone_ms"].values()) + " |")
+    if "before_alone_ms" in report:
+        lines.append("| before (the FIFO engine) | " + " | ".join(f"{v:.0f}" for v in report["before_alone_ms"].values()) + " |")
+    fifo, batched = report["schedules"]["fifo"], report["schedules"]["batched"]
+    speedup = batched["sentences_per_s"] / fifo["sentences_per_s"]
+    short_alone = (batched["alone_ms"]["10"] + batched["alone_ms"]["10 guided"]) / 2
+    short_p95 = batched["by_budget"][10]["p95_ms"]
+    reference = report.get("before_alone_ms", fifo["alone_ms"])
+    slower = max(batched["alone_ms"][k] / reference[k] - 1 for k in reference)
+    lines += ["", "Targets:",
+              f"- throughput batched / fifo = {speedup:.2f}x (>= 1.2x: {'met' if speedup >= 1.2 else 'missed'})",
+              f"- p95 of 10-step requests under load {short_p95:.0f} ms = {short_p95 / short_alone:.1f}x alone "
+              f"({short_alone:.0f} ms, guided and not averaged) (<= 3x: {'met' if short_p95 <= 3 * short_alone else 'missed'})",
+              f"- alone, batched against {'before' if 'before_alone_ms' in report else 'fifo'}: at most "
+              f"{100 * slower:+.1f} % (within 5 %: {'met' if slower <= 0.05 else 'missed'})",
+              f"- host share of an iteration at batch {report['max_batch']} (50 steps, dlm profile): "
+              f"{100 * report['host_share_batch']:.1f} % (<= 5 %: {'met' if report['host_share_batch'] <= 0.05 else 'missed'})"]
+    return "\n".join(lines)

@@ -1,0 +1,40 @@
+"""One weights file for several graphs of one classifier: the guidance graphs of a control at
+each batch size and precision hold the same parameters (an fp16 graph computes in fp32 inside),
+so their initializers move to a shared ONNX external-data file, each distinct tensor stored once.
+"""
+import hashlib
+from pathlib import Path
+
+ALIGN = 64  # byte alignment of each tensor in the shared file
+INLINE_BELOW = 1024  # bytes: small constants stay inside their graph
+
+
+def share_weights(model_dir, files, weights_file):
+    """Rewrite the ONNX `files` in model_dir so that their large initializers live in
+    `weights_file` (written there); returns the number of bytes each graph no longer holds."""
+    import onnx
+    from onnx import numpy_helper
+    from onnx.external_data_helper import set_external_data
+
+    model_dir = Path(model_dir)
+    blob, where, moved = bytearray(), {}, 0
+    for name in files:
+        path = model_dir / name
+        model = onnx.load(str(path))
+        for init in model.graph.initializer:
+            data = numpy_helper.to_array(init).astype(numpy_helper.to_array(init).dtype.newbyteorder("<")).tobytes()
+            if len(data) < INLINE_BELOW:
+                continue
+            key = (init.data_type, tuple(init.dims), hashlib.sha256(data).hexdigest())
+            if key not in where:
+                blob.extend(b"\0" * (-len(blob) % ALIGN))
+                where[key] = len(blob)
+                blob.extend(data)
+            for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+                init.ClearField(field)
+            set_external_data(init, location=weights_file, offset=where[key], length=len(data))
+            init.data_location = onnx.TensorProto.EXTERNAL
+            moved += len(data)
+        onnx.save(model, str(path))
+    (model_dir / weights_file).write_bytes(bytes(blob))
+    return moved
