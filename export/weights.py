@@ -22,18 +22,19 @@ def share_weights(model_dir, files, weights_file):
         path = model_dir / name
         model = onnx.load(str(path))
         for init in model.graph.initializer:
-            data = numpy_helper.to_array(init).astype(numpy_helper.to_array(init).dtype.newbyteorder("<")).tobytes()
-            if len(data) < INLINE_BELOW:
+            array = numpy_helper.to_array(init)
+            if array.nbytes < INLINE_BELOW:
                 continue
+            init.CopyFrom(numpy_helper.from_array(array, init.name))  # the data as raw little-endian bytes
+            data = init.raw_data
             key = (init.data_type, tuple(init.dims), hashlib.sha256(data).hexdigest())
             if key not in where:
                 blob.extend(b"\0" * (-len(blob) % ALIGN))
                 where[key] = len(blob)
                 blob.extend(data)
-            for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
-                init.ClearField(field)
             set_external_data(init, location=weights_file, offset=where[key], length=len(data))
             init.data_location = onnx.TensorProto.EXTERNAL
+            init.ClearField("raw_data")
             moved += len(data)
         onnx.save(model, str(path))
     (model_dir / weights_file).write_bytes(bytes(blob))

@@ -1,0 +1,29 @@
+"""The serving load test on the committed model: a short run of both schedules and the targets."""
+from pathlib import Path
+
+import pytest
+
+from export.loadtest import BUDGETS, loadtest, requests_of, table
+
+MODEL = Path("models/e2e")
+DLM = Path("target/release/dlm")
+
+
+def test_requests_cycle_budgets_and_guidance_with_distinct_seeds():
+    requests = [r for c in range(4) for r in requests_of(c, 6)]
+    assert {r["steps"] for r in requests} == set(BUDGETS)
+    assert sum("content" in r for r in requests) == len(requests) // 2
+    assert len({r["seed"] for r in requests}) == len(requests) == len({r["id"] for r in requests})
+
+
+def test_short_loadtest_runs_both_schedules_and_reports_every_target():
+    if not DLM.is_file():  # scripts/test.sh builds it first; a missing binary is a failure, not a skip
+        pytest.fail(f"{DLM} not found: run `cargo build --release` first")
+    report = loadtest(MODEL, DLM, clients=3, per_client=3, max_batch=4, repeat=1)
+    for schedule in ("fifo", "batched"):
+        s = report["schedules"][schedule]
+        assert s["sentences_per_s"] > 0
+        assert sum(b["n"] for b in s["by_budget"].values()) == 9
+        assert set(s["alone_ms"]) == {f"{b}{g}" for b in BUDGETS for g in ("", " guided")}
+    text = table(report)
+    assert text.count(": met") + text.count(": missed") == 4, text
