@@ -51,7 +51,7 @@ def cmd_export(args, cfg):
     p = _paths(args.workdir)
     out = Path(args.out) if args.out else p["model"]
     export_model(p["data"], p["train"], out, command=" ".join(["python -m export"] + sys.argv[1:]),
-                 controls_dir=p["controls"], teacher_dir=p["teacher"])
+                 controls_dir=p["controls"], teacher_dir=p["teacher"], guide_batches=cfg.controls.guide_batches)
     print(json.dumps(verify_model_dir(out), indent=2))
 
 

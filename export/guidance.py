@@ -15,8 +15,9 @@ from .controls import IGNORE
 
 # Paper's (lambda, lr) per task: POS 0.0005 / 0.05, semantic content 0.01 / 0.1, spans 0.1 / 0.15; K = 3.
 # Content lr 0.2 here: the self-conditioned denoiser follows guidance less (quick setting: 72 % -> 82 %).
+# Spans lr 0.3 with the boundary channels (quick setting: lr 0.15 72 %, 0.3 84 %, 0.5 88 % but lm-score 91).
 DEFAULTS = {"pos": {"lambda": 0.0005, "lr": 0.05, "steps": 3}, "content": {"lambda": 0.01, "lr": 0.2, "steps": 3},
-            "spans": {"lambda": 0.1, "lr": 0.15, "steps": 3}}
+            "spans": {"lambda": 0.1, "lr": 0.3, "steps": 3}}
 
 
 def control_spec(control, batch, seq_len, num_labels):

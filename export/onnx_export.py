@@ -34,9 +34,10 @@ def export_denoiser(model, spec, out_path):
     spec.export(model, example, out_path, optimize=True)
 
 
-def export_model(data_dir, train_dir, out_dir, command, controls_dir=None, teacher_dir=None):
+def export_model(data_dir, train_dir, out_dir, command, controls_dir=None, teacher_dir=None, guide_batches=(1, 4, 16)):
     """Export the EMA weights of train_dir's checkpoint into out_dir (atomically), with the
-    guidance graphs of controls_dir's classifiers when they have been trained."""
+    guidance graphs of controls_dir's classifiers, at each of `guide_batches`, when they have
+    been trained."""
     ckpt = Path(train_dir) / CHECKPOINT
     if not ckpt.is_file():
         raise ExportError(f"{ckpt}: no checkpoint; run `python -m export train` first")
@@ -59,7 +60,7 @@ def export_model(data_dir, train_dir, out_dir, command, controls_dir=None, teach
         controls_pt = Path(controls_dir) / CONTROLS_FILE if controls_dir else None
         if controls_pt and controls_pt.is_file():
             shutil.copy(controls_pt, tmp / CONTROLS_FILE)
-            controls, weights = export_controls(tmp, entries)
+            controls, weights = export_controls(tmp, entries, guide_batches)
         teacher_pt = Path(teacher_dir) / TEACHER_FILE if teacher_dir else None
         if teacher_pt and teacher_pt.is_file():
             shutil.copy(teacher_pt, tmp / TEACHER_FILE)
@@ -83,12 +84,12 @@ def export_model(data_dir, train_dir, out_dir, command, controls_dir=None, teach
     return out_dir
 
 
-def export_controls(model_dir, entries):
-    """Guidance graphs for every trained classifier, at each batch size of controls.guide_batches
-    and both precisions, sharing one weights file per classifier; appends the graphs to
+def export_controls(model_dir, entries, guide_batches):
+    """Guidance graphs for every trained classifier, at each batch size of `guide_batches`
+    (the export config's controls.guide_batches) and both precisions, sharing one weights file per classifier; appends the graphs to
     `entries`, returns the manifest's controls and the weights files' entries."""
     classifiers, ccfg = load_controls(Path(model_dir) / CONTROLS_FILE)
-    batches, seq_len, d = ccfg.controls.guide_batches, ccfg.model.seq_len, ccfg.model.d
+    batches, seq_len, d = guide_batches, ccfg.model.seq_len, ccfg.model.d
     controls, weights = {}, []
     for name, (classifier, labels) in classifiers.items():
         control_input = control_spec(name, batches[0], seq_len, len(labels))

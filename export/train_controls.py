@@ -107,10 +107,7 @@ def load_controls(path):
     state = torch.load(path, weights_only=False)
     from .config import from_dict
 
-    raw = {**state["config"], "controls": dict(state["config"]["controls"])}
-    if "guide_batch" in raw["controls"]:  # classifiers trained when the guidance graphs had one batch size
-        raw["controls"]["guide_batches"] = [raw["controls"].pop("guide_batch")]
-    cfg = from_dict(raw)
+    cfg = from_dict(state["config"])
     c, m = cfg.controls, cfg.model
     pos = PosClassifier(m.d, m.seq_len, len(state["tags"]), c.hidden, c.layers, c.heads)
     content = ContentClassifier(m.d, m.seq_len, len(state["values"]), c.hidden, c.layers, c.heads)

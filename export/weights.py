@@ -11,7 +11,8 @@ INLINE_BELOW = 1024  # bytes: small constants stay inside their graph
 
 def share_weights(model_dir, files, weights_file):
     """Rewrite the ONNX `files` in model_dir so that their large initializers live in
-    `weights_file` (written there); returns the number of bytes each graph no longer holds."""
+    `weights_file` (written there), and drop the exporter's per-node provenance; returns the
+    number of initializer bytes the graphs no longer hold."""
     import onnx
     from onnx import numpy_helper
     from onnx.external_data_helper import set_external_data
@@ -36,6 +37,9 @@ def share_weights(model_dir, files, weights_file):
             init.data_location = onnx.TensorProto.EXTERNAL
             init.ClearField("raw_data")
             moved += len(data)
+        for node in model.graph.node:  # the exporter's per-node provenance (stack traces): most of the file
+            node.ClearField("metadata_props")
+            node.ClearField("doc_string")
         onnx.save(model, str(path))
     (model_dir / weights_file).write_bytes(bytes(blob))
     return moved

@@ -39,7 +39,8 @@ def tiny_workdir(tmp_path_factory, tiny_cfg):
         train_controls(tiny_cfg, work / "data", work / "train", work / "controls")
         train_teacher(tiny_cfg, work / "data", work / "teacher")
         export_model(work / "data", work / "train", work / "model", command="pytest tiny",
-                     controls_dir=work / "controls", teacher_dir=work / "teacher")
+                     controls_dir=work / "controls", teacher_dir=work / "teacher",
+                     guide_batches=tiny_cfg.controls.guide_batches)
     finally:
         os.chdir(old)
     return work

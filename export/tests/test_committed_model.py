@@ -21,9 +21,9 @@ def test_manifest_validates_and_files_hash():
 
 def test_bundled_graphs_pass_parity():
     report = verify_model_dir(MODEL)
-    assert set(report) == {"denoiser.fp32", "denoiser.fp16", "guide_pos.fp32", "guide_pos.fp16",
-                           "guide_content.fp32", "guide_content.fp16", "guide_spans.fp32", "guide_spans.fp16",
-                           "teacher"}
+    guides = {f"guide_{c}{b}.{p}" for c in ("pos", "content", "spans") for b in ("", ".b4", ".b16")
+              for p in ("fp32", "fp16")}
+    assert set(report) == {"denoiser.fp32", "denoiser.fp16", "teacher"} | guides
 
 
 def test_tokenizer_round_trips_the_heldout_split():

@@ -112,7 +112,8 @@ impl Shared {
 
     pub fn health(&self, id: &Value) -> String {
         let status = if self.stopping() { "shutting_down" } else { "serving" };
-        let busy = self.busy_since.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+        let active = self.active_sequences.load(Ordering::SeqCst);
+        let busy = active > 0 || self.busy_since.lock().unwrap_or_else(|e| e.into_inner()).is_some();
         json!({
             "id": id,
             "ok": true,
@@ -122,7 +123,7 @@ impl Shared {
                 "queue_depth": self.queue_depth.load(Ordering::SeqCst),
                 "queue_capacity": self.config.queue,
                 "busy": busy,
-                "active_sequences": self.active_sequences.load(Ordering::SeqCst),
+                "active_sequences": active,
                 "max_batch": self.config.max_batch,
                 "engine_alive": self.engine_alive.load(Ordering::SeqCst),
                 "served": self.served.load(Ordering::Relaxed),
