@@ -2,7 +2,7 @@
 one request at a time (`--schedule fifo`), the same requests and seeds for both.
 
 C clients each send R requests back to back (a closed loop); budgets cycle through 10/50/200
-and every other request is content-guided. Reported per schedule: throughput (sentences/s) and
+and every other request is content-guided; the two schedules alternate over several rounds. Reported per schedule: throughput (sentences/s) and
 p50/p95 latency per budget; per budget, the latency of a request alone on an idle server; the
 host share of an iteration at batch 16 (`dlm profile`); then the issue's targets.
 """
@@ -129,33 +129,41 @@ def alone(server, repeat):
     return out
 
 
-def loadtest(model_dir, dlm, clients=8, per_client=9, max_batch=16, threads=0, repeat=5, before=None):
-    """`before`: another dlm binary (an earlier build) whose requests alone are timed too."""
+def loadtest(model_dir, dlm, clients=8, per_client=9, max_batch=16, threads=0, repeat=5, before=None,
+             before_model=None, rounds=3):
+    """`before`: another dlm binary (an earlier build) whose requests alone are timed too, on
+    `before_model` (default: model_dir)."""
     for binary in filter(None, (dlm, before)):
         if not Path(binary).is_file():
             raise ExportError(f"{binary}: dlm binary not found; run `cargo build --release` first")
-    report = {"clients": clients, "per_client": per_client, "max_batch": max_batch, "schedules": {}}
+    report = {"clients": clients, "per_client": per_client, "max_batch": max_batch, "rounds": rounds, "schedules": {}}
     if before:
-        server = Server(before, model_dir, None, max_batch, threads)
+        server = Server(before, before_model or model_dir, None, max_batch, threads)
         try:
             report["before_alone_ms"] = {f"{b}{' guided' if g else ''}": 1e3 * s
                                          for (b, g), s in alone(server, repeat).items()}
         finally:
             server.stop()
-    for schedule in ("fifo", "batched"):
-        server = Server(dlm, model_dir, schedule, max_batch, threads)
-        try:
-            results, wall = run_load(server, clients, per_client)
-            lonely = alone(server, repeat)
-        finally:
-            server.stop()
+    runs = {"fifo": [], "batched": []}
+    for _ in range(rounds):  # the schedules alternate, so a slow spell of the machine hits both
+        for schedule in runs:
+            server = Server(dlm, model_dir, schedule, max_batch, threads)
+            try:
+                results, wall = run_load(server, clients, per_client)
+                runs[schedule].append((results, wall, alone(server, repeat)))
+            finally:
+                server.stop()
+    for schedule, measured in runs.items():
+        results = [r for rs, _, _ in measured for r in rs]
         by_budget = {}
         for budget in BUDGETS:
             seconds = [s for b, _, s in results if b == budget]
             by_budget[budget] = {"p50_ms": 1e3 * float(np.percentile(seconds, 50)),
                                  "p95_ms": 1e3 * float(np.percentile(seconds, 95)), "n": len(seconds)}
+        lonely = {key: float(np.median([a[key] for _, _, a in measured])) for key in measured[0][2]}
         report["schedules"][schedule] = {
-            "wall_s": wall, "sentences_per_s": len(results) / wall, "by_budget": by_budget,
+            "sentences_per_s": float(np.median([len(rs) / wall for rs, wall, _ in measured])),
+            "by_budget": by_budget,
             "alone_ms": {f"{b}{' guided' if g else ''}": 1e3 * s for (b, g), s in lonely.items()},
         }
     case = dlm_profile(dlm, model_dir, 50, max_batch, 2, 5)
@@ -165,7 +173,8 @@ def loadtest(model_dir, dlm, clients=8, per_client=9, max_batch=16, threads=0, r
 
 def table(report):
     lines = [f"{report['clients']} clients x {report['per_client']} requests, budgets 10/50/200, every other one "
-             f"content-guided, --max-batch {report['max_batch']}", "",
+             f"content-guided, --max-batch {report['max_batch']}; {report['rounds']} rounds, schedules alternating "
+             "(throughput: median of the rounds; latencies: all requests)", "",
              "| schedule | sentences/s | " + " | ".join(f"{b} steps p50 / p95 ms" for b in BUDGETS) + " |",
              "|---|---|" + "---|" * len(BUDGETS)]
     for name, s in report["schedules"].items():

@@ -185,6 +185,50 @@ fn rows_with_different_targets_in_one_guidance_call_match_separate_calls() {
 }
 
 #[test]
+fn padded_buckets_give_each_row_what_it_gets_alone() {
+    use dlm::ort::{GuideSession, SessionOptions};
+    use dlm::sampler::{Guide, SequenceNoise, Target};
+
+    // the content graphs at batch 4 and 16 only: 1..=3 rows are padded to 4, 7 rows to 4 + 4
+    common::with_model(Precision::Fp32, |m| {
+        let control = &m.manifest.controls["content"];
+        let graphs: Vec<_> = m
+            .manifest
+            .graphs
+            .iter()
+            .filter(|g| g.name.starts_with("guide_content.b") && g.name.ends_with(".fp32"))
+            .collect();
+        assert_eq!(graphs.len(), 2, "models/e2e has content graphs at batch 4 and 16");
+        let opts = SessionOptions::default();
+        let mut padded = GuideSession::open(common::runtime(), &m.dir, &graphs, control, &opts).unwrap();
+        let plan = dlm::controls::plan(
+            &ControlRequest { content: vec!["area=riverside".into()], ..Default::default() },
+            &m.manifest,
+            &m.vocab,
+        )
+        .unwrap();
+        let target = Target::Wanted(plan.content_wanted.unwrap());
+        let x = SequenceNoise::new(12, 0..7).x_t(64, 16);
+        let t: Vec<i64> = (0..7).map(|k| 250 * k).collect();
+        for n in [1, 2, 3, 7] {
+            let rows = x.slice(ndarray::s![..n, .., ..]).to_owned();
+            let run = |session: &mut dyn Guide| {
+                let (mut grad, mut loss) = (ndarray::Array3::zeros(rows.dim()), vec![0.0; n]);
+                session.grad(&rows, &t[..n], &vec![&target; n], &mut grad, &mut loss).unwrap();
+                (loss, grad)
+            };
+            let (loss, grad) = run(&mut padded);
+            let (alone_loss, alone_grad) = run(m.guides.get_mut("content").unwrap());
+            for k in 0..n {
+                assert!((loss[k] - alone_loss[k]).abs() <= 1e-5 * alone_loss[k].abs().max(1.0), "{n} rows, row {k}");
+            }
+            let worst = (&grad - &alone_grad).iter().fold(0f32, |w, v| w.max(v.abs()));
+            assert!(worst < 1e-5, "{n} rows: grad differs by {worst}");
+        }
+    });
+}
+
+#[test]
 fn any_number_of_rows_gives_each_row_what_it_gets_alone() {
     use dlm::sampler::{Guide, SequenceNoise, Target};
 

@@ -42,7 +42,8 @@ fn concurrent_tcp_clients_each_get_their_answers() {
 
 #[test]
 fn a_flood_beyond_the_queue_gets_busy_and_every_request_an_answer() {
-    // one sequence at a time: the inference thread takes no job while its batch is full
+    // one sequence stepped at a time, at most 4 admitted (dlm::server::engine::POOL): the
+    // inference thread takes no job while they are
     let server = Server::start(&["--queue", "2", "--max-batch", "1"], &[]);
     let mut client = server.tcp();
     let n = 12;
@@ -51,9 +52,10 @@ fn a_flood_beyond_the_queue_gets_busy_and_every_request_an_answer() {
     let answers = client.recv_by_id(n);
     let ok: Vec<i64> = answers.iter().filter(|(_, r)| code(r) == "ok").map(|(k, _)| *k).collect();
     let busy = answers.values().filter(|r| code(r) == "busy").count();
-    // Two wait in the queue, one more once the inference thread has taken the first; the burst
-    // arrives far faster than a 200-step generation, so all others find the queue full.
-    assert!(ok.len() == 2 || ok.len() == 3, "ok: {ok:?}");
+    // Two wait in the queue, up to four more once the inference thread has admitted them; the
+    // burst arrives far faster than a 200-step generation, so all others find the queue full.
+    let most = 2 + dlm::server::engine::POOL;
+    assert!((2..=most).contains(&ok.len()), "ok: {ok:?}");
     assert_eq!(ok[..2], [0, 1], "the first requests always find room");
     assert_eq!(ok.len() + busy, n, "every other request is busy");
 }

@@ -19,7 +19,7 @@ def test_requests_cycle_budgets_and_guidance_with_distinct_seeds():
 def test_short_loadtest_runs_both_schedules_and_reports_every_target():
     if not DLM.is_file():  # scripts/test.sh builds it first; a missing binary is a failure, not a skip
         pytest.fail(f"{DLM} not found: run `cargo build --release` first")
-    report = loadtest(MODEL, DLM, clients=3, per_client=3, max_batch=4, repeat=1)
+    report = loadtest(MODEL, DLM, clients=3, per_client=3, max_batch=4, repeat=1, rounds=1)
     for schedule in ("fifo", "batched"):
         s = report["schedules"][schedule]
         assert s["sentences_per_s"] > 0

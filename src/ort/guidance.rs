@@ -26,8 +26,8 @@ struct Bucket {
 }
 
 /// One control's guidance graphs, loaded once: the same graph at one or more fixed batch sizes
-/// (buckets); each call of n rows is cut into chunks, each run on the smallest bucket that holds
-/// it (the largest when none does), padded.
+/// (buckets); each call of n rows is cut into chunks, largest bucket first, padded only when
+/// fewer rows remain than the smallest bucket holds.
 pub struct GuideSession {
     buckets: Vec<Bucket>,
     precision: Precision,
@@ -71,9 +71,10 @@ impl GuideSession {
         self.buckets.iter_mut().map(|b| end_profiling(&mut b.session, &b.name)).collect()
     }
 
-    /// Which bucket runs a chunk of `rows` rows: the smallest that holds them, else the largest.
+    /// Which bucket runs the next chunk of `rows` rows: the largest that needs no padding
+    /// (8 rows: two calls at 4, not one at 16 half empty), else the smallest, padded.
     fn bucket_for(&self, rows: usize) -> usize {
-        self.buckets.iter().position(|b| b.batch >= rows).unwrap_or(self.buckets.len().saturating_sub(1))
+        self.buckets.iter().rposition(|b| b.batch <= rows).unwrap_or(0)
     }
 }
 

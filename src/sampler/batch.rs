@@ -32,6 +32,8 @@ pub struct Finished {
 #[derive(Default)]
 pub struct Batch {
     lanes: Vec<Lane>,
+    /// At most this many sequences per iteration (0: all), see [`Batch::with_limit`].
+    limit: usize,
     x: Array3<f32>,
     x0_hat: Array3<f32>,
     x0_hat_prev: Array3<f32>,
@@ -42,6 +44,13 @@ pub struct Batch {
 impl Batch {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A batch that steps at most `limit` of its sequences per iteration: those that would
+    /// finish first if run from now on (fewest steps left, less the iterations each has waited),
+    /// so a short request passes long ones and a long one is not starved.
+    pub fn with_limit(limit: usize) -> Self {
+        Self { limit, ..Self::default() }
     }
 
     pub fn len(&self) -> usize {
@@ -72,7 +81,8 @@ impl Batch {
         std::mem::take(&mut self.lanes)
     }
 
-    /// One step of every active sequence: one denoiser call over all of them at their own t,
+    /// One step of the active sequences (all, or the `limit` that would finish first): one
+    /// denoiser call over all of them at their own t,
     /// clamping in one GEMM, the step math per sequence, guidance with one graph call per
     /// guide (chunked to its batch) over every row that needs it, and the held positions.
     /// Returns the sequences that finished or failed; an engine error fails them all (the
@@ -85,6 +95,34 @@ impl Batch {
     ) -> Result<Vec<Finished>, InferenceError> {
         let start = Instant::now();
         let mut finished = self.timed_out(|lane| lane.course.expired(start));
+        let resting = self.rest();
+        let stepped = self.step(start, denoiser, guides, embeddings);
+        self.lanes.extend(resting);
+        finished.extend(stepped?);
+        Ok(finished)
+    }
+
+    /// Beyond the limit, the lanes that wait this iteration (taken out; each counts the wait).
+    fn rest(&mut self) -> Vec<Lane> {
+        if self.limit == 0 || self.lanes.len() <= self.limit {
+            return Vec::new();
+        }
+        // stable: equal keys keep their order of arrival
+        self.lanes.sort_by_key(|lane| (lane.i + 1).saturating_sub(lane.waited));
+        let mut resting = self.lanes.split_off(self.limit);
+        resting.iter_mut().for_each(|lane| lane.waited += 1);
+        resting
+    }
+
+    /// One step of every lane in `self.lanes`.
+    fn step(
+        &mut self,
+        start: Instant,
+        denoiser: &mut dyn Denoiser,
+        guides: &mut [&mut dyn Guide],
+        embeddings: &Embeddings,
+    ) -> Result<Vec<Finished>, InferenceError> {
+        let mut finished = Vec::new();
         if self.lanes.is_empty() {
             return Ok(finished);
         }

@@ -113,6 +113,8 @@ pub struct Lane {
     pub(super) grad: Array3<f32>,
     /// Its deadline passed during guidance: it leaves at the end of the iteration.
     pub(super) timed_out: bool,
+    /// Iterations it sat out (a batch with a limit runs those that would finish first).
+    pub(super) waited: usize,
     pub timing: Timing,
     /// The model's raw x0_hat at every step, when asked for (fixtures, tests).
     pub trace: Option<Vec<Array3<f32>>>,
@@ -143,6 +145,7 @@ impl Lane {
             mean: Array3::zeros(dim),
             grad: Array3::zeros(dim),
             timed_out: false,
+            waited: 0,
             timing: Timing { steps: n, ..Timing::default() },
             trace: None,
             x: x.clone(),

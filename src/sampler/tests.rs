@@ -358,3 +358,21 @@ fn an_expired_sequence_leaves_with_a_deadline_error_and_the_others_go_on() {
     assert!(rest[0].result.is_ok());
     assert!(batch.is_empty());
 }
+
+#[test]
+fn a_limited_batch_steps_the_sequences_that_finish_first_without_starving_the_others() {
+    let emb = embeddings();
+    let mut batch = Batch::with_limit(1);
+    batch.push(mixing_lane(1, 0, 8, Method::Ddpm, false));
+    let mut order = Vec::new();
+    for iteration in 0..40 {
+        if iteration == 2 {
+            batch.push(mixing_lane(2, 0, 3, Method::Ddpm, false)); // 3 steps against 6 left
+        }
+        for f in batch.iterate(&mut Mixing, &mut [], &emb).unwrap() {
+            order.push((f.lane.owner, iteration));
+        }
+    }
+    // the short one runs at once and finishes first; the long one resumes after it
+    assert_eq!(order, vec![(2, 4), (1, 10)]);
+}

@@ -1,7 +1,8 @@
 //! The inference thread: it alone owns the ONNX Runtime sessions. It schedules per iteration:
-//! the sequences of every admitted request share each denoiser call (each at its own step),
-//! finished ones leave, and queued requests join while fewer than `max_batch` sequences run.
-//! Every job is answered exactly once.
+//! the sequences of admitted requests share each denoiser call (each at its own step; at most
+//! `max_batch`, those that would finish first), finished ones leave, and queued requests join
+//! while fewer than [`POOL`] x `max_batch` sequences are admitted. Every job is answered
+//! exactly once.
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -19,6 +20,9 @@ use crate::generate::{choose, course, lane, Generated, Limits, Request};
 use crate::model::Model;
 use crate::protocol::{ErrorCode, GenerateParams, Rejection};
 use crate::sampler::{Batch, Course, Timing};
+
+/// Sequences admitted per sequence stepped at once: room for short requests to pass long ones.
+pub const POOL: usize = 4;
 
 /// A generate request waiting for the inference thread.
 pub struct Job {
@@ -62,7 +66,8 @@ pub fn run(model: Model, jobs: Receiver<Job>, shared: &Shared) {
         }
     }
     let _alive = Alive(shared);
-    let mut engine = Engine { shared, model, batch: Batch::new(), active: BTreeMap::new(), next_owner: 0 };
+    let batch = Batch::with_limit(shared.config.max_batch.max(1));
+    let mut engine = Engine { shared, model, batch, active: BTreeMap::new(), next_owner: 0 };
     let mut senders_gone = false;
     loop {
         senders_gone |= engine.admit(&jobs);
@@ -79,11 +84,12 @@ pub fn run(model: Model, jobs: Receiver<Job>, shared: &Shared) {
 }
 
 impl Engine<'_> {
-    /// Fill free places: first the remaining sequences of admitted requests, then new jobs
-    /// (blocking only when nothing runs). FIFO takes a new job only when none is active.
-    /// Returns true once every sender is gone.
+    /// Fill free places (up to [`POOL`] x `--max-batch` sequences; each iteration steps the
+    /// `--max-batch` that would finish first): first the remaining sequences of admitted
+    /// requests, then new jobs (blocking only when nothing runs). FIFO takes a new job only when
+    /// none is active. Returns true once every sender is gone.
     fn admit(&mut self, jobs: &Receiver<Job>) -> bool {
-        let max_batch = self.shared.config.max_batch.max(1);
+        let max_batch = POOL * self.shared.config.max_batch.max(1);
         loop {
             while self.batch.len() < max_batch {
                 let Some((&owner, waiting)) = self.active.iter_mut().find(|(_, a)| a.next < a.total) else { break };
