@@ -47,6 +47,22 @@ fn each_request_gets_the_same_sentences_alone_and_batched_with_others() {
 }
 
 #[test]
+fn a_request_without_a_seed_gets_a_random_one_that_replays_it() {
+    let server = Server::start(&[], &[]);
+    let mut client = server.tcp();
+    client.send(&json!({"id": 1, "steps": 15, "num": 2}));
+    let first = client.recv();
+    client.send(&json!({"id": 2, "steps": 15, "num": 2}));
+    let second = client.recv();
+    let seed = first["seed"].as_u64().expect("the response reports the seed");
+    assert_ne!(Some(seed), second["seed"].as_u64(), "each request draws its own");
+    client.send(&json!({"id": 3, "steps": 15, "num": 2, "seed": seed}));
+    let replayed = client.recv();
+    assert_eq!(replayed["seed"], seed);
+    assert_eq!(replayed["texts"], first["texts"]);
+}
+
+#[test]
 fn a_short_request_after_a_long_one_is_answered_first() {
     let server = Server::start(&[], &[]);
     let mut client = server.tcp();

@@ -50,6 +50,28 @@ fn json_lines_carry_text_tokens_and_timings() {
 }
 
 #[test]
+fn without_a_seed_a_random_one_is_drawn_reported_and_replayable() {
+    let run = |extra: &[&str]| {
+        let model = model_arg();
+        let mut args = vec!["generate", "--model", &model, "--steps", "20", "--num", "2", "--json", "-v"];
+        args.extend_from_slice(extra);
+        let out = dlm(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let lines: Vec<serde_json::Value> =
+            String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let seed = lines[0]["seed"].as_u64().expect("the seed is reported");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("seed {seed}")), "-v logs the seed");
+        let texts: Vec<String> = lines.iter().map(|l| l["text"].as_str().unwrap().to_string()).collect();
+        (seed, texts)
+    };
+    let (first, texts) = run(&[]);
+    let (second, _) = run(&[]);
+    assert_ne!(first, second, "two runs without --seed draw different seeds");
+    let replayed = run(&["--seed", &first.to_string()]);
+    assert_eq!(replayed, (first, texts), "the reported seed gives the same sentences");
+}
+
+#[test]
 fn missing_model_dir() {
     assert_fails_with(&dlm(&["generate", "--model", "/nonexistent/model"]), "model directory not found");
 }

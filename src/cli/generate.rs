@@ -28,9 +28,10 @@ pub struct GenerateArgs {
     /// Disable the clamping trick (nearest word embedding at every step).
     #[arg(long)]
     no_clamp: bool,
-    /// Random seed; the same seed gives the same sentences.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Random seed; the same seed gives the same sentences (default: a random one, reported
+    /// with --json and -v).
+    #[arg(long)]
+    seed: Option<u64>,
     /// Number of sentences.
     #[arg(long, default_value_t = 1)]
     num: usize,
@@ -55,11 +56,13 @@ pub struct GenerateArgs {
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
+    let seed = args.seed.unwrap_or_else(rand::random);
+    log::info!("seed {seed}{}", if args.seed.is_none() { " (drawn; pass --seed to repeat)" } else { "" });
     let request = Request {
         steps: args.steps,
         method: Method::parse(&args.sampler, args.eta)?,
         clamp: !args.no_clamp,
-        seed: args.seed,
+        seed,
         num: args.num,
         batch: args.batch,
         controls: args.controls.request(),

@@ -215,7 +215,7 @@ impl Engine<'_> {
         samples.iter().for_each(|g| timing.add(&g.timing));
         let outputs = choose(&active.request, samples);
         let started = active.started.unwrap_or(active.job.received);
-        let line = ok_line(&active.job.id, &outputs, &timing, active.request.steps, (active.job.received, started));
+        let line = ok_line(&active.job.id, &outputs, &timing, &active.request, (active.job.received, started));
         active.job.reply.send(line);
         self.shared.served.fetch_add(1, Ordering::Relaxed);
     }
@@ -256,7 +256,7 @@ fn to_request(p: &GenerateParams, shared: &Shared, model: &Model, received: Inst
     let request = Request {
         steps: p.steps.unwrap_or(config.default_steps),
         method: p.method()?,
-        seed: p.seed.unwrap_or(0),
+        seed: p.seed.unwrap_or_else(rand::random), // reported in the response, so it can be replayed
         num,
         batch: num.saturating_mul(mbr.max(rerank)).clamp(1, limits.max_batch.max(1)),
         controls: p.controls(),
@@ -277,7 +277,7 @@ fn ok_line(
     id: &Value,
     outputs: &[Generated],
     timing: &Timing,
-    steps: usize,
+    request: &Request,
     (received, started): (Instant, Instant),
 ) -> String {
     let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
@@ -287,11 +287,12 @@ fn ok_line(
         "ok": true,
         "texts": outputs.iter().map(|g| g.text.as_str()).collect::<Vec<_>>(),
         "results": results,
+        "seed": request.seed,
         "timings": {
             "queue_ms": ms(started.duration_since(received)),
             "run_ms": ms(started.elapsed()),
             "total_ms": ms(received.elapsed()),
-            "steps": steps,
+            "steps": request.steps,
             "denoiser_ms": ms(timing.denoiser),
             "guidance_ms": ms(timing.guidance),
             "host_ms": ms(timing.host()),
