@@ -253,3 +253,20 @@ fn bad_serve_options_fail_clearly() {
     let out = dlm(&["serve", "--unix", &file.display().to_string()]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a socket"));
 }
+
+#[test]
+fn every_serve_flag_can_come_from_a_dlm_variable() {
+    let server =
+        Server::start(&[], &[("DLM_QUEUE", "3"), ("DLM_MAX_BATCH", "4"), ("DLM_SCHEDULE", "fifo"), ("DLM_STEPS", "7")]);
+    let mut client = server.tcp();
+    client.send(&json!({"op": "health", "id": 0}));
+    let h = client.recv();
+    assert_eq!((h["health"]["queue_capacity"].as_u64(), h["health"]["max_batch"].as_u64()), (Some(3), Some(4)), "{h}");
+    client.send(&json!({"id": 1}));
+    assert_eq!(client.recv()["timings"]["steps"], 7, "DLM_STEPS is the default budget");
+    // a bad value is refused, naming the flag
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_dlm")).args(["serve", "--stdio"]).env("DLM_QUEUE", "many").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--queue"), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -21,19 +21,19 @@ pub struct RuntimeArgs {
     #[arg(long, env = "DLM_MODEL", default_value = "models/e2e")]
     pub model: PathBuf,
     /// Execution provider (cuda and tensorrt need the cargo features of the same names).
-    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    #[arg(long, env = "DLM_DEVICE", value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
     /// Graph precision.
-    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+    #[arg(long, env = "DLM_PRECISION", value_enum, default_value_t = Precision::Fp32)]
     pub precision: Precision,
     /// Run on CPU, with a warning, when the requested provider cannot be registered.
-    #[arg(long)]
+    #[arg(long, env = "DLM_ALLOW_FALLBACK")]
     pub allow_fallback: bool,
     /// Path of libonnxruntime.so (default: next to dlm, then the copy scripts/setup.sh made).
     #[arg(long, env = "ORT_DYLIB_PATH")]
     pub ort_lib: Option<PathBuf>,
     /// ONNX Runtime intra-op threads, 0..=256 (0: ONNX Runtime decides, one per core).
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=256))]
+    #[arg(long, env = "DLM_THREADS", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=256))]
     pub threads: u16,
     /// Directory for TensorRT engine and timing caches.
     #[arg(long, env = "DLM_TRT_CACHE")]

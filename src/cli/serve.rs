@@ -22,58 +22,58 @@ pub struct ServeArgs {
     #[command(flatten)]
     runtime: RuntimeArgs,
     /// Answer requests on stdin, responses on stdout (ends at end of input).
-    #[arg(long)]
+    #[arg(long, env = "DLM_STDIO")]
     stdio: bool,
     /// Listen on TCP at this loopback address, e.g. 127.0.0.1:7878 (repeatable).
-    #[arg(long)]
+    #[arg(long, env = "DLM_TCP", value_delimiter = ',')]
     tcp: Vec<String>,
     /// Allow --tcp on a non-loopback address (no authentication: trusted networks only).
-    #[arg(long)]
+    #[arg(long, env = "DLM_TCP_ANY_ADDRESS")]
     tcp_any_address: bool,
     /// Listen on a Unix domain socket at this path (repeatable).
-    #[arg(long)]
+    #[arg(long, env = "DLM_UNIX", value_delimiter = ',')]
     unix: Vec<PathBuf>,
     /// Serve on a serial device in raw mode, e.g. /dev/ttyTHS0 (repeatable).
-    #[arg(long)]
+    #[arg(long, env = "DLM_SERIAL", value_delimiter = ',')]
     serial: Vec<String>,
     /// Baud rate of --serial.
-    #[arg(long, default_value_t = 115_200)]
+    #[arg(long, env = "DLM_BAUD", default_value_t = 115_200)]
     baud: u32,
     /// Requests that may wait for the inference thread; more get `busy`.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    #[arg(long, env = "DLM_QUEUE", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     queue: u64,
     /// Longest request line in bytes; longer lines get `too_large` and are skipped unread.
-    #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(64..=(64 << 20)))]
+    #[arg(long, env = "DLM_MAX_LINE", default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(64..=(64 << 20)))]
     max_line: u64,
     /// Default and largest deadline of a request, in ms from its arrival.
-    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "DLM_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: u64,
     /// After SIGTERM/SIGINT, how long queued requests may still start, in ms.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, env = "DLM_DRAIN_MS", default_value_t = 10_000)]
     drain_ms: u64,
     /// Denoising steps when a request names none.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, env = "DLM_STEPS", default_value_t = 200)]
     steps: usize,
     /// Most samples (num x mbr, or num x rerank) one request may ask for.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    #[arg(long, env = "DLM_MAX_SAMPLES", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
     max_samples: u64,
     /// Most sequences per denoiser call, of any requests: queued requests' sequences join the
     /// running batch while fewer run (iteration-level batching).
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=256))]
+    #[arg(long, env = "DLM_MAX_BATCH", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=256))]
     max_batch: u64,
     /// How requests share the inference thread: batched (per iteration) or fifo (one request
     /// at a time, for comparison).
-    #[arg(long, value_enum, default_value_t = Schedule::Batched)]
+    #[arg(long, env = "DLM_SCHEDULE", value_enum, default_value_t = Schedule::Batched)]
     schedule: Schedule,
     /// Most simultaneous connections per listener (each costs a reader and a writer thread).
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    #[arg(long, env = "DLM_MAX_CONNECTIONS", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
     max_connections: u64,
     /// Close a connection with nothing to read, answer or write for this long, in ms; drop a
     /// client that reads none of its waiting answers for this long.
-    #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
+    #[arg(long, env = "DLM_IDLE_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
     idle_timeout_ms: u64,
     /// Bytes of answers a connection may leave unread before the server stops reading its requests.
-    #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(4096..=(1 << 30)))]
+    #[arg(long, env = "DLM_MAX_PENDING", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(4096..=(1 << 30)))]
     max_pending: u64,
 }
 
