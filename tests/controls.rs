@@ -65,10 +65,13 @@ fn guidance_changes_the_output() {
     assert_ne!(a.iter().map(|g| &g.text).collect::<Vec<_>>(), b.iter().map(|g| &g.text).collect::<Vec<_>>());
 }
 
+/// A request and the check its error must pass.
+type Case = (ControlRequest, fn(&ControlError) -> bool);
+
 #[test]
 fn bad_control_input_is_refused_with_what_is_allowed() {
     let long = vec!["NOUN"; 63].join(" ");
-    let cases: Vec<(ControlRequest, fn(&ControlError) -> bool)> = vec![
+    let cases: Vec<Case> = vec![
         (
             ControlRequest { pos: Some("PROPN FOO".into()), ..Default::default() },
             |e| matches!(e, ControlError::UnknownTag { allowed, .. } if allowed.contains("PROPN")),
