@@ -11,6 +11,7 @@ use dlm::generate::{generate, Request};
 use dlm::model::Model;
 use dlm::ort::OrtRuntime;
 use dlm::overrides::{GuideOverrides, Setting};
+use dlm::server::http::HttpListener;
 use dlm::server::transport::Transport;
 use dlm::server::{self, Schedule, ServerConfig};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -30,6 +31,13 @@ pub struct ServeArgs {
     /// Allow --tcp on a non-loopback address (no authentication: trusted networks only).
     #[arg(long, env = "DLM_TCP_ANY_ADDRESS")]
     tcp_any_address: bool,
+    /// Serve HTTP at this loopback address, e.g. 127.0.0.1:8080 (repeatable): POST /v1/generate,
+    /// GET /health, GET /v1/info. Bound before the model loads (503 "loading" meanwhile).
+    #[arg(long, env = "DLM_HTTP", value_delimiter = ',')]
+    http: Vec<String>,
+    /// Allow --http on a non-loopback address (no authentication: trusted networks only).
+    #[arg(long, env = "DLM_HTTP_ANY_ADDRESS")]
+    http_any_address: bool,
     /// Listen on a Unix domain socket at this path (repeatable).
     #[arg(long, env = "DLM_UNIX", value_delimiter = ',')]
     unix: Vec<PathBuf>,
@@ -91,8 +99,16 @@ pub fn run(args: ServeArgs) -> Result<()> {
     for path in &args.serial {
         transports.push(Transport::serial(path, args.baud)?);
     }
+    let mut loading = Vec::new();
+    let ready = Arc::new(AtomicBool::new(false));
+    for addr in &args.http {
+        let listener = HttpListener::bind(addr, args.http_any_address)?;
+        let (answering, ready) = (listener.clone(), Arc::clone(&ready));
+        loading.push(std::thread::spawn(move || answering.answer_loading(&ready)));
+        transports.push(Transport::Http(listener));
+    }
     if transports.is_empty() {
-        anyhow::bail!("nothing to serve on: give --stdio, --tcp ADDR, --unix PATH or --serial DEVICE");
+        anyhow::bail!("nothing to serve on: give --stdio, --tcp ADDR, --unix PATH, --serial DEVICE or --http ADDR");
     }
     let config = ServerConfig {
         queue: args.queue as usize,
@@ -120,6 +136,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let warm = Instant::now();
     warm_up(&mut model).context("warm-up generation failed")?;
     log::info!("model {} on {}, warmed up in {:?}", model.dir.display(), model.denoiser.device.name(), warm.elapsed());
+    ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    for answering in loading {
+        let _ = answering.join(); // the HTTP listeners' loading answers end within a poll
+    }
     let shutdown = Arc::new(AtomicBool::new(false));
     for signal in [SIGTERM, SIGINT] {
         // A second signal while draining exits at once with status 1.

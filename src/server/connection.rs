@@ -119,6 +119,12 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// A reply channel of its own (one HTTP request): the answer comes out of the receiver.
+    pub fn detached() -> (Self, mpsc::Receiver<String>) {
+        let (sender, answers) = mpsc::channel();
+        (Self { sender, pending: Arc::new(Pending::default()) }, answers)
+    }
+
     /// Whether the client is gone (its connection failed to read or write): its requests
     /// can stop.
     pub fn client_gone(&self) -> bool {
@@ -135,7 +141,8 @@ impl Reply {
     }
 }
 
-fn dispatch(line: &[u8], shared: &Shared, jobs: &SyncSender<Job>, reply: &Reply, stopping: bool) {
+/// One request line: answered at once (health, a bad line, busy, stopping) or queued as a job.
+pub(super) fn dispatch(line: &[u8], shared: &Shared, jobs: &SyncSender<Job>, reply: &Reply, stopping: bool) {
     let received = Instant::now();
     let incoming = match parse_request(line) {
         Ok(incoming) => incoming,

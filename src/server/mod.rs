@@ -8,6 +8,7 @@
 
 pub mod connection;
 pub mod engine;
+pub mod http;
 pub mod lines;
 pub mod notify;
 pub mod transport;
@@ -74,10 +75,12 @@ pub struct Shared {
     started: Instant,
     /// Model facts for health answers: directory, precision, provider.
     about: Value,
+    /// What `GET /v1/info` answers: the model, its graphs with sha256 and providers, controls.
+    info: Value,
 }
 
 impl Shared {
-    pub fn new(config: ServerConfig, shutdown: Arc<AtomicBool>, about: Value) -> Self {
+    pub fn new(config: ServerConfig, shutdown: Arc<AtomicBool>, about: Value, info: Value) -> Self {
         Self {
             config,
             shutdown,
@@ -89,6 +92,7 @@ impl Shared {
             served: AtomicU64::new(0),
             started: Instant::now(),
             about,
+            info,
         }
     }
 
@@ -108,6 +112,10 @@ impl Shared {
     /// Stopping, and the drain time is over: queued requests are no longer started.
     pub fn drain_expired(&self) -> bool {
         self.stopping() && self.shutdown_at.get().is_some_and(|at| at.elapsed() >= self.config.drain)
+    }
+
+    pub fn info(&self) -> &Value {
+        &self.info
     }
 
     pub fn health(&self, id: &Value) -> String {
@@ -152,7 +160,18 @@ pub fn run(
         "seq_len": model.manifest.model.seq_len,
         "max_steps": model.manifest.diffusion.t,
     });
-    let shared = Arc::new(Shared::new(config, shutdown, about));
+    let provider = model.denoiser.device.name();
+    let graphs: Vec<Value> = model
+        .manifest
+        .graphs
+        .iter()
+        .map(|g| json!({"name": g.name, "role": format!("{:?}", g.role).to_lowercase(), "sha256": g.sha256}))
+        .collect();
+    let controls: serde_json::Map<String, Value> =
+        model.manifest.controls.iter().map(|(name, c)| (name.clone(), json!({"labels": c.labels}))).collect();
+    let info = json!({"version": env!("CARGO_PKG_VERSION"), "model": about, "provider": provider, "graphs": graphs,
+                      "controls": controls});
+    let shared = Arc::new(Shared::new(config, shutdown, about, info));
     let (jobs, queue) = mpsc::sync_channel(shared.config.queue);
     let engine = {
         let shared = shared.clone();

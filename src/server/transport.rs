@@ -18,6 +18,7 @@ use embedded_io_adapters::std::FromStd;
 use serialport::TTYPort;
 
 use super::engine::Job;
+use super::http::HttpListener;
 use super::{connection, Shared};
 pub use crate::error::TransportError;
 use crate::protocol::{ErrorCode, Rejection};
@@ -41,6 +42,7 @@ pub enum Transport {
         port: TTYPort,
         path: String,
     },
+    Http(HttpListener),
 }
 
 impl Transport {
@@ -86,6 +88,7 @@ impl Transport {
             Self::Tcp(l) => l.local_addr().map_or("tcp".into(), |a| format!("tcp {a}")),
             Self::Unix { path, .. } => format!("unix {}", path.display()),
             Self::Serial { path, .. } => format!("serial {path}"),
+            Self::Http(h) => format!("http {}", h.addr),
         }
     }
 
@@ -119,6 +122,10 @@ impl Transport {
             Self::Tcp(listener) => {
                 let accept = || listener.accept().map(|(s, _)| s).and_then(|s| s.set_nodelay(true).map(|()| s));
                 accept_loop(accept, &shared, &jobs);
+                Ok(())
+            }
+            Self::Http(listener) => {
+                listener.serve(&shared, &jobs);
                 Ok(())
             }
             Self::Unix { listener, path, inode } => {

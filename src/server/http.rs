@@ -1,0 +1,157 @@
+//! HTTP beside the line protocol, on `tiny_http` (synchronous, like the rest of the server):
+//! `POST /v1/generate` takes the JSON object of a request line and answers the object of a
+//! response line, with the HTTP status of its code; `GET /health` (200 serving, 503 loading,
+//! draining or with the inference thread dead) and `GET /v1/info`. Generate requests go through
+//! the same queue and inference thread as every other transport.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tiny_http::{Header, Method, Request, Response, Server};
+
+use super::connection::{dispatch, Reply};
+use super::engine::Job;
+use super::Shared;
+use crate::error::TransportError;
+use crate::protocol::{ErrorCode, Rejection};
+
+/// How long the listener waits for a request before it looks at the shutdown flag again.
+const POLL: Duration = Duration::from_millis(100);
+
+/// A bound HTTP listener (bound before the model loads, so probes hear "loading").
+#[derive(Clone)]
+pub struct HttpListener {
+    server: Arc<Server>,
+    pub addr: String,
+}
+
+impl HttpListener {
+    /// Bind `addr`: loopback only unless `any_address`.
+    pub fn bind(addr: &str, any_address: bool) -> Result<Self, TransportError> {
+        let bind = |error| TransportError::Bind { what: format!("http {addr}"), error };
+        let addrs: Vec<SocketAddr> = addr.to_socket_addrs().map_err(bind)?.collect();
+        if let Some(remote) = addrs.iter().find(|a| !a.ip().is_loopback() && !any_address) {
+            return Err(TransportError::NotLoopback(*remote));
+        }
+        let listener = TcpListener::bind(&addrs[..]).map_err(bind)?;
+        let server = Server::from_listener(listener, None)
+            .map_err(|e| TransportError::Bind { what: format!("http {addr}"), error: std::io::Error::other(e) })?;
+        Ok(Self { server: Arc::new(server), addr: addr.to_string() })
+    }
+
+    /// Answer every request 503 `loading` until `ready` is set (while the model loads and warms up).
+    pub fn answer_loading(&self, ready: &AtomicBool) {
+        while !ready.load(Ordering::SeqCst) {
+            if let Ok(Some(request)) = self.server.recv_timeout(POLL) {
+                let body = json!({"ok": false, "error": {"code": "loading", "message": "the model is loading"}});
+                respond(request, 503, &body.to_string(), true);
+            }
+        }
+    }
+
+    /// Serve until shutdown: each request in a thread of its own, at most `--max-connections`
+    /// at once (more are answered 503 `busy`).
+    pub fn serve(&self, shared: &Arc<Shared>, jobs: &SyncSender<Job>) {
+        let running = Arc::new(AtomicUsize::new(0));
+        while !shared.stopping_for(Duration::from_millis(200)) {
+            let Ok(Some(request)) = self.server.recv_timeout(POLL) else { continue };
+            if running.fetch_add(1, Ordering::SeqCst) >= shared.config.max_connections {
+                running.fetch_sub(1, Ordering::SeqCst);
+                let message = format!("{} HTTP requests in progress; try again later", shared.config.max_connections);
+                respond(request, 503, &Rejection::new(Value::Null, ErrorCode::Busy, message).to_line(), true);
+                continue;
+            }
+            let (shared, jobs, running) = (Arc::clone(shared), jobs.clone(), Arc::clone(&running));
+            let spawned = thread::Builder::new().name("http".into()).spawn(move || {
+                handle(request, &shared, &jobs);
+                running.fetch_sub(1, Ordering::SeqCst);
+            });
+            if let Err(e) = spawned {
+                log::error!("cannot start an HTTP request thread: {e}");
+            }
+        }
+    }
+}
+
+fn handle(mut request: Request, shared: &Shared, jobs: &SyncSender<Job>) {
+    match (request.method(), request.url()) {
+        (Method::Get, "/health") => {
+            let serving = !shared.stopping() && shared.engine_alive.load(Ordering::SeqCst);
+            respond(request, if serving { 200 } else { 503 }, &shared.health(&Value::Null), false);
+        }
+        (Method::Get, "/v1/info") => respond(request, 200, &shared.info().to_string(), false),
+        (Method::Post, "/v1/generate") => {
+            let max = shared.config.max_line;
+            let mut body = Vec::new();
+            let read = request.as_reader().take(max as u64 + 1).read_to_end(&mut body);
+            if let Err(e) = read {
+                let line =
+                    Rejection::new(Value::Null, ErrorCode::BadRequest, format!("reading the body: {e}")).to_line();
+                return respond(request, 400, &line, false);
+            }
+            if body.len() > max {
+                let message = format!("request body over this server's limit of {max} bytes");
+                return respond(
+                    request,
+                    413,
+                    &Rejection::new(Value::Null, ErrorCode::TooLarge, message).to_line(),
+                    false,
+                );
+            }
+            let (reply, answer) = Reply::detached();
+            dispatch(&body, shared, jobs, &reply, shared.stopping());
+            drop(reply);
+            // the engine answers every job exactly once (its deadline bounds the wait)
+            let line = answer.recv().unwrap_or_else(|_| {
+                Rejection::new(Value::Null, ErrorCode::Internal, "the inference thread stopped").to_line()
+            });
+            let code =
+                serde_json::from_str::<Value>(&line).ok().and_then(|v| v["error"]["code"].as_str().map(str::to_string));
+            let status = code.as_deref().map_or(200, status_of);
+            respond(request, status, &line, status == 429);
+        }
+        (_, "/health" | "/v1/info" | "/v1/generate") => {
+            let message = "method not allowed: GET /health, GET /v1/info, POST /v1/generate";
+            respond(request, 405, &Rejection::new(Value::Null, ErrorCode::BadRequest, message).to_line(), false);
+        }
+        (_, url) => {
+            let message = format!("no such path {url:?}; paths: GET /health, GET /v1/info, POST /v1/generate");
+            respond(request, 404, &Rejection::new(Value::Null, ErrorCode::BadRequest, message).to_line(), false);
+        }
+    }
+}
+
+/// The HTTP status of a response line's error code.
+fn status_of(code: &str) -> u16 {
+    match code {
+        "bad_request" => 400,
+        "invalid_argument" => 422,
+        "too_large" => 413,
+        "busy" => 429,
+        "timeout" => 504,
+        "shutting_down" => 503,
+        _ => 500,
+    }
+}
+
+/// A JSON response; `retry` adds `Retry-After: 1`. A client gone before the answer is dropped.
+fn respond(request: Request, status: u16, body: &str, retry: bool) {
+    let mut response = Response::from_string(body).with_status_code(status);
+    if let Ok(h) = Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]) {
+        response = response.with_header(h);
+    }
+    if retry {
+        if let Ok(h) = Header::from_bytes(&b"Retry-After"[..], &b"1"[..]) {
+            response = response.with_header(h);
+        }
+    }
+    if let Err(e) = request.respond(response) {
+        log::info!("HTTP client gone before its answer: {e}");
+    }
+}

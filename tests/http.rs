@@ -1,0 +1,127 @@
+//! `dlm serve --http`: the same requests and answers as the line protocol over HTTP, with
+//! statuses by error code, health for probes (503 while loading and draining) and info.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::server::Server;
+use serde_json::{json, Value};
+
+/// One HTTP/1.1 exchange: (status, headers in lower case, body as JSON).
+fn http(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, String, Value) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("the HTTP listener accepts");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let _ = stream.write_all(body); // a server refusing a large body may close early
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("not HTTP: {text:?}"));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{head}"));
+    (status, head.to_lowercase(), serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}")))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start(extra: &[&str]) -> (Server, u16) {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut args = vec!["--http", &addr];
+    args.extend_from_slice(extra);
+    (Server::start(&args, &[]), port)
+}
+
+#[test]
+fn generate_round_trip_and_statuses_by_error_code() {
+    let (_server, port) = start(&["--max-line", "4096"]);
+    let (status, head, answer) =
+        http(port, "POST", "/v1/generate", json!({"id": 7, "steps": 12, "num": 2}).to_string().as_bytes());
+    assert_eq!(status, 200, "{answer}");
+    assert!(head.contains("content-type: application/json"));
+    assert_eq!((answer["id"].as_i64(), answer["texts"].as_array().map(Vec::len)), (Some(7), Some(2)));
+    let seed = answer["seed"].as_u64().unwrap();
+    let (_, _, again) =
+        http(port, "POST", "/v1/generate", json!({"steps": 12, "num": 2, "seed": seed}).to_string().as_bytes());
+    assert_eq!(again["texts"], answer["texts"], "the returned seed replays the answer");
+    for (body, expected, code) in [
+        (b"not json".to_vec(), 400, "bad_request"),
+        (json!({"steps": 12, "colour": "red"}).to_string().into_bytes(), 400, "bad_request"),
+        (json!({"steps": 0}).to_string().into_bytes(), 422, "invalid_argument"),
+        (json!({"content": "food=Martian"}).to_string().into_bytes(), 422, "invalid_argument"),
+        (vec![b' '; 5000], 413, "too_large"),
+    ] {
+        let (status, _, answer) = http(port, "POST", "/v1/generate", &body);
+        assert_eq!((status, answer["error"]["code"].as_str()), (expected, Some(code)), "{answer}");
+    }
+    assert_eq!(http(port, "GET", "/nowhere", b"").0, 404);
+    assert_eq!(http(port, "GET", "/v1/generate", b"").0, 405);
+    let (status, _, info) = http(port, "GET", "/v1/info", b"");
+    assert_eq!(status, 200);
+    assert!(info["graphs"].as_array().unwrap().iter().all(|g| g["sha256"].as_str().is_some_and(|s| s.len() == 64)));
+    assert!(info["controls"]["content"]["labels"].as_array().unwrap().len() > 10);
+    let (status, _, health) = http(port, "GET", "/health", b"");
+    assert_eq!((status, health["health"]["status"].as_str()), (200, Some("serving")));
+}
+
+#[test]
+fn a_full_queue_answers_429_with_retry_after_and_every_request_is_answered() {
+    let (_server, port) = start(&["--queue", "1", "--max-batch", "1"]);
+    let clients: Vec<_> = (0..12)
+        .map(|k| {
+            std::thread::spawn(move || {
+                http(port, "POST", "/v1/generate", json!({"id": k, "steps": 300}).to_string().as_bytes())
+            })
+        })
+        .collect();
+    let answers: Vec<(u16, String, Value)> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let busy: Vec<_> = answers.iter().filter(|(s, _, _)| *s == 429).collect();
+    assert!(!busy.is_empty(), "12 requests of 300 steps into a queue of 1");
+    assert!(busy.iter().all(|(_, head, a)| head.contains("retry-after: 1") && a["error"]["code"] == "busy"));
+    assert!(answers.iter().all(|(s, _, _)| *s == 200 || *s == 429), "every request answered: ok or busy");
+}
+
+#[test]
+fn health_is_503_while_loading_and_while_draining() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dlm"))
+        .args(["serve", "--model", &common::model_dir().display().to_string(), "--http", &addr])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    while seen.last() != Some(&200) {
+        assert!(start.elapsed() < Duration::from_secs(60), "no 200 from /health: {seen:?}");
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            let (status, _, body) = http(port, "GET", "/health", b"");
+            if status == 503 {
+                assert_eq!(body["error"]["code"], "loading");
+            }
+            seen.push(status);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(seen.first(), Some(&503), "bound before the model loads, answering loading: {seen:?}");
+    // draining: a long request runs, SIGTERM, then health says 503 and the request is answered
+    let long = std::thread::spawn(move || {
+        http(port, "POST", "/v1/generate", json!({"steps": 1000, "num": 4}).to_string().as_bytes())
+    });
+    std::thread::sleep(Duration::from_millis(150));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(http(port, "GET", "/health", b"").0, 503);
+    assert_eq!(long.join().unwrap().0, 200, "the request read before SIGTERM is answered");
+    assert!(child.wait().unwrap().success());
+}
