@@ -39,6 +39,8 @@ pub enum ErrorCode {
 pub enum Op {
     Generate(Box<GenerateParams>),
     Health,
+    /// The Prometheus metrics, for clients on a line transport (a serial line has no HTTP).
+    Metrics,
 }
 
 /// A parsed request: its id (any JSON value, echoed back) and what to do.
@@ -54,6 +56,21 @@ pub struct Rejection {
     pub id: Value,
     pub code: ErrorCode,
     pub message: String,
+}
+
+impl ErrorCode {
+    /// The code as it appears in responses ("bad_request", ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::InvalidArgument => "invalid_argument",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Internal => "internal",
+        }
+    }
 }
 
 impl Rejection {
@@ -153,7 +170,9 @@ pub fn parse_request(line: &[u8]) -> Result<Incoming, Rejection> {
         },
         "health" if fields.is_empty() => Ok(Incoming { id, op: Op::Health }),
         "health" => Err(bad(id, "a health request has only id and op".into())),
-        other => Err(bad(id, format!("unknown op {other:?}; allowed: \"generate\", \"health\""))),
+        "metrics" if fields.is_empty() => Ok(Incoming { id, op: Op::Metrics }),
+        "metrics" => Err(bad(id, "a metrics request has only id and op".into())),
+        other => Err(bad(id, format!("unknown op {other:?}; allowed: \"generate\", \"health\", \"metrics\""))),
     }
 }
 
@@ -264,7 +283,7 @@ mod tests {
     fn sampler_names_are_checked() {
         let p = |s: &str| match parse_request(s.as_bytes()).unwrap().op {
             Op::Generate(p) => p.method(),
-            Op::Health => unreachable!(),
+            Op::Health | Op::Metrics => unreachable!(),
         };
         assert_eq!(p(r#"{"sampler":"ddim","eta":0.5}"#), Ok(Method::Ddim { eta: 0.5 }));
         assert!(p(r#"{"sampler":"plms"}"#).unwrap_err().to_string().contains("ddim"));

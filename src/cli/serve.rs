@@ -146,7 +146,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         signal_hook::flag::register_conditional_shutdown(signal, 1, shutdown.clone())?;
         signal_hook::flag::register(signal, shutdown.clone())?;
     }
-    server::run(model, config, transports, shutdown).map_err(anyhow::Error::msg)
+    server::run(model, config, transports, shutdown, &runtime.build_info()).map_err(anyhow::Error::msg)
 }
 
 /// One short generation through the denoiser and every guidance graph, so that the first

@@ -75,6 +75,7 @@ where
                 active = Instant::now();
                 let max = shared.config.max_line;
                 let message = format!("request line of {len} bytes is over this server's limit of {max} bytes");
+                shared.metrics.answered(ErrorCode::TooLarge.as_str());
                 reply.send(Rejection::new(Value::Null, ErrorCode::TooLarge, message).to_line());
             }
             // Shutting down: stop once nothing more is waiting to be read.
@@ -147,6 +148,7 @@ pub(super) fn dispatch(line: &[u8], shared: &Shared, jobs: &SyncSender<Job>, rep
     let incoming = match parse_request(line) {
         Ok(incoming) => incoming,
         Err(rejection) => {
+            shared.metrics.answered(rejection.code.as_str());
             reply.send(rejection.to_line());
             return;
         }
@@ -156,9 +158,17 @@ pub(super) fn dispatch(line: &[u8], shared: &Shared, jobs: &SyncSender<Job>, rep
             reply.send(shared.health(&incoming.id));
             return;
         }
+        Op::Metrics => {
+            reply
+                .send(serde_json::json!({"id": incoming.id, "ok": true, "metrics": shared.metrics_text()}).to_string());
+            return;
+        }
         Op::Generate(params) => params,
     };
-    let refuse = |code, message: &str| Rejection::new(incoming.id.clone(), code, message).to_line();
+    let refuse = |code: ErrorCode, message: &str| {
+        shared.metrics.answered(code.as_str());
+        Rejection::new(incoming.id.clone(), code, message).to_line()
+    };
     if stopping {
         reply.send(refuse(ErrorCode::ShuttingDown, "the server is stopping and takes no new requests"));
         return;

@@ -129,7 +129,10 @@ impl Engine<'_> {
 
     /// A job leaves the queue: answered at once (draining, invalid, expired) or admitted.
     fn start(&mut self, job: Job) {
-        let fail = |code, message: String| Rejection::new(job.id.clone(), code, message).to_line();
+        let fail = |code: ErrorCode, message: String| {
+            self.shared.metrics.answered(code.as_str());
+            Rejection::new(job.id.clone(), code, message).to_line()
+        };
         if self.shared.drain_expired() {
             job.reply
                 .send(fail(ErrorCode::ShuttingDown, "the server is stopping; this request was not started".into()));
@@ -217,12 +220,16 @@ impl Engine<'_> {
         let started = active.started.unwrap_or(active.job.received);
         let line = ok_line(&active.job.id, &outputs, &timing, &active.request, (active.job.received, started));
         active.job.reply.send(line);
+        let metrics = &self.shared.metrics;
+        metrics.answered("ok");
+        metrics.timed(started.duration_since(active.job.received), started.elapsed(), &timing, active.request.steps);
         self.shared.served.fetch_add(1, Ordering::Relaxed);
     }
 
     fn fail(&mut self, owner: u64, code: ErrorCode, message: String) {
         self.batch.remove_owner(owner);
         if let Some(active) = self.active.remove(&owner) {
+            self.shared.metrics.answered(code.as_str());
             active.job.reply.send(Rejection::new(active.job.id.clone(), code, message).to_line());
             self.shared.served.fetch_add(1, Ordering::Relaxed);
         }

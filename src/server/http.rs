@@ -1,7 +1,7 @@
 //! HTTP beside the line protocol, on `tiny_http` (synchronous, like the rest of the server):
 //! `POST /v1/generate` takes the JSON object of a request line and answers the object of a
 //! response line, with the HTTP status of its code; `GET /health` (200 serving, 503 loading,
-//! draining or with the inference thread dead) and `GET /v1/info`. Generate requests go through
+//! draining or with the inference thread dead), `GET /v1/info` and `GET /metrics`. Generate requests go through
 //! the same queue and inference thread as every other transport.
 
 use std::io::Read;
@@ -86,16 +86,30 @@ fn handle(mut request: Request, shared: &Shared, jobs: &SyncSender<Job>) {
             respond(request, if serving { 200 } else { 503 }, &shared.health(&Value::Null), false);
         }
         (Method::Get, "/v1/info") => respond(request, 200, &shared.info().to_string(), false),
+        (Method::Get, "/metrics") => {
+            let mut response = Response::from_string(shared.metrics_text());
+            if let Ok(h) = Header::from_bytes(
+                &b"Content-Type"[..],
+                &b"application/openmetrics-text; version=1.0.0; charset=utf-8"[..],
+            ) {
+                response = response.with_header(h);
+            }
+            if let Err(e) = request.respond(response) {
+                log::info!("HTTP client gone before its metrics: {e}");
+            }
+        }
         (Method::Post, "/v1/generate") => {
             let max = shared.config.max_line;
             let mut body = Vec::new();
             let read = request.as_reader().take(max as u64 + 1).read_to_end(&mut body);
             if let Err(e) = read {
+                shared.metrics.answered(ErrorCode::BadRequest.as_str());
                 let line =
                     Rejection::new(Value::Null, ErrorCode::BadRequest, format!("reading the body: {e}")).to_line();
                 return respond(request, 400, &line, false);
             }
             if body.len() > max {
+                shared.metrics.answered(ErrorCode::TooLarge.as_str());
                 let message = format!("request body over this server's limit of {max} bytes");
                 return respond(
                     request,
@@ -116,12 +130,13 @@ fn handle(mut request: Request, shared: &Shared, jobs: &SyncSender<Job>) {
             let status = code.as_deref().map_or(200, status_of);
             respond(request, status, &line, status == 429);
         }
-        (_, "/health" | "/v1/info" | "/v1/generate") => {
-            let message = "method not allowed: GET /health, GET /v1/info, POST /v1/generate";
+        (_, "/health" | "/v1/info" | "/v1/generate" | "/metrics") => {
+            let message = "method not allowed: GET /health, GET /v1/info, GET /metrics, POST /v1/generate";
             respond(request, 405, &Rejection::new(Value::Null, ErrorCode::BadRequest, message).to_line(), false);
         }
         (_, url) => {
-            let message = format!("no such path {url:?}; paths: GET /health, GET /v1/info, POST /v1/generate");
+            let message =
+                format!("no such path {url:?}; paths: GET /health, GET /v1/info, GET /metrics, POST /v1/generate");
             respond(request, 404, &Rejection::new(Value::Null, ErrorCode::BadRequest, message).to_line(), false);
         }
     }

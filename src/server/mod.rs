@@ -10,6 +10,7 @@ pub mod connection;
 pub mod engine;
 pub mod http;
 pub mod lines;
+pub mod metrics;
 pub mod notify;
 pub mod transport;
 
@@ -21,6 +22,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::model::Model;
+use metrics::{Build, Metrics};
+use sha2::Digest;
 use transport::Transport;
 
 #[derive(Debug, Clone)]
@@ -77,10 +80,11 @@ pub struct Shared {
     about: Value,
     /// What `GET /v1/info` answers: the model, its graphs with sha256 and providers, controls.
     info: Value,
+    pub metrics: Metrics,
 }
 
 impl Shared {
-    pub fn new(config: ServerConfig, shutdown: Arc<AtomicBool>, about: Value, info: Value) -> Self {
+    pub fn new(config: ServerConfig, shutdown: Arc<AtomicBool>, about: Value, info: Value, metrics: Metrics) -> Self {
         Self {
             config,
             shutdown,
@@ -93,6 +97,7 @@ impl Shared {
             started: Instant::now(),
             about,
             info,
+            metrics,
         }
     }
 
@@ -112,6 +117,15 @@ impl Shared {
     /// Stopping, and the drain time is over: queued requests are no longer started.
     pub fn drain_expired(&self) -> bool {
         self.stopping() && self.shutdown_at.get().is_some_and(|at| at.elapsed() >= self.config.drain)
+    }
+
+    /// The metrics' text, the gauges read now.
+    pub fn metrics_text(&self) -> String {
+        let m = &self.metrics;
+        m.queue_depth.set(self.queue_depth.load(Ordering::SeqCst) as i64);
+        m.active_sequences.set(self.active_sequences.load(Ordering::SeqCst) as i64);
+        m.engine_alive.set(i64::from(self.engine_alive.load(Ordering::SeqCst)));
+        m.render()
     }
 
     pub fn info(&self) -> &Value {
@@ -146,11 +160,13 @@ impl Shared {
 /// (stdin or a serial line at end of input, with no listener). Returns once all requests read
 /// have been answered: Err(why) when a transport failed (stdout closed, a serial line hung up),
 /// so that a supervisor restarts the service.
+/// `onnxruntime`: the loaded library's build string (for `dlm_build_info`).
 pub fn run(
     model: Model,
     config: ServerConfig,
     transports: Vec<Transport>,
     shutdown: Arc<AtomicBool>,
+    onnxruntime: &str,
 ) -> Result<(), String> {
     let about = json!({
         "dir": model.dir.display().to_string(),
@@ -171,7 +187,15 @@ pub fn run(
         model.manifest.controls.iter().map(|(name, c)| (name.clone(), json!({"labels": c.labels}))).collect();
     let info = json!({"version": env!("CARGO_PKG_VERSION"), "model": about, "provider": provider, "graphs": graphs,
                       "controls": controls});
-    let shared = Arc::new(Shared::new(config, shutdown, about, info));
+    let manifest = std::fs::read(model.dir.join(crate::manifest::MANIFEST_FILE)).unwrap_or_default();
+    let build = Build {
+        version: env!("CARGO_PKG_VERSION").into(),
+        provider: provider.into(),
+        precision: format!("{:?}", model.denoiser.precision()).to_lowercase(),
+        onnxruntime: onnxruntime.into(),
+        manifest_sha256: format!("{:x}", sha2::Sha256::digest(&manifest)),
+    };
+    let shared = Arc::new(Shared::new(config, shutdown, about, info, Metrics::new(build)));
     let (jobs, queue) = mpsc::sync_channel(shared.config.queue);
     let engine = {
         let shared = shared.clone();
