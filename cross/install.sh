@@ -32,17 +32,21 @@ chmod -R a+rX,go-w "$prefix"
 # Users in dlm-clients may connect to the Unix socket (the unit runs with Group=dlm-clients, UMask=0007).
 getent group dlm-clients >/dev/null || groupadd --system dlm-clients
 
-sed "s#/opt/dlm#$prefix#g" "$here/dlm.service" > "$unit"
-if [[ -n "${ORT_LIB:-}" ]]; then
-  sed -i "s#^Environment=ORT_DYLIB_PATH=.*#Environment=ORT_DYLIB_PATH=$ORT_LIB#" "$unit"
-fi
+sed "s#/opt/dlm#$prefix#g" "$here/dlm.service" > "$unit"   # a PREFIX other than /opt/dlm
 chmod 0644 "$unit"
+# Settings: /etc/default/dlm is the administrator's (kept when it exists); ORT_LIB sets its library.
+defaults=/etc/default/dlm
+[[ -f "$defaults" ]] || sed "s#/opt/dlm#$prefix#g" "$here/dlm.default" > "$defaults"
+if [[ -n "${ORT_LIB:-}" ]]; then
+  { grep -v '^ORT_DYLIB_PATH=' "$defaults"; echo "ORT_DYLIB_PATH=$ORT_LIB"; } > "$defaults.new" && mv "$defaults.new" "$defaults"
+fi
+chmod 0644 "$defaults"
 
-# Check the model and the library before handing it to systemd.
-ORT_DYLIB_PATH="$(sed -n 's/^Environment=ORT_DYLIB_PATH=//p' "$unit")" "$prefix/bin/dlm" info --model "$prefix/models/e2e" >/dev/null
+# Check the model and the library before handing it to systemd, with the service's settings.
+(set -a; . "$defaults"; "$prefix/bin/dlm" info --model "${DLM_MODEL:-$prefix/models/e2e}" >/dev/null)
 
 systemctl daemon-reload
 systemctl enable dlm.service
 systemctl restart dlm.service
 echo "dlm.service: $(systemctl is-active dlm.service)"
-echo "try: echo '{\"id\":1,\"steps\":50}' | socat - UNIX-CONNECT:/run/dlm/dlm.sock"
+echo "try: curl -s localhost:8080/health  or  echo '{\"id\":1,\"steps\":50}' | socat - UNIX-CONNECT:/run/dlm/dlm.sock"

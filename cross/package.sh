@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build dlm for aarch64 Linux and pack what an edge box needs into one tarball:
 #   bin/dlm, lib/libonnxruntime.so.<ver> (CPU build from PyPI's manylinux aarch64 wheel),
-#   models/e2e (runtime files only), dlm.service, install.sh, README.md.
+#   models/e2e (runtime files only), dlm.service, dlm.default, install.sh, README.md.
 #
 #   cross/package.sh                 # builds with cross (needs Docker or Podman)
 #   BUILD=cargo cross/package.sh     # builds with cargo (needs gcc-aarch64-linux-gnu, see .cargo/config.toml)
@@ -44,7 +44,7 @@ cp "$work/wheel/onnxruntime/capi/libonnxruntime.so.$ort_version" "$pkg/lib/"
 for f in models/e2e/*; do
   case "$f" in *.pt) ;; *) cp "$f" "$pkg/models/e2e/" ;; esac
 done
-cp cross/dlm.service cross/install.sh README.md "$pkg/"
-sed -i "s#libonnxruntime.so.1.32.0#libonnxruntime.so.$ort_version#" "$pkg/dlm.service"
+cp cross/dlm.service cross/dlm.default cross/install.sh README.md "$pkg/"
+sed -i "s#libonnxruntime.so.1.32.0#libonnxruntime.so.$ort_version#" "$pkg/dlm.service" "$pkg/dlm.default"
 tar -C "$work" -czf "dist/$name.tar.gz" "$name"
 echo "dist/$name.tar.gz: $(du -h "dist/$name.tar.gz" | cut -f1)"

@@ -85,7 +85,12 @@ pub struct ServeArgs {
     max_pending: u64,
 }
 
-pub fn run(args: ServeArgs) -> Result<()> {
+pub fn run(mut args: ServeArgs) -> Result<()> {
+    // an empty DLM_TCP (or DLM_UNIX, DLM_SERIAL, DLM_HTTP) turns that transport off
+    for list in [&mut args.tcp, &mut args.serial, &mut args.http] {
+        list.retain(|a| !a.trim().is_empty());
+    }
+    args.unix.retain(|p| !p.as_os_str().is_empty());
     let mut transports = Vec::new();
     if args.stdio {
         transports.push(Transport::Stdio);
