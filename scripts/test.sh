@@ -4,6 +4,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo build --release          # the evaluation tests drive the real dlm binary
+# the package test's tools (tests/package.rs)
+command -v cargo-deb >/dev/null || cargo install --quiet --locked cargo-deb@3.8.0
+if ! command -v lintian >/dev/null; then
+  sudo=$([ "$(id -u)" -eq 0 ] || echo sudo)
+  $sudo apt-get install -y -q lintian >/dev/null || { $sudo apt-get update -q && $sudo apt-get install -y -q lintian >/dev/null; }
+fi
 logs=$(mktemp -d)
 .venv/bin/python -m pytest -q 2>&1 | tee "$logs/pytest"
 cargo test --release 2>&1 | tee "$logs/cargo"
