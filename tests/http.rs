@@ -125,3 +125,41 @@ fn health_is_503_while_loading_and_while_draining() {
     assert_eq!(long.join().unwrap().0, 200, "the request read before SIGTERM is answered");
     assert!(child.wait().unwrap().success());
 }
+
+/// Read until the server closes the connection (or `limit` passes): what it sent, and when.
+fn until_closed(stream: &mut TcpStream, limit: Duration) -> (String, Duration) {
+    let start = Instant::now();
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    (String::from_utf8_lossy(&raw).into_owned(), start.elapsed())
+}
+
+#[test]
+fn connections_are_capped_idle_and_slow_ones_closed_and_long_answers_still_delivered() {
+    let (_server, port) =
+        start(&["--max-connections", "2", "--idle-timeout-ms", "300", "--timeout-ms", "20000"]);
+    let mut silent: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(50));
+    let mut third = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (refused, _) = until_closed(&mut third, Duration::from_secs(5));
+    assert!(refused.starts_with("HTTP/1.1 503") && refused.contains("Retry-After: 1"), "{refused}");
+    assert!(refused.contains("\"busy\""), "{refused}");
+    for stream in &mut silent {
+        let (sent, after) = until_closed(stream, Duration::from_secs(10));
+        assert!(sent.is_empty() && after < Duration::from_secs(3), "an idle connection closed: {sent:?} after {after:?}");
+    }
+    std::thread::sleep(Duration::from_millis(100)); // their slots free just after they close
+    // a request whose answer takes longer than the idle time is answered on the same connection
+    let started = Instant::now();
+    let (status, _, answer) =
+        http(port, "POST", "/v1/generate", json!({"steps": 1000, "num": 4}).to_string().as_bytes());
+    assert_eq!(status, 200, "{answer}");
+    assert!(started.elapsed() > Duration::from_millis(300), "the request outlasted the idle time");
+    // a client that sends half a request gets the idle time plus the longest deadline, not forever
+    let (_server, port) = start(&["--idle-timeout-ms", "200", "--timeout-ms", "300"]);
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.write_all(b"POST /v1/generate HTTP/1.1\r\nHost: localhost\r\nContent-Le").unwrap();
+    let (_, after) = until_closed(&mut slow, Duration::from_secs(10));
+    assert!(after >= Duration::from_millis(450) && after < Duration::from_secs(3), "closed after {after:?}");
+}

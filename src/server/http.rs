@@ -6,6 +6,8 @@
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use tiny_http::{Header, Method, Request, Response, Server};
 
 use super::connection::{dispatch, Reply};
 use super::engine::Job;
+use super::http_front::{accept_loop, Limits};
 use super::Shared;
 use crate::error::TransportError;
 use crate::protocol::{ErrorCode, Rejection};
@@ -27,22 +30,32 @@ const POLL: Duration = Duration::from_millis(100);
 /// A bound HTTP listener (bound before the model loads, so probes hear "loading").
 #[derive(Clone)]
 pub struct HttpListener {
-    server: Arc<Server>,
+    server: &'static Server,
     pub addr: String,
 }
 
 impl HttpListener {
-    /// Bind `addr`: loopback only unless `any_address`.
-    pub fn bind(addr: &str, any_address: bool) -> Result<Self, TransportError> {
+    /// Bind `addr` (loopback only unless `any_address`) and start accepting under `limits`
+    /// (http_front.rs): connections are relayed to tiny_http on a private abstract Unix socket.
+    pub fn bind(addr: &str, any_address: bool, limits: Limits) -> Result<Self, TransportError> {
         let bind = |error| TransportError::Bind { what: format!("http {addr}"), error };
         let addrs: Vec<SocketAddr> = addr.to_socket_addrs().map_err(bind)?.collect();
         if let Some(remote) = addrs.iter().find(|a| !a.ip().is_loopback() && !any_address) {
             return Err(TransportError::NotLoopback(*remote));
         }
-        let listener = TcpListener::bind(&addrs[..]).map_err(bind)?;
-        let server = Server::from_listener(listener, None)
-            .map_err(|e| TransportError::Bind { what: format!("http {addr}"), error: std::io::Error::other(e) })?;
-        Ok(Self { server: Arc::new(server), addr: addr.to_string() })
+        let front = TcpListener::bind(&addrs[..]).map_err(bind)?;
+        let local = front.local_addr().map_err(bind)?;
+        let name = format!("dlm-http-{}-{}", std::process::id(), local.port());
+        let inner = UnixAddr::from_abstract_name(name.as_bytes()).map_err(bind)?;
+        let server = Server::from_listener(UnixListener::bind_addr(&inner).map_err(bind)?, None)
+            .map_err(|e| bind(std::io::Error::other(e)))?;
+        // lives as long as the process: tiny_http's Drop cannot reach an abstract socket
+        let server = Box::leak(Box::new(server));
+        thread::Builder::new()
+            .name("http-accept".into())
+            .spawn(move || accept_loop(front, inner, limits))
+            .map_err(bind)?;
+        Ok(Self { server, addr: addr.to_string() })
     }
 
     /// Answer every request 503 `loading` until `ready` is set (while the model loads and warms up).

@@ -9,6 +9,7 @@
 pub mod connection;
 pub mod engine;
 pub mod http;
+pub mod http_front;
 pub mod lines;
 pub mod metrics;
 pub mod notify;
