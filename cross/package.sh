@@ -1,50 +1,42 @@
 #!/usr/bin/env bash
-# Build dlm for aarch64 Linux and pack what an edge box needs into one tarball:
-#   bin/dlm, lib/libonnxruntime.so.<ver> (CPU build from PyPI's manylinux aarch64 wheel),
-#   models/e2e (runtime files only), dlm.service, dlm.default, install.sh, README.md.
-#
-#   cross/package.sh                 # builds with cross (needs Docker or Podman)
-#   BUILD=cargo cross/package.sh     # builds with cargo (needs gcc-aarch64-linux-gnu, see .cargo/config.toml)
-#   FEATURES=cuda,tensorrt cross/package.sh   # GPU providers; then use JetPack's ONNX Runtime (ORT_LIB in install.sh)
-#
-# Output: dist/dlm-<version>-aarch64-linux.tar.gz
+# The Debian package of dlm, built with cargo-deb from the metadata in Cargo.toml, for this
+# machine (amd64) or for arm64 boards:
+#   cross/package.sh                          # amd64: dist/dlm_<version>-1_amd64.deb
+#   ARCH=arm64 cross/package.sh               # arm64, with Debian's gcc-aarch64-linux-gnu (.cargo/config.toml)
+#   ARCH=arm64 BUILD=cross cross/package.sh   # arm64, with cross (Docker or Podman)
+#   BUILD=none cross/package.sh               # package the binary already built
+#   FEATURES=cuda,tensorrt ...                # GPU providers (then point ORT_DYLIB_PATH in
+#                                             # /etc/default/dlm at JetPack's ONNX Runtime)
+# It puts the CPU ONNX Runtime library of that architecture (PyPI's onnxruntime wheel, through
+# scripts/fetch_ort.py) beside the binary, where Cargo.toml's assets take it; cargo-deb moves
+# target/release/ paths to target/<triple>/release/ for another architecture.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-target=aarch64-unknown-linux-gnu
-ort_version="$(sed -n 's/^onnxruntime==//p' export/requirements.txt)"
-version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
-name="dlm-$version-aarch64-linux"
+ort="libonnxruntime.so.$(sed -n 's/^VERSION = "\(.*\)".*/\1/p' scripts/fetch_ort.py)"
 features=()
 [[ -n "${FEATURES:-}" ]] && features=(--features "$FEATURES")
-
-case "${BUILD:-cross}" in
-  cross) CROSS_CONFIG=cross/Cross.toml cross build --target "$target" --release "${features[@]}" ;;
-  cargo) cargo build --target "$target" --release "${features[@]}" ;;
-  *) echo "package.sh: BUILD must be cross or cargo" >&2; exit 1 ;;
+case "${ARCH:-amd64}" in
+  amd64) target=x86_64-unknown-linux-gnu platform=manylinux_2_27_x86_64 release=target/release target_arg=() ;;
+  arm64) target=aarch64-unknown-linux-gnu platform=manylinux_2_28_aarch64 release=target/$target/release target_arg=(--target "$target") ;;
+  *) echo "package.sh: ARCH must be amd64 or arm64, not ${ARCH}" >&2; exit 1 ;;
 esac
-binary="target/$target/release/dlm"
-file "$binary" | grep -q "ARM aarch64" || { echo "package.sh: $binary is not an aarch64 binary" >&2; exit 1; }
 
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-pip="${PIP:-$root/.venv/bin/pip}"
-[[ -x "$pip" ]] || pip=pip3
-"$pip" download --quiet --no-deps --only-binary=:all: --platform manylinux_2_28_aarch64 \
-  --python-version 3.11 --dest "$work/wheel" "onnxruntime==$ort_version"
-unzip -q -o "$work"/wheel/onnxruntime-*.whl "onnxruntime/capi/libonnxruntime.so.$ort_version" -d "$work/wheel"
+case "${BUILD:-cargo}" in
+  cargo) cargo build --release "${target_arg[@]}" "${features[@]}" ;;
+  cross) CROSS_CONFIG=cross/Cross.toml cross build --release --target "$target" "${features[@]}" ;;
+  none) ;;
+  *) echo "package.sh: BUILD must be cargo, cross or none, not ${BUILD}" >&2; exit 1 ;;
+esac
+[[ -x "$release/dlm" ]] || { echo "package.sh: no $release/dlm; build it (BUILD=cargo or cross)" >&2; exit 1; }
 
-pkg="$work/$name"
-mkdir -p "$pkg/bin" "$pkg/lib" "$pkg/models/e2e" dist
-cp "$binary" "$pkg/bin/dlm"
-cp "$work/wheel/onnxruntime/capi/libonnxruntime.so.$ort_version" "$pkg/lib/"
-# The runtime reads the manifest, the tokenizer, the embeddings and the ONNX graphs; the
-# PyTorch checkpoints (*.pt) stay behind.
-for f in models/e2e/*; do
-  case "$f" in *.pt) ;; *) cp "$f" "$pkg/models/e2e/" ;; esac
-done
-cp cross/dlm.service cross/dlm.default cross/install.sh README.md "$pkg/"
-sed -i "s#libonnxruntime.so.1.32.0#libonnxruntime.so.$ort_version#" "$pkg/dlm.service" "$pkg/dlm.default"
-tar -C "$work" -czf "dist/$name.tar.gz" "$name"
-echo "dist/$name.tar.gz: $(du -h "dist/$name.tar.gz" | cut -f1)"
+if [[ ! -f "$release/$ort" ]]; then
+  if [[ "${ARCH:-amd64}" == amd64 && -f ".ort/$ort" ]]; then
+    cp ".ort/$ort" "$release/"
+  else
+    python3 scripts/fetch_ort.py "$release" --platform "$platform"
+  fi
+fi
+mkdir -p "${OUT:-dist}"
+cargo deb --no-build --strip "${target_arg[@]}" --output "${OUT:-dist}"

@@ -1,13 +1,19 @@
-//! The Debian package (`cargo deb`, metadata in Cargo.toml): its control data, conffile,
-//! maintainer scripts and files, and lintian without errors. scripts/test.sh installs
-//! cargo-deb and lintian when missing.
+//! The Debian package (cross/package.sh around `cargo deb`, metadata in Cargo.toml): its control
+//! data, conffile, maintainer scripts and files, dependencies that cover the symbol versions the
+//! binary and the library need, and lintian without errors. scripts/test.sh installs cargo-deb
+//! and lintian when missing.
 
 use std::path::Path;
 use std::process::Command;
 
 fn run(program: &str, args: &[&str]) -> String {
+    run_with(program, args, &[])
+}
+
+fn run_with(program: &str, args: &[&str], env: &[(&str, &str)]) -> String {
     let out = Command::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap_or_else(|e| panic!("{program} ({e}): scripts/test.sh installs it"));
@@ -19,12 +25,13 @@ fn run(program: &str, args: &[&str]) -> String {
 #[test]
 fn the_debian_package_installs_the_service_its_settings_and_the_model() {
     let dir = tempfile::tempdir().unwrap();
-    let deb = dir.path().join("dlm.deb");
-    let deb_s = deb.to_str().unwrap();
     assert!(Path::new(env!("CARGO_BIN_EXE_dlm")).is_file());
-    run("cargo", &["deb", "--no-build", "--strip", "--output", deb_s]);
+    let out = dir.path().to_str().unwrap();
+    run_with("bash", &["cross/package.sh"], &[("BUILD", "none"), ("OUT", out)]);
+    let deb = dir.path().join(format!("dlm_{}-1_amd64.deb", env!("CARGO_PKG_VERSION")));
+    let deb_s = deb.to_str().unwrap();
     let info = run("dpkg-deb", &["--info", deb_s]);
-    for needle in ["Package: dlm", "Depends: adduser", "conffiles", "postinst", "prerm", "postrm"] {
+    for needle in ["Package: dlm", "Architecture: amd64", "conffiles", "postinst", "prerm", "postrm"] {
         assert!(info.contains(needle), "{needle} missing from the control data: {info}");
     }
     let control = dir.path().join("control");
@@ -45,6 +52,29 @@ fn the_debian_package_installs_the_service_its_settings_and_the_model() {
         assert!(contents.contains(file), "{file} missing from the package");
     }
     assert!(!contents.contains(".pt\n"), "no PyTorch checkpoints in the package");
+    // every glibc and libstdc++ symbol version the binary and the library need is declared
+    let depends = run("dpkg-deb", &["--field", deb_s, "Depends"]);
+    let unpacked = dir.path().join("root");
+    run("dpkg-deb", &["-x", deb_s, unpacked.to_str().unwrap()]);
+    let version = |v: &str| v.split('.').map(|p| p.parse::<u32>().ok()).collect::<Option<Vec<u32>>>();
+    let glibc = depends
+        .split(',')
+        .find_map(|d| d.trim().strip_prefix("libc6 (>= ")?.strip_suffix(')').and_then(version))
+        .unwrap_or_else(|| panic!("libc6 with a version in Depends: {depends}"));
+    // GLIBCXX_3.4.22 is GCC 6's libstdc++
+    assert!(depends.contains("libstdc++6 (>= 6)"), "{depends}");
+    for file in ["opt/dlm/bin/dlm", "opt/dlm/lib/libonnxruntime.so.1.32.0"] {
+        let symbols = run("objdump", &["-T", unpacked.join(file).to_str().unwrap()]);
+        let newest = |prefix: &str| {
+            symbols
+                .split(|c: char| c.is_whitespace() || c == '(' || c == ')')
+                .filter_map(|w| w.strip_prefix(prefix).and_then(version))
+                .max()
+                .unwrap_or_default()
+        };
+        assert!(newest("GLIBC_") <= glibc, "{file} needs GLIBC_{:?}; Depends: {depends}", newest("GLIBC_"));
+        assert!(newest("GLIBCXX_") <= vec![3, 4, 22], "{file} needs GLIBCXX_{:?}; Depends: {depends}", newest("GLIBCXX_"));
+    }
     let lintian = run("lintian", &[deb_s]);
     assert!(!lintian.lines().any(|l| l.starts_with("E:")), "lintian errors: {lintian}");
 }
