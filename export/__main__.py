@@ -1,6 +1,7 @@
 """python -m export {prepare,train,controls,teacher,export,verify,sample,fixtures,evaluate,bench,all} --config C --workdir W."""
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -27,7 +28,9 @@ def cmd_train(args, cfg):
     from .train import train
 
     p = _paths(args.workdir)
-    print(json.dumps(train(cfg, p["data"], p["train"], resume=args.resume)))
+    record = train(cfg, p["data"], p["train"], resume=args.resume, device=getattr(args, "device", "auto"))
+    if os.environ.get("RANK", "0") == "0":  # torchrun: one line, from rank 0
+        print(json.dumps(record))
 
 
 def cmd_controls(args, cfg):
@@ -136,6 +139,8 @@ def main(argv=None):
     sub.add_parser("prepare", help="split the corpus, build tokenizer.json, tag UPOS")
     p = sub.add_parser("train", help="train the Diffusion-LM (checkpoints in WORKDIR/train)")
     p.add_argument("--resume", action="store_true", help="continue from WORKDIR/train/checkpoint.pt")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: CUDA when PyTorch sees a GPU (under torchrun: cuda:LOCAL_RANK, nccl), else the CPU (gloo)")
     sub.add_parser("controls", help="train the guidance classifiers (pos, content) on noisy latents")
     sub.add_parser("teacher", help="train the autoregressive teacher LM (lm-score)")
     for name, help_ in (("export", "write the ONNX model directory, then verify it"),

@@ -76,6 +76,6 @@ class Diffusion:
 
     def q_sample(self, x0, i, noise):
         """x_i ~ q(x_i | x_0) = N(sqrt(abar_i) x_0, (1 - abar_i) I), per sequence; i: step indices [B]."""
-        sqrt_ab = torch.as_tensor(self.sqrt_alpha_bar, dtype=x0.dtype)[i][:, None, None]
-        sqrt_1mab = torch.as_tensor(self.sqrt_one_minus_alpha_bar, dtype=x0.dtype)[i][:, None, None]
+        sqrt_ab = torch.as_tensor(self.sqrt_alpha_bar, dtype=x0.dtype, device=x0.device)[i][:, None, None]
+        sqrt_1mab = torch.as_tensor(self.sqrt_one_minus_alpha_bar, dtype=x0.dtype, device=x0.device)[i][:, None, None]
         return sqrt_ab * x0 + sqrt_1mab * noise

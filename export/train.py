@@ -1,4 +1,5 @@
-"""train: the e2e-simple Diffusion-LM objective, AdamW, EMA, resumable checkpoints."""
+"""train: the e2e-simple Diffusion-LM objective, AdamW, EMA, resumable checkpoints; one process
+or torchrun's N (DistributedDataParallel: global batch = N x train.batch_size)."""
 import copy
 import json
 import time
@@ -6,9 +7,11 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from . import data
+from . import data, distributed
 from .atomic import atomic_save
 from .errors import ExportError
 from .model import DiffusionLM, count_parameters, token_nll
@@ -17,19 +20,53 @@ from .schedule import Diffusion
 CHECKPOINT = "checkpoint.pt"
 
 
+class Objective(nn.Module):
+    """e2e-simple: x0 MSE (vs EMB(w) at t=0) + prior ||mean q(x_T|x0)||^2 + rounding NLL, as one
+    module so that DistributedDataParallel sees the whole forward (embedding, self-conditioning
+    pass, denoiser, rounding head).
+
+    Self-conditioned models see, for half the sequences, their own (detached) x0_hat of the
+    same x_t as a second input, and zeros for the rest, as they will when sampling."""
+
+    def __init__(self, model, diffusion):
+        super().__init__()
+        self.model, self.diffusion = model, diffusion
+
+    def forward(self, ids, x0_noise, t, eps, keep):
+        diff, T = self.diffusion, self.diffusion.num_steps
+        x0_mean = self.model.word_emb(ids)
+        x0 = x0_mean + float(diff.sqrt_one_minus_alpha_bar[0]) * x0_noise
+        x_t = diff.q_sample(x0, t, eps)
+        x0_hat_prev = None
+        if keep is not None:
+            with torch.no_grad():
+                x0_hat_prev = self.model(x_t, t) * keep.to(x_t.dtype)[:, None, None]
+        x0_hat = self.model(x_t, t, x0_hat_prev)
+        mse = ((x0_hat - x0) ** 2).mean(dim=(1, 2))
+        mse = torch.where(t == 0, ((x0_hat - x0_mean) ** 2).mean(dim=(1, 2)), mse)
+        prior = ((float(diff.sqrt_alpha_bar[T - 1]) * x0) ** 2).mean(dim=(1, 2))
+        nll = token_nll(self.model, x0, ids)
+        return {"mse": mse.mean(), "prior": prior.mean(), "nll": nll.mean(), "loss": (mse + prior + nll).mean()}
+
+
 class Trainer:
-    def __init__(self, cfg, data_dir):
+    def __init__(self, cfg, data_dir, process=None):
         self.cfg = cfg
+        self.process = process or distributed.Process(world=1, rank=0, device=torch.device("cpu"))
         self.tok = Tokenizer.from_file(str(Path(data_dir) / "tokenizer.json"))
         records = data.load_split(data_dir, "train")
         ids = [data.encode_ids(self.tok, r["words"], cfg.model.seq_len) for r in records]
         self.ids = torch.tensor(ids, dtype=torch.long)
-        torch.manual_seed(cfg.train.seed)
-        self.model = DiffusionLM(cfg.model, self.tok.get_vocab_size())
+        torch.manual_seed(cfg.train.seed)  # the same initial weights in every process
+        self.model = DiffusionLM(cfg.model, self.tok.get_vocab_size()).to(self.process.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.gen = torch.Generator().manual_seed(cfg.train.seed)
         self.diffusion = Diffusion.full(cfg.diffusion.schedule, cfg.diffusion.T)
+        self.objective = Objective(self.model, self.diffusion)
+        if self.process.world > 1:
+            ids = [self.process.device.index] if self.process.device.type == "cuda" else None
+            self.objective = DistributedDataParallel(self.objective, device_ids=ids)
         self.step = 0
         self.elapsed = 0.0
 
@@ -39,56 +76,53 @@ class Trainer:
             return t.lr * (step + 1) / t.warmup
         return t.lr * max(0.0, 1.0 - (step - t.warmup) / max(1, t.steps - t.warmup))
 
-    def losses(self, ids):
-        """e2e-simple: x0 MSE (vs EMB(w) at t=0) + prior ||mean q(x_T|x0)||^2 + rounding NLL.
-
-        Self-conditioned models see, for half the sequences, their own (detached) x0_hat of the
-        same x_t as a second input, and zeros for the rest, as they will when sampling."""
-        b, T, diff = ids.shape[0], self.cfg.diffusion.T, self.diffusion
-        x0_mean = self.model.word_emb(ids)
-        x0 = x0_mean + float(diff.sqrt_one_minus_alpha_bar[0]) * torch.randn(x0_mean.shape, generator=self.gen)
-        t = torch.randint(0, T, (b,), generator=self.gen)
-        x_t = diff.q_sample(x0, t, torch.randn(x0.shape, generator=self.gen))
-        x0_hat_prev = None
-        if self.cfg.model.self_condition:
-            keep = (torch.rand(b, generator=self.gen) < 0.5).to(x_t.dtype)[:, None, None]
-            with torch.no_grad():
-                x0_hat_prev = self.model(x_t, t) * keep
-        x0_hat = self.model(x_t, t, x0_hat_prev)
-        mse = ((x0_hat - x0) ** 2).mean(dim=(1, 2))
-        mse = torch.where(t == 0, ((x0_hat - x0_mean) ** 2).mean(dim=(1, 2)), mse)
-        prior = ((float(diff.sqrt_alpha_bar[T - 1]) * x0) ** 2).mean(dim=(1, 2))
-        nll = token_nll(self.model, x0, ids)
-        return {"mse": mse.mean(), "prior": prior.mean(), "nll": nll.mean(), "loss": (mse + prior + nll).mean()}
+    def draws(self):
+        """The global batch's sentences and noise, drawn alike in every process (one generator,
+        on the CPU), and this process's rows of it: N processes train exactly as one would on
+        the global batch."""
+        b, world, cfg = self.cfg.train.batch_size, self.process.world, self.cfg
+        g, shape = b * world, (b * world, cfg.model.seq_len, cfg.model.d)
+        idx = torch.randint(0, len(self.ids), (g,), generator=self.gen)
+        x0_noise = torch.randn(shape, generator=self.gen)
+        t = torch.randint(0, cfg.diffusion.T, (g,), generator=self.gen)
+        eps = torch.randn(shape, generator=self.gen)
+        keep = (torch.rand(g, generator=self.gen) < 0.5) if cfg.model.self_condition else None
+        rows = slice(self.process.rank * b, (self.process.rank + 1) * b)
+        dev = self.process.device
+        return [None if x is None else x[rows].to(dev) for x in (self.ids[idx], x0_noise, t, eps, keep)]
 
     def train_step(self):
-        idx = torch.randint(0, len(self.ids), (self.cfg.train.batch_size,), generator=self.gen)
+        batch = self.draws()
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(self.step)
         self.model.train()
-        terms = self.losses(self.ids[idx])
+        terms = self.objective(*batch)
         self.opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
+        terms["loss"].backward()  # DistributedDataParallel averages the gradients over the processes
         self.opt.step()
         with torch.no_grad():
             rate = self.cfg.train.ema_rate
             for p_ema, p in zip(self.ema.parameters(), self.model.parameters()):
                 p_ema.mul_(rate).add_(p.detach(), alpha=1.0 - rate)
         self.step += 1
-        return {k: float(v.detach()) for k, v in terms.items()}
+        return self.process.mean({k: float(v.detach()) for k, v in terms.items()})
 
     def state(self):
         return {
             "config": self.cfg.to_dict(), "step": self.step, "elapsed_s": self.elapsed,
             "model": self.model.state_dict(), "ema": self.ema.state_dict(),
-            "opt": self.opt.state_dict(), "gen": self.gen.get_state(),
+            "opt": self.opt.state_dict(), "gen": self.gen.get_state(), "world_size": self.process.world,
         }
 
     def save(self, path):
         atomic_save(self.state(), path)
 
     def load(self, path):
-        state = torch.load(path, weights_only=False)
+        state = torch.load(path, weights_only=False, map_location=self.process.device)
+        if state.get("world_size", 1) != self.process.world:
+            raise ExportError(f"{path}: checkpoint was trained by {state.get('world_size', 1)} process(es) (global batch "
+                              f"{state.get('world_size', 1)} x train.batch_size); resume with that many "
+                              f"(torchrun --nproc_per_node), not {self.process.world}")
         if _resumable(state["config"]) != _resumable(self.cfg.to_dict()):
             raise ExportError(f"{path}: checkpoint was trained with another config (only train.steps, train.threads and "
                               "train.checkpoint_every may change on resume); refusing to resume")
@@ -108,23 +142,38 @@ def _resumable(cfg_dict):
     return {**rest, "train": train_part, "data": data_part}
 
 
-def train(cfg, data_dir, out_dir, resume=False):
-    """Train to cfg.train.steps, checkpointing into out_dir; returns the final log record."""
+def train(cfg, data_dir, out_dir, resume=False, device="auto"):
+    """Train to cfg.train.steps, checkpointing into out_dir; returns the final log record. Under
+    torchrun every process trains its share of each global batch; rank 0 writes the checkpoint
+    and the log, and every process resumes from the same checkpoint file."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    process = distributed.start(device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    trainer = Trainer(cfg, data_dir)
-    ckpt = out_dir / CHECKPOINT
-    if resume and ckpt.exists():
-        trainer.load(ckpt)
-    elif ckpt.exists():
-        raise ExportError(f"{ckpt} exists: pass --resume to continue it, or remove it to start over")
-    log_path = out_dir / "train_log.jsonl"
+    try:
+        trainer = Trainer(cfg, data_dir, process)
+        ckpt = out_dir / CHECKPOINT
+        if resume and ckpt.exists():
+            trainer.load(ckpt)
+        elif ckpt.exists():
+            raise ExportError(f"{ckpt} exists: pass --resume to continue it, or remove it to start over")
+        process.barrier()  # nobody writes the checkpoint before everybody has read it
+        return _loop(trainer, out_dir, ckpt)
+    finally:
+        distributed.stop(process)
+
+
+def _loop(trainer, out_dir, ckpt):
+    cfg, main = trainer.cfg, trainer.process.main
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     record = {}
-    with log_path.open("a") as log, tqdm(total=cfg.train.steps, initial=trainer.step, desc="train", mininterval=2.0) as bar:
-        if trainer.step == 0:
-            log.write(json.dumps({"event": "start", "parameters": count_parameters(trainer.model)}) + "\n")
+    log = (out_dir / "train_log.jsonl").open("a") if main else None
+    with tqdm(total=cfg.train.steps, initial=trainer.step, desc="train", mininterval=2.0, disable=not main) as bar:
+        if trainer.step == 0 and main:
+            log.write(json.dumps({"event": "start", "parameters": count_parameters(trainer.model),
+                                  "processes": trainer.process.world,
+                                  "global_batch": trainer.process.world * cfg.train.batch_size}) + "\n")
         running = None
         while trainer.step < cfg.train.steps:
             t0 = time.perf_counter()
@@ -135,9 +184,12 @@ def train(cfg, data_dir, out_dir, resume=False):
             bar.set_postfix(loss=f"{running:.4f}", mse=f"{terms['mse']:.4f}", nll=f"{terms['nll']:.3f}")
             if trainer.step % cfg.train.checkpoint_every == 0 or trainer.step == cfg.train.steps:
                 record = {"step": trainer.step, "loss_ema": running, **terms, "elapsed_s": round(trainer.elapsed, 1)}
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-                trainer.save(ckpt)
+                if main:
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                    trainer.save(ckpt)
+    if log:
+        log.close()
     return record if record else {"step": trainer.step, "elapsed_s": trainer.elapsed}
 
 
@@ -145,7 +197,7 @@ def load_ema(ckpt_path, vocab_size):
     """The EMA weights of a checkpoint and its config (what gets exported)."""
     from .config import from_dict
 
-    state = torch.load(ckpt_path, weights_only=False)
+    state = torch.load(ckpt_path, weights_only=False, map_location="cpu")
     cfg = from_dict(state["config"])
     model = DiffusionLM(cfg.model, vocab_size)
     model.load_state_dict(state["ema"])
