@@ -137,8 +137,7 @@ fn until_closed(stream: &mut TcpStream, limit: Duration) -> (String, Duration) {
 
 #[test]
 fn connections_are_capped_idle_and_slow_ones_closed_and_long_answers_still_delivered() {
-    let (_server, port) =
-        start(&["--max-connections", "2", "--idle-timeout-ms", "300", "--timeout-ms", "20000"]);
+    let (_server, port) = start(&["--max-connections", "2", "--idle-timeout-ms", "300", "--timeout-ms", "20000"]);
     let mut silent: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
     std::thread::sleep(Duration::from_millis(50));
     let mut third = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -147,10 +146,13 @@ fn connections_are_capped_idle_and_slow_ones_closed_and_long_answers_still_deliv
     assert!(refused.contains("\"busy\""), "{refused}");
     for stream in &mut silent {
         let (sent, after) = until_closed(stream, Duration::from_secs(10));
-        assert!(sent.is_empty() && after < Duration::from_secs(3), "an idle connection closed: {sent:?} after {after:?}");
+        assert!(
+            sent.is_empty() && after < Duration::from_secs(3),
+            "an idle connection closed: {sent:?} after {after:?}"
+        );
     }
     std::thread::sleep(Duration::from_millis(100)); // their slots free just after they close
-    // a request whose answer takes longer than the idle time is answered on the same connection
+                                                    // a request whose answer takes longer than the idle time is answered on the same connection
     let started = Instant::now();
     let (status, _, answer) =
         http(port, "POST", "/v1/generate", json!({"steps": 1000, "num": 4}).to_string().as_bytes());

@@ -73,7 +73,11 @@ fn the_debian_package_installs_the_service_its_settings_and_the_model() {
                 .unwrap_or_default()
         };
         assert!(newest("GLIBC_") <= glibc, "{file} needs GLIBC_{:?}; Depends: {depends}", newest("GLIBC_"));
-        assert!(newest("GLIBCXX_") <= vec![3, 4, 22], "{file} needs GLIBCXX_{:?}; Depends: {depends}", newest("GLIBCXX_"));
+        assert!(
+            newest("GLIBCXX_") <= vec![3, 4, 22],
+            "{file} needs GLIBCXX_{:?}; Depends: {depends}",
+            newest("GLIBCXX_")
+        );
     }
     let lintian = run("lintian", &[deb_s]);
     assert!(!lintian.lines().any(|l| l.starts_with("E:")), "lintian errors: {lintian}");

@@ -194,6 +194,13 @@ fn sigterm_answers_everything_read_and_exits_zero() {
 }
 
 #[test]
+fn loading_extends_the_start_timeout_before_ready() {
+    let server = Server::start(&[], &[]);
+    let first = server.loading.first().unwrap_or_else(|| panic!("no EXTEND_TIMEOUT_USEC before READY=1"));
+    assert!(first.contains("EXTEND_TIMEOUT_USEC=90000000"), "{first:?}");
+}
+
+#[test]
 fn watchdog_pings_while_the_engine_lives() {
     let server = Server::start(&[], &[("WATCHDOG_USEC", "200000")]);
     let start = Instant::now();

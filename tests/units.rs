@@ -64,7 +64,6 @@ fn the_default_settings_start_a_server() {
             "DLM_UNIX" => *value = dir.path().join("dlm.sock").display().to_string(),
             "DLM_TCP" => *value = format!("127.0.0.1:{tcp}"),
             "DLM_HTTP" => *value = format!("127.0.0.1:{http}"),
-            "DLM_TRT_CACHE" => *value = dir.path().display().to_string(),
             _ => {}
         }
     }

@@ -73,7 +73,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         ..Request::default()
     };
     let runtime = OrtRuntime::load(args.runtime.ort_lib.as_deref(), args.runtime.threads.into())?;
-    let opts = session_options(&args.runtime, args.batch);
+    let opts = session_options(&args.runtime, args.batch)?;
     let mut model = Model::load(&runtime, &args.runtime.model, args.runtime.precision, &opts)?;
     log::info!("model {} on {}, {:?}", model.dir.display(), model.denoiser.device.name(), args.runtime.precision);
     let outputs = generate(&mut model, &request).context("generation failed")?;

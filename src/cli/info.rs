@@ -47,10 +47,29 @@ pub fn run(args: RuntimeArgs) -> Result<()> {
     writeln!(out, "onnxruntime  {}", runtime.library.display())?;
     writeln!(out, "  build      {}", runtime.build_info())?;
     writeln!(out, "  providers  {}", runtime.available_providers().join(", "))?;
+    let opts = session_options(&args, 1)?;
+    let given: Vec<String> = opts
+        .for_model(&manifest)
+        .ep_options
+        .iter()
+        .filter(|o| args.device.providers().contains(&o.provider))
+        .map(|o| format!("{}:{}={}", o.provider.name(), o.key, o.value))
+        .collect();
+    writeln!(out, "  ep options {} (for --device {}: manifest, then --ep-option)", list(&given), args.device.name())?;
+    let cache = opts.trt_cache.as_ref().map_or("-".into(), |d| d.display().to_string());
+    writeln!(out, "  trt cache  {cache} (TensorRT engines in a directory per graph content)")?;
     for precision in [Precision::Fp32, Precision::Fp16] {
-        let model = Model::load(&runtime, &args.model, precision, &session_options(&args, 1))?;
+        let model = Model::load(&runtime, &args.model, precision, &opts)?;
         let (asked, runs) = (args.device.name(), model.denoiser.device.name());
         writeln!(out, "session      denoiser {precision:?}: requested {asked}, runs on {runs}")?;
     }
     Ok(())
+}
+
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.join(" ")
+    }
 }

@@ -12,7 +12,7 @@ use clap::Args;
 use dlm::controls::{ControlRequest, LengthHold};
 use dlm::error::ControlError;
 use dlm::manifest::Precision;
-use dlm::ort::{Device, SessionOptions};
+use dlm::ort::{Device, EpOption, SessionOptions};
 use dlm::overrides::{GuideOverrides, Setting, LR, STEPS, WEIGHT};
 
 #[derive(Args, Clone)]
@@ -35,19 +35,31 @@ pub struct RuntimeArgs {
     /// ONNX Runtime intra-op threads, 0..=256 (0: ONNX Runtime decides, one per core).
     #[arg(long, env = "DLM_THREADS", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=256))]
     pub threads: u16,
-    /// Directory for TensorRT engine and timing caches.
+    /// Directory for TensorRT engine and timing caches (one engine directory per graph
+    /// content); default: $CACHE_DIRECTORY when systemd sets it (CacheDirectory=).
     #[arg(long, env = "DLM_TRT_CACHE")]
     pub trt_cache: Option<PathBuf>,
+    /// An execution provider option PROVIDER:KEY=VALUE (cuda or tensorrt), passed to ONNX
+    /// Runtime as given, over the manifest's defaults (repeatable; DLM_EP_OPTION: `;` between).
+    #[arg(long = "ep-option", env = "DLM_EP_OPTION", value_name = "PROVIDER:KEY=VALUE", value_delimiter = ';')]
+    pub ep_options: Vec<EpOption>,
 }
 
-pub fn session_options(args: &RuntimeArgs, max_batch: usize) -> SessionOptions {
-    SessionOptions {
+pub fn session_options(args: &RuntimeArgs, max_batch: usize) -> anyhow::Result<SessionOptions> {
+    dlm::ort::providers::check_options(args.device, &args.ep_options).map_err(anyhow::Error::msg)?;
+    // systemd's CacheDirectory= sets CACHE_DIRECTORY (colon-separated when it names several)
+    let systemd_cache = std::env::var_os("CACHE_DIRECTORY")
+        .and_then(|dirs| std::env::split_paths(&dirs).next())
+        .filter(|dir| !dir.as_os_str().is_empty());
+    Ok(SessionOptions {
         device: args.device,
         allow_fallback: args.allow_fallback,
-        trt_cache: args.trt_cache.clone(),
+        trt_cache: args.trt_cache.clone().or(systemd_cache),
         max_batch,
         profile_dir: None,
-    }
+        ep_options: args.ep_options.clone(),
+        weights: Vec::new(),
+    })
 }
 
 /// The control flags of `dlm generate` and `dlm profile`.

@@ -65,7 +65,7 @@ pub fn run(args: ProfileArgs) -> Result<()> {
     let label = args.controls.label();
     let (mut results, mut traces) = (Vec::new(), Vec::new());
     for &precision in &precisions {
-        let mut opts = session_options(&args.runtime, max_batch);
+        let mut opts = session_options(&args.runtime, max_batch)?;
         if let Some(dir) = &args.ort_profile {
             let dir = dir.join(format!("{precision:?}").to_lowercase());
             std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;

@@ -134,8 +134,9 @@ pub fn run(mut args: ServeArgs) -> Result<()> {
         idle: Duration::from_millis(args.idle_timeout_ms),
         max_pending: args.max_pending as usize,
     };
+    let extending = server::notify::extend_while_loading(Arc::clone(&ready));
     let runtime = OrtRuntime::load(args.runtime.ort_lib.as_deref(), args.runtime.threads.into())?;
-    let opts = session_options(&args.runtime, config.max_batch);
+    let opts = session_options(&args.runtime, config.max_batch)?;
     let mut model = Model::load(&runtime, &args.runtime.model, args.runtime.precision, &opts)?;
     let t = model.manifest.diffusion.t;
     if !(1..=t).contains(&config.default_steps) {
@@ -148,6 +149,9 @@ pub fn run(mut args: ServeArgs) -> Result<()> {
     warm_up(&mut model).context("warm-up generation failed")?;
     log::info!("model {} on {}, warmed up in {:?}", model.dir.display(), model.denoiser.device.name(), warm.elapsed());
     ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    if let Some(extending) = extending {
+        let _ = extending.join(); // no EXTEND_TIMEOUT_USEC after READY=1
+    }
     for answering in loading {
         let _ = answering.join(); // the HTTP listeners' loading answers end within a poll
     }

@@ -19,6 +19,7 @@ fn within(field: &str, value: usize, lo: usize, hi: usize) -> Result<(), String>
 }
 
 pub fn check(m: &Manifest) -> Result<(), String> {
+    check_providers(m)?;
     within("model.d", m.model.d, 1, MAX_D)?;
     within("model.seq_len", m.model.seq_len, 3, MAX_SEQ_LEN)?; // START, a word, END
     within("model.vocab_size", m.model.vocab_size, 5, MAX_VOCAB)?; // PAD, UNK, START, END, a word
@@ -101,6 +102,21 @@ pub fn check(m: &Manifest) -> Result<(), String> {
                         &c.input.shape[1..]
                     ));
                 }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The `providers` block: options of the providers that take them, with scalar values.
+fn check_providers(m: &Manifest) -> Result<(), String> {
+    for (provider, options) in &m.providers {
+        if !["cuda", "tensorrt"].contains(&provider.as_str()) {
+            return Err(format!("providers.{provider}: unknown provider; providers with options: cuda, tensorrt"));
+        }
+        for (key, value) in options {
+            if !(value.is_string() || value.is_number() || value.is_boolean()) {
+                return Err(format!("providers.{provider}.{key} is {value}; allowed a string, number or boolean"));
             }
         }
     }

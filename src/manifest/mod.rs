@@ -28,6 +28,10 @@ pub struct Manifest {
     /// graphs at every batch size and precision).
     #[serde(default)]
     pub weights: Vec<WeightsEntry>,
+    /// Per-model defaults of execution provider options, by provider ("cuda", "tensorrt"):
+    /// `{"tensorrt": {"trt_builder_optimization_level": 5}}`; `--ep-option` overrides them.
+    #[serde(default)]
+    pub providers: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
     /// Guidance controls (classifier gradient graphs), by name: "pos", "content".
     #[serde(default)]
     pub controls: BTreeMap<String, Control>,

@@ -5,12 +5,14 @@
 
 pub mod denoiser;
 pub mod guidance;
+pub mod providers;
 pub mod runtime;
 pub mod session;
 mod staging;
 
 pub use denoiser::OrtDenoiser;
 pub use guidance::GuideSession;
+pub use providers::{EpOption, Provider};
 pub use runtime::OrtRuntime;
 pub use session::{Device, SessionOptions};
 

@@ -3,14 +3,18 @@
 
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use ndarray::Array3;
+use ort::logging::LogLevel;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::Session;
 use ort::value::TensorElementType;
 
+use super::providers::{self, EpOption};
 use super::OrtRuntime;
 use crate::error::{InferenceError, LoadError};
-use crate::manifest::{DType, Dim, Graph, TensorSpec};
+use crate::manifest::{DType, Dim, Graph, Manifest, TensorSpec, WeightsEntry};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Device {
@@ -40,11 +44,34 @@ pub struct SessionOptions {
     pub max_batch: usize,
     /// Write ONNX Runtime's per-operator profile of each session under this directory.
     pub profile_dir: Option<PathBuf>,
+    /// Provider options, applied in order (a later value of a key wins): `--ep-option`s, after
+    /// [`SessionOptions::for_model`] the manifest's `providers` defaults before them.
+    pub ep_options: Vec<EpOption>,
+    /// The model's external weights files (after [`SessionOptions::for_model`]): part of each
+    /// graph's TensorRT engine cache key.
+    pub weights: Vec<WeightsEntry>,
+}
+
+impl SessionOptions {
+    /// These options for the graphs of `manifest`: its provider defaults first, then ours.
+    pub fn for_model(&self, manifest: &Manifest) -> Self {
+        let mut ep_options = providers::manifest_defaults(&manifest.providers);
+        ep_options.extend(self.ep_options.iter().cloned());
+        Self { ep_options, weights: manifest.weights.clone(), ..self.clone() }
+    }
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        Self { device: Device::Cpu, allow_fallback: false, trt_cache: None, max_batch: 16, profile_dir: None }
+        Self {
+            device: Device::Cpu,
+            allow_fallback: false,
+            trt_cache: None,
+            max_batch: 16,
+            profile_dir: None,
+            ep_options: Vec::new(),
+            weights: Vec::new(),
+        }
     }
 }
 
@@ -53,6 +80,19 @@ fn base_builder(runtime: &OrtRuntime, opts: &SessionOptions, graph: &Graph) -> o
         Session::builder(&runtime.environment)?.with_optimization_level(GraphOptimizationLevel::Level3)?;
     if let Some(dir) = &opts.profile_dir {
         builder = builder.with_profiling(dir.join(&graph.name))?;
+    }
+    if log::log_enabled!(log::Level::Info) {
+        // -v: which provider took how many nodes (ONNX Runtime says so at its verbose level,
+        // while it partitions the graph); its warnings and errors as ours
+        let name = graph.name.clone();
+        builder = builder.with_log_level(LogLevel::Verbose)?.with_logger(Arc::new(
+            move |level: LogLevel, _category: &str, _id: &str, _at: &str, message: &str| match level {
+                LogLevel::Error | LogLevel::Fatal => log::error!("{name}: {message}"),
+                LogLevel::Warning => log::warn!("{name}: {message}"),
+                _ if message.contains("placed on [") => log::info!("{name}: {}", message.trim()),
+                _ => {}
+            },
+        ))?;
     }
     Ok(builder)
 }
@@ -63,28 +103,6 @@ fn cpu_session(runtime: &OrtRuntime, path: &Path, graph: &Graph, opts: &SessionO
         .map_err(|error| LoadError::Session { path: path.to_path_buf(), error: Box::new(error) })
 }
 
-/// TensorRT optimization profile "x:BxLxd,t:B" for min, opt and max shapes.
-#[cfg_attr(not(feature = "tensorrt"), allow(dead_code))]
-fn trt_profile(graph: &Graph, batch: usize, seq: usize) -> String {
-    graph
-        .inputs
-        .iter()
-        .map(|input| {
-            let dims: Vec<String> = input
-                .shape
-                .iter()
-                .map(|d| match d {
-                    Dim::Fixed(n) => n.to_string(),
-                    Dim::Dynamic(axis) if axis == "batch" => batch.to_string(),
-                    Dim::Dynamic(_) => seq.to_string(),
-                })
-                .collect();
-            format!("{}:{}", input.name, dims.join("x"))
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 fn provider_session(
     runtime: &OrtRuntime,
     path: &Path,
@@ -93,54 +111,23 @@ fn provider_session(
 ) -> Result<Session, LoadError> {
     let provider = opts.device.name();
     let fail = |reason: String| LoadError::Provider { provider, reason };
-    let wanted = match opts.device {
-        Device::Cpu => return cpu_session(runtime, path, graph, opts),
-        Device::Cuda => "CUDAExecutionProvider",
-        Device::Tensorrt => "TensorrtExecutionProvider",
-    };
-    let dispatch = dispatch_for(graph, opts).map_err(fail)?;
+    if opts.device == Device::Cpu {
+        return cpu_session(runtime, path, graph, opts);
+    }
+    let dispatch = providers::dispatch(graph, opts).map_err(fail)?;
     let offered = runtime.available_providers();
-    if !offered.iter().any(|p| p == wanted) {
-        return Err(fail(format!(
-            "the ONNX Runtime library {} offers only {offered:?}, not {wanted}; use the onnxruntime-gpu build (or JetPack's) via --ort-lib",
-            runtime.library.display()
-        )));
+    for wanted in opts.device.providers().iter().map(|p| p.ort_name()) {
+        if !offered.iter().any(|p| p == wanted) {
+            return Err(fail(format!(
+                "the ONNX Runtime library {} offers only {offered:?}, not {wanted}; use the onnxruntime-gpu build (or JetPack's) via --ort-lib",
+                runtime.library.display()
+            )));
+        }
     }
     base_builder(runtime, opts, graph)
-        .and_then(|b| Ok(b.with_execution_providers([dispatch.error_on_failure()])?))
+        .and_then(|b| Ok(b.with_execution_providers(dispatch)?))
         .and_then(|mut b| b.commit_from_file(path))
         .map_err(|e| fail(e.to_string()))
-}
-
-/// The execution provider for a GPU device, or why this build cannot offer it.
-#[allow(unused_variables)]
-fn dispatch_for(graph: &Graph, opts: &SessionOptions) -> Result<ort::ep::ExecutionProviderDispatch, String> {
-    match opts.device {
-        #[cfg(feature = "cuda")]
-        Device::Cuda => Ok(ort::ep::CUDA::default().build()),
-        #[cfg(feature = "tensorrt")]
-        Device::Tensorrt => {
-            let seq = graph.dynamic_axes.get("seq").map_or(1, |a| a.max);
-            let mut trt = ort::ep::TensorRT::default()
-                .with_fp16(graph.precision == crate::manifest::Precision::Fp16)
-                .with_profile_min_shapes(trt_profile(graph, 1, 1))
-                .with_profile_opt_shapes(trt_profile(graph, 1, seq))
-                .with_profile_max_shapes(trt_profile(graph, opts.max_batch.max(1), seq));
-            if let Some(dir) = &opts.trt_cache {
-                let dir = dir.display().to_string();
-                trt = trt
-                    .with_engine_cache(true)
-                    .with_engine_cache_path(&dir)
-                    .with_timing_cache(true)
-                    .with_timing_cache_path(&dir);
-            }
-            Ok(trt.build())
-        }
-        device => Err(format!(
-            "this dlm was built without the `{0}` feature; rebuild with `cargo build --release --features {0}`",
-            device.name()
-        )),
-    }
 }
 
 /// A session for `graph` on the requested device; with `allow_fallback`, CPU when that fails.

@@ -1,8 +1,9 @@
-//! The systemd notify protocol over `$NOTIFY_SOCKET` (a no-op when it is unset): READY=1 once
-//! the sessions are built and warmed up, WATCHDOG=1 while the inference thread is alive and
-//! not stuck, STOPPING=1 on shutdown.
+//! The systemd notify protocol over `$NOTIFY_SOCKET` (a no-op when it is unset):
+//! EXTEND_TIMEOUT_USEC while the model loads (TensorRT engine builds take minutes on an Orin,
+//! beyond systemd's default start timeout), READY=1 once the sessions are built and warmed up,
+//! WATCHDOG=1 while the inference thread is alive and not stuck, STOPPING=1 on shutdown.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -15,6 +16,31 @@ fn send(states: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {
         log::warn!("systemd notify failed: {e}");
     }
+}
+
+/// How much more start time each EXTEND_TIMEOUT_USEC asks for; sent every third of it.
+const EXTEND: Duration = Duration::from_secs(90);
+/// The longest loading extended: a load hung for longer is left to systemd's timeout.
+const MAX_LOADING: Duration = Duration::from_secs(30 * 60);
+
+/// Until `loaded` is set (or for `MAX_LOADING`), ask systemd for `EXTEND` more start time now
+/// and every `EXTEND` / 3. Join the handle before READY=1, so that no extension follows it.
+pub fn extend_while_loading(loaded: Arc<AtomicBool>) -> Option<JoinHandle<()>> {
+    std::env::var_os("NOTIFY_SOCKET")?;
+    let usec = u32::try_from(EXTEND.as_micros()).unwrap_or(u32::MAX);
+    let run = move || {
+        let tick = Duration::from_millis(20);
+        let (mut since, started) = (EXTEND, std::time::Instant::now()); // send at once
+        while !loaded.load(Ordering::SeqCst) && started.elapsed() < MAX_LOADING {
+            if since >= EXTEND / 3 {
+                send(&[NotifyState::ExtendTimeoutUsec(usec), NotifyState::Status("loading the model")]);
+                since = Duration::ZERO;
+            }
+            thread::sleep(tick);
+            since += tick;
+        }
+    };
+    thread::Builder::new().name("notify-loading".into()).spawn(run).ok()
 }
 
 pub fn ready(status: &str) {

@@ -16,6 +16,8 @@ pub struct Server {
     pub notify: UnixDatagram,
     pub dir: tempfile::TempDir,
     pub port: u16,
+    /// The notifications before READY=1 (EXTEND_TIMEOUT_USEC while loading).
+    pub loading: Vec<String>,
 }
 
 impl Server {
@@ -41,10 +43,15 @@ impl Server {
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null());
-        let server = Server { child: cmd.spawn().unwrap(), notify, dir, port };
-        let first = server.note();
-        assert!(first.contains("READY=1"), "first notification: {first:?}");
-        server
+        let mut server = Server { child: cmd.spawn().unwrap(), notify, dir, port, loading: Vec::new() };
+        loop {
+            let note = server.note();
+            if note.contains("READY=1") {
+                break server;
+            }
+            assert!(note.contains("EXTEND_TIMEOUT_USEC="), "before READY=1: {note:?}");
+            server.loading.push(note);
+        }
     }
 
     /// The next notify datagram.

@@ -1,0 +1,302 @@
+//! The GPU execution providers and their options. `--device tensorrt` registers TensorRT and
+//! then CUDA, for the nodes TensorRT does not take (as ONNX Runtime's documentation and Triton
+//! do); `--device cuda` registers CUDA. Options reach ONNX Runtime as given, in this order (a
+//! later value of a key wins): dlm's own (TensorRT profile shapes, fp16, caches), the manifest's
+//! `providers` block, then `--ep-option PROVIDER:KEY=VALUE`. An unknown key is ONNX Runtime's
+//! error.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::session::{Device, SessionOptions};
+use crate::manifest::{Graph, WeightsEntry};
+
+/// A provider that takes options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    Cuda,
+    Tensorrt,
+}
+
+impl Provider {
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::Cuda => "cuda",
+            Provider::Tensorrt => "tensorrt",
+        }
+    }
+
+    /// ONNX Runtime's name of it.
+    pub fn ort_name(self) -> &'static str {
+        match self {
+            Provider::Cuda => "CUDAExecutionProvider",
+            Provider::Tensorrt => "TensorrtExecutionProvider",
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<Self, String> {
+        match name {
+            "cuda" => Ok(Provider::Cuda),
+            "tensorrt" => Ok(Provider::Tensorrt),
+            "cpu" => Err("the CPU provider takes no options; providers with options: cuda, tensorrt".into()),
+            #[allow(unreachable_patterns)] // with both features every provider is built above
+            other => Err(format!("unknown provider {other:?}; providers with options: cuda, tensorrt")),
+        }
+    }
+}
+
+impl Device {
+    /// The providers a device registers, in order.
+    pub fn providers(self) -> &'static [Provider] {
+        match self {
+            Device::Cpu => &[],
+            Device::Cuda => &[Provider::Cuda],
+            Device::Tensorrt => &[Provider::Tensorrt, Provider::Cuda],
+        }
+    }
+}
+
+/// One provider option, `PROVIDER:KEY=VALUE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpOption {
+    pub provider: Provider,
+    pub key: String,
+    pub value: String,
+}
+
+impl std::str::FromStr for EpOption {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let usage = "expected PROVIDER:KEY=VALUE, e.g. tensorrt:trt_builder_optimization_level=5";
+        let (provider, rest) =
+            text.split_once(':').ok_or_else(|| format!("{text:?}: no ':' after a provider; {usage}"))?;
+        let (key, value) = rest.split_once('=').ok_or_else(|| format!("{text:?}: no '=' after the key; {usage}"))?;
+        if key.is_empty() || key.contains(char::is_whitespace) || text.contains('\0') {
+            return Err(format!("{text:?}: the key must be one word; {usage}"));
+        }
+        let provider = Provider::parse(provider).map_err(|e| format!("{text:?}: {e}"))?;
+        Ok(EpOption { provider, key: key.to_string(), value: value.to_string() })
+    }
+}
+
+/// Options given for a provider that `device` does not register would do nothing: an error.
+pub fn check_options(device: Device, options: &[EpOption]) -> Result<(), String> {
+    match options.iter().find(|o| !device.providers().contains(&o.provider)) {
+        Some(o) => Err(format!(
+            "--ep-option {}:{}={}: --device {} does not use {} (tensorrt uses tensorrt and cuda options, cuda only cuda)",
+            o.provider.name(),
+            o.key,
+            o.value,
+            device.name(),
+            o.provider.name()
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The manifest's `providers` block as options (checked at load: known providers, scalar values).
+pub fn manifest_defaults(providers: &BTreeMap<String, BTreeMap<String, serde_json::Value>>) -> Vec<EpOption> {
+    let mut out = Vec::new();
+    for (name, options) in providers {
+        let Ok(provider) = Provider::parse(name) else { continue };
+        for (key, value) in options {
+            let value = match value {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Bool(b) => if *b { "1" } else { "0" }.to_string(), // as ort writes them
+                other => other.to_string(),
+            };
+            out.push(EpOption { provider, key: key.clone(), value });
+        }
+    }
+    out
+}
+
+/// Where TensorRT keeps `graph`'s engine: a directory per graph content. ONNX Runtime's engine
+/// cache key hashes the model's file name, tensor names and library versions, not the weights,
+/// so a retrained model (same file names) would otherwise run the old weights' engine. The key
+/// is the sha256 of the graph file and of every external weights file it reads.
+pub fn engine_cache_dir(cache: &Path, graph: &Graph, weights: &[WeightsEntry]) -> PathBuf {
+    let mut content = Sha256::new();
+    content.update(graph.sha256.as_bytes());
+    for weights in weights.iter().filter(|w| w.graphs.contains(&graph.name)) {
+        content.update(weights.sha256.as_bytes());
+    }
+    let key: String = content.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
+    cache.join(format!("{}-{key}", graph.name))
+}
+
+/// The providers to register for `graph`, in order, or why this build cannot offer them.
+#[allow(unused_variables)]
+pub fn dispatch(graph: &Graph, opts: &SessionOptions) -> Result<Vec<ort::ep::ExecutionProviderDispatch>, String> {
+    opts.device.providers().iter().map(|&provider| build(provider, graph, opts)).collect()
+}
+
+#[cfg(feature = "cuda")]
+fn given(provider: Provider, opts: &SessionOptions) -> impl Iterator<Item = &EpOption> {
+    opts.ep_options.iter().filter(move |o| o.provider == provider)
+}
+
+#[allow(unused_variables)]
+fn build(
+    provider: Provider,
+    graph: &Graph,
+    opts: &SessionOptions,
+) -> Result<ort::ep::ExecutionProviderDispatch, String> {
+    #[cfg(feature = "cuda")]
+    use ort::ep::ArbitrarilyConfigurableExecutionProvider;
+    match provider {
+        #[cfg(feature = "cuda")]
+        Provider::Cuda => {
+            let cuda = given(provider, opts)
+                .fold(ort::ep::CUDA::default(), |ep, o| ep.with_arbitrary_config(&o.key, &o.value));
+            Ok(cuda.build().error_on_failure())
+        }
+        #[cfg(feature = "tensorrt")]
+        Provider::Tensorrt => {
+            let seq = graph.dynamic_axes.get("seq").map_or(1, |a| a.max);
+            let mut trt = ort::ep::TensorRT::default()
+                .with_fp16(graph.precision == crate::manifest::Precision::Fp16)
+                .with_profile_min_shapes(trt_profile(graph, 1, 1))
+                .with_profile_opt_shapes(trt_profile(graph, 1, seq))
+                .with_profile_max_shapes(trt_profile(graph, opts.max_batch.max(1), seq));
+            if let Some(dir) = &opts.trt_cache {
+                let engines = engine_cache_dir(dir, graph, &opts.weights);
+                std::fs::create_dir_all(&engines).map_err(|e| format!("cannot create {}: {e}", engines.display()))?;
+                trt = trt
+                    .with_engine_cache(true)
+                    .with_engine_cache_path(engines.display().to_string())
+                    .with_timing_cache(true)
+                    .with_timing_cache_path(dir.display().to_string());
+            }
+            let trt = given(provider, opts).fold(trt, |ep, o| ep.with_arbitrary_config(&o.key, &o.value));
+            Ok(trt.build().error_on_failure())
+        }
+        #[allow(unreachable_patterns)] // with both features every provider is built above
+        other => Err(format!(
+            "this dlm was built without the `{0}` feature; rebuild with `cargo build --release --features {0}`",
+            if other == Provider::Tensorrt { "cuda,tensorrt" } else { "cuda" }
+        )),
+    }
+}
+
+/// TensorRT optimization profile "x:BxLxd,t:B" for min, opt and max shapes.
+#[cfg_attr(not(feature = "tensorrt"), allow(dead_code))]
+fn trt_profile(graph: &Graph, batch: usize, seq: usize) -> String {
+    use crate::manifest::Dim;
+    graph
+        .inputs
+        .iter()
+        .map(|input| {
+            let dims: Vec<String> = input
+                .shape
+                .iter()
+                .map(|d| match d {
+                    Dim::Fixed(n) => n.to_string(),
+                    Dim::Dynamic(axis) if axis == "batch" => batch.to_string(),
+                    Dim::Dynamic(_) => seq.to_string(),
+                })
+                .collect();
+            format!("{}:{}", input.name, dims.join("x"))
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Manifest;
+    use crate::ort::SessionOptions;
+
+    fn option(text: &str) -> Result<EpOption, String> {
+        text.parse()
+    }
+
+    #[test]
+    fn options_parse_as_provider_key_value_and_bad_ones_say_why() {
+        let o = option("cuda:gpu_mem_limit=a=b,c;d").unwrap();
+        assert_eq!((o.provider, o.key.as_str(), o.value.as_str()), (Provider::Cuda, "gpu_mem_limit", "a=b,c;d"));
+        for (bad, why) in [
+            ("tensorrt", "no ':'"),
+            ("tensorrt:trt_fp16_enable", "no '='"),
+            ("tensorrt:=1", "one word"),
+            ("cpu:x=1", "the CPU provider takes no options"),
+            ("rocm:x=1", "unknown provider \"rocm\""),
+        ] {
+            let e = option(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn options_for_a_provider_the_device_does_not_register_are_refused() {
+        let (cuda, trt) = (option("cuda:a=1").unwrap(), option("tensorrt:b=2").unwrap());
+        assert!(check_options(Device::Tensorrt, &[cuda.clone(), trt.clone()]).is_ok());
+        assert!(check_options(Device::Cuda, std::slice::from_ref(&cuda)).is_ok());
+        assert!(check_options(Device::Cuda, &[trt]).unwrap_err().contains("--device cuda does not use tensorrt"));
+        assert!(check_options(Device::Cpu, &[cuda]).unwrap_err().contains("--device cpu does not use cuda"));
+        assert_eq!(Device::Tensorrt.providers(), [Provider::Tensorrt, Provider::Cuda], "TensorRT, then CUDA");
+    }
+
+    fn shipped() -> Manifest {
+        Manifest::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/e2e")).unwrap()
+    }
+
+    #[test]
+    fn engine_caches_differ_by_graph_content_not_file_name() {
+        let manifest = shipped();
+        let cache = Path::new("/var/cache/dlm");
+        let graph = manifest.graphs.iter().find(|g| g.name == "guide_content.fp16").unwrap().clone();
+        let here = engine_cache_dir(cache, &graph, &manifest.weights);
+        assert!(
+            here.starts_with(cache) && here.file_name().unwrap().to_str().unwrap().starts_with("guide_content.fp16-")
+        );
+        assert_eq!(here, engine_cache_dir(cache, &graph, &manifest.weights), "stable");
+
+        let retrained = crate::manifest::Graph { sha256: "0".repeat(64), ..graph.clone() };
+        assert_eq!(retrained.file, graph.file, "the same file name");
+        assert_ne!(engine_cache_dir(cache, &retrained, &manifest.weights), here, "another graph file");
+
+        // the same graph file reading other weights (a retrained classifier of the same shape)
+        let mut weights = manifest.weights.clone();
+        let ours = weights.iter_mut().find(|w| w.graphs.contains(&graph.name)).unwrap();
+        ours.sha256 = "1".repeat(64);
+        assert_ne!(engine_cache_dir(cache, &graph, &weights), here, "other external weights");
+        // other controls' weights do not touch this graph's engine
+        let mut others = manifest.weights.clone();
+        others.retain(|w| !w.graphs.contains(&graph.name));
+        others.iter_mut().for_each(|w| w.sha256 = "2".repeat(64));
+        others.extend(manifest.weights.iter().filter(|w| w.graphs.contains(&graph.name)).cloned());
+        assert_eq!(engine_cache_dir(cache, &graph, &others), here);
+    }
+
+    #[test]
+    fn the_manifest_defaults_come_before_the_command_line() {
+        let mut manifest = shipped();
+        let json = r#"{"tensorrt": {"trt_builder_optimization_level": 3, "trt_fp16_enable": true}, "cuda": {"gpu_mem_limit": "1073741824"}}"#;
+        manifest.providers = serde_json::from_str(json).unwrap();
+        let given = SessionOptions {
+            ep_options: vec![option("tensorrt:trt_builder_optimization_level=5").unwrap()],
+            ..Default::default()
+        };
+        let merged: Vec<String> = given
+            .for_model(&manifest)
+            .ep_options
+            .iter()
+            .map(|o| format!("{}:{}={}", o.provider.name(), o.key, o.value))
+            .collect();
+        assert_eq!(
+            merged,
+            [
+                "cuda:gpu_mem_limit=1073741824",
+                "tensorrt:trt_builder_optimization_level=3",
+                "tensorrt:trt_fp16_enable=1",
+                "tensorrt:trt_builder_optimization_level=5",
+            ],
+            "applied in order, so the command line's value of a key wins"
+        );
+    }
+}

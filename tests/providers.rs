@@ -1,0 +1,131 @@
+//! Execution providers from the command line on this (CPU) machine: `--ep-option` and
+//! `DLM_EP_OPTION`, the manifest's `providers` block, the TensorRT cache directory from
+//! systemd's `$CACHE_DIRECTORY`, and `-v` naming the provider that took each graph's nodes.
+//! What needs a GPU (the options reaching CUDA and TensorRT) runs in scripts/gpu-check.sh.
+
+mod common;
+
+use std::process::{Command, Output};
+
+fn dlm(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dlm"))
+        .args(args)
+        .env_remove("DLM_EP_OPTION")
+        .env_remove("CACHE_DIRECTORY")
+        .env_remove("DLM_TRT_CACHE")
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
+        .output()
+        .expect("dlm runs")
+}
+
+fn text(out: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn model() -> String {
+    common::model_dir().display().to_string()
+}
+
+#[test]
+fn bad_provider_options_fail_with_what_is_allowed() {
+    let model = model();
+    for (args, needle) in [
+        (vec!["--ep-option", "tensorrt"], "no ':' after a provider; expected PROVIDER:KEY=VALUE"),
+        (vec!["--ep-option", "cpu:x=1"], "the CPU provider takes no options"),
+        (vec!["--ep-option", "rocm:x=1"], "providers with options: cuda, tensorrt"),
+        (vec!["--ep-option", "cuda:gpu_mem_limit=1"], "--device cpu does not use cuda"),
+        (vec!["--device", "cuda", "--ep-option", "tensorrt:trt_fp16_enable=1"], "--device cuda does not use tensorrt"),
+    ] {
+        let mut all = vec!["generate", "--model", &model];
+        all.extend(args.iter().copied());
+        let out = dlm(&all, &[]);
+        let (_, stderr) = text(&out);
+        assert!(!out.status.success() && !stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn options_come_from_the_flag_the_environment_and_the_manifest_in_that_order() {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(common::model_dir()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    let manifest_path = dir.path().join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
+    manifest["providers"] = serde_json::json!({"tensorrt": {"trt_builder_optimization_level": 3}, "cuda": {"arena_extend_strategy": "kSameAsRequested"}});
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+    let model = dir.path().display().to_string();
+    let info = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut args = vec!["info", "--model", &model, "--device", "tensorrt", "--allow-fallback"];
+        args.extend_from_slice(extra);
+        let out = dlm(&args, env);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stderr}");
+        stdout.lines().find(|l| l.trim_start().starts_with("ep options")).unwrap().to_string()
+    };
+    assert!(
+        info(&[], &[])
+            .contains("cuda:arena_extend_strategy=kSameAsRequested tensorrt:trt_builder_optimization_level=3 ("),
+        "{}",
+        info(&[], &[])
+    );
+    let line = info(&["--ep-option", "tensorrt:trt_builder_optimization_level=5"], &[]);
+    assert!(
+        line.contains("tensorrt:trt_builder_optimization_level=3 tensorrt:trt_builder_optimization_level=5"),
+        "{line}"
+    );
+    let line =
+        info(&[], &[("DLM_EP_OPTION", "cuda:gpu_mem_limit=2147483648;tensorrt:trt_profile_min_shapes=x:1x64x16,t:1")]);
+    assert!(line.contains("cuda:gpu_mem_limit=2147483648 tensorrt:trt_profile_min_shapes=x:1x64x16,t:1"), "{line}");
+
+    // a provider the runtime does not know is the manifest's error, named by field
+    manifest["providers"] = serde_json::json!({"rocm": {"x": 1}});
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+    let out = dlm(&["generate", "--model", &model], &[]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success() && stderr.contains("providers.rocm: unknown provider"), "{stderr}");
+    manifest["providers"] = serde_json::json!({"cuda": {"x": [1]}});
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+    let (_, stderr) = text(&dlm(&["generate", "--model", &model], &[]));
+    assert!(stderr.contains("providers.cuda.x is [1]; allowed a string, number or boolean"), "{stderr}");
+}
+
+#[test]
+fn the_tensorrt_cache_defaults_to_systemds_cache_directory() {
+    let trt_cache = |env: &[(&str, &str)]| {
+        let (stdout, stderr) = text(&dlm(&["info", "--model", &model()], env));
+        stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with("trt cache"))
+            .unwrap_or_else(|| panic!("{stderr}"))
+            .to_string()
+    };
+    assert!(trt_cache(&[]).contains("trt cache  - "));
+    assert!(trt_cache(&[("CACHE_DIRECTORY", "/var/cache/dlm")]).contains("trt cache  /var/cache/dlm "));
+    assert!(
+        trt_cache(&[("CACHE_DIRECTORY", "/var/cache/dlm"), ("DLM_TRT_CACHE", "/srv/engines")]).contains("/srv/engines")
+    );
+}
+
+#[test]
+fn verbose_names_the_provider_that_took_each_graphs_nodes() {
+    let out = dlm(&["generate", "--model", &model(), "-v", "--steps", "3", "--content", "food=Italian"], &[]);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    for graph in ["denoiser.fp32", "guide_content.fp32"] {
+        let line = stderr.lines().find(|l| l.contains(&format!("{graph}: All nodes placed on [CPUExecutionProvider]")));
+        assert!(line.is_some_and(|l| l.contains("Number of nodes:")), "{graph}: {stderr}");
+    }
+    assert!(stderr.lines().count() < 100, "only the placements, not ONNX Runtime's verbose log: {stderr}");
+}
+
+#[cfg(not(feature = "tensorrt"))]
+#[test]
+fn tensorrt_without_its_features_names_them() {
+    let (_, stderr) = text(&dlm(&["generate", "--model", &model(), "--device", "tensorrt"], &[]));
+    assert!(stderr.contains("--features cuda,tensorrt"), "{stderr}");
+}
