@@ -129,3 +129,16 @@ fn tensorrt_without_its_features_names_them() {
     let (_, stderr) = text(&dlm(&["generate", "--model", &model(), "--device", "tensorrt"], &[]));
     assert!(stderr.contains("--features cuda,tensorrt"), "{stderr}");
 }
+
+#[test]
+fn gpu_check_without_a_gpu_says_so_in_one_line_and_fails() {
+    if Command::new("nvidia-smi").arg("-L").output().is_ok_and(|o| o.status.success()) {
+        println!("this machine has an NVIDIA GPU: scripts/gpu-check.sh would run for real");
+        return;
+    }
+    let out = Command::new("bash").arg(common::repo_path("scripts/gpu-check.sh")).output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(stdout.is_empty() && stderr.lines().count() == 1, "one line: {stdout}{stderr}");
+    assert!(stderr.starts_with("gpu-check: no NVIDIA GPU here"), "{stderr}");
+}

@@ -9,7 +9,7 @@ use std::sync::{Mutex, OnceLock};
 use dlm::manifest::Precision;
 use dlm::model::Model;
 use dlm::ort::OrtRuntime;
-use dlm::ort::SessionOptions;
+use dlm::ort::{Device, EpOption, SessionOptions};
 
 pub fn repo_path(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
@@ -19,12 +19,31 @@ pub fn model_dir() -> PathBuf {
     repo_path("models/e2e")
 }
 
+/// The library the tests load: ORT_DYLIB_PATH when set (scripts/gpu-check.sh points it at
+/// onnxruntime-gpu's), else the one dlm finds itself.
 pub fn runtime() -> &'static OrtRuntime {
     static RUNTIME: OnceLock<OrtRuntime> = OnceLock::new();
-    RUNTIME.get_or_init(|| match OrtRuntime::load(None, 1) {
+    let library = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from);
+    RUNTIME.get_or_init(|| match OrtRuntime::load(library.as_deref(), 1) {
         Ok(rt) => rt,
         Err(e) => panic!("tests need the ONNX Runtime library (run scripts/setup.sh): {e}"),
     })
+}
+
+/// The device the shared models run on: DLM_TEST_DEVICE (cpu, cuda, tensorrt; default cpu),
+/// with DLM_EP_OPTION and DLM_TRT_CACHE as `dlm` reads them (scripts/gpu-check.sh sets them).
+pub fn session_options() -> SessionOptions {
+    let device = match std::env::var("DLM_TEST_DEVICE").as_deref() {
+        Ok("cuda") => Device::Cuda,
+        Ok("tensorrt") => Device::Tensorrt,
+        Ok("cpu") | Err(_) => Device::Cpu,
+        Ok(other) => panic!("DLM_TEST_DEVICE={other}: allowed cpu, cuda, tensorrt"),
+    };
+    let ep_options = std::env::var("DLM_EP_OPTION")
+        .map(|list| list.split(';').filter(|o| !o.is_empty()).map(|o| o.parse::<EpOption>().unwrap()).collect())
+        .unwrap_or_default();
+    let trt_cache = std::env::var_os("DLM_TRT_CACHE").map(PathBuf::from);
+    SessionOptions { device, ep_options, trt_cache, ..SessionOptions::default() }
 }
 
 /// One loaded model per precision, shared by the tests of a binary (ORT sessions are heavy).
@@ -33,7 +52,7 @@ pub fn with_model<R>(precision: Precision, f: impl FnOnce(&mut Model) -> R) -> R
     static FP16: OnceLock<Mutex<Model>> = OnceLock::new();
     let cell = if precision == Precision::Fp32 { &FP32 } else { &FP16 };
     let model = cell.get_or_init(|| {
-        let opts = SessionOptions::default();
+        let opts = session_options();
         Mutex::new(Model::load(runtime(), &model_dir(), precision, &opts).expect("bundled model loads"))
     });
     let mut guard = model.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Prove dlm's CUDA and TensorRT paths on a machine with an NVIDIA GPU and its driver, and write
+# OUT/report.md and OUT/results.csv (default OUT: build/gpu-check; one log per check in OUT/logs).
+#
+#   scripts/gpu-check.sh [OUT]
+#
+# It makes its own venv (.venv-gpu) with onnxruntime-gpu (the version the runtime pins) and the
+# CUDA, cuDNN and TensorRT wheels from the package index (GPU_WHEELS overrides the list), builds
+# dlm with --features cuda,tensorrt, and runs on each provider (cuda, tensorrt) and precision:
+#   - dlm info -v: the provider that took each graph's nodes;
+#   - generate, unguided and guided (content, POS, span);
+#   - the DDIM and DDPM trajectory fixtures (tests/trajectory.rs) against the PyTorch reference
+#     the CPU matches to 3e-6: tokens equal, x0_hat within 1e-2 in fp32 and 5e-2 in fp16 (the
+#     content-guided fixture in fp32);
+#   - dlm profile, step budgets 10, 50, 100, 200 at batch 1 and 16;
+# then an unknown --ep-option key (ONNX Runtime's error must name it) and TensorRT's cold start
+# (empty engine cache) against its warm start. A check that fails is reported, not fatal; the
+# script exits 1 when any failed.
+# Without an NVIDIA GPU it prints one line and exits 2.
+set -euo pipefail
+
+if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
+  echo "gpu-check: no NVIDIA GPU here (nvidia-smi is missing or lists none); run it where a GPU and its driver are" >&2
+  exit 2
+fi
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+out="$(mkdir -p "${1:-build/gpu-check}" && cd "${1:-build/gpu-check}" && pwd)"
+mkdir -p "$out/logs"
+ort_version="$(sed -n 's/^VERSION = "\(.*\)".*/\1/p' scripts/fetch_ort.py)"
+venv="${GPU_VENV:-$root/.venv-gpu}"
+wheels="${GPU_WHEELS:-onnxruntime-gpu==$ort_version nvidia-cuda-runtime-cu12 nvidia-cublas-cu12 nvidia-cudnn-cu12 nvidia-cufft-cu12 nvidia-curand-cu12 nvidia-cuda-nvrtc-cu12 tensorrt-cu12-libs}"
+
+echo "gpu-check: venv $venv with $wheels"
+[[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
+# shellcheck disable=SC2086  # the list is words
+"$venv/bin/pip" install --quiet --disable-pip-version-check $wheels
+site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+export ORT_DYLIB_PATH="$site/onnxruntime/capi/libonnxruntime.so.$ort_version"
+[[ -f "$ORT_DYLIB_PATH" ]] || { echo "gpu-check: $ORT_DYLIB_PATH missing from onnxruntime-gpu" >&2; exit 1; }
+libs="$(dirname "$ORT_DYLIB_PATH")"
+for dir in "$site"/nvidia/*/lib "$site"/tensorrt_libs; do [[ -d "$dir" ]] && libs="$libs:$dir"; done
+export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+echo "gpu-check: building dlm with --features cuda,tensorrt"
+cargo build --release --features cuda,tensorrt
+dlm="$root/target/release/dlm"
+cache="$out/trt-cache"
+mkdir -p "$cache"
+export DLM_TRT_CACHE="$cache" RUST_LOG=
+csv="$out/results.csv"
+echo "check,provider,precision,status,seconds,detail" > "$csv"
+failed=0
+
+# check NAME PROVIDER PRECISION EXPECT -- COMMAND...: run it, log it, one CSV row. EXPECT is ok
+# (exit 0) or fail:TEXT (a non-zero exit whose output contains TEXT). The detail is the output's
+# lines that match DETAIL (a grep pattern) or, by default and on failure, its last line.
+check() {
+  local name="$1" provider="$2" precision="$3" expect="$4"
+  shift 5
+  local log="$out/logs/$name-$provider-$precision.log" start end status=ok rc=0
+  start="$(date +%s.%N)"
+  "$@" > "$log" 2>&1 || rc=$?
+  end="$(date +%s.%N)"
+  case "$expect" in
+    ok) [[ $rc -eq 0 ]] || status=FAIL ;;
+    fail:*) [[ $rc -ne 0 ]] && grep -qF -- "${expect#fail:}" "$log" || status=FAIL ;;
+  esac
+  [[ $status == ok ]] || failed=1
+  local detail
+  if [[ -n "${DETAIL:-}" && $status == ok ]]; then
+    detail="$( (grep -E -- "$DETAIL" "$log" || true) | sed 's/^.*\] //' | tr '\n' ' ')"
+  else
+    detail="$(tail -n 1 "$log")"
+  fi
+  detail="$(printf '%s' "$detail" | tr -d '"|' | cut -c1-300)"
+  printf '%s,%s,%s,%s,%s,"%s"\n' "$name" "$provider" "$precision" "$status" \
+    "$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.2f", b - a }')" "$detail" >> "$csv"
+  echo "gpu-check: $name $provider $precision: $status"
+}
+
+for provider in cuda tensorrt; do
+  for precision in fp32 fp16; do
+    run=("$dlm" --device "$provider" --precision "$precision")
+    DETAIL='placed on|runs on' check info "$provider" "$precision" ok -- "${run[0]}" info -v --device "$provider"
+    DETAIL='' check generate "$provider" "$precision" ok -- "${run[0]}" generate "${run[@]:1}" --steps 50 --num 4 --seed 7
+    check content "$provider" "$precision" ok -- "${run[0]}" generate "${run[@]:1}" --steps 50 --num 2 --seed 7 --content food=Italian
+    check pos "$provider" "$precision" ok -- "${run[0]}" generate "${run[@]:1}" --steps 50 --num 2 --seed 7 --pos "PROPN AUX DET ADJ NOUN PUNCT"
+    check span "$provider" "$precision" ok -- "${run[0]}" generate "${run[@]:1}" --steps 50 --num 2 --seed 7 --span 2,4,NP
+    DETAIL='largest|replayed|test result' check trajectory "$provider" "$precision" ok -- \
+      env DLM_TEST_DEVICE="$provider" DLM_TEST_PRECISION="$precision" \
+      cargo test --release --features cuda,tensorrt --test trajectory -- --nocapture --test-threads 1
+    DETAIL='' check profile "$provider" "$precision" ok -- "${run[0]}" profile "${run[@]:1}" --quiet \
+      --budgets 10,50,100,200 --batches 1,16 --repeat 5 --csv "$out/profile-$provider-$precision.csv"
+  done
+done
+
+check unknown-option cuda fp32 fail:no_such_option -- "$dlm" generate --device cuda --steps 2 --ep-option cuda:no_such_option=1
+cold="$out/trt-cold"
+rm -rf "$cold"
+DETAIL='' check tensorrt-cold tensorrt fp16 ok -- "$dlm" generate --device tensorrt --precision fp16 --trt-cache "$cold" --steps 10 --num 1 --seed 1
+DETAIL='' check tensorrt-warm tensorrt fp16 ok -- "$dlm" generate --device tensorrt --precision fp16 --trt-cache "$cold" --steps 10 --num 1 --seed 1
+engines="$(find "$cold" -name '*.engine' | wc -l)"
+
+{
+  echo "# gpu-check"
+  echo
+  echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), dlm $(git rev-parse --short HEAD), \`scripts/gpu-check.sh\`"
+  echo
+  echo "- GPU: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | head -n 1)"
+  echo "- ONNX Runtime: onnxruntime-gpu $ort_version ($("$dlm" info --device cpu | sed -n 's/^  build *//p'))"
+  echo "- wheels: $("$venv/bin/pip" freeze | grep -E '^(onnxruntime|nvidia|tensorrt)' | tr '\n' ' ')"
+  echo "- TensorRT engines built on the cold start: $engines (one directory per graph content)"
+  echo
+  echo "| check | provider | precision | status | seconds | detail |"
+  echo "|---|---|---|---|---|---|"
+  tail -n +2 "$csv" | sed 's/,"/|/; s/"$//' | awk -F'|' '{ split($1, f, ","); printf "| %s | %s | %s | %s | %s | %s |\n", f[1], f[2], f[3], f[4], f[5], $2 }'
+  echo
+  echo "Step latency (dlm profile, ms per request; profile-PROVIDER-PRECISION.csv has every column):"
+  for file in "$out"/profile-*.csv; do
+    [[ -f "$file" ]] || continue
+    echo
+    echo "$(basename "$file" .csv):"
+    echo '```'
+    cat "$file"
+    echo '```'
+  done
+} > "$out/report.md"
+echo "gpu-check: $out/report.md, $csv"
+exit "$failed"
