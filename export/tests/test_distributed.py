@@ -45,20 +45,26 @@ def test_two_gloo_processes_match_one_process_at_the_same_global_batch(tiny_work
 
     start = _log(two / "train")[0]
     assert (start["processes"], start["global_batch"]) == (2, 16)
+    loss_worst = 0.0
     for a, b in zip(_log(one / "train")[1:], _log(two / "train")[1:], strict=True):
         assert a["step"] == b["step"]
         for term in ("loss", "mse", "prior", "nll"):
             assert b[term] == pytest.approx(a[term], rel=1e-5), (a["step"], term, a[term], b[term])
+            loss_worst = max(loss_worst, abs(b[term] - a[term]) / abs(a[term]))
     ckpt_one = torch.load(one / "train/checkpoint.pt", weights_only=False)
     ckpt_two = torch.load(two / "train/checkpoint.pt", weights_only=False)
     assert (ckpt_one["step"], ckpt_two["step"], ckpt_two["world_size"]) == (STEPS, STEPS, 2)
+    # AdamW divides by the root of the second moment, so a parameter whose gradient is nearly
+    # zero moves by up to lr (1e-3) on rounding noise; a wrong slice or a missing average moves
+    # parameters by about lr every step
     worst = 0.0
     for part in ("model", "ema"):
         for name, p in ckpt_one[part].items():
             diff = (p - ckpt_two[part][name]).abs().max().item()
-            assert diff <= 1e-5, f"{part}.{name} differs by {diff}"
+            assert diff <= 1e-4, f"{part}.{name} differs by {diff}"
             worst = max(worst, diff)
-    print(f"2 gloo processes vs 1, {STEPS} steps at global batch 16: largest parameter difference {worst:.1e}")
+    print(f"2 gloo processes vs 1, {STEPS} steps at global batch 16: loss terms within {loss_worst:.1e} (relative), "
+          f"parameters within {worst:.1e}")
 
     # a checkpoint of 2 processes does not silently resume in 1 (the global batch would change)
     cfg = dataclasses.replace(_config(tiny_cfg, 8, tmp_path / "again.json"))
