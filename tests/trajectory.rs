@@ -122,7 +122,10 @@ fn replay(kind: &str) {
             assert!(diff <= tolerance, "{kind}: x0_hat at step {step} differs by {diff} > {tolerance}");
             worst = worst.max(diff);
         }
-        println!("{kind} on {} {precision:?}: largest x0_hat difference {worst:.2e} (tolerance {tolerance:.0e})", device.name());
+        println!(
+            "{kind} on {} {precision:?}: largest x0_hat difference {worst:.2e} (tolerance {tolerance:.0e})",
+            device.name()
+        );
         let expected_tokens: Vec<Vec<u32>> = serde_json::from_value(fixture["tokens"].clone()).unwrap();
         assert_eq!(tokens, expected_tokens, "{kind}: tokens differ from the PyTorch reference");
         let texts: Vec<String> = tokens.iter().map(|ids| model.vocab.decode(ids)).collect();
