@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Debian package of dlm, built with cargo-deb from the metadata in Cargo.toml, for this
 # machine (amd64) or for arm64 boards:
-#   cross/package.sh                          # amd64: dist/dlm_<version>-1_amd64.deb
+#   cross/package.sh                          # this machine's (amd64): dist/dlm_<version>-1_amd64.deb
 #   ARCH=arm64 cross/package.sh               # arm64, with Debian's gcc-aarch64-linux-gnu (.cargo/config.toml)
 #   ARCH=arm64 BUILD=cross cross/package.sh   # arm64, with cross (Docker or Podman)
 #   BUILD=none cross/package.sh               # package the binary already built
@@ -17,7 +17,8 @@ cd "$root"
 ort="libonnxruntime.so.$(sed -n 's/^VERSION = "\(.*\)".*/\1/p' scripts/fetch_ort.py)"
 features=()
 [[ -n "${FEATURES:-}" ]] && features=(--features "$FEATURES")
-case "${ARCH:-amd64}" in
+ARCH="${ARCH:-$(dpkg --print-architecture 2>/dev/null || echo amd64)}"   # default: this machine's
+case "$ARCH" in
   amd64) target=x86_64-unknown-linux-gnu platform=manylinux_2_27_x86_64 release=target/release target_arg=() ;;
   arm64) target=aarch64-unknown-linux-gnu platform=manylinux_2_28_aarch64 release=target/$target/release target_arg=(--target "$target") ;;
   *) echo "package.sh: ARCH must be amd64 or arm64, not ${ARCH}" >&2; exit 1 ;;
@@ -32,7 +33,7 @@ esac
 [[ -x "$release/dlm" ]] || { echo "package.sh: no $release/dlm; build it (BUILD=cargo or cross)" >&2; exit 1; }
 
 if [[ ! -f "$release/$ort" ]]; then
-  if [[ "${ARCH:-amd64}" == amd64 && -f ".ort/$ort" ]]; then
+  if [[ "$ARCH" == "$(dpkg --print-architecture 2>/dev/null || echo amd64)" && -f ".ort/$ort" ]]; then
     cp ".ort/$ort" "$release/"
   else
     python3 scripts/fetch_ort.py "$release" --platform "$platform"

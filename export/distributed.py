@@ -37,6 +37,16 @@ class Process:
         if self.world > 1:
             dist.barrier()
 
+    def same(self, what, value, hint):
+        """Fail in every process unless all of them hold the same integer `value`."""
+        if self.world == 1:
+            return
+        bounds = torch.tensor([value, -value], dtype=torch.int64, device=self.device)
+        dist.all_reduce(bounds, op=dist.ReduceOp.MAX)
+        low, high = -int(bounds[1]), int(bounds[0])
+        if low != high:
+            raise ExportError(f"the processes disagree on {what} ({low}..{high}); {hint}")
+
 
 def start(device="auto"):
     """Join torchrun's process group when launched by it; pick the device."""
@@ -59,6 +69,7 @@ def start(device="auto"):
 
 
 def stop(process):
+    """Leave the process group (no barrier: after a failure in one process the others may be
+    waiting in a collective that will never complete; torchrun ends them)."""
     if process.world > 1 and dist.is_initialized():
-        dist.barrier()
         dist.destroy_process_group()

@@ -59,6 +59,8 @@ class Trainer:
         self.ids = torch.tensor(ids, dtype=torch.long)
         torch.manual_seed(cfg.train.seed)  # the same initial weights in every process
         self.model = DiffusionLM(cfg.model, self.tok.get_vocab_size()).to(self.process.device)
+        if self.process.world > 1:
+            torch.manual_seed(cfg.train.seed + 7919 * self.process.rank)  # each process its own dropout masks
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.gen = torch.Generator().manual_seed(cfg.train.seed)
@@ -78,7 +80,7 @@ class Trainer:
 
     def draws(self):
         """The global batch's sentences and noise, drawn alike in every process (one generator,
-        on the CPU), and this process's rows of it: N processes train exactly as one would on
+        on the CPU), and this process's rows of it: N processes train as one would on
         the global batch."""
         b, world, cfg = self.cfg.train.batch_size, self.process.world, self.cfg
         g, shape = b * world, (b * world, cfg.model.seq_len, cfg.model.d)
@@ -118,7 +120,9 @@ class Trainer:
         atomic_save(self.state(), path)
 
     def load(self, path):
-        state = torch.load(path, weights_only=False, map_location=self.process.device)
+        # on the CPU: the generator's state must stay a CPU tensor; load_state_dict copies the
+        # weights (and the optimizer its moments) to the parameters' device
+        state = torch.load(path, weights_only=False, map_location="cpu")
         if state.get("world_size", 1) != self.process.world:
             raise ExportError(f"{path}: checkpoint was trained by {state.get('world_size', 1)} process(es) (global batch "
                               f"{state.get('world_size', 1)} x train.batch_size); resume with that many "
@@ -157,8 +161,11 @@ def train(cfg, data_dir, out_dir, resume=False, device="auto"):
             trainer.load(ckpt)
         elif ckpt.exists():
             raise ExportError(f"{ckpt} exists: pass --resume to continue it, or remove it to start over")
+        process.same("step", trainer.step, f"resumed from {ckpt}: the work directory must be one every machine sees")
         process.barrier()  # nobody writes the checkpoint before everybody has read it
-        return _loop(trainer, out_dir, ckpt)
+        record = _loop(trainer, out_dir, ckpt)
+        process.barrier()
+        return record
     finally:
         distributed.stop(process)
 

@@ -5,7 +5,8 @@
 #   scripts/gpu-check.sh [OUT]
 #
 # It makes its own venv (.venv-gpu) with onnxruntime-gpu (the version the runtime pins) and the
-# CUDA, cuDNN and TensorRT wheels from the package index (GPU_WHEELS overrides the list), builds
+# CUDA, cuDNN and TensorRT wheels of the majors that build links (GPU_WHEELS overrides the
+# list), checks that the provider libraries find all they need, builds
 # dlm with --features cuda,tensorrt, and runs on each provider (cuda, tensorrt) and precision:
 #   - dlm info -v: the provider that took each graph's nodes;
 #   - generate, unguided and guided (content, POS, span);
@@ -25,30 +26,47 @@ if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L 2>/dev/null | grep
 fi
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+out="$(mkdir -p "${1:-$root/build/gpu-check}" && cd "${1:-$root/build/gpu-check}" && pwd)"   # relative to the caller
 cd "$root"
-out="$(mkdir -p "${1:-build/gpu-check}" && cd "${1:-build/gpu-check}" && pwd)"
 mkdir -p "$out/logs"
 ort_version="$(sed -n 's/^VERSION = "\(.*\)".*/\1/p' scripts/fetch_ort.py)"
 venv="${GPU_VENV:-$root/.venv-gpu}"
-wheels="${GPU_WHEELS:-onnxruntime-gpu==$ort_version nvidia-cuda-runtime-cu12 nvidia-cublas-cu12 nvidia-cudnn-cu12 nvidia-cufft-cu12 nvidia-curand-cu12 nvidia-cuda-nvrtc-cu12 tensorrt-cu12-libs}"
+pip=("$venv/bin/pip" install --quiet --disable-pip-version-check)
 
-echo "gpu-check: venv $venv with $wheels"
 [[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
-# shellcheck disable=SC2086  # the list is words
-"$venv/bin/pip" install --quiet --disable-pip-version-check $wheels
+"${pip[@]}" "onnxruntime-gpu==$ort_version"
 site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-export ORT_DYLIB_PATH="$site/onnxruntime/capi/libonnxruntime.so.$ort_version"
+capi="$site/onnxruntime/capi"
+export ORT_DYLIB_PATH="$capi/libonnxruntime.so.$ort_version"
 [[ -f "$ORT_DYLIB_PATH" ]] || { echo "gpu-check: $ORT_DYLIB_PATH missing from onnxruntime-gpu" >&2; exit 1; }
-libs="$(dirname "$ORT_DYLIB_PATH")"
+# The CUDA, cuDNN and TensorRT majors this onnxruntime-gpu was built against, from its provider
+# libraries' NEEDED entries (libcudart.so.12, libcudnn.so.9, libnvinfer.so.10), then the wheels
+# of those majors (GPU_WHEELS overrides the list).
+needed="$(readelf -d "$capi"/libonnxruntime_providers_{cuda,tensorrt}.so 2>/dev/null | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p')"
+major() { grep -o "$1\.so\.[0-9]*" <<< "$needed" | head -n 1 | sed 's/.*\.//'; }
+cuda="$(major libcudart)" cudnn="$(major libcudnn)" trt="$(major libnvinfer)"
+cuda="${cuda:-12}"
+wheels="${GPU_WHEELS:-nvidia-cuda-runtime-cu$cuda nvidia-cublas-cu$cuda nvidia-cudnn-cu$cuda${cudnn:+==$cudnn.*} nvidia-cufft-cu$cuda nvidia-curand-cu$cuda nvidia-cuda-nvrtc-cu$cuda tensorrt-cu$cuda-libs${trt:+==$trt.*}}"
+echo "gpu-check: onnxruntime-gpu $ort_version wants CUDA ${cuda}, cuDNN ${cudnn:-?}, TensorRT ${trt:-?}: $wheels"
+# shellcheck disable=SC2086  # the list is words
+"${pip[@]}" $wheels
+libs="$capi"
 for dir in "$site"/nvidia/*/lib "$site"/tensorrt_libs; do [[ -d "$dir" ]] && libs="$libs:$dir"; done
 export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+missing="$(ldd "$capi"/libonnxruntime_providers_{cuda,tensorrt}.so 2>&1 | grep 'not found' | sort -u || true)"
+if [[ -n "$missing" ]]; then
+  echo "gpu-check: the providers' libraries are not all found (set GPU_WHEELS):" >&2
+  echo "$missing" >&2
+  exit 1
+fi
 
 echo "gpu-check: building dlm with --features cuda,tensorrt"
 cargo build --release --features cuda,tensorrt
 dlm="$root/target/release/dlm"
 cache="$out/trt-cache"
 mkdir -p "$cache"
-export DLM_TRT_CACHE="$cache" RUST_LOG=
+export DLM_TRT_CACHE="$cache"
+unset RUST_LOG   # an empty RUST_LOG would silence -v
 csv="$out/results.csv"
 echo "check,provider,precision,status,seconds,detail" > "$csv"
 failed=0
@@ -101,7 +119,7 @@ cold="$out/trt-cold"
 rm -rf "$cold"
 DETAIL='' check tensorrt-cold tensorrt fp16 ok -- "$dlm" generate --device tensorrt --precision fp16 --trt-cache "$cold" --steps 10 --num 1 --seed 1
 DETAIL='' check tensorrt-warm tensorrt fp16 ok -- "$dlm" generate --device tensorrt --precision fp16 --trt-cache "$cold" --steps 10 --num 1 --seed 1
-engines="$(find "$cold" -name '*.engine' | wc -l)"
+engines="$( (find "$cold" -name '*.engine' 2>/dev/null || true) | wc -l)"
 
 {
   echo "# gpu-check"
@@ -110,7 +128,7 @@ engines="$(find "$cold" -name '*.engine' | wc -l)"
   echo
   echo "- GPU: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | head -n 1)"
   echo "- ONNX Runtime: onnxruntime-gpu $ort_version ($("$dlm" info --device cpu | sed -n 's/^  build *//p'))"
-  echo "- wheels: $("$venv/bin/pip" freeze | grep -E '^(onnxruntime|nvidia|tensorrt)' | tr '\n' ' ')"
+  echo "- wheels: $("$venv/bin/pip" freeze | (grep -E '^(onnxruntime|nvidia|tensorrt)' || true) | tr '\n' ' ')"
   echo "- TensorRT engines built on the cold start: $engines (one directory per graph content)"
   echo
   echo "| check | provider | precision | status | seconds | detail |"

@@ -158,10 +158,20 @@ fn connections_are_capped_idle_and_slow_ones_closed_and_long_answers_still_deliv
         http(port, "POST", "/v1/generate", json!({"steps": 1000, "num": 4}).to_string().as_bytes());
     assert_eq!(status, 200, "{answer}");
     assert!(started.elapsed() > Duration::from_millis(300), "the request outlasted the idle time");
-    // a client that sends half a request gets the idle time plus the longest deadline, not forever
+    // a client that sends half a request, then a byte every 100 ms, gets the idle time plus the
+    // longest deadline from its first byte, not forever
     let (_server, port) = start(&["--idle-timeout-ms", "200", "--timeout-ms", "300"]);
     let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    slow.write_all(b"POST /v1/generate HTTP/1.1\r\nHost: localhost\r\nContent-Le").unwrap();
+    let mut drip = slow.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let _ = drip.write_all(b"POST /v1/generate HTTP/1.1\r\nHost: localhost\r\nX-Slow: ");
+        for _ in 0..100 {
+            std::thread::sleep(Duration::from_millis(100));
+            if drip.write_all(b"s").is_err() {
+                break;
+            }
+        }
+    });
     let (_, after) = until_closed(&mut slow, Duration::from_secs(10));
     assert!(after >= Duration::from_millis(450) && after < Duration::from_secs(3), "closed after {after:?}");
 }

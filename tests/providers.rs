@@ -92,6 +92,16 @@ fn options_come_from_the_flag_the_environment_and_the_manifest_in_that_order() {
     std::fs::write(&manifest_path, manifest.to_string()).unwrap();
     let (_, stderr) = text(&dlm(&["generate", "--model", &model], &[]));
     assert!(stderr.contains("providers.cuda.x is [1]; allowed a string, number or boolean"), "{stderr}");
+    for (bad, needle) in [
+        (serde_json::json!({"cuda": {"x": "a\u{0}b"}}), "providers.cuda.x holds a NUL character"),
+        (serde_json::json!({"tensorrt": {"trt fp16": 1}}), "providers.tensorrt: key \"trt fp16\" must be one word"),
+    ] {
+        manifest["providers"] = bad;
+        std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+        let out = dlm(&["generate", "--model", &model, "--device", "cuda", "--allow-fallback"], &[]);
+        let (_, stderr) = text(&out);
+        assert!(!out.status.success() && !stderr.contains("panicked") && stderr.contains(needle), "{stderr}");
+    }
 }
 
 #[test]

@@ -28,7 +28,7 @@ def _log(train_dir):
 
 def test_two_gloo_processes_match_one_process_at_the_same_global_batch(tiny_workdir, tiny_cfg, tmp_path):
     one = tmp_path / "one"
-    train(_config(tiny_cfg, 16, tmp_path / "one.json"), tiny_workdir / "data", one / "train")
+    train(_config(tiny_cfg, 16, tmp_path / "one.json"), tiny_workdir / "data", one / "train", device="cpu")
 
     two = tmp_path / "two"
     two.mkdir()

@@ -40,7 +40,8 @@ pub struct RuntimeArgs {
     #[arg(long, env = "DLM_TRT_CACHE")]
     pub trt_cache: Option<PathBuf>,
     /// An execution provider option PROVIDER:KEY=VALUE (cuda or tensorrt), passed to ONNX
-    /// Runtime as given, over the manifest's defaults (repeatable; DLM_EP_OPTION: `;` between).
+    /// Runtime as given, over the manifest's defaults (repeatable; several in one value or in
+    /// DLM_EP_OPTION separated by `;`, which a value therefore cannot hold).
     #[arg(long = "ep-option", env = "DLM_EP_OPTION", value_name = "PROVIDER:KEY=VALUE", value_delimiter = ';')]
     pub ep_options: Vec<EpOption>,
 }

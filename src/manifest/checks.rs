@@ -115,6 +115,12 @@ fn check_providers(m: &Manifest) -> Result<(), String> {
             return Err(format!("providers.{provider}: unknown provider; providers with options: cuda, tensorrt"));
         }
         for (key, value) in options {
+            if key.is_empty() || key.contains(char::is_whitespace) || key.contains('\0') {
+                return Err(format!("providers.{provider}: key {key:?} must be one word"));
+            }
+            if value.as_str().is_some_and(|v| v.contains('\0')) {
+                return Err(format!("providers.{provider}.{key} holds a NUL character"));
+            }
             if !(value.is_string() || value.is_number() || value.is_boolean()) {
                 return Err(format!("providers.{provider}.{key} is {value}; allowed a string, number or boolean"));
             }

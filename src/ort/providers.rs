@@ -217,8 +217,9 @@ mod tests {
 
     #[test]
     fn options_parse_as_provider_key_value_and_bad_ones_say_why() {
-        let o = option("cuda:gpu_mem_limit=a=b,c;d").unwrap();
-        assert_eq!((o.provider, o.key.as_str(), o.value.as_str()), (Provider::Cuda, "gpu_mem_limit", "a=b,c;d"));
+        let o = option("tensorrt:trt_profile_min_shapes=x:1x64x16,t:1").unwrap();
+        assert_eq!((o.provider, o.key.as_str()), (Provider::Tensorrt, "trt_profile_min_shapes"));
+        assert_eq!(o.value, "x:1x64x16,t:1", "everything after the first '=' is the value");
         for (bad, why) in [
             ("tensorrt", "no ':'"),
             ("tensorrt:trt_fp16_enable", "no '='"),

@@ -45,7 +45,9 @@ impl HttpListener {
         }
         let front = TcpListener::bind(&addrs[..]).map_err(bind)?;
         let local = front.local_addr().map_err(bind)?;
-        let name = format!("dlm-http-{}-{}", std::process::id(), local.port());
+        static LISTENERS: AtomicUsize = AtomicUsize::new(0); // two addresses may share a port
+        let name =
+            format!("dlm-http-{}-{}-{}", std::process::id(), local.port(), LISTENERS.fetch_add(1, Ordering::SeqCst));
         let inner = UnixAddr::from_abstract_name(name.as_bytes()).map_err(bind)?;
         let server = Server::from_listener(UnixListener::bind_addr(&inner).map_err(bind)?, None)
             .map_err(|e| bind(std::io::Error::other(e)))?;
@@ -80,12 +82,14 @@ impl HttpListener {
                 respond(request, 503, &Rejection::new(Value::Null, ErrorCode::Busy, message).to_line(), true);
                 continue;
             }
-            let (shared, jobs, running) = (Arc::clone(shared), jobs.clone(), Arc::clone(&running));
+            let (shared, jobs) = (Arc::clone(shared), jobs.clone());
+            let slot = Arc::clone(&running);
             let spawned = thread::Builder::new().name("http".into()).spawn(move || {
                 handle(request, &shared, &jobs);
-                running.fetch_sub(1, Ordering::SeqCst);
+                slot.fetch_sub(1, Ordering::SeqCst);
             });
             if let Err(e) = spawned {
+                running.fetch_sub(1, Ordering::SeqCst); // the request is dropped unanswered: its connection closes
                 log::error!("cannot start an HTTP request thread: {e}");
             }
         }

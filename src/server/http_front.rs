@@ -3,16 +3,17 @@
 //! to tiny_http over a private (abstract) Unix socket:
 //! - at most `--max-connections` at once per listener; one more is answered 503 `busy`, closed;
 //! - a connection waiting for its next request closes after `--idle-timeout-ms` of silence;
-//! - a request still arriving (or waiting for its answer) is given the idle time plus the
-//!   longest deadline (`--timeout-ms`), so a slow client cannot hold a thread for longer, and an
-//!   answer in the making is never cut off;
+//! - a request, from its first byte to the first byte of its answer, is given the idle time plus
+//!   the longest deadline (`--timeout-ms`), so a slow client cannot hold a thread for longer
+//!   (however it paces its bytes), and an answer in the making is never cut off (HTTP/1.1
+//!   without pipelining: a request sent before the previous answer shares its time);
 //! - an answer the client does not read for the idle time ends the connection.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixStream};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -28,9 +29,12 @@ pub struct Limits {
     pub deadline: Duration,
 }
 
+/// Refusals lingering at once; more are answered without lingering.
+const MAX_REFUSING: usize = 16;
+
 /// Accept on `front` forever, relaying each connection to `inner` (tiny_http's socket).
 pub fn accept_loop(front: TcpListener, inner: UnixAddr, limits: Limits) {
-    let open = Arc::new(AtomicUsize::new(0));
+    let (open, refusing) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     for stream in front.incoming() {
         let client = match stream {
             Ok(s) => s,
@@ -42,25 +46,45 @@ pub fn accept_loop(front: TcpListener, inner: UnixAddr, limits: Limits) {
         };
         if open.fetch_add(1, Ordering::SeqCst) >= limits.max_connections {
             open.fetch_sub(1, Ordering::SeqCst);
-            let message = format!("{} HTTP connections open; try again later", limits.max_connections);
-            let body = Rejection::new(Value::Null, ErrorCode::Busy, message).to_line();
-            let head = format!(
-                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            refuse(client, &head, &body);
+            refuse_busy(client, limits.max_connections, &refusing);
             continue;
         }
-        let (inner, open) = (inner.clone(), Arc::clone(&open));
+        let (inner, slot) = (inner.clone(), Arc::clone(&open));
         let spawned = thread::Builder::new().name("http-conn".into()).spawn(move || {
             if let Err(e) = relay(client, &inner, limits) {
                 log::info!("HTTP connection ended: {e}");
             }
-            open.fetch_sub(1, Ordering::SeqCst);
+            slot.fetch_sub(1, Ordering::SeqCst);
         });
         if let Err(e) = spawned {
+            open.fetch_sub(1, Ordering::SeqCst); // the thread that would have freed the slot
             log::error!("cannot start an HTTP connection thread: {e}");
         }
+    }
+}
+
+/// 503 `busy` on a thread of its own, so that the accept loop never waits on a refused
+/// client; past `MAX_REFUSING` at once, without lingering.
+fn refuse_busy(client: TcpStream, max_connections: usize, refusing: &Arc<AtomicUsize>) {
+    let message = format!("{max_connections} HTTP connections open; try again later");
+    let body = Rejection::new(Value::Null, ErrorCode::Busy, message).to_line();
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    if refusing.fetch_add(1, Ordering::SeqCst) >= MAX_REFUSING {
+        refusing.fetch_sub(1, Ordering::SeqCst);
+        let _ = client.set_nonblocking(true);
+        let _ = (&client).write_all(format!("{head}{body}").as_bytes());
+        return;
+    }
+    let done = Arc::clone(refusing);
+    let spawned = thread::Builder::new().name("http-refuse".into()).spawn(move || {
+        refuse(client, &head, &body);
+        done.fetch_sub(1, Ordering::SeqCst);
+    });
+    if spawned.is_err() {
+        refusing.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -79,39 +103,58 @@ fn refuse(mut client: TcpStream, head: &str, body: &str) {
     while Instant::now() < until && client.read(&mut sink).is_ok_and(|n| n > 0) {}
 }
 
-/// When bytes last moved each way on a connection: a sequence number (which was later; never
-/// ties) and the time in ms from the connection's start.
+/// What a connection is doing, for its timeouts.
 struct Activity {
     start: Instant,
-    events: AtomicU64,
-    last_in: (AtomicU64, AtomicU64),
-    last_out: (AtomicU64, AtomicU64),
+    state: Mutex<State>,
+}
+
+#[derive(Clone, Copy)]
+struct State {
+    /// When the request being sent or answered began (its first byte), in ms from start; None
+    /// while the connection waits for its next request.
+    request: Option<u64>,
+    /// When an answer's bytes last went out (or the connection opened), in ms from start.
+    answered: u64,
 }
 
 impl Activity {
     fn new() -> Self {
-        let zero = || (AtomicU64::new(0), AtomicU64::new(0));
-        Self { start: Instant::now(), events: AtomicU64::new(0), last_in: zero(), last_out: zero() }
+        Self { start: Instant::now(), state: Mutex::new(State { request: None, answered: 0 }) }
     }
 
     fn now(&self) -> u64 {
         u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn stamp(&self, which: &(AtomicU64, AtomicU64)) {
-        which.0.store(self.events.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
-        which.1.store(self.now(), Ordering::SeqCst);
+    fn update(&self, f: impl FnOnce(&mut State, u64)) {
+        let now = self.now();
+        f(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()), now);
     }
 
-    /// Whether the connection has been silent too long: input newer than the last answer is a
-    /// request arriving or in work (no pipelining), which gets the idle time plus the deadline.
+    /// Request bytes came in: the first after an answer starts a request's time.
+    fn got(&self) {
+        self.update(|s, now| {
+            s.request.get_or_insert(now);
+        });
+    }
+
+    /// Answer bytes went out: the request is answered, the connection idle from now.
+    fn sent(&self) {
+        self.update(|s, now| {
+            s.request = None;
+            s.answered = now;
+        });
+    }
+
+    /// How long the connection has gone past its limit's start, when over its limit: idle time
+    /// waiting for a request, idle plus the deadline from a request's first byte.
     fn expired(&self, limits: &Limits) -> Option<u64> {
         let now = self.now();
-        let (got, sent) = (self.last_in.0.load(Ordering::SeqCst), self.last_out.0.load(Ordering::SeqCst));
-        let (since, allowed) = if got > sent {
-            (now.saturating_sub(self.last_in.1.load(Ordering::SeqCst)), limits.idle + limits.deadline)
-        } else {
-            (now.saturating_sub(self.last_out.1.load(Ordering::SeqCst)), limits.idle)
+        let s = *self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (since, allowed) = match s.request {
+            Some(began) => (now.saturating_sub(began), limits.idle + limits.deadline),
+            None => (now.saturating_sub(s.answered), limits.idle),
         };
         (u128::from(since) >= allowed.as_millis()).then_some(since)
     }
@@ -137,7 +180,7 @@ fn relay(client: TcpStream, inner: &UnixAddr, limits: Limits) -> std::io::Result
                         if to.write_all(&buf[..n]).is_err() {
                             break; // the client reads nothing for the idle time, or is gone
                         }
-                        activity.stamp(&activity.last_out);
+                        activity.sent();
                     }
                 }
             }
@@ -155,14 +198,14 @@ fn relay(client: TcpStream, inner: &UnixAddr, limits: Limits) -> std::io::Result
                 break Ok(());
             }
             Ok(n) => {
-                activity.stamp(&activity.last_in); // before the request can be answered
+                activity.got(); // before the request can be answered
                 if let Err(e) = to.write_all(&buf[..n]) {
                     break Err(e);
                 }
             }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {
                 if let Some(since) = activity.expired(&limits) {
-                    log::info!("closing an HTTP connection silent for {since} ms");
+                    log::info!("closing an HTTP connection: {since} ms past the start of its wait");
                     let _ = to.shutdown(Shutdown::Both);
                     let _ = from.shutdown(Shutdown::Both);
                     break Ok(());
