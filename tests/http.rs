@@ -152,7 +152,15 @@ fn connections_are_capped_idle_and_slow_ones_closed_and_long_answers_still_deliv
         );
     }
     std::thread::sleep(Duration::from_millis(100)); // their slots free just after they close
-                                                    // a request whose answer takes longer than the idle time is answered on the same connection
+    let metrics = {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+        until_closed(&mut stream, Duration::from_secs(5)).0
+    };
+    let listener = format!("listener=\"127.0.0.1:{port}\"");
+    assert!(metrics.contains(&format!("dlm_http_connections_refused_total{{{listener}}} 1\n")), "{metrics}");
+    assert!(metrics.contains(&format!("dlm_http_connections_open{{{listener}}} 1\n")), "this request's: {metrics}");
+    // a request whose answer takes longer than the idle time is answered on the same connection
     let started = Instant::now();
     let (status, _, answer) =
         http(port, "POST", "/v1/generate", json!({"steps": 1000, "num": 4}).to_string().as_bytes());

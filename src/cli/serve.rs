@@ -13,6 +13,7 @@ use dlm::ort::OrtRuntime;
 use dlm::overrides::{GuideOverrides, Setting};
 use dlm::server::http::HttpListener;
 use dlm::server::http_front::Limits;
+use dlm::server::metrics::HttpConnections;
 use dlm::server::transport::Transport;
 use dlm::server::{self, Schedule, ServerConfig};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -107,13 +108,14 @@ pub fn run(mut args: ServeArgs) -> Result<()> {
     }
     let mut loading = Vec::new();
     let ready = Arc::new(AtomicBool::new(false));
+    let connections = HttpConnections::default();
     for addr in &args.http {
         let limits = Limits {
             max_connections: args.max_connections as usize,
             idle: Duration::from_millis(args.idle_timeout_ms),
             deadline: Duration::from_millis(args.timeout_ms),
         };
-        let listener = HttpListener::bind(addr, args.http_any_address, limits)?;
+        let listener = HttpListener::bind(addr, args.http_any_address, limits, &connections)?;
         let (answering, ready) = (listener.clone(), Arc::clone(&ready));
         loading.push(std::thread::spawn(move || answering.answer_loading(&ready)));
         transports.push(Transport::Http(listener));

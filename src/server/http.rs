@@ -20,6 +20,7 @@ use tiny_http::{Header, Method, Request, Response, Server};
 use super::connection::{dispatch, Reply};
 use super::engine::Job;
 use super::http_front::{accept_loop, Limits};
+use super::metrics::{HttpConnections, Listener};
 use super::Shared;
 use crate::error::TransportError;
 use crate::protocol::{ErrorCode, Rejection};
@@ -32,12 +33,19 @@ const POLL: Duration = Duration::from_millis(100);
 pub struct HttpListener {
     server: &'static Server,
     pub addr: String,
+    /// The connection metrics every listener shares (registered when the server starts).
+    pub connections: HttpConnections,
 }
 
 impl HttpListener {
     /// Bind `addr` (loopback only unless `any_address`) and start accepting under `limits`
     /// (http_front.rs): connections are relayed to tiny_http on a private abstract Unix socket.
-    pub fn bind(addr: &str, any_address: bool, limits: Limits) -> Result<Self, TransportError> {
+    pub fn bind(
+        addr: &str,
+        any_address: bool,
+        limits: Limits,
+        connections: &HttpConnections,
+    ) -> Result<Self, TransportError> {
         let bind = |error| TransportError::Bind { what: format!("http {addr}"), error };
         let addrs: Vec<SocketAddr> = addr.to_socket_addrs().map_err(bind)?.collect();
         if let Some(remote) = addrs.iter().find(|a| !a.ip().is_loopback() && !any_address) {
@@ -53,11 +61,14 @@ impl HttpListener {
             .map_err(|e| bind(std::io::Error::other(e)))?;
         // lives as long as the process: tiny_http's Drop cannot reach an abstract socket
         let server = Box::leak(Box::new(server));
+        let label = Listener { listener: addr.to_string() };
+        let gauges =
+            (connections.open.get_or_create(&label).clone(), connections.refused.get_or_create(&label).clone());
         thread::Builder::new()
             .name("http-accept".into())
-            .spawn(move || accept_loop(front, inner, limits))
+            .spawn(move || accept_loop(front, inner, limits, gauges))
             .map_err(bind)?;
-        Ok(Self { server, addr: addr.to_string() })
+        Ok(Self { server, addr: addr.to_string(), connections: connections.clone() })
     }
 
     /// Answer every request 503 `loading` until `ready` is set (while the model loads and warms up).

@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use serde_json::Value;
 
 use crate::protocol::{ErrorCode, Rejection};
@@ -32,9 +34,11 @@ pub struct Limits {
 /// Refusals lingering at once; more are answered without lingering.
 const MAX_REFUSING: usize = 16;
 
-/// Accept on `front` forever, relaying each connection to `inner` (tiny_http's socket).
-pub fn accept_loop(front: TcpListener, inner: UnixAddr, limits: Limits) {
+/// Accept on `front` forever, relaying each connection to `inner` (tiny_http's socket), counting
+/// them in `gauges` (this listener's series of the HTTP connection metrics).
+pub fn accept_loop(front: TcpListener, inner: UnixAddr, limits: Limits, gauges: (Gauge, Counter)) {
     let (open, refusing) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (open_gauge, refused) = gauges;
     for stream in front.incoming() {
         let client = match stream {
             Ok(s) => s,
@@ -46,18 +50,22 @@ pub fn accept_loop(front: TcpListener, inner: UnixAddr, limits: Limits) {
         };
         if open.fetch_add(1, Ordering::SeqCst) >= limits.max_connections {
             open.fetch_sub(1, Ordering::SeqCst);
+            refused.inc();
             refuse_busy(client, limits.max_connections, &refusing);
             continue;
         }
-        let (inner, slot) = (inner.clone(), Arc::clone(&open));
+        open_gauge.inc();
+        let (inner, slot, slot_gauge) = (inner.clone(), Arc::clone(&open), open_gauge.clone());
         let spawned = thread::Builder::new().name("http-conn".into()).spawn(move || {
             if let Err(e) = relay(client, &inner, limits) {
                 log::info!("HTTP connection ended: {e}");
             }
+            slot_gauge.dec();
             slot.fetch_sub(1, Ordering::SeqCst);
         });
         if let Err(e) = spawned {
             open.fetch_sub(1, Ordering::SeqCst); // the thread that would have freed the slot
+            open_gauge.dec();
             log::error!("cannot start an HTTP connection thread: {e}");
         }
     }

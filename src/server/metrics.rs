@@ -1,7 +1,8 @@
 //! Prometheus metrics (`prometheus-client`, OpenMetrics text): answers by code, histograms of
 //! each request's queue, run, denoiser, guidance and host seconds and of its steps, queue depth,
-//! active sequences, whether the inference thread is alive, and build info. Served at
-//! `GET /metrics` and as `{"op": "metrics"}` on the line protocol.
+//! active sequences, whether the inference thread is alive, build info, and HTTP connections
+//! open and refused per listener. Served at `GET /metrics` and as `{"op": "metrics"}` on the
+//! line protocol.
 
 use std::time::Duration;
 
@@ -19,6 +20,19 @@ use crate::sampler::Timing;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Code {
     code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Listener {
+    pub listener: String,
+}
+
+/// HTTP connections by listener, counted by the accept loops (http_front.rs) from the moment
+/// they bind, before the model loads; registered with the rest when the server starts.
+#[derive(Clone, Default, Debug)]
+pub struct HttpConnections {
+    pub open: Family<Listener, Gauge>,
+    pub refused: Family<Listener, Counter>,
 }
 
 /// What `dlm_build_info` reports.
@@ -69,6 +83,18 @@ impl Metrics {
             Info::new(build),
         );
         Self { registry, answers, seconds, steps, queue_depth, active_sequences, engine_alive }
+    }
+
+    /// Add the HTTP listeners' connection counts (once; every listener shares them).
+    pub fn register_http(&mut self, connections: &HttpConnections) {
+        let open = connections.open.clone();
+        self.registry.register("http_connections_open", "HTTP connections open, by listener", open);
+        let refused = connections.refused.clone();
+        self.registry.register(
+            "http_connections_refused",
+            "HTTP connections refused with 503 busy at --max-connections, by listener",
+            refused,
+        );
     }
 
     /// One generate request answered with `code` ("ok" or an error code).

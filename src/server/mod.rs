@@ -196,7 +196,14 @@ pub fn run(
         onnxruntime: onnxruntime.into(),
         manifest_sha256: format!("{:x}", sha2::Sha256::digest(&manifest)),
     };
-    let shared = Arc::new(Shared::new(config, shutdown, about, info, Metrics::new(build)));
+    let mut metrics = Metrics::new(build);
+    if let Some(http) = transports.iter().find_map(|t| match t {
+        Transport::Http(listener) => Some(&listener.connections),
+        _ => None,
+    }) {
+        metrics.register_http(http);
+    }
+    let shared = Arc::new(Shared::new(config, shutdown, about, info, metrics));
     let (jobs, queue) = mpsc::sync_channel(shared.config.queue);
     let engine = {
         let shared = shared.clone();
