@@ -17,7 +17,8 @@ cd "$root"
 ort="libonnxruntime.so.$(sed -n 's/^VERSION = "\(.*\)".*/\1/p' scripts/fetch_ort.py)"
 features=()
 [[ -n "${FEATURES:-}" ]] && features=(--features "$FEATURES")
-ARCH="${ARCH:-$(dpkg --print-architecture 2>/dev/null || echo amd64)}"   # default: this machine's
+host="$(dpkg --print-architecture 2>/dev/null || echo amd64)"
+ARCH="${ARCH:-$host}"   # default: this machine's
 case "$ARCH" in
   amd64) target=x86_64-unknown-linux-gnu platform=manylinux_2_27_x86_64 release=target/release target_arg=() ;;
   arm64) target=aarch64-unknown-linux-gnu platform=manylinux_2_28_aarch64 release=target/$target/release target_arg=(--target "$target") ;;
@@ -33,7 +34,7 @@ esac
 [[ -x "$release/dlm" ]] || { echo "package.sh: no $release/dlm; build it (BUILD=cargo or cross)" >&2; exit 1; }
 
 if [[ ! -f "$release/$ort" ]]; then
-  if [[ "$ARCH" == "$(dpkg --print-architecture 2>/dev/null || echo amd64)" && -f ".ort/$ort" ]]; then
+  if [[ "$ARCH" == "$host" && -f ".ort/$ort" ]]; then
     cp ".ort/$ort" "$release/"
   else
     python3 scripts/fetch_ort.py "$release" --platform "$platform"

@@ -50,9 +50,9 @@ class Objective(nn.Module):
 
 
 class Trainer:
-    def __init__(self, cfg, data_dir, process=None):
+    def __init__(self, cfg, data_dir, process):
         self.cfg = cfg
-        self.process = process or distributed.Process(world=1, rank=0, device=torch.device("cpu"))
+        self.process = process
         self.tok = Tokenizer.from_file(str(Path(data_dir) / "tokenizer.json"))
         records = data.load_split(data_dir, "train")
         ids = [data.encode_ids(self.tok, r["words"], cfg.model.seq_len) for r in records]

@@ -13,6 +13,13 @@ fn request(controls: ControlRequest, num: usize, batch: usize) -> Request {
     Request { steps: 40, seed: 11, num, batch, controls, ..Request::default() }
 }
 
+/// The content classifier's target for one field=value pair.
+fn content_target(m: &dlm::model::Model, pair: &str) -> dlm::sampler::Target {
+    let request = ControlRequest { content: vec![pair.into()], ..Default::default() };
+    let plan = dlm::controls::plan(&request, &m.manifest, &m.vocab).unwrap();
+    dlm::sampler::Target::Wanted(plan.content_wanted.unwrap())
+}
+
 fn run(precision: Precision, r: &Request) -> Vec<Generated> {
     common::with_model(precision, |m| generate(m, r).unwrap())
 }
@@ -190,7 +197,7 @@ fn rows_with_different_targets_in_one_guidance_call_match_separate_calls() {
 #[test]
 fn padded_buckets_give_each_row_what_it_gets_alone() {
     use dlm::ort::{GuideSession, SessionOptions};
-    use dlm::sampler::{Guide, SequenceNoise, Target};
+    use dlm::sampler::{Guide, SequenceNoise};
 
     // the content graphs at batch 4 and 16 only: 1..=3 rows are padded to 4, 7 rows to 4 + 4
     common::with_model(Precision::Fp32, |m| {
@@ -204,13 +211,7 @@ fn padded_buckets_give_each_row_what_it_gets_alone() {
         assert_eq!(graphs.len(), 2, "models/e2e has content graphs at batch 4 and 16");
         let opts = SessionOptions::default();
         let mut padded = GuideSession::open(common::runtime(), &m.dir, &graphs, control, &opts).unwrap();
-        let plan = dlm::controls::plan(
-            &ControlRequest { content: vec!["area=riverside".into()], ..Default::default() },
-            &m.manifest,
-            &m.vocab,
-        )
-        .unwrap();
-        let target = Target::Wanted(plan.content_wanted.unwrap());
+        let target = content_target(m, "area=riverside");
         let x = SequenceNoise::new(12, 0..7).x_t(64, 16);
         let t: Vec<i64> = (0..7).map(|k| 250 * k).collect();
         for n in [1, 2, 3, 7] {
@@ -233,17 +234,11 @@ fn padded_buckets_give_each_row_what_it_gets_alone() {
 
 #[test]
 fn any_number_of_rows_gives_each_row_what_it_gets_alone() {
-    use dlm::sampler::{Guide, SequenceNoise, Target};
+    use dlm::sampler::{Guide, SequenceNoise};
 
     // 1, 3, 5, 17 and 21 rows: every bucket (1, 4, 16), padded, and chunks of several buckets
     common::with_model(Precision::Fp32, |m| {
-        let plan = dlm::controls::plan(
-            &ControlRequest { content: vec!["food=Italian".into()], ..Default::default() },
-            &m.manifest,
-            &m.vocab,
-        )
-        .unwrap();
-        let target = Target::Wanted(plan.content_wanted.unwrap());
+        let target = content_target(m, "food=Italian");
         let x = SequenceNoise::new(11, 0..21).x_t(64, 16);
         let t: Vec<i64> = (0..21).map(|k| 90 * k).collect();
         let session = m.guides.get_mut("content").unwrap();

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use ndarray::{s, Array2, Array3, Axis, Zip};
 
-use super::lane::{Course, Lane, Target};
+use super::lane::{Course, Lane};
 use super::{step, Denoiser, Guide, Method};
 use crate::embeddings::Embeddings;
 use crate::error::{GenerateError, InferenceError};
@@ -231,10 +231,9 @@ impl Batch {
                     continue;
                 }
                 let call = Instant::now();
-                let (x, t, targets) =
-                    gather_rows(&self.lanes, &rows, |lane| lane.course.diffusion.timestep_map[lane.i - 1]);
-                let (mut grad, mut loss) = (Array3::zeros(x.dim()), vec![0.0; rows.len()]);
-                guide.grad(&x, &t, &targets, &mut grad, &mut loss)?;
+                let (grad, _) = guide_rows(&mut **guide, &self.lanes, &rows, |lane| {
+                    lane.course.diffusion.timestep_map[lane.i - 1]
+                })?;
                 let share = call.elapsed() / rows.len() as u32;
                 for ((k, j), g) in rows.iter().zip(grad.outer_iter()) {
                     let lane = &mut self.lanes[*k];
@@ -275,9 +274,7 @@ impl Batch {
             if rows.is_empty() {
                 continue;
             }
-            let (x, t, targets) = gather_rows(&done, &rows, |_| 0);
-            let (mut grad, mut loss) = (Array3::zeros(x.dim()), vec![0.0; rows.len()]);
-            guide.grad(&x, &t, &targets, &mut grad, &mut loss)?;
+            let (_, loss) = guide_rows(&mut **guide, &done, &rows, |_| 0)?;
             for (&(k, j), value) in rows.iter().zip(loss) {
                 *losses[k].get_or_insert(0.0) += done[k].course.targets[j].weight * value;
             }
@@ -305,12 +302,14 @@ fn target_rows(lanes: &[Lane], which: &[usize], g: usize) -> Vec<(usize, usize)>
         .collect()
 }
 
-/// x [n, L, d], t [n] and targets of (lane, target) rows; `t_of` gives a lane's timestep.
-fn gather_rows<'a>(
-    lanes: &'a [Lane],
+/// One call of `guide` on (lane, target) rows, each at the timestep `t_of` gives its lane:
+/// the rows' gradients [n, L, d] and losses. `rows` is not empty.
+fn guide_rows(
+    guide: &mut dyn Guide,
+    lanes: &[Lane],
     rows: &[(usize, usize)],
     t_of: impl Fn(&Lane) -> i64,
-) -> (Array3<f32>, Vec<i64>, Vec<&'a Target>) {
+) -> Result<(Array3<f32>, Vec<f32>), InferenceError> {
     let (_, l, d) = lanes[rows[0].0].x.dim();
     let mut x = Array3::zeros((rows.len(), l, d));
     let mut t = Vec::with_capacity(rows.len());
@@ -320,7 +319,9 @@ fn gather_rows<'a>(
         t.push(t_of(&lanes[k]));
         targets.push(&lanes[k].course.targets[j].target);
     }
-    (x, t, targets)
+    let (mut grad, mut loss) = (Array3::zeros(x.dim()), vec![0.0; rows.len()]);
+    guide.grad(&x, &t, &targets, &mut grad, &mut loss)?;
+    Ok((grad, loss))
 }
 
 /// Step i of one lane: noise drawn when the step needs it (i > 0, and sigma > 0 or a held
