@@ -1,8 +1,7 @@
-"""python -m export {prepare,train,controls,teacher,export,verify,sample,fixtures,evaluate,bench,all} --config C --workdir W."""
+"""python -m export {prepare,train,controls,teacher,distill,export,verify,sample,fixtures,evaluate,bench,all} --config C --workdir W."""
 import argparse
 import json
 import os
-import shlex
 import sys
 from pathlib import Path
 
@@ -45,6 +44,13 @@ def cmd_teacher(args, cfg):
 
     p = _paths(args.workdir)
     print(json.dumps(train_teacher(cfg, p["data"], p["teacher"])))
+
+
+def cmd_distill(args, cfg):
+    from .distill import distill
+
+    p = _paths(args.workdir)
+    print(json.dumps(distill(cfg, p["data"], p["teacher"]), indent=2))
 
 
 def cmd_export(args, cfg):
@@ -90,13 +96,20 @@ def cmd_evaluate(args, cfg):
     if args.budgets:
         budgets = [int(b) for b in args.budgets.split(",")]
         ks = [int(k) for k in args.guide_steps.split(",")] if args.guide_steps else [None]
-        report, markdown = sweep(args.model, args.dlm, budgets, ks, n=args.n, seed=args.seed)
+        report, markdown = sweep(args.model, args.dlm, budgets, ks, n=args.n, seed=args.seed,
+                                 judge=False if args.no_judge else None)
         print(markdown)
     else:
         k = int(args.guide_steps) if args.guide_steps else None
         only = args.only.split(",") if args.only else None
+        try:
+            request = json.loads(args.request) if args.request else {}
+        except json.JSONDecodeError as e:
+            raise ExportError(f"--request: not JSON ({e})") from None
+        if not isinstance(request, dict):
+            raise ExportError(f"--request: expected a JSON object of request fields, got {args.request}")
         report = evaluate(args.model, args.dlm, steps=args.steps, n=args.n, seed=args.seed, guide_steps=k, only=only,
-                          dlm_args=shlex.split(args.dlm_args))
+                          request=request, judge=False if args.no_judge else None)
         print(table(report))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")
@@ -142,7 +155,8 @@ def main(argv=None):
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto: CUDA when PyTorch sees a GPU (under torchrun: cuda:LOCAL_RANK, nccl), else the CPU (gloo)")
     sub.add_parser("controls", help="train the guidance classifiers (pos, content) on noisy latents")
-    sub.add_parser("teacher", help="train the autoregressive teacher LM (lm-score)")
+    sub.add_parser("teacher", help="train the autoregressive teacher LM (lm-score, distillation)")
+    sub.add_parser("distill", help="sample the teacher into WORKDIR/data/distilled.jsonl (train.corpus distilled or mixed)")
     for name, help_ in (("export", "write the ONNX model directory, then verify it"),
                         ("verify", "parity of ONNX Runtime against PyTorch for a model directory")):
         q = sub.add_parser(name, help=help_)
@@ -159,7 +173,7 @@ def main(argv=None):
     f.add_argument("--model", default="models/e2e", help="model directory")
     f.add_argument("--out-dir", default="tests/fixtures")
     f.add_argument("--seed", type=int, default=0)
-    e = sub.add_parser("evaluate", help="control success and lm-score of the real dlm binary on held-out targets")
+    e = sub.add_parser("evaluate", help="control success and fluency (SLOR) of the real dlm binary on held-out targets")
     e.add_argument("--model", default="models/e2e")
     e.add_argument("--dlm", default="target/release/dlm")
     e.add_argument("--steps", type=int, default=200)
@@ -167,7 +181,9 @@ def main(argv=None):
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--quick", action="store_true", help="n = 50 at 50 steps (the ablation setting, a few minutes)")
     e.add_argument("--only", help="comma-separated controls to evaluate (default: all)")
-    e.add_argument("--dlm-args", default="", help="extra flags for every dlm run, e.g. \"--length-hold ends\"")
+    e.add_argument("--request", default="", help="extra fields for every request (JSON), e.g. "
+                   "'{\"block_repeats\": false}' or '{\"guide_lr\": {\"spans\": 0.3}}'")
+    e.add_argument("--no-judge", action="store_true", help="skip the pretrained fluency judge (no SLOR)")
     e.add_argument("--budgets", help="comma-separated step budgets: a sweep printed as a markdown table")
     e.add_argument("--guide-steps", help="K (comma-separated with --budgets); default: the manifest's")
     e.add_argument("--json-out", help="also write the report as JSON here")
@@ -201,7 +217,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         cfg = config_mod.load(args.config)
-        {"prepare": cmd_prepare, "train": cmd_train, "controls": cmd_controls, "teacher": cmd_teacher, "export": cmd_export, "verify": cmd_verify,
+        {"prepare": cmd_prepare, "train": cmd_train, "controls": cmd_controls, "teacher": cmd_teacher, "distill": cmd_distill, "export": cmd_export, "verify": cmd_verify,
          "sample": cmd_sample, "fixtures": cmd_fixtures, "evaluate": cmd_evaluate, "bench": cmd_bench, "loadtest": cmd_loadtest,
          "all": cmd_all}[args.command](args, cfg)
     except ExportError as e:

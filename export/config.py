@@ -46,6 +46,9 @@ class TrainConfig:
     checkpoint_every: int = 500
     seed: int = 0
     threads: int = 0  # 0 = let PyTorch decide
+    corpus: str = "real"  # "real" (the training split), "distilled" (distill.py's samples) or "mixed" (both)
+    anchor: float = 0.0  # weight of the rounding cross entropy on x0_hat at every t (Difformer's anchor loss)
+    init: str = ""  # start from these weights (a checkpoint.pt or a model's reference.pt), not at random
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,14 @@ class TeacherConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    sentences: int = 50000  # sampled from the teacher; the filtered ones are kept
+    temperature: float = 0.8
+    min_words: int = 4
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -78,6 +89,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     controls: ControlsConfig = field(default_factory=ControlsConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -127,6 +139,10 @@ def validate(cfg: Config):
         (t.lr > 0, "train.lr must be > 0"),
         (0.0 <= t.ema_rate < 1.0, "train.ema_rate must be in [0, 1)"),
         (t.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),
+        (t.corpus in ("real", "distilled", "mixed"), "train.corpus must be 'real', 'distilled' or 'mixed'"),
+        (t.anchor >= 0.0, "train.anchor must be >= 0"),
+        (cfg.distill.sentences >= 1 and cfg.distill.min_words >= 1, "distill.sentences and distill.min_words must be >= 1"),
+        (cfg.distill.temperature > 0.0, "distill.temperature must be > 0"),
         (cfg.controls.steps >= 1, "controls.steps must be >= 1"),
         (list(cfg.controls.guide_batches) == sorted(set(cfg.controls.guide_batches)) and cfg.controls.guide_batches
          and cfg.controls.guide_batches[0] >= 1, "controls.guide_batches must be increasing batch sizes >= 1"),
@@ -142,7 +158,7 @@ def from_dict(raw, where="config"):
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected an object")
     sections = {"data": DataConfig, "model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig,
-                "controls": ControlsConfig, "teacher": TeacherConfig}
+                "controls": ControlsConfig, "teacher": TeacherConfig, "distill": DistillConfig}
     unknown = sorted(set(raw) - set(sections))
     if unknown:
         raise ConfigError(f"{where}: unknown sections {unknown}; allowed: {sorted(sections)}")

@@ -75,6 +75,14 @@ def words_of(tok, text):
     return [w for w, _ in tok.pre_tokenizer.pre_tokenize_str(text)]
 
 
+def repeats(words):
+    """An immediately repeated word, or a word 3-gram that occurs twice."""
+    if any(a == b for a, b in zip(words, words[1:])):
+        return True
+    grams = list(zip(words, words[1:], words[2:]))
+    return len(set(grams)) < len(grams)
+
+
 def load_spacy():
     import spacy
 
@@ -127,7 +135,8 @@ def prepare(cfg, out_dir):
 def load_split(data_dir, name):
     path = Path(data_dir) / f"{name}.jsonl"
     if not path.is_file():
-        raise DataError(path, "prepared split not found: run `python -m export prepare` first")
+        step = "distill" if name == "distilled" else "prepare"
+        raise DataError(path, f"prepared split not found: run `python -m export {step}` first")
     with path.open(encoding="utf-8") as f:
         return [json.loads(line) for line in f]
 

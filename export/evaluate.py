@@ -4,34 +4,33 @@ Scored like the paper: POS = per-position exact match of the output's spaCy UPOS
 the target; content = the value appears in the output (family friendly: the phrase, or its
 negation for "no"), reported per field too; length = exact word count; infill = every fixed word
 kept in place; spans = the output's phrase spans (spans.py, from spaCy's dependency parse) contain
-the target span. Fluency: lm-score = exp(mean token NLL) under the teacher LM (lower is better),
-next to the held-out references' own; repeats = the share of outputs with an immediately
-repeated word or a word 3-gram that occurs twice. Targets and seeds are fixed by --seed, so two
-models are compared on the same work. QUICK (n = 50 at 50 steps) is the setting for ablations.
+the target span. Fluency, next to the held-out references' own: SLOR and perplexity under a
+pretrained LM nobody here trained (judge.py); lm-score = exp(mean token NLL) under our own
+teacher LM (trained on our data: it rewards reproduced n-grams, so secondary); repeats = the
+share of outputs with an immediately repeated word or a word 3-gram that occurs twice;
+distinct-2 = distinct word bigrams over all (diversity). Every request goes through one
+`dlm serve --stdio`. Targets and seeds are fixed by --seed, so two models are compared on the
+same work. QUICK (n = 50 at 50 steps) is for a first look; SLOR needs >= 150 sentences.
 """
-import json
 import random
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import onnxruntime as ort
 from tokenizers import Tokenizer
+from tqdm import tqdm
 
 from . import data, manifest as manifest_mod
 from .config import from_dict
 from .controls import expressed
+from .distill import distinct_n
 from .errors import ExportError
+from .judge import Judge, summary
+from .serve_client import DlmServer
 from .teacher import lm_scores
 
 QUICK = {"n": 50, "steps": 50}
-def repeats(tokens):
-    """An immediately repeated word, or a word 3-gram that occurs twice."""
-    if any(a == b for a, b in zip(tokens, tokens[1:])):
-        return True
-    grams = list(zip(tokens, tokens[1:], tokens[2:]))
-    return len(set(grams)) < len(grams)
 
 
 def heldout_targets(m, tok, n, seed):
@@ -63,15 +62,8 @@ def heldout_targets(m, tok, n, seed):
         "infill": infill,
         "spans": [f"{i},{j},{label}" for i, j, label in spans],
         "references": [text for _, _, text in picked],
+        "none": list(range(n)),
     }
-
-
-def run_dlm(dlm, model_dir, steps, seed, flags):
-    cmd = [str(dlm), "generate", "--model", str(model_dir), "--steps", str(steps), "--seed", str(seed), "--json", *flags]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise ExportError(f"{' '.join(cmd)} failed: {out.stderr.strip()}")
-    return json.loads(out.stdout.splitlines()[0])
 
 
 def span_of(target):
@@ -84,58 +76,83 @@ def pos_match(nlp_tags, target):
     return sum(a == b for a, b in zip(nlp_tags, target)) / len(target)
 
 
-def evaluate(model_dir, dlm, steps=200, n=200, seed=0, guide_steps=None, only=None, dlm_args=()):
-    """Every control (or those in `only`) on its held-out targets; `dlm_args` go to every dlm run."""
+def evaluate(model_dir, dlm, steps=200, n=200, seed=0, guide_steps=None, only=None, request=None, judge=None):
+    """Every control (or those in `only`) on its held-out targets, through one `dlm serve --stdio`;
+    `request` holds extra fields for every request (e.g. {"block_repeats": false}). `judge`: a
+    judge.Judge, None to load one, False to skip the pretrained judge (no SLOR)."""
     model_dir = Path(model_dir)
     if not Path(dlm).is_file():
         raise ExportError(f"{dlm}: dlm binary not found; run `cargo build --release` first")
-    m = manifest_mod.load(model_dir)
-    guided = {"pos", "content", "spans"} & set(only or ("pos", "content", "spans"))
-    missing = sorted(guided - set(m.get("controls", {})))
-    if missing or not any(g["role"] == "teacher" for g in m["graphs"]):
-        raise ExportError(f"{model_dir}: needs a teacher LM and the controls {missing or 'asked for'} "
-                          "(python -m export controls, teacher, export)")
-    tok = Tokenizer.from_file(str(model_dir / m["tokenizer"]["file"]))
-    teacher = ort.InferenceSession(str(model_dir / next(g["file"] for g in m["graphs"] if g["role"] == "teacher")))
-    seq_len = m["model"]["seq_len"]
-    targets = heldout_targets(m, tok, n, seed)
-    nlp = data.load_spacy()
-    results = {}
-    checks = {
-        "pos": (lambda t: ["--pos", t], lambda out, t: pos_match(data.tag_upos(nlp, [out["tokens"]])[0], t)),
-        "content": (lambda t: ["--content", t], lambda out, t: float(expressed(t, out["text"]))),
-        "length": (lambda t: ["--length", str(t)], lambda out, t: float(len(out["tokens"]) == t)),
-        "infill": (lambda t: ["--infill", t], lambda out, t: float(all(
-            w == "_" or (i < len(out["tokens"]) and out["tokens"][i] == w) for i, w in enumerate(t.split())))),
-        "spans": (lambda t: ["--span", t], lambda out, t: float(span_of(t) in data.analyse(nlp, [out["tokens"]])[0][1])),
-        "none": (lambda t: [], lambda out, t: 1.0),
-    }
-    targets["none"] = list(range(n))
-    extra = (["--guide-steps", str(guide_steps)] if guide_steps is not None else []) + list(dlm_args)
-    unknown = set(only or ()) - set(checks)
+    unknown = set(only or ()) - set(CHECKS)
     if unknown:
-        raise ExportError(f"unknown controls {sorted(unknown)}; allowed: {', '.join(checks)}")
-    for name, (flags, score) in checks.items():
-        if only and name not in only:
-            continue
-        texts, scores, seconds, repeated = [], [], [], []
-        for i, target in enumerate(targets[name]):
+        raise ExportError(f"unknown controls {sorted(unknown)}; allowed: {', '.join(CHECKS)}")
+    m = manifest_mod.load(model_dir)
+    missing = sorted(({"pos", "content", "spans"} & set(only or CHECKS)) - set(m.get("controls", {})))
+    if missing:
+        raise ExportError(f"{model_dir}: no classifier for {missing} (python -m export controls, export)")
+    tok = Tokenizer.from_file(str(model_dir / m["tokenizer"]["file"]))
+    targets = heldout_targets(m, tok, n, seed)
+    if judge is None:
+        judge = Judge(training_references(m))
+    teacher = next((g["file"] for g in m["graphs"] if g["role"] == "teacher"), None)
+    teacher = ort.InferenceSession(str(model_dir / teacher)) if teacher else None
+    fluency = lambda texts: {**fluency_of(judge, teacher, tok, texts, m["model"]["seq_len"]),  # noqa: E731
+                             "distinct_2": distinct_n([data.words_of(tok, t) for t in texts], 2)}
+    nlp = data.load_spacy()
+    extra = {**({"guide_steps": guide_steps} if guide_steps is not None else {}), **(request or {})}
+    names = [c for c in CHECKS if not only or c in only]
+    results = {}
+    with DlmServer(dlm, model_dir) as server, tqdm(total=sum(len(targets[c]) for c in names), desc="evaluate",
+                                                     mininterval=5.0) as bar:
+        for name in names:
+            fields, score = CHECKS[name]
+            requests = [{"steps": steps, "seed": seed + i, **fields(t), **extra} for i, t in enumerate(targets[name])]
             start = time.perf_counter()
-            out = run_dlm(dlm, model_dir, steps, seed + i, flags(target) + extra)
-            seconds.append(time.perf_counter() - start)
-            texts.append(out["text"])
-            scores.append(score(out, target))
-            repeated.append(repeats(out["tokens"]))
-        results[name] = {"n": len(texts), "success": statistics.mean(scores), "repeats": statistics.mean(repeated),
-                         "lm_score": statistics.mean(lm_scores(teacher, tok, texts, seq_len)),
-                         "seconds_per_sentence": statistics.mean(seconds), "example": texts[0]}
-        if name == "content":
-            results[name]["by_field"] = by_field(targets[name], scores)
+            outs = [a["results"][0] for a in server.run(requests, bar)]
+            seconds = time.perf_counter() - start
+            texts = [o["text"] for o in outs]
+            results[name] = {"n": len(texts), "repeats": statistics.mean(data.repeats(o["tokens"]) for o in outs),
+                             **fluency(texts), "seconds_per_sentence": seconds / max(1, len(texts)),
+                             "example": texts[0], "texts": texts}
+            if score is not None:
+                scores = [score(nlp, o, t) for o, t in zip(outs, targets[name])]
+                results[name]["success"] = statistics.mean(scores)
+                if name == "content":
+                    results[name]["by_field"] = by_field(targets[name], scores)
     references = targets["references"]
     results["references"] = {"n": len(references), "repeats": statistics.mean(
-                                  repeats(data.words_of(tok, text)) for text in references),
-                              "lm_score": statistics.mean(lm_scores(teacher, tok, references, seq_len))}
-    return {"steps": steps, "guide_steps": guide_steps, "seed": seed, "results": results}
+                                  data.repeats(data.words_of(tok, text)) for text in references),
+                             **fluency(references), "texts": references}
+    return {"steps": steps, "guide_steps": guide_steps, "seed": seed, "request": request or {}, "results": results}
+
+
+def fluency_of(judge, teacher, tok, texts, seq_len):
+    """The pretrained judge's mean SLOR and perplexity, and our teacher's lm-score (secondary)."""
+    out = {}
+    if judge:
+        out.update(summary(judge.score(texts)))
+    if teacher is not None:
+        out["lm_score"] = statistics.mean(lm_scores(teacher, tok, texts, seq_len))
+    return out
+
+
+def training_references(m):
+    """The training split's sentences (the judge's unigram counts; never the held-out ones)."""
+    cfg = from_dict(m["training"]["config"])
+    train, _ = data.split_by_mr(data.read_corpus(cfg.data.files, cfg.data.max_lines), cfg.data.heldout_fraction,
+                                cfg.data.split_seed)
+    return [text for _, _, text in train]
+
+
+CHECKS = {  # control -> (request fields of a target, success of an output or None)
+    "pos": (lambda t: {"pos": t}, lambda nlp, out, t: pos_match(data.tag_upos(nlp, [out["tokens"]])[0], t)),
+    "content": (lambda t: {"content": t}, lambda nlp, out, t: float(expressed(t, out["text"]))),
+    "length": (lambda t: {"length": t}, lambda nlp, out, t: float(len(out["tokens"]) == t)),
+    "infill": (lambda t: {"infill": t}, lambda nlp, out, t: float(all(
+        w == "_" or (i < len(out["tokens"]) and out["tokens"][i] == w) for i, w in enumerate(t.split())))),
+    "spans": (lambda t: {"span": t}, lambda nlp, out, t: float(span_of(t) in data.analyse(nlp, [out["tokens"]])[0][1])),
+    "none": (lambda t: {}, None),
+}
 
 
 def by_field(pairs, scores):
@@ -148,32 +165,43 @@ def by_field(pairs, scores):
     return dict(sorted(fields.items()))
 
 
+def _cell(value, fmt):
+    return "-" if value is None else format(value, fmt)
+
+
 def table(report):
     k = report.get("guide_steps")
-    lines = [f"steps {report['steps']}, guidance steps K = {k if k is not None else 'manifest default'}",
-             f"{'control':<11}{'n':>5}{'success':>9}{'repeats':>9}{'lm-score':>10}{'s/sent':>8}"]
+    lines = [f"steps {report['steps']}, guidance steps K = {k if k is not None else 'manifest default'}"
+             + (f", request fields {report['request']}" if report.get("request") else ""),
+             f"{'control':<11}{'n':>5}{'success':>9}{'repeats':>9}{'SLOR':>8}{'ppl':>8}{'dist-2':>8}"
+             f"{'lm-score':>10}{'s/sent':>8}"]
     for name, r in report["results"].items():
-        success = f"{r['success']:.3f}" if "success" in r else "-"
-        secs = f"{r['seconds_per_sentence']:.2f}" if "seconds_per_sentence" in r else "-"
-        lines.append(f"{name:<11}{r['n']:>5}{success:>9}{r['repeats']:>9.3f}{r['lm_score']:>10.2f}{secs:>8}")
+        lines.append(f"{name:<11}{r['n']:>5}{_cell(r.get('success'), '.3f'):>9}{r['repeats']:>9.3f}"
+                     f"{_cell(r.get('slor'), '.3f'):>8}{_cell(r.get('perplexity'), '.1f'):>8}{r['distinct_2']:>8.3f}"
+                     f"{_cell(r.get('lm_score'), '.2f'):>10}{_cell(r.get('seconds_per_sentence'), '.2f'):>8}")
     fields = report["results"].get("content", {}).get("by_field", {})
     if fields:
         lines.append("content by field: " + ", ".join(f"{f} {h}/{n}" for f, (h, n) in fields.items()))
+    lines.append("SLOR: the pretrained judge (higher is better); ppl its perplexity; lm-score our own teacher's "
+                 "(trained on our data: secondary); s/sent: wall time per sentence, 16 requests in flight")
     return "\n".join(lines)
 
 
-def sweep(model_dir, dlm, budgets, guide_steps, n, seed=0):
+def sweep(model_dir, dlm, budgets, guide_steps, n, seed=0, judge=None):
     """evaluate at every (budget, K); a markdown table for models/e2e/EVAL.md."""
-    reports = [evaluate(model_dir, dlm, steps=b, n=n, seed=seed, guide_steps=k) for b in budgets for k in guide_steps]
+    if judge is None:
+        judge = Judge(training_references(manifest_mod.load(model_dir)))
+    reports = [evaluate(model_dir, dlm, steps=b, n=n, seed=seed, guide_steps=k, judge=judge)
+               for b in budgets for k in guide_steps]
     controls = ["pos", "content", "spans", "length", "infill", "none"]
-    head = "| steps | K | " + " | ".join(f"{c} success / repeats / lm-score" for c in controls) + " | s/sentence (pos) |"
+    head = "| steps | K | " + " | ".join(f"{c} success / repeats / SLOR" for c in controls) + " | s/sentence (pos) |"
     rows = [head, "|" + "---|" * (len(controls) + 3)]
     for r in reports:
         res = r["results"]
-        cells = [f"{res[c]['success'] * 100:.1f} % / {res[c]['repeats'] * 100:.0f} % / {res[c]['lm_score']:.2f}"
-                 for c in controls]
+        cells = [f"{_cell(res[c].get('success') and res[c]['success'] * 100, '.1f')} % / {res[c]['repeats'] * 100:.0f} % / "
+                 f"{_cell(res[c].get('slor'), '.2f')}" for c in controls]
         rows.append(f"| {r['steps']} | {r['guide_steps']} | " + " | ".join(cells) + f" | {res['pos']['seconds_per_sentence']:.2f} |")
     refs = reports[0]["results"]["references"]
-    rows.append(f"\nHeld-out references: lm-score {refs['lm_score']:.2f}, repeats {refs['repeats'] * 100:.0f} % "
+    rows.append(f"\nHeld-out references: SLOR {_cell(refs.get('slor'), '.2f')}, repeats {refs['repeats'] * 100:.0f} % "
                 f"(n = {refs['n']}).")
     return reports, "\n".join(rows)

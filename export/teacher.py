@@ -39,8 +39,11 @@ def train_teacher(cfg, data_dir, out_dir):
     tc = cfg.teacher
     tok = Tokenizer.from_file(str(Path(data_dir) / "tokenizer.json"))
     pad = tok.get_vocab()[data.PAD]
-    records = data.load_split(data_dir, "train")
-    ids = torch.tensor([data.encode_ids(tok, r["words"], cfg.model.seq_len) for r in records])
+    split = lambda name: torch.tensor([data.encode_ids(tok, r["words"], cfg.model.seq_len)  # noqa: E731
+                                       for r in data.load_split(data_dir, name)])
+    ids, heldout = split("train"), split("heldout")
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(tc.seed)
     gen = torch.Generator().manual_seed(tc.seed)
     model = TeacherLM(tok.get_vocab_size(), cfg.model.seq_len, tc.hidden, tc.layers)
@@ -55,12 +58,29 @@ def train_teacher(cfg, data_dir, out_dir):
         opt.step()
         if (step + 1) % 100 == 0 or step + 1 == tc.steps:
             log.append({"step": step + 1, "loss": loss.item()})
+        if (step + 1) % 1000 == 0 or step + 1 == tc.steps:
+            log[-1]["heldout_loss"] = heldout_loss(model, heldout, pad)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save({"vocab_size": tok.get_vocab_size(), "seq_len": cfg.model.seq_len, "hidden": tc.hidden,
                 "layers": tc.layers, "state": model.state_dict(), "log": log}, out_dir / TEACHER_FILE)
     (out_dir / "teacher_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
     return log[-1] if log else {}
+
+
+@torch.no_grad()
+def heldout_loss(model, ids, pad):
+    """Mean next-token cross entropy on the held-out sentences (never trained on): overfitting shows here."""
+    model.eval()
+    total, count = 0.0, 0
+    for lo in range(0, len(ids), 256):
+        batch = ids[lo: lo + 256]
+        logits = model(batch[:, :-1])
+        target = batch[:, 1:].reshape(-1)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target, ignore_index=pad, reduction="sum")
+        total, count = total + loss.item(), count + int((target != pad).sum())
+    model.train()
+    return total / max(1, count)
 
 
 def load_teacher(path):

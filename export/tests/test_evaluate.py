@@ -1,28 +1,47 @@
 """A smoke run of `python -m export evaluate` against the real dlm binary and models/e2e."""
-import math
 from pathlib import Path
 
 import pytest
 
 from export.errors import ExportError
 from export.controls import expressed as content_hit
-from export.evaluate import evaluate, repeats, table
+from export.data import repeats
+from export.evaluate import evaluate, table
 
 ROOT = Path(__file__).resolve().parents[2]
 DLM = ROOT / "target" / "release" / "dlm"
 
 
-def test_evaluate_scores_every_control_through_dlm():
-    report = evaluate(ROOT / "models" / "e2e", DLM, steps=5, n=4, seed=0)
+def test_evaluate_scores_every_control_through_dlm(judge):
+    report = evaluate(ROOT / "models" / "e2e", DLM, steps=5, n=4, seed=0, judge=judge)
     results = report["results"]
     assert set(results) == {"pos", "content", "length", "infill", "spans", "none", "references"}
     # held positions come out exactly whatever the budget
     assert results["length"]["success"] == 1.0 and results["infill"]["success"] == 1.0
-    for r in results.values():
-        assert math.isfinite(r["lm_score"]) and r["lm_score"] > 1.0
+    assert all(len(t.split()) == n for t, n in zip(results["length"]["texts"], (10, 17, 24, 31)))
+    assert "success" not in results["none"]  # nothing to succeed at: no made-up 100 %
+    # the judge scored what was generated: the same texts score the same again
+    texts = results["none"]["texts"]
+    assert results["none"]["slor"] == pytest.approx(sum(s["slor"] for s in judge.score(texts)) / len(texts))
+    # five denoising steps write worse English than people do
+    assert results["none"]["slor"] < results["references"]["slor"]
     assert all(results[c]["n"] == 4 for c in ("content", "length", "none"))
     assert results["pos"]["success"] > 0.0  # a POS-guided sentence shares some tags with its target
-    assert "lm-score" in table(report)
+    assert "SLOR" in table(report)
+
+
+def test_evaluate_passes_request_fields_to_the_server(judge):
+    kw = dict(steps=5, n=4, seed=0, judge=False, only=["none"])
+    blocked = evaluate(ROOT / "models" / "e2e", DLM, **kw)["results"]["none"]
+    allowed = evaluate(ROOT / "models" / "e2e", DLM, request={"block_repeats": False}, **kw)["results"]["none"]
+    assert blocked["repeats"] == 0.0  # the runtime blocks repeats by default
+    assert allowed["repeats"] > 0.0  # five steps repeat words once nothing blocks them
+    assert "slor" not in blocked
+
+
+def test_evaluate_names_a_request_field_the_server_refuses():
+    with pytest.raises(ExportError, match="no_such_field"):
+        evaluate(ROOT / "models" / "e2e", DLM, steps=5, n=1, judge=False, only=["none"], request={"no_such_field": 1})
 
 
 def test_evaluate_needs_the_binary(tmp_path):
