@@ -129,8 +129,8 @@ pub enum ProfileError {
 pub enum TransportError {
     #[error("cannot listen on {what}: {error}")]
     Bind { what: String, error: std::io::Error },
-    #[error("{0} is not a loopback address; dlm serve listens on 127.0.0.1 or ::1 unless --tcp-any-address is given")]
-    NotLoopback(SocketAddr),
+    #[error("{addr} is not a loopback address; dlm serve listens on 127.0.0.1 or ::1 unless {flag} is given")]
+    NotLoopback { addr: SocketAddr, flag: &'static str },
     #[error("{0}: exists and is not a socket; refusing to replace it")]
     NotASocket(PathBuf),
     #[error("{0}: a server is answering on this socket; refusing to take it over")]

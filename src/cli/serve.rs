@@ -11,8 +11,7 @@ use dlm::generate::{generate, Request};
 use dlm::model::Model;
 use dlm::ort::OrtRuntime;
 use dlm::overrides::{GuideOverrides, Setting};
-use dlm::server::http::HttpListener;
-use dlm::server::http_front::Limits;
+use dlm::server::http::{HttpListener, Limits};
 use dlm::server::metrics::HttpConnections;
 use dlm::server::transport::Transport;
 use dlm::server::{self, Schedule, ServerConfig};
@@ -106,19 +105,16 @@ pub fn run(mut args: ServeArgs) -> Result<()> {
     for path in &args.serial {
         transports.push(Transport::serial(path, args.baud)?);
     }
-    let mut loading = Vec::new();
-    let ready = Arc::new(AtomicBool::new(false));
     let connections = HttpConnections::default();
     for addr in &args.http {
         let limits = Limits {
             max_connections: args.max_connections as usize,
             idle: Duration::from_millis(args.idle_timeout_ms),
             deadline: Duration::from_millis(args.timeout_ms),
+            max_body: args.max_line as usize,
         };
-        let listener = HttpListener::bind(addr, args.http_any_address, limits, &connections)?;
-        let (answering, ready) = (listener.clone(), Arc::clone(&ready));
-        loading.push(std::thread::spawn(move || answering.answer_loading(&ready)));
-        transports.push(Transport::Http(listener));
+        // answers 503 "loading" until the server starts
+        transports.push(Transport::Http(HttpListener::bind(addr, args.http_any_address, limits, &connections)?));
     }
     if transports.is_empty() {
         anyhow::bail!("nothing to serve on: give --stdio, --tcp ADDR, --unix PATH, --serial DEVICE or --http ADDR");
@@ -136,6 +132,7 @@ pub fn run(mut args: ServeArgs) -> Result<()> {
         idle: Duration::from_millis(args.idle_timeout_ms),
         max_pending: args.max_pending as usize,
     };
+    let ready = Arc::new(AtomicBool::new(false));
     let extending = server::notify::extend_while_loading(Arc::clone(&ready));
     let runtime = OrtRuntime::load(args.runtime.ort_lib.as_deref(), args.runtime.threads.into())?;
     let opts = session_options(&args.runtime, config.max_batch)?;
@@ -153,9 +150,6 @@ pub fn run(mut args: ServeArgs) -> Result<()> {
     ready.store(true, std::sync::atomic::Ordering::SeqCst);
     if let Some(extending) = extending {
         let _ = extending.join(); // no EXTEND_TIMEOUT_USEC after READY=1
-    }
-    for answering in loading {
-        let _ = answering.join(); // the HTTP listeners' loading answers end within a poll
     }
     let shutdown = Arc::new(AtomicBool::new(false));
     for signal in [SIGTERM, SIGINT] {

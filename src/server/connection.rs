@@ -3,12 +3,13 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use embedded_io::{Read, Write};
 use serde_json::Value;
+use tokio::sync::oneshot;
 
 use super::engine::Job;
 use super::lines::{Line, LineReader};
@@ -53,7 +54,7 @@ where
             return false;
         }
     };
-    let reply = Reply { sender: reply, pending: pending.clone() };
+    let reply = Reply(Route::Line { sender: reply, pending: pending.clone() });
     let mut lines = LineReader::new(reader, shared.config.max_line);
     let mut active = Instant::now();
     loop {
@@ -76,7 +77,7 @@ where
                 let max = shared.config.max_line;
                 let message = format!("request line of {len} bytes is over this server's limit of {max} bytes");
                 shared.metrics.answered(ErrorCode::TooLarge.as_str());
-                reply.send(Rejection::new(Value::Null, ErrorCode::TooLarge, message).to_line());
+                reply.send(Rejection::new(Value::Null, ErrorCode::TooLarge, message).into());
             }
             // Shutting down: stop once nothing more is waiting to be read.
             Ok(Line::Idle) if stopping => break,
@@ -112,32 +113,73 @@ fn wait_for_writer(pending: &Pending, shared: &Shared) -> bool {
     true
 }
 
-/// The sending side of a connection's replies, counting the bytes that wait.
+/// One answer: its line, and its error code (None: ok), from which an HTTP status follows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub code: Option<ErrorCode>,
+    pub line: String,
+}
+
+impl Answer {
+    pub fn ok(line: String) -> Self {
+        Self { code: None, line }
+    }
+}
+
+impl From<Rejection> for Answer {
+    fn from(rejection: Rejection) -> Self {
+        Self { code: Some(rejection.code), line: rejection.to_line() }
+    }
+}
+
+/// Where a request's answer goes.
 #[derive(Clone)]
-pub struct Reply {
-    sender: Sender<String>,
-    pending: Arc<Pending>,
+pub struct Reply(Route);
+
+#[derive(Clone)]
+enum Route {
+    /// A line connection's writer, counting the bytes that wait.
+    Line { sender: Sender<String>, pending: Arc<Pending> },
+    /// One HTTP request: its handler awaits the answer (taken by the first send).
+    Once(Arc<Mutex<Option<oneshot::Sender<Answer>>>>),
 }
 
 impl Reply {
-    /// A reply channel of its own (one HTTP request): the answer comes out of the receiver.
-    pub fn detached() -> (Self, mpsc::Receiver<String>) {
-        let (sender, answers) = mpsc::channel();
-        (Self { sender, pending: Arc::new(Pending::default()) }, answers)
+    /// A reply of its own (one HTTP request): the answer comes out of the receiver; dropping
+    /// the receiver (the connection closed) tells the engine the client is gone.
+    pub fn once() -> (Self, oneshot::Receiver<Answer>) {
+        let (sender, answer) = oneshot::channel();
+        (Self(Route::Once(Arc::new(Mutex::new(Some(sender))))), answer)
     }
 
-    /// Whether the client is gone (its connection failed to read or write): its requests
-    /// can stop.
+    /// Whether the client is gone (its connection failed to read or write, or closed while
+    /// waiting for an HTTP answer): its requests can stop.
     pub fn client_gone(&self) -> bool {
-        self.pending.writer_gone.load(Ordering::SeqCst) || self.pending.reader_failed.load(Ordering::SeqCst)
+        match &self.0 {
+            Route::Line { pending, .. } => {
+                pending.writer_gone.load(Ordering::SeqCst) || pending.reader_failed.load(Ordering::SeqCst)
+            }
+            Route::Once(sender) => {
+                sender.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_none_or(|s| s.is_closed())
+            }
+        }
     }
 
-    /// Queue one reply line; dropped (not counted) when the connection is gone.
-    pub fn send(&self, line: String) {
-        let len = line.len() + 1;
-        self.pending.bytes.fetch_add(len, Ordering::SeqCst);
-        if self.sender.send(line).is_err() {
-            self.pending.bytes.fetch_sub(len, Ordering::SeqCst);
+    /// Send one answer; dropped (not counted) when the connection is gone.
+    pub fn send(&self, answer: Answer) {
+        match &self.0 {
+            Route::Line { sender, pending } => {
+                let len = answer.line.len() + 1;
+                pending.bytes.fetch_add(len, Ordering::SeqCst);
+                if sender.send(answer.line).is_err() {
+                    pending.bytes.fetch_sub(len, Ordering::SeqCst);
+                }
+            }
+            Route::Once(sender) => {
+                if let Some(sender) = sender.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    let _ = sender.send(answer); // a receiver gone: the client left
+                }
+            }
         }
     }
 }
@@ -149,25 +191,25 @@ pub(super) fn dispatch(line: &[u8], shared: &Shared, jobs: &SyncSender<Job>, rep
         Ok(incoming) => incoming,
         Err(rejection) => {
             shared.metrics.answered(rejection.code.as_str());
-            reply.send(rejection.to_line());
+            reply.send(rejection.into());
             return;
         }
     };
     let params = match incoming.op {
         Op::Health => {
-            reply.send(shared.health(&incoming.id));
+            reply.send(Answer::ok(shared.health(&incoming.id)));
             return;
         }
         Op::Metrics => {
-            reply
-                .send(serde_json::json!({"id": incoming.id, "ok": true, "metrics": shared.metrics_text()}).to_string());
+            let line = serde_json::json!({"id": incoming.id, "ok": true, "metrics": shared.metrics_text()});
+            reply.send(Answer::ok(line.to_string()));
             return;
         }
         Op::Generate(params) => params,
     };
     let refuse = |code: ErrorCode, message: &str| {
         shared.metrics.answered(code.as_str());
-        Rejection::new(incoming.id.clone(), code, message).to_line()
+        Answer::from(Rejection::new(incoming.id.clone(), code, message))
     };
     if stopping {
         reply.send(refuse(ErrorCode::ShuttingDown, "the server is stopping and takes no new requests"));

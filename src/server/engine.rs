@@ -1,7 +1,10 @@
 //! The inference thread: it alone owns the ONNX Runtime sessions. It schedules per iteration:
 //! the sequences of admitted requests share each denoiser call (each at its own step; at most
 //! `max_batch`, those that would finish first), finished ones leave, and queued requests join
-//! while fewer than [`POOL`] x `max_batch` sequences are admitted. Every job is answered
+//! while fewer than [`POOL`] x `max_batch` sequences are admitted. A request has at most
+//! `max_batch` sequences admitted at once (the rest join as its earlier ones finish), so a large
+//! one never fills the pool: another client's short request joins at once and passes it. A
+//! request whose client left leaves the batch at the next iteration. Every job is answered
 //! exactly once.
 
 use std::collections::BTreeMap;
@@ -9,14 +12,15 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::connection::Reply;
+use super::connection::{Answer, Reply};
+use super::requests::{ok_line, to_request};
 use super::{Schedule, Shared};
-use crate::error::{GenerateError, RequestError};
-use crate::generate::{choose, course, lane, Generated, Limits, Request};
+use crate::error::GenerateError;
+use crate::generate::{choose, course, lane, Generated, Request};
 use crate::model::Model;
 use crate::protocol::{ErrorCode, GenerateParams, Rejection};
 use crate::sampler::{Batch, Course, Timing};
@@ -41,6 +45,8 @@ struct Active {
     /// Samples to draw (num x mbr or rerank) and the next one to admit.
     total: usize,
     next: usize,
+    /// Its sequences in the batch now (at most `max_batch`).
+    running: usize,
     samples: Vec<Option<Generated>>,
     /// When its first sequence joined the batch.
     started: Option<Instant>,
@@ -50,7 +56,8 @@ struct Engine<'s> {
     shared: &'s Shared,
     model: Model,
     batch: Batch,
-    /// By admission order: the first with sequences not yet admitted gets the next free places.
+    /// By admission order: the first with sequences waiting and under its share gets the next
+    /// free places.
     active: BTreeMap<u64, Active>,
     next_owner: u64,
 }
@@ -86,13 +93,15 @@ pub fn run(model: Model, jobs: Receiver<Job>, shared: &Shared) {
 impl Engine<'_> {
     /// Fill free places (up to [`POOL`] x `--max-batch` sequences; each iteration steps the
     /// `--max-batch` that would finish first): first the remaining sequences of admitted
-    /// requests, then new jobs (blocking only when nothing runs). FIFO takes a new job only when
-    /// none is active. Returns true once every sender is gone.
+    /// requests, each up to its share of `--max-batch`, then new jobs (blocking only when nothing
+    /// runs). FIFO takes a new job only when none is active. Returns true once every sender is gone.
     fn admit(&mut self, jobs: &Receiver<Job>) -> bool {
-        let max_batch = POOL * self.shared.config.max_batch.max(1);
+        let share = self.shared.config.max_batch.max(1);
+        let pool = POOL * share;
         loop {
-            while self.batch.len() < max_batch {
-                let Some((&owner, waiting)) = self.active.iter_mut().find(|(_, a)| a.next < a.total) else { break };
+            while self.batch.len() < pool {
+                let waiting = self.active.iter_mut().find(|(_, a)| a.next < a.total && a.running < share);
+                let Some((&owner, waiting)) = waiting else { break };
                 if waiting.course.expired(Instant::now()) {
                     self.fail(
                         owner,
@@ -104,10 +113,11 @@ impl Engine<'_> {
                 waiting.started.get_or_insert_with(Instant::now);
                 let l = lane(&self.model, owner, &waiting.course, waiting.request.seed, waiting.next);
                 waiting.next += 1;
+                waiting.running += 1;
                 self.batch.push(l);
             }
             let fifo_busy = self.shared.config.schedule == Schedule::Fifo && !self.active.is_empty();
-            if self.batch.len() >= max_batch || fifo_busy || self.active.values().any(|a| a.next < a.total) {
+            if self.batch.len() >= pool || fifo_busy {
                 return false;
             }
             let job = if self.active.is_empty() {
@@ -131,7 +141,7 @@ impl Engine<'_> {
     fn start(&mut self, job: Job) {
         let fail = |code: ErrorCode, message: String| {
             self.shared.metrics.answered(code.as_str());
-            Rejection::new(job.id.clone(), code, message).to_line()
+            Answer::from(Rejection::new(job.id.clone(), code, message))
         };
         if self.shared.drain_expired() {
             job.reply
@@ -161,6 +171,7 @@ impl Engine<'_> {
             course: Arc::new(course),
             total,
             next: 0,
+            running: 0,
             samples: vec![None; total],
             started: None,
         };
@@ -197,6 +208,7 @@ impl Engine<'_> {
         for f in finished {
             let owner = f.lane.owner;
             let Some(active) = self.active.get_mut(&owner) else { continue };
+            active.running -= 1;
             match f.result {
                 Ok(sampled) => {
                     active.samples[f.lane.index] = Some(Generated::of(&self.model.vocab, &f.lane, sampled));
@@ -219,91 +231,28 @@ impl Engine<'_> {
         let outputs = choose(&active.request, samples);
         let started = active.started.unwrap_or(active.job.received);
         let line = ok_line(&active.job.id, &outputs, &timing, &active.request, (active.job.received, started));
-        active.job.reply.send(line);
+        // counted before the answer goes out: a client reading the metrics next sees its request
         let metrics = &self.shared.metrics;
         metrics.answered("ok");
         metrics.timed(started.duration_since(active.job.received), started.elapsed(), &timing, active.request.steps);
         self.shared.served.fetch_add(1, Ordering::Relaxed);
+        active.job.reply.send(Answer::ok(line));
     }
 
     fn fail(&mut self, owner: u64, code: ErrorCode, message: String) {
         self.batch.remove_owner(owner);
         if let Some(active) = self.active.remove(&owner) {
             self.shared.metrics.answered(code.as_str());
-            active.job.reply.send(Rejection::new(active.job.id.clone(), code, message).to_line());
             self.shared.served.fetch_add(1, Ordering::Relaxed);
+            active.job.reply.send(Rejection::new(active.job.id.clone(), code, message).into());
         }
     }
 
     fn fail_all(&mut self, code: ErrorCode, message: String) {
         log::error!("the batch failed: {message}");
-        let owners: Vec<u64> = self.batch.lanes().iter().map(|l| l.owner).collect();
+        let owners: Vec<u64> = self.active.keys().copied().collect();
         for owner in owners {
             self.fail(owner, code, message.clone());
         }
     }
-}
-
-/// A request of the protocol, with the server's defaults and limits applied.
-fn to_request(p: &GenerateParams, shared: &Shared, model: &Model, received: Instant) -> Result<Request, GenerateError> {
-    let config = &shared.config;
-    let num = p.num.unwrap_or(1);
-    let (mbr, rerank) = (p.mbr.unwrap_or(1), p.rerank.unwrap_or(1));
-    let timeout = match p.timeout_ms {
-        Some(0) => return Err(RequestError::Timeout { got: 0, max: config.timeout.as_millis() as u64 }.into()),
-        Some(ms) => Duration::from_millis(ms).min(config.timeout), // the server caps it
-        None => config.timeout,
-    };
-    let model_limits = Limits::of(model);
-    let limits = Limits {
-        max_samples: config.max_samples,
-        max_batch: config.max_batch.min(model_limits.max_batch),
-        ..model_limits
-    };
-    let request = Request {
-        steps: p.steps.unwrap_or(config.default_steps),
-        method: p.method()?,
-        seed: p.seed.unwrap_or_else(rand::random), // reported in the response, so it can be replayed
-        num,
-        batch: num.saturating_mul(mbr.max(rerank)).clamp(1, limits.max_batch.max(1)),
-        controls: p.controls(),
-        guide: p.guide()?,
-        mbr,
-        rerank,
-        block_repeats: p.block_repeats.unwrap_or(true),
-        deadline: Some(received + timeout),
-        ..Request::default()
-    };
-    request.validate(&limits)?;
-    Ok(request)
-}
-
-/// The response of a request: its outputs, and its time (`received`, `started`: when its first
-/// sequence joined the batch).
-fn ok_line(
-    id: &Value,
-    outputs: &[Generated],
-    timing: &Timing,
-    request: &Request,
-    (received, started): (Instant, Instant),
-) -> String {
-    let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
-    let results: Vec<Value> = outputs.iter().map(|g| json!({ "text": g.text, "tokens": g.tokens })).collect();
-    json!({
-        "id": id,
-        "ok": true,
-        "texts": outputs.iter().map(|g| g.text.as_str()).collect::<Vec<_>>(),
-        "results": results,
-        "seed": request.seed,
-        "timings": {
-            "queue_ms": ms(started.duration_since(received)),
-            "run_ms": ms(started.elapsed()),
-            "total_ms": ms(received.elapsed()),
-            "steps": request.steps,
-            "denoiser_ms": ms(timing.denoiser),
-            "guidance_ms": ms(timing.guidance),
-            "host_ms": ms(timing.host()),
-        },
-    })
-    .to_string()
 }

@@ -27,7 +27,7 @@ pub struct Listener {
     pub listener: String,
 }
 
-/// HTTP connections by listener, counted by the accept loops (http_front.rs) from the moment
+/// HTTP connections by listener, counted by the accept loops (http/accept.rs) from the moment
 /// they bind, before the model loads; registered with the rest when the server starts.
 #[derive(Clone, Default, Debug)]
 pub struct HttpConnections {

@@ -9,10 +9,10 @@
 pub mod connection;
 pub mod engine;
 pub mod http;
-pub mod http_front;
 pub mod lines;
 pub mod metrics;
 pub mod notify;
+mod requests;
 pub mod transport;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

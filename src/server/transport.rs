@@ -50,7 +50,7 @@ impl Transport {
         let bind = |error| TransportError::Bind { what: format!("tcp {addr}"), error };
         let addrs: Vec<SocketAddr> = addr.to_socket_addrs().map_err(bind)?.collect();
         if let Some(remote) = addrs.iter().find(|a| !a.ip().is_loopback() && !any_address) {
-            return Err(TransportError::NotLoopback(*remote));
+            return Err(TransportError::NotLoopback { addr: *remote, flag: "--tcp-any-address" });
         }
         let listener = TcpListener::bind(&addrs[..]).map_err(bind)?;
         listener.set_nonblocking(true).map_err(bind)?;
@@ -99,6 +99,9 @@ impl Transport {
     pub fn spawn(self, shared: Arc<Shared>, jobs: SyncSender<Job>) -> Option<JoinHandle<Result<(), String>>> {
         let name = self.describe();
         log::info!("listening on {name}");
+        if let Self::Http(listener) = &self {
+            listener.open(&shared, &jobs); // before READY=1
+        }
         let run = move || match self {
             Self::Stdio => match io::stdin().as_fd().try_clone_to_owned() {
                 // Raw fd reads: std's buffered Stdin would hide buffered bytes from poll(2).
@@ -125,7 +128,8 @@ impl Transport {
                 Ok(())
             }
             Self::Http(listener) => {
-                listener.serve(&shared, &jobs);
+                drop(jobs); // the listener holds its own
+                listener.serve(&shared);
                 Ok(())
             }
             Self::Unix { listener, path, inode } => {

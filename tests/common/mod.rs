@@ -1,6 +1,7 @@
 //! Shared by the integration tests: the bundled model and one ONNX Runtime per process.
 #![allow(dead_code)]
 
+pub mod http;
 pub mod server;
 
 use std::path::PathBuf;

@@ -1,0 +1,146 @@
+//! What each HTTP request is answered: the routes, the body limits, statuses by error code.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::{Body, Incoming};
+use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
+use tokio::time::timeout;
+
+use super::super::connection::{dispatch, Answer, Reply};
+use super::{Front, Serving};
+use crate::protocol::{ErrorCode, Rejection};
+
+type Answered = Response<Full<Bytes>>;
+
+const PATHS: &str = "GET /health, GET /v1/info, GET /metrics, POST /v1/generate";
+
+/// Answer one request: 503 `loading` until the model is loaded, then by route, each within
+/// the idle time plus the longest deadline.
+pub(super) async fn answer(request: Request<Incoming>, front: &Front) -> Answered {
+    let Some(serving) = front.serving() else {
+        let body = json!({"ok": false, "error": {"code": "loading", "message": "the model is loading"}});
+        return respond(StatusCode::SERVICE_UNAVAILABLE, body.to_string(), true);
+    };
+    let limit = front.limits.idle + front.limits.deadline;
+    match timeout(limit, route(request, &serving, front)).await {
+        Ok(answered) => answered,
+        Err(_) => {
+            let message = format!("no answer within {} ms", limit.as_millis());
+            rejected(StatusCode::GATEWAY_TIMEOUT, Rejection::new(Value::Null, ErrorCode::Timeout, message))
+        }
+    }
+}
+
+async fn route(request: Request<Incoming>, serving: &Serving, front: &Front) -> Answered {
+    let shared = &serving.shared;
+    match (request.method(), request.uri().path()) {
+        (&Method::GET, "/health") => {
+            let serving = !shared.stopping() && shared.engine_alive.load(Ordering::SeqCst);
+            let status = if serving { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            respond(status, shared.health(&Value::Null), false)
+        }
+        (&Method::GET, "/v1/info") => respond(StatusCode::OK, shared.info().to_string(), false),
+        (&Method::GET, "/metrics") => {
+            let mut response = Response::new(Full::new(Bytes::from(shared.metrics_text())));
+            let kind = HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8");
+            response.headers_mut().insert(CONTENT_TYPE, kind);
+            response
+        }
+        (&Method::POST, "/v1/generate") => generate(request, serving, front).await,
+        (_, "/health" | "/v1/info" | "/v1/generate" | "/metrics") => {
+            let message = format!("method not allowed: {PATHS}");
+            rejected(StatusCode::METHOD_NOT_ALLOWED, Rejection::new(Value::Null, ErrorCode::BadRequest, message))
+        }
+        (_, path) => {
+            let message = format!("no such path {path:?}; paths: {PATHS}");
+            rejected(StatusCode::NOT_FOUND, Rejection::new(Value::Null, ErrorCode::BadRequest, message))
+        }
+    }
+}
+
+/// Read the body (at most `--max-line` bytes, within the idle time), queue it as a request
+/// line, and await the engine's answer.
+async fn generate(request: Request<Incoming>, serving: &Serving, front: &Front) -> Answered {
+    let shared = &serving.shared;
+    let refuse = |status: StatusCode, code: ErrorCode, message: String| {
+        shared.metrics.answered(code.as_str());
+        rejected(status, Rejection::new(Value::Null, code, message))
+    };
+    let max = front.limits.max_body;
+    let too_large = || format!("request body over this server's limit of {max} bytes");
+    if request.body().size_hint().lower() > max as u64 {
+        return refuse(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge, too_large());
+    }
+    let idle = front.limits.idle;
+    let body = match timeout(idle, Limited::new(request.into_body(), max).collect()).await {
+        Ok(Ok(body)) => body.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return refuse(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge, too_large());
+        }
+        Ok(Err(e)) => return refuse(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, format!("reading the body: {e}")),
+        Err(_) => {
+            let message = format!("the body did not arrive within {} ms", idle.as_millis());
+            return refuse(StatusCode::REQUEST_TIMEOUT, ErrorCode::Timeout, message);
+        }
+    };
+    let (reply, answer) = Reply::once();
+    dispatch(&body, shared, &serving.jobs, &reply, shared.stopping());
+    drop(reply);
+    let _awaiting = Awaiting::new(front);
+    // the engine answers every job exactly once (its deadline bounds the wait)
+    let answer = answer
+        .await
+        .unwrap_or_else(|_| Rejection::new(Value::Null, ErrorCode::Internal, "the inference thread stopped").into());
+    let status = status_of(answer.code);
+    respond(status, answer.line, status == StatusCode::TOO_MANY_REQUESTS)
+}
+
+/// A handler waiting for the engine, counted for the drain at shutdown.
+struct Awaiting<'f>(&'f Front);
+
+impl<'f> Awaiting<'f> {
+    fn new(front: &'f Front) -> Self {
+        front.awaiting.fetch_add(1, Ordering::SeqCst);
+        Self(front)
+    }
+}
+
+impl Drop for Awaiting<'_> {
+    fn drop(&mut self) {
+        self.0.awaiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The HTTP status of an answer's error code (None: ok).
+fn status_of(code: Option<ErrorCode>) -> StatusCode {
+    match code {
+        None => StatusCode::OK,
+        Some(ErrorCode::BadRequest) => StatusCode::BAD_REQUEST,
+        Some(ErrorCode::InvalidArgument) => StatusCode::UNPROCESSABLE_ENTITY,
+        Some(ErrorCode::TooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
+        Some(ErrorCode::Busy) => StatusCode::TOO_MANY_REQUESTS,
+        Some(ErrorCode::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+        Some(ErrorCode::ShuttingDown) => StatusCode::SERVICE_UNAVAILABLE,
+        Some(ErrorCode::Internal) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn rejected(status: StatusCode, rejection: Rejection) -> Answered {
+    let Answer { line, .. } = rejection.into();
+    respond(status, line, false)
+}
+
+/// A JSON response; `retry` adds `Retry-After: 1`.
+fn respond(status: StatusCode, body: String, retry: bool) -> Answered {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if retry {
+        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
