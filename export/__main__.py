@@ -139,6 +139,22 @@ def cmd_loadtest(args, cfg):
         Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")
 
 
+def cmd_blind(args, cfg):
+    from . import blind
+
+    if args.action == "make":
+        sources = []
+        for spec in args.source:
+            label, sep, rest = spec.partition("=")
+            path, control, count = (rest.rsplit(":", 2) + ["", ""])[:3] if sep else ("", "", "")
+            if not (label and path and control and count.isdigit()):
+                raise ExportError(f"--source {spec!r}: expected LABEL=REPORT.json:CONTROL:COUNT")
+            sources.append((label, path, control, int(count)))
+        print(json.dumps(blind.make(sources, args.out, seed=args.seed)))
+    else:
+        print(blind.markdown(blind.score(args.key, args.grades)))
+
+
 def cmd_all(args, cfg):
     for step in (cmd_prepare, cmd_train, cmd_controls, cmd_teacher, cmd_export):
         step(args, cfg)
@@ -211,6 +227,14 @@ def main(argv=None):
     lt.add_argument("--before", help="an earlier dlm binary whose requests alone are timed as the baseline")
     lt.add_argument("--before-model", help="the model directory for --before (default: --model)")
     lt.add_argument("--json-out", help="also write the report as JSON here")
+    bl = sub.add_parser("blind", help="the blind reading: make a shuffled file of outputs and references; score grades")
+    bl.add_argument("action", choices=["make", "score"])
+    bl.add_argument("--source", action="append", default=[], help="make: LABEL=REPORT.json:CONTROL:COUNT (repeatable; "
+                    "CONTROL references for the held-out references)")
+    bl.add_argument("--out", default="blind", help="make: where sentences.txt, rubric.txt and key.json go")
+    bl.add_argument("--seed", type=int, default=0)
+    bl.add_argument("--key", help="score: the key.json of make")
+    bl.add_argument("grades", nargs="*", help="score: one grades file per reader (N<TAB>grade lines)")
     a = sub.add_parser("all", help="prepare, train, export and verify")
     a.add_argument("--resume", action="store_true")
     a.add_argument("--out", help="model directory (default WORKDIR/model)")
@@ -219,7 +243,7 @@ def main(argv=None):
         cfg = config_mod.load(args.config)
         {"prepare": cmd_prepare, "train": cmd_train, "controls": cmd_controls, "teacher": cmd_teacher, "distill": cmd_distill, "export": cmd_export, "verify": cmd_verify,
          "sample": cmd_sample, "fixtures": cmd_fixtures, "evaluate": cmd_evaluate, "bench": cmd_bench, "loadtest": cmd_loadtest,
-         "all": cmd_all}[args.command](args, cfg)
+         "blind": cmd_blind, "all": cmd_all}[args.command](args, cfg)
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

