@@ -24,12 +24,13 @@ impl Embeddings {
     /// Read raw little-endian float32 [V, d] as the manifest describes it.
     pub fn load(dir: &Path, entry: &EmbeddingsEntry) -> Result<Self, LoadError> {
         let path = dir.join(&entry.file);
-        let bytes = std::fs::read(&path).map_err(|error| LoadError::Io { path: path.clone(), error })?;
         let [vocab, d] = entry.shape;
-        if bytes.len() != vocab * d * 4 {
+        let size = vocab.checked_mul(d).and_then(|n| n.checked_mul(4)).unwrap_or(usize::MAX);
+        let bytes = crate::manifest::read_regular(&path, size as u64)?;
+        if bytes.len() != size {
             return Err(LoadError::Invalid {
                 path,
-                what: format!("{} bytes, expected {vocab} x {d} float32 = {}", bytes.len(), vocab * d * 4),
+                what: format!("{} bytes, expected {vocab} x {d} float32 = {size}", bytes.len()),
             });
         }
         let values: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
@@ -38,9 +39,15 @@ impl Embeddings {
                 format!("embedding value {i} (word {}, dimension {}) is {}", i / d.max(1), i % d.max(1), values[i]);
             return Err(LoadError::Invalid { path, what });
         }
-        let matrix =
-            Array2::from_shape_vec((vocab, d), values).map_err(|e| LoadError::Invalid { path, what: e.to_string() })?;
-        Ok(Self::new(matrix))
+        let matrix = Array2::from_shape_vec((vocab, d), values)
+            .map_err(|e| LoadError::Invalid { path: path.clone(), what: e.to_string() })?;
+        let embeddings = Self::new(matrix);
+        // rounding compares x.e - |e|^2/2: an infinite |e|^2 makes every word equally far
+        if let Some(w) = embeddings.half_sq_norms.iter().position(|n| !n.is_finite()) {
+            let what = format!("embedding of word {w} is too large to round to (its squared norm overflows float32)");
+            return Err(LoadError::Invalid { path, what });
+        }
+        Ok(embeddings)
     }
 
     pub fn dim(&self) -> usize {

@@ -35,7 +35,23 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
+/// An empty `DLM_*` or `ORT_DYLIB_PATH` (`DLM_MODEL=` in an environment file) means unset, as
+/// systemd's `EnvironmentFile=` writes it, for clap and for ONNX Runtime's loader alike.
+fn unset_empty_variables() {
+    let empty: Vec<_> = std::env::vars_os()
+        .filter(|(name, value)| {
+            let name = name.to_string_lossy();
+            value.is_empty() && (name.starts_with("DLM_") || name == "ORT_DYLIB_PATH")
+        })
+        .map(|(name, _)| name)
+        .collect();
+    for name in empty {
+        std::env::remove_var(name); // before any other thread runs
+    }
+}
+
 fn main() -> ExitCode {
+    unset_empty_variables();
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => "warn",

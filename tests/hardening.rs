@@ -160,3 +160,81 @@ fn a_truncated_onnx_runtime_library_is_refused_before_loading() {
     let out = dlm(&["info", "--model", &model(), "--ort-lib", truncated.to_str().unwrap()]);
     assert_fails_with(&out, "not a 64-bit little-endian ELF file");
 }
+
+/// `dlm ARGS` that must end within a minute (not hang on what it reads).
+fn dlm_bounded(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dlm"))
+        .args(args)
+        .env_remove("DLM_MODEL")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > std::time::Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("dlm {args:?} still running after a minute");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_manifest_that_is_a_fifo_or_a_device_is_refused_without_hanging() {
+    for kind in ["fifo", "zero"] {
+        let dir = tampered(|_, _| {});
+        let path = dir.path().join("manifest.json");
+        std::fs::remove_file(&path).unwrap();
+        if kind == "fifo" {
+            assert!(Command::new("mkfifo").arg(&path).status().unwrap().success());
+        } else {
+            std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+        }
+        let out = dlm_bounded(&["generate", "--steps", "1", "--model", dir.path().to_str().unwrap()], &[]);
+        assert_fails_with(&out, "manifest.json: not a regular file");
+    }
+}
+
+#[test]
+fn embeddings_too_large_to_round_to_are_refused() {
+    let huge = tampered(|m, dir| {
+        let path = dir.join("embeddings.bin");
+        let len = std::fs::metadata(&path).unwrap().len() as usize;
+        let bytes: Vec<u8> = (0..len / 4).flat_map(|_| 3e38f32.to_le_bytes()).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        m["embeddings"]["sha256"] = format!("{:x}", Sha256::digest(&bytes)).into();
+    });
+    let out = dlm(&["generate", "--steps", "1", "--model", huge.path().to_str().unwrap()]);
+    assert_fails_with(&out, "embedding of word 0 is too large to round to");
+}
+
+#[test]
+fn boolean_variables_take_1_and_0_and_empty_variables_are_unset() {
+    // systemd style: 1 and 0
+    let tcp = format!("0.0.0.0:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
+    let out = dlm_bounded(&["serve", "--model", &model(), "--tcp", &tcp], &[("DLM_TCP_ANY_ADDRESS", "0")]);
+    assert_fails_with(&out, "unless --tcp-any-address is given");
+    let mut stdio = Command::new(env!("CARGO_BIN_EXE_dlm"))
+        .args(["serve", "--model", &model()])
+        .envs([("DLM_STDIO", "1"), ("DLM_ALLOW_FALLBACK", "1")])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    stdio.stdin.take().unwrap().write_all(b"{\"id\": 1, \"op\": \"health\"}\n").unwrap();
+    let out = stdio.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"serving\""), "DLM_STDIO=1 serves stdin");
+    let bad = dlm_bounded(&["serve", "--model", &model()], &[("DLM_STDIO", "maybe")]);
+    assert_fails_with(&bad, "maybe");
+    // an empty variable is no variable: the defaults apply (models/e2e from the repository root)
+    let empty = [("DLM_MODEL", ""), ("DLM_EP_OPTION", ""), ("ORT_DYLIB_PATH", ""), ("DLM_TRT_CACHE", "")];
+    let out = dlm_bounded(&["generate", "--steps", "2", "--seed", "1"], &empty);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!out.stdout.is_empty());
+}

@@ -8,7 +8,8 @@ pub mod serve;
 
 use std::path::PathBuf;
 
-use clap::Args;
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args};
 use dlm::controls::{ControlRequest, LengthHold};
 use dlm::error::ControlError;
 use dlm::manifest::Precision;
@@ -27,7 +28,7 @@ pub struct RuntimeArgs {
     #[arg(long, env = "DLM_PRECISION", value_enum, default_value_t = Precision::Fp32)]
     pub precision: Precision,
     /// Run on CPU, with a warning, when the requested provider cannot be registered.
-    #[arg(long, env = "DLM_ALLOW_FALLBACK")]
+    #[arg(long, env = "DLM_ALLOW_FALLBACK", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub allow_fallback: bool,
     /// Path of libonnxruntime.so (default: next to dlm, then the copy scripts/setup.sh made).
     #[arg(long, env = "ORT_DYLIB_PATH")]

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use clap::Args;
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args};
 use dlm::generate::{generate, Request};
 use dlm::model::Model;
 use dlm::ort::OrtRuntime;
@@ -24,20 +25,20 @@ pub struct ServeArgs {
     #[command(flatten)]
     runtime: RuntimeArgs,
     /// Answer requests on stdin, responses on stdout (ends at end of input).
-    #[arg(long, env = "DLM_STDIO")]
+    #[arg(long, env = "DLM_STDIO", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     stdio: bool,
     /// Listen on TCP at this loopback address, e.g. 127.0.0.1:7878 (repeatable).
     #[arg(long, env = "DLM_TCP", value_delimiter = ',')]
     tcp: Vec<String>,
     /// Allow --tcp on a non-loopback address (no authentication: trusted networks only).
-    #[arg(long, env = "DLM_TCP_ANY_ADDRESS")]
+    #[arg(long, env = "DLM_TCP_ANY_ADDRESS", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     tcp_any_address: bool,
     /// Serve HTTP at this loopback address, e.g. 127.0.0.1:8080 (repeatable): POST /v1/generate,
     /// GET /health, GET /v1/info. Bound before the model loads (503 "loading" meanwhile).
     #[arg(long, env = "DLM_HTTP", value_delimiter = ',')]
     http: Vec<String>,
     /// Allow --http on a non-loopback address (no authentication: trusted networks only).
-    #[arg(long, env = "DLM_HTTP_ANY_ADDRESS")]
+    #[arg(long, env = "DLM_HTTP_ANY_ADDRESS", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     http_any_address: bool,
     /// Listen on a Unix domain socket at this path (repeatable).
     #[arg(long, env = "DLM_UNIX", value_delimiter = ',')]
@@ -87,7 +88,7 @@ pub struct ServeArgs {
 }
 
 pub fn run(mut args: ServeArgs) -> Result<()> {
-    // an empty DLM_TCP (or DLM_UNIX, DLM_SERIAL, DLM_HTTP) turns that transport off
+    // an empty address turns nothing on (an empty DLM_TCP, DLM_UNIX... is unset: main.rs)
     for list in [&mut args.tcp, &mut args.serial, &mut args.http] {
         list.retain(|a| !a.trim().is_empty());
     }

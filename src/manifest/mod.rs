@@ -1,6 +1,8 @@
 //! `manifest.json`: parsed with serde (unknown fields rejected), files checked by sha256.
 
 use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -12,6 +14,8 @@ mod checks;
 
 pub const SCHEMA_VERSION: u64 = 1;
 pub const MANIFEST_FILE: &str = "manifest.json";
+/// The largest manifest read, in bytes (the bundled one has about 20 KB).
+pub const MAX_MANIFEST: u64 = 16 << 20;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -264,9 +268,9 @@ impl Manifest {
     /// Read `dir/manifest.json`, check its schema version, its shapes and every file's sha256.
     pub fn load(dir: &Path) -> Result<Self, LoadError> {
         let path = dir.join(MANIFEST_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|error| LoadError::Io { path: path.clone(), error })?;
+        let text = read_regular(&path, MAX_MANIFEST)?;
         let raw: serde_json::Value =
-            serde_json::from_str(&text).map_err(|error| LoadError::ManifestJson { path: path.clone(), error })?;
+            serde_json::from_slice(&text).map_err(|error| LoadError::ManifestJson { path: path.clone(), error })?;
         let found = raw.get("schema_version").and_then(|v| v.as_u64()).unwrap_or(0);
         if found != SCHEMA_VERSION {
             return Err(LoadError::SchemaVersion { path, found, expected: SCHEMA_VERSION });
@@ -304,14 +308,32 @@ impl Manifest {
 
 /// The file's sha256 must be `expected`; it must be a regular file (a FIFO or device would block or never end).
 pub fn verify_sha256(path: &Path, expected: &str) -> Result<(), LoadError> {
-    let meta = std::fs::metadata(path).map_err(|error| LoadError::Io { path: path.to_path_buf(), error })?;
-    if !meta.is_file() {
-        return Err(LoadError::Invalid { path: path.to_path_buf(), what: "not a regular file".into() });
-    }
-    let bytes = std::fs::read(path).map_err(|error| LoadError::Io { path: path.to_path_buf(), error })?;
+    let bytes = read_regular(path, u64::MAX)?;
     let actual = format!("{:x}", Sha256::digest(&bytes));
     if actual != expected {
         return Err(LoadError::Checksum { path: path.to_path_buf(), expected: expected.into(), actual });
     }
     Ok(())
+}
+
+/// The bytes of a regular file of at most `max` bytes. Opened without waiting (a FIFO would
+/// wait for a writer), checked on the open descriptor (a symlink to a device or a FIFO is not
+/// a regular file), read no further than `max`.
+pub fn read_regular(path: &Path, max: u64) -> Result<Vec<u8>, LoadError> {
+    let io = |error| LoadError::Io { path: path.to_path_buf(), error };
+    let invalid = |what: String| LoadError::Invalid { path: path.to_path_buf(), what };
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(invalid("not a regular file".into()));
+    }
+    if meta.len() > max {
+        return Err(invalid(format!("{} bytes; at most {max} are read", meta.len())));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(max.saturating_add(1)).read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() as u64 > max {
+        return Err(invalid(format!("grew past {max} bytes while read")));
+    }
+    Ok(bytes)
 }
