@@ -184,3 +184,49 @@ fn a_non_loopback_http_address_is_refused_naming_its_flag() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("--http-any-address") && !stderr.contains("--tcp-any-address"), "{stderr}");
 }
+
+#[test]
+fn drippers_holding_every_slot_at_the_defaults_do_not_keep_a_new_client_waiting() {
+    // the defaults: 64 connections, 60 s to send a head; 64 drippers at a byte per 0.9 s
+    let (_server, port) = start(&[]);
+    let mut drippers: Vec<TcpStream> = (0..64)
+        .map(|_| {
+            let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            stream.write_all(b"GET /health HTTP/1.1\r\nX-A: ").unwrap();
+            stream
+        })
+        .collect();
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = std::sync::Arc::clone(&answered);
+    let dripping = std::thread::spawn(move || {
+        let start = Instant::now();
+        while start.elapsed() < LIMIT && !done.load(std::sync::atomic::Ordering::SeqCst) {
+            for stream in &mut drippers {
+                let _ = stream.write_all(b"a");
+            }
+            std::thread::sleep(Duration::from_millis(900));
+        }
+        drippers
+    });
+    let start = Instant::now();
+    loop {
+        let answer = raw(port, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", LIMIT);
+        if answer.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(start.elapsed() < LIMIT, "no answer in {LIMIT:?} (the head timeout is 60 s): {answer:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    answered.store(true, std::sync::atomic::Ordering::SeqCst);
+    // the new client took the slot of a dripper, whose connection the server closed
+    let mut drippers = dripping.join().unwrap();
+    let closed = |s: &mut TcpStream| {
+        s.set_nonblocking(true).unwrap();
+        !matches!(s.read(&mut [0u8; 256]), Err(e) if e.kind() == ErrorKind::WouldBlock)
+    };
+    let start = Instant::now();
+    while !drippers.iter_mut().any(closed) {
+        assert!(start.elapsed() < LIMIT, "no dripper was closed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,4 +1,5 @@
-//! Accepting HTTP connections: at most `--max-connections` per listener (one more is answered
+//! Accepting HTTP connections: at most `--max-connections` per listener (one more takes the
+//! slot of a connection that has long waited for its request, see [`Slots`], or is answered
 //! 503 `busy` and closed before any of its request is read), each served by hyper's HTTP/1
 //! connection with a timer, so that a head must arrive whole in the idle time (hyper 1.4 and
 //! later start that clock when the connection waits for a request, before its first byte), and
@@ -19,11 +20,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::{sleep, timeout, Instant};
 
 use super::io::WriteTimeout;
+use super::slots::{AnswerBody, Held, Slots};
 use super::{routes, Front};
 use crate::protocol::{ErrorCode, Rejection};
 
@@ -43,18 +45,18 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Accept until the listener is told to stop, then shut its connections down.
 pub(super) async fn accept_loop(listener: TcpListener, front: Arc<Front>) {
-    let slots = Arc::new(Semaphore::new(front.limits.max_connections));
+    let slots = Arc::new(Slots::new(front.limits.max_connections));
     let lingering = Arc::new(Semaphore::new(MAX_LINGERING));
     let mut stop = front.stop.subscribe();
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => match Arc::clone(&slots).try_acquire_owned() {
-                    Ok(slot) => {
-                        connections.spawn(connection(stream, Arc::clone(&front), slot, Arc::clone(&lingering)));
+                Ok((stream, _)) => match slots.take() {
+                    Some(held) => {
+                        connections.spawn(connection(stream, Arc::clone(&front), held, Arc::clone(&lingering)));
                     }
-                    Err(_) => {
+                    None => {
                         front.refused.inc();
                         tokio::spawn(refuse(stream, front.limits.max_connections, Arc::clone(&lingering)));
                     }
@@ -116,7 +118,7 @@ fn builder(front: &Front) -> http1::Builder {
     builder
 }
 
-async fn connection(stream: TcpStream, front: Arc<Front>, slot: OwnedSemaphorePermit, lingering: Arc<Semaphore>) {
+async fn connection(stream: TcpStream, front: Arc<Front>, held: Held, lingering: Arc<Semaphore>) {
     front.open.inc();
     let open = Open(front.open.clone());
     // answers go out whole at once: no Nagle delay behind the client's delayed ACK
@@ -124,10 +126,13 @@ async fn connection(stream: TcpStream, front: Arc<Front>, slot: OwnedSemaphorePe
     // a second descriptor of the socket, for the lingering close after hyper is done with it
     let spare = stream.as_fd().try_clone_to_owned().map(std::net::TcpStream::from);
     let io = TokioIo::new(WriteTimeout::new(stream, front.limits.idle));
-    let handler = Arc::clone(&front);
+    let (handler, slot) = (Arc::clone(&front), Arc::clone(&held.slot));
     let service = service_fn(move |request| {
-        let front = Arc::clone(&handler);
-        async move { Ok::<_, Infallible>(routes::answer(request, &front).await) }
+        let (front, slot) = (Arc::clone(&handler), Arc::clone(&slot));
+        async move {
+            let answer = routes::answer(request, &front, &slot).await;
+            Ok::<_, Infallible>(answer.map(|body| AnswerBody::new(body, slot)))
+        }
     });
     let conn = builder(&front).serve_connection(io, service);
     tokio::pin!(conn);
@@ -135,17 +140,18 @@ async fn connection(stream: TcpStream, front: Arc<Front>, slot: OwnedSemaphorePe
     let mut stopping = false;
     let ended = loop {
         tokio::select! {
-            ended = conn.as_mut() => break ended,
+            ended = conn.as_mut() => break ended.map_err(|e| e.to_string()),
             () = stopped(&mut stop), if !stopping => {
                 stopping = true;
                 conn.as_mut().graceful_shutdown(); // idle: closed now; busy: after its answer
             }
+            () = held.slot.evicted.notified() => break Err("its slot went to a new connection".into()),
         }
     };
     if let Err(e) = ended {
         log::info!("HTTP connection ended: {e}");
     }
-    drop((open, slot));
+    drop((open, held));
     if let Ok(spare) = spare {
         if let Ok(spare) = TcpStream::from_std(spare) {
             linger(spare, &lingering).await;
@@ -155,7 +161,7 @@ async fn connection(stream: TcpStream, front: Arc<Front>, slot: OwnedSemaphorePe
 
 /// 503 `busy`, written without reading the request, then a lingering close.
 async fn refuse(mut stream: TcpStream, max_connections: usize, lingering: Arc<Semaphore>) {
-    let message = format!("{max_connections} HTTP connections open; try again later");
+    let message = format!("{max_connections} HTTP connections open and none idle; try again later");
     let body = Rejection::new(Value::Null, ErrorCode::Busy, message).to_line();
     let answer = format!(
         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{body}",

@@ -7,8 +7,9 @@
 //! closes while its request runs drops the receiver, and the engine drops the request's
 //! sequences at its next iteration.
 //!
-//! Limits ([`accept`]): at most `--max-connections` per listener (one more is answered 503
-//! `busy` with `Retry-After: 1` and closed); a request head must arrive whole, within 16 KiB,
+//! Limits ([`accept`]): at most `--max-connections` per listener (one more takes the slot of
+//! a connection that has waited a second or more for its request, or is answered 503 `busy`
+//! with `Retry-After: 1` and closed); a request head must arrive whole, within 16 KiB,
 //! in `--idle-timeout-ms` from the moment the connection waits for it (which also closes idle
 //! connections); a body within `--max-line` bytes and `--idle-timeout-ms`; a request is
 //! answered within the idle time plus `--timeout-ms`; an answer the client leaves unread for
@@ -19,6 +20,7 @@
 mod accept;
 mod io;
 mod routes;
+mod slots;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::AtomicUsize;

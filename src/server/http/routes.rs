@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use tokio::time::timeout;
 
 use super::super::connection::{dispatch, Answer, Reply};
+use super::slots::Slot;
 use super::{Front, Serving};
 use crate::protocol::{ErrorCode, Rejection};
 
@@ -20,13 +21,13 @@ const PATHS: &str = "GET /health, GET /v1/info, GET /metrics, POST /v1/generate"
 
 /// Answer one request: 503 `loading` until the model is loaded, then by route, each within
 /// the idle time plus the longest deadline.
-pub(super) async fn answer(request: Request<Incoming>, front: &Front) -> Answered {
+pub(super) async fn answer(request: Request<Incoming>, front: &Front, slot: &Slot) -> Answered {
     let Some(serving) = front.serving() else {
         let body = json!({"ok": false, "error": {"code": "loading", "message": "the model is loading"}});
         return respond(StatusCode::SERVICE_UNAVAILABLE, body.to_string(), true);
     };
     let limit = front.limits.idle + front.limits.deadline;
-    match timeout(limit, route(request, &serving, front)).await {
+    match timeout(limit, route(request, &serving, front, slot)).await {
         Ok(answered) => answered,
         Err(_) => {
             let message = format!("no answer within {} ms", limit.as_millis());
@@ -35,7 +36,7 @@ pub(super) async fn answer(request: Request<Incoming>, front: &Front) -> Answere
     }
 }
 
-async fn route(request: Request<Incoming>, serving: &Serving, front: &Front) -> Answered {
+async fn route(request: Request<Incoming>, serving: &Serving, front: &Front, slot: &Slot) -> Answered {
     let shared = &serving.shared;
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/health") => {
@@ -50,7 +51,7 @@ async fn route(request: Request<Incoming>, serving: &Serving, front: &Front) -> 
             response.headers_mut().insert(CONTENT_TYPE, kind);
             response
         }
-        (&Method::POST, "/v1/generate") => generate(request, serving, front).await,
+        (&Method::POST, "/v1/generate") => generate(request, serving, front, slot).await,
         (_, "/health" | "/v1/info" | "/v1/generate" | "/metrics") => {
             let message = format!("method not allowed: {PATHS}");
             rejected(StatusCode::METHOD_NOT_ALLOWED, Rejection::new(Value::Null, ErrorCode::BadRequest, message))
@@ -63,8 +64,8 @@ async fn route(request: Request<Incoming>, serving: &Serving, front: &Front) -> 
 }
 
 /// Read the body (at most `--max-line` bytes, within the idle time), queue it as a request
-/// line, and await the engine's answer.
-async fn generate(request: Request<Incoming>, serving: &Serving, front: &Front) -> Answered {
+/// line, and await the engine's answer (the connection busy meanwhile: its slot is not taken).
+async fn generate(request: Request<Incoming>, serving: &Serving, front: &Front, slot: &Slot) -> Answered {
     let shared = &serving.shared;
     let refuse = |status: StatusCode, code: ErrorCode, message: String| {
         shared.metrics.answered(code.as_str());
@@ -87,6 +88,7 @@ async fn generate(request: Request<Incoming>, serving: &Serving, front: &Front) 
             return refuse(StatusCode::REQUEST_TIMEOUT, ErrorCode::Timeout, message);
         }
     };
+    slot.busy();
     let (reply, answer) = Reply::once();
     dispatch(&body, shared, &serving.jobs, &reply, shared.stopping());
     drop(reply);
