@@ -73,6 +73,27 @@ fn a_chatty_client_does_not_hold_the_shutdown() {
 }
 
 #[test]
+fn a_client_that_reads_nothing_does_not_hold_the_shutdown() {
+    let idle = Duration::from_secs(60); // the default: a write to a client that reads nothing waits this long
+    let mut server = Server::start(&["--idle-timeout-ms", &idle.as_millis().to_string()], &[]);
+    let mut flood = std::os::unix::net::UnixStream::connect(server.unix_path()).unwrap();
+    flood.set_write_timeout(Some(Duration::from_millis(500))).unwrap();
+    let line = format!("{}\n", json!({"op": "health", "id": "x".repeat(60_000)}));
+    // until the server stops reading a client that reads none of its answers
+    let mut sent = 0;
+    while sent < 2_000 && flood.write_all(line.as_bytes()).is_ok() {
+        sent += 1;
+    }
+    assert!(sent < 2_000, "the server read all {sent} lines");
+    let signalled = Instant::now();
+    server.signal(libc::SIGTERM);
+    assert!(server.wait().success());
+    let took = signalled.elapsed();
+    assert!(took < idle / 2, "SIGTERM took {took:?}, the client still connected (idle time {idle:?})");
+    drop(flood);
+}
+
+#[test]
 fn idle_connections_are_closed_and_free_their_slots() {
     let server = Server::start(&["--max-connections", "2", "--idle-timeout-ms", "400"], &[]);
     let idle: Vec<_> = (0..2).map(|_| server.tcp()).collect();

@@ -11,7 +11,7 @@ use embedded_io::{Read, Write};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use super::engine::Job;
+use super::engine::{Job, Outstanding};
 use super::lines::{Line, LineReader};
 use super::Shared;
 use crate::protocol::{parse_request, ErrorCode, Op, Rejection};
@@ -215,7 +215,8 @@ pub(super) fn dispatch(line: &[u8], shared: &Shared, jobs: &SyncSender<Job>, rep
         reply.send(refuse(ErrorCode::ShuttingDown, "the server is stopping and takes no new requests"));
         return;
     }
-    let job = Job { id: incoming.id.clone(), params, received, reply: reply.clone() };
+    let outstanding = Outstanding::new(&shared.outstanding);
+    let job = Job { id: incoming.id.clone(), params, received, reply: reply.clone(), outstanding };
     shared.queue_depth.fetch_add(1, Ordering::SeqCst);
     let refused = match jobs.try_send(job) {
         Ok(()) => return,

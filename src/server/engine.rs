@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::Instant;
@@ -35,6 +35,24 @@ pub struct Job {
     pub received: Instant,
     /// Where the one response line goes (the connection's writer).
     pub reply: Reply,
+    /// Counts the job in [`Shared::outstanding`] until it is dropped: answered, or its client gone.
+    pub outstanding: Outstanding,
+}
+
+/// One job counted as not yet answered, for as long as this lives.
+pub struct Outstanding(Arc<AtomicUsize>);
+
+impl Outstanding {
+    pub fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(Arc::clone(count))
+    }
+}
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// An admitted request: its sequences run (or wait for room) in the batch.

@@ -70,6 +70,8 @@ pub struct Shared {
     pub shutdown: Arc<AtomicBool>,
     shutdown_at: OnceLock<Instant>,
     pub queue_depth: AtomicUsize,
+    /// Generate requests taken (queued or running) and not yet answered.
+    pub outstanding: Arc<AtomicUsize>,
     /// Sequences in the running batch.
     pub active_sequences: AtomicUsize,
     pub engine_alive: AtomicBool,
@@ -91,6 +93,7 @@ impl Shared {
             shutdown,
             shutdown_at: OnceLock::new(),
             queue_depth: AtomicUsize::new(0),
+            outstanding: Arc::new(AtomicUsize::new(0)),
             active_sequences: AtomicUsize::new(0),
             engine_alive: AtomicBool::new(true),
             busy_since: Mutex::new(None),

@@ -4,15 +4,16 @@
 
 use std::fs::File;
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use embedded_io_adapters::std::FromStd;
 use serialport::TTYPort;
@@ -27,6 +28,8 @@ use crate::protocol::{ErrorCode, Rejection};
 const POLL: Duration = Duration::from_millis(100);
 /// How often a listener with no pending connection looks again.
 const ACCEPT_IDLE: Duration = Duration::from_millis(20);
+/// At shutdown, once every request has its answer: how long connections may take to write them.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// An opened transport, not yet serving.
 pub enum Transport {
@@ -153,14 +156,24 @@ impl Transport {
 
 /// A connected stream that can be split into a reading and a writing handle.
 trait Stream: io::Read + io::Write + AsRawFd + Send + Sized + 'static {
-    fn split(self) -> io::Result<(Self, Self)>;
+    /// Another handle on the same connection.
+    fn duplicate(&self) -> io::Result<Self>;
+    /// Shut the connection down both ways: blocked reads and writes on every handle end.
+    fn close(&self);
     /// Blocking, with writes that give up after `write_timeout` (a client that reads nothing).
     fn set_blocking(&self, write_timeout: Duration) -> io::Result<()>;
+
+    fn split(self) -> io::Result<(Self, Self)> {
+        Ok((self.duplicate()?, self))
+    }
 }
 
 impl Stream for TcpStream {
-    fn split(self) -> io::Result<(Self, Self)> {
-        Ok((self.try_clone()?, self))
+    fn duplicate(&self) -> io::Result<Self> {
+        self.try_clone()
+    }
+    fn close(&self) {
+        let _ = self.shutdown(Shutdown::Both);
     }
     fn set_blocking(&self, write_timeout: Duration) -> io::Result<()> {
         self.set_nonblocking(false)?;
@@ -169,8 +182,11 @@ impl Stream for TcpStream {
 }
 
 impl Stream for UnixStream {
-    fn split(self) -> io::Result<(Self, Self)> {
-        Ok((self.try_clone()?, self))
+    fn duplicate(&self) -> io::Result<Self> {
+        self.try_clone()
+    }
+    fn close(&self) {
+        let _ = self.shutdown(Shutdown::Both);
     }
     fn set_blocking(&self, write_timeout: Duration) -> io::Result<()> {
         self.set_nonblocking(false)?;
@@ -179,9 +195,9 @@ impl Stream for UnixStream {
 }
 
 fn accept_loop<S: Stream>(mut accept: impl FnMut() -> io::Result<S>, shared: &Arc<Shared>, jobs: &SyncSender<Job>) {
-    let mut connections: Vec<JoinHandle<()>> = Vec::new();
+    let mut connections: Vec<(JoinHandle<()>, S)> = Vec::new();
     while !shared.stopping() {
-        connections.retain(|c| !c.is_finished());
+        connections.retain(|(c, _)| !c.is_finished());
         let stream = match accept() {
             Ok(stream) => stream,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -204,6 +220,13 @@ fn accept_loop<S: Stream>(mut accept: impl FnMut() -> io::Result<S>, shared: &Ar
             let _ = writeln!(stream, "{}", Rejection::new(serde_json::Value::Null, ErrorCode::Busy, message).to_line());
             continue;
         }
+        let closer = match stream.duplicate() {
+            Ok(closer) => closer,
+            Err(e) => {
+                log::warn!("dropping a connection: {e}");
+                continue;
+            }
+        };
         let (shared, jobs) = (shared.clone(), jobs.clone());
         let spawned = thread::Builder::new().name("connection".into()).spawn(move || match stream.split() {
             Ok((reader, writer)) => {
@@ -212,12 +235,36 @@ fn accept_loop<S: Stream>(mut accept: impl FnMut() -> io::Result<S>, shared: &Ar
             Err(e) => log::warn!("dropping a connection: {e}"),
         });
         match spawned {
-            Ok(handle) => connections.push(handle),
+            Ok(handle) => connections.push((handle, closer)),
             Err(e) => log::error!("cannot start a connection thread: {e}"),
         }
     }
-    for c in connections {
-        let _ = c.join();
+    drain(connections, shared);
+}
+
+/// At shutdown: once every request taken has its answer (the engine's drain), connections
+/// still open after [`CLOSE_GRACE`] (a client that reads none of its answers) are closed.
+fn drain<S: Stream>(mut connections: Vec<(JoinHandle<()>, S)>, shared: &Shared) {
+    let mut answered_since = None;
+    loop {
+        connections.retain(|(c, _)| !c.is_finished());
+        if connections.is_empty() {
+            return;
+        }
+        if shared.outstanding.load(Ordering::SeqCst) > 0 {
+            answered_since = None;
+        } else if answered_since.get_or_insert_with(Instant::now).elapsed() >= CLOSE_GRACE {
+            break;
+        }
+        thread::sleep(ACCEPT_IDLE);
+    }
+    log::warn!(
+        "stopping: closing {} connection(s) whose client has not read its answers {CLOSE_GRACE:?} after the last request was answered",
+        connections.len()
+    );
+    for (connection, closer) in connections {
+        closer.close();
+        let _ = connection.join();
     }
 }
 
