@@ -24,7 +24,7 @@ enum Command {
     Generate(GenerateArgs),
     /// Measure latency per request and per step over step budgets, batch sizes and precisions.
     Profile(ProfileArgs),
-    /// Serve newline-delimited JSON requests (stdin/stdout, Unix socket, loopback TCP, serial line).
+    /// Serve newline-delimited JSON requests (stdin/stdout, Unix socket, loopback TCP, serial line) and HTTP.
     Serve(ServeArgs),
     /// Print the manifest, the ONNX Runtime library and the providers each session runs on.
     Info(RuntimeArgs),

@@ -33,8 +33,9 @@ pub struct ServeArgs {
     /// Allow --tcp on a non-loopback address (no authentication: trusted networks only).
     #[arg(long, env = "DLM_TCP_ANY_ADDRESS", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     tcp_any_address: bool,
-    /// Serve HTTP at this loopback address, e.g. 127.0.0.1:8080 (repeatable): POST /v1/generate,
-    /// GET /health, GET /v1/info. Bound before the model loads (503 "loading" meanwhile).
+    /// Serve HTTP/1.1 at this loopback address, e.g. 127.0.0.1:8080 (repeatable): POST
+    /// /v1/generate, GET /health, GET /v1/info, GET /metrics. Bound before the model loads (503
+    /// "loading" meanwhile).
     #[arg(long, env = "DLM_HTTP", value_delimiter = ',')]
     http: Vec<String>,
     /// Allow --http on a non-loopback address (no authentication: trusted networks only).
@@ -75,11 +76,14 @@ pub struct ServeArgs {
     /// at a time, for comparison).
     #[arg(long, env = "DLM_SCHEDULE", value_enum, default_value_t = Schedule::Batched)]
     schedule: Schedule,
-    /// Most simultaneous connections per listener (each costs a reader and a writer thread).
+    /// Most simultaneous connections per listener (a line connection costs a reader and a writer
+    /// thread). Past it, HTTP gives the slot of a connection that has waited a second or more
+    /// for its request to the new one, or answers 503 busy.
     #[arg(long, env = "DLM_MAX_CONNECTIONS", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
     max_connections: u64,
     /// Close a connection with nothing to read, answer or write for this long, in ms; drop a
-    /// client that reads none of its waiting answers for this long.
+    /// client that reads none of its waiting answers for this long. HTTP: a request head must
+    /// arrive whole in this time from when the connection waits for it, a body in this time.
     #[arg(long, env = "DLM_IDLE_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
     idle_timeout_ms: u64,
     /// Bytes of answers a connection may leave unread before the server stops reading its requests.
