@@ -152,6 +152,8 @@ def cmd_blind(args, cfg):
             sources.append((label, path, control, int(count)))
         print(json.dumps(blind.make(sources, args.out, seed=args.seed)))
     else:
+        if not args.key or not args.grades:
+            raise ExportError("blind score: give --key KEY.json and --grades FILE [FILE ...]")
         print(blind.markdown(blind.score(args.key, args.grades)))
 
 
@@ -234,7 +236,7 @@ def main(argv=None):
     bl.add_argument("--out", default="blind", help="make: where sentences.txt, rubric.txt and key.json go")
     bl.add_argument("--seed", type=int, default=0)
     bl.add_argument("--key", help="score: the key.json of make")
-    bl.add_argument("grades", nargs="*", help="score: one grades file per reader (N<TAB>grade lines)")
+    bl.add_argument("--grades", nargs="+", default=[], help="score: one grades file per reader (N<TAB>grade lines)")
     a = sub.add_parser("all", help="prepare, train, export and verify")
     a.add_argument("--resume", action="store_true")
     a.add_argument("--out", help="model directory (default WORKDIR/model)")

@@ -190,17 +190,21 @@ def report(b):
 
 
 def quality_table(model_dir, dlm, budgets, n, guide_steps=3):
-    """Control success and lm-score at each budget, next to dlm's warm latency there."""
-    from .evaluate import evaluate
+    """Control success and fluency (the pretrained judge's SLOR) at each budget, next to dlm's warm latency there."""
+    from .evaluate import evaluate, training_references
+    from .judge import Judge
+    from .manifest import load
 
-    controls = ["pos", "content", "length", "infill", "none"]
+    judge = Judge(training_references(load(model_dir)))
+    controls = ["pos", "content", "length", "infill"]
     rows = [f"| steps | ms/sentence (none) | ms/sentence (pos, K={guide_steps}) | "
-            + " | ".join(f"{c} success / lm-score" for c in controls) + " |",
-            "|" + "---|" * (len(controls) + 3)]
+            + " | ".join(f"{c} success / SLOR" for c in controls) + " | none SLOR | references SLOR |",
+            "|" + "---|" * (len(controls) + 5)]
     for steps in budgets:
         plain = dlm_profile(dlm, model_dir, steps, 1, 1, 5)["request_ms"]["p50"]
         guided = dlm_profile(dlm, model_dir, steps, 1, 1, 5, ["--pos", POS_TEMPLATE])["request_ms"]["p50"]
-        res = evaluate(model_dir, dlm, steps=steps, n=n, guide_steps=guide_steps)["results"]
-        cells = [f"{100 * res[c]['success']:.0f} % / {res[c]['lm_score']:.1f}" for c in controls]
-        rows.append(f"| {steps} | {plain:.1f} | {guided:.1f} | " + " | ".join(cells) + " |")
+        res = evaluate(model_dir, dlm, steps=steps, n=n, guide_steps=guide_steps, judge=judge)["results"]
+        cells = [f"{100 * res[c]['success']:.0f} % / {res[c]['slor']:.2f}" for c in controls]
+        rows.append(f"| {steps} | {plain:.1f} | {guided:.1f} | " + " | ".join(cells)
+                    + f" | {res['none']['slor']:.2f} | {res['references']['slor']:.2f} |")
     return "\n".join(rows)
