@@ -40,7 +40,7 @@ fn the_unit_verifies_and_exposes_little() {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no exposure level in: {text}"));
-    assert!(score <= 2.5, "exposure {score} (README reports 1.9)");
+    assert!(score <= 2.5, "exposure {score} (docs/deploy.md reports 1.9)");
 }
 
 #[test]
