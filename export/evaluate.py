@@ -183,6 +183,10 @@ def _cell(value, fmt):
     return "-" if value is None else format(value, fmt)
 
 
+def _percent(share):
+    return "-" if share is None else f"{100 * share:.1f} %"
+
+
 def table(report):
     k = report.get("guide_steps")
     lines = [f"steps {report['steps']}, guidance steps K = {k if k is not None else 'manifest default'}"
@@ -212,8 +216,8 @@ def sweep(model_dir, dlm, budgets, guide_steps, n, seed=0, judge=None):
     rows = [head, "|" + "---|" * (len(controls) + 3)]
     for r in reports:
         res = r["results"]
-        cells = [f"{_cell(res[c].get('success') and res[c]['success'] * 100, '.1f')} % / {res[c]['repeats'] * 100:.0f} % / "
-                 f"{_cell(res[c].get('slor'), '.2f')}" for c in controls]
+        cells = [f"{_percent(res[c].get('success'))} / {_percent(res[c]['repeats'])} / {_cell(res[c].get('slor'), '.2f')}"
+                 for c in controls]
         rows.append(f"| {r['steps']} | {r['guide_steps']} | " + " | ".join(cells) + f" | {res['pos']['seconds_per_sentence']:.2f} |")
     refs = reports[0]["results"]["references"]
     rows.append(f"\nHeld-out references: SLOR {_cell(refs.get('slor'), '.2f')}, repeats {refs['repeats'] * 100:.0f} % "

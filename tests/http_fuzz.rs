@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::rss_kb;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -133,12 +135,6 @@ fn answers(raw: &[u8], head_sent: bool) -> Result<usize, String> {
         }
     }
     Ok(count)
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 #[test]

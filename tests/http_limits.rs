@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::rss_kb;
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
@@ -13,12 +15,6 @@ use common::http::{closed_within, free_port, http, metric, raw, start, status_of
 use serde_json::json;
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-fn rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
 
 #[test]
 fn a_60_byte_request_declaring_a_huge_body_leaves_the_server_answering() {

@@ -12,6 +12,13 @@ use dlm::model::Model;
 use dlm::ort::OrtRuntime;
 use dlm::ort::{Device, EpOption, SessionOptions};
 
+/// Resident set size of a process, in kB (from /proc).
+pub fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
 pub fn repo_path(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
