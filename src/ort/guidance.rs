@@ -8,7 +8,8 @@ use ndarray::Array3;
 use ort::session::Session;
 use ort::value::TensorRef;
 
-use super::session::{contiguous, end_profiling, open_session, Device, SessionOptions};
+use super::providers::{Device, SessionOptions};
+use super::session::{contiguous, end_profiling, open_session};
 use super::staging::{read_output, Staging};
 use super::{run_error, OrtRuntime};
 use crate::error::{InferenceError, LoadError};

@@ -12,9 +12,8 @@ mod staging;
 
 pub use denoiser::OrtDenoiser;
 pub use guidance::GuideSession;
-pub use providers::{EpOption, Provider};
+pub use providers::{Device, EpOption, Provider, SessionOptions};
 pub use runtime::OrtRuntime;
-pub use session::{Device, SessionOptions};
 
 use crate::error::InferenceError;
 

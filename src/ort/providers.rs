@@ -1,4 +1,5 @@
-//! The GPU execution providers and their options. `--device tensorrt` registers TensorRT and
+//! Where sessions run and with which options ([`Device`], [`SessionOptions`]): the GPU
+//! execution providers and their options. `--device tensorrt` registers TensorRT and
 //! then CUDA, for the nodes TensorRT does not take (as ONNX Runtime's documentation and Triton
 //! do); `--device cuda` registers CUDA. Options reach ONNX Runtime as given, in this order (a
 //! later value of a key wins): dlm's own (TensorRT profile shapes, fp16, caches), the manifest's
@@ -10,8 +11,34 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::session::{Device, SessionOptions};
-use crate::manifest::{Graph, WeightsEntry};
+use crate::manifest::{Graph, Manifest, WeightsEntry};
+
+/// Where the graphs run: the CPU, or a GPU through the providers it registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Device {
+    Cpu,
+    Cuda,
+    Tensorrt,
+}
+
+impl Device {
+    pub fn name(self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+            Device::Tensorrt => "tensorrt",
+        }
+    }
+
+    /// The providers a device registers, in order.
+    pub fn providers(self) -> &'static [Provider] {
+        match self {
+            Device::Cpu => &[],
+            Device::Cuda => &[Provider::Cuda],
+            Device::Tensorrt => &[Provider::Tensorrt, Provider::Cuda],
+        }
+    }
+}
 
 /// A provider that takes options.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,13 +74,45 @@ impl Provider {
     }
 }
 
-impl Device {
-    /// The providers a device registers, in order.
-    pub fn providers(self) -> &'static [Provider] {
-        match self {
-            Device::Cpu => &[],
-            Device::Cuda => &[Provider::Cuda],
-            Device::Tensorrt => &[Provider::Tensorrt, Provider::Cuda],
+/// How a session is opened: its device and provider options, its fallback and profiling.
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    pub device: Device,
+    /// Run on CPU (with a warning) when the requested provider cannot be registered.
+    pub allow_fallback: bool,
+    /// TensorRT engine and timing caches.
+    pub trt_cache: Option<PathBuf>,
+    /// Largest batch the TensorRT optimization profile must cover.
+    pub max_batch: usize,
+    /// Write ONNX Runtime's per-operator profile of each session under this directory.
+    pub profile_dir: Option<PathBuf>,
+    /// Provider options, applied in order (a later value of a key wins): `--ep-option`s, after
+    /// [`SessionOptions::for_model`] the manifest's `providers` defaults before them.
+    pub ep_options: Vec<EpOption>,
+    /// The model's external weights files (after [`SessionOptions::for_model`]): part of each
+    /// graph's TensorRT engine cache key.
+    pub weights: Vec<WeightsEntry>,
+}
+
+impl SessionOptions {
+    /// These options for the graphs of `manifest`: its provider defaults first, then ours.
+    pub fn for_model(&self, manifest: &Manifest) -> Self {
+        let mut ep_options = manifest_defaults(&manifest.providers);
+        ep_options.extend(self.ep_options.iter().cloned());
+        Self { ep_options, weights: manifest.weights.clone(), ..self.clone() }
+    }
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            allow_fallback: false,
+            trt_cache: None,
+            max_batch: 16,
+            profile_dir: None,
+            ep_options: Vec::new(),
+            weights: Vec::new(),
         }
     }
 }
@@ -208,8 +267,6 @@ fn trt_profile(graph: &Graph, batch: usize, seq: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::Manifest;
-    use crate::ort::SessionOptions;
 
     fn option(text: &str) -> Result<EpOption, String> {
         text.parse()

@@ -1,5 +1,5 @@
-//! ONNX Runtime sessions: execution providers (CPU, CUDA, TensorRT) and the check of each
-//! graph's inputs and outputs against the manifest.
+//! ONNX Runtime sessions on the execution provider asked for ([`super::providers`]), with CPU
+//! as the fallback, and the check of each graph's inputs and outputs against the manifest.
 
 use std::path::{Path, PathBuf};
 
@@ -11,69 +11,10 @@ use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::Session;
 use ort::value::TensorElementType;
 
-use super::providers::{self, EpOption};
+use super::providers::{self, Device, SessionOptions};
 use super::OrtRuntime;
 use crate::error::{InferenceError, LoadError};
-use crate::manifest::{DType, Dim, Graph, Manifest, TensorSpec, WeightsEntry};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Device {
-    Cpu,
-    Cuda,
-    Tensorrt,
-}
-
-impl Device {
-    pub fn name(self) -> &'static str {
-        match self {
-            Device::Cpu => "cpu",
-            Device::Cuda => "cuda",
-            Device::Tensorrt => "tensorrt",
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct SessionOptions {
-    pub device: Device,
-    /// Run on CPU (with a warning) when the requested provider cannot be registered.
-    pub allow_fallback: bool,
-    /// TensorRT engine and timing caches.
-    pub trt_cache: Option<PathBuf>,
-    /// Largest batch the TensorRT optimization profile must cover.
-    pub max_batch: usize,
-    /// Write ONNX Runtime's per-operator profile of each session under this directory.
-    pub profile_dir: Option<PathBuf>,
-    /// Provider options, applied in order (a later value of a key wins): `--ep-option`s, after
-    /// [`SessionOptions::for_model`] the manifest's `providers` defaults before them.
-    pub ep_options: Vec<EpOption>,
-    /// The model's external weights files (after [`SessionOptions::for_model`]): part of each
-    /// graph's TensorRT engine cache key.
-    pub weights: Vec<WeightsEntry>,
-}
-
-impl SessionOptions {
-    /// These options for the graphs of `manifest`: its provider defaults first, then ours.
-    pub fn for_model(&self, manifest: &Manifest) -> Self {
-        let mut ep_options = providers::manifest_defaults(&manifest.providers);
-        ep_options.extend(self.ep_options.iter().cloned());
-        Self { ep_options, weights: manifest.weights.clone(), ..self.clone() }
-    }
-}
-
-impl Default for SessionOptions {
-    fn default() -> Self {
-        Self {
-            device: Device::Cpu,
-            allow_fallback: false,
-            trt_cache: None,
-            max_batch: 16,
-            profile_dir: None,
-            ep_options: Vec::new(),
-            weights: Vec::new(),
-        }
-    }
-}
+use crate::manifest::{DType, Dim, Graph, TensorSpec};
 
 fn base_builder(runtime: &OrtRuntime, opts: &SessionOptions, graph: &Graph) -> ort::Result<SessionBuilder> {
     let mut builder =

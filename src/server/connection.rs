@@ -1,18 +1,17 @@
 //! One client connection: request lines in through `embedded_io::Read`, response lines out
 //! through `embedded_io::Write`, whatever the byte stream underneath.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Sender, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use embedded_io::{Read, Write};
 use serde_json::Value;
-use tokio::sync::oneshot;
 
-use super::engine::{Job, Outstanding};
 use super::lines::{Line, LineReader};
+use super::queue::{Answer, Job, Outstanding, Pending, Reply};
 use super::Shared;
 use crate::protocol::{parse_request, ErrorCode, Op, Rejection};
 
@@ -21,17 +20,6 @@ use crate::protocol::{parse_request, ErrorCode, Op, Rejection};
 const STOP_GRACE: Duration = Duration::from_millis(200);
 /// How often a reader held back by unwritten replies looks again.
 const BACKPRESSURE_POLL: Duration = Duration::from_millis(5);
-
-/// Replies of one connection not yet written, in bytes, and whether its writer still writes
-/// and its reader still reads.
-#[derive(Default)]
-struct Pending {
-    bytes: AtomicUsize,
-    writer_gone: AtomicBool,
-    /// Reading failed (a reset connection): not an end of input, after which a client may
-    /// still wait for its answers.
-    reader_failed: AtomicBool,
-}
 
 /// Read requests until end of input, an I/O error, an idle timeout, or shutdown (lines that
 /// arrive in the grace after it are answered `shutting_down`); returns when every request read
@@ -54,7 +42,7 @@ where
             return false;
         }
     };
-    let reply = Reply(Route::Line { sender: reply, pending: pending.clone() });
+    let reply = Reply::line(reply, pending.clone());
     let mut lines = LineReader::new(reader, shared.config.max_line);
     let mut active = Instant::now();
     loop {
@@ -111,77 +99,6 @@ fn wait_for_writer(pending: &Pending, shared: &Shared) -> bool {
         thread::sleep(BACKPRESSURE_POLL);
     }
     true
-}
-
-/// One answer: its line, and its error code (None: ok), from which an HTTP status follows.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Answer {
-    pub code: Option<ErrorCode>,
-    pub line: String,
-}
-
-impl Answer {
-    pub fn ok(line: String) -> Self {
-        Self { code: None, line }
-    }
-}
-
-impl From<Rejection> for Answer {
-    fn from(rejection: Rejection) -> Self {
-        Self { code: Some(rejection.code), line: rejection.to_line() }
-    }
-}
-
-/// Where a request's answer goes.
-#[derive(Clone)]
-pub struct Reply(Route);
-
-#[derive(Clone)]
-enum Route {
-    /// A line connection's writer, counting the bytes that wait.
-    Line { sender: Sender<String>, pending: Arc<Pending> },
-    /// One HTTP request: its handler awaits the answer (taken by the first send).
-    Once(Arc<Mutex<Option<oneshot::Sender<Answer>>>>),
-}
-
-impl Reply {
-    /// A reply of its own (one HTTP request): the answer comes out of the receiver; dropping
-    /// the receiver (the connection closed) tells the engine the client is gone.
-    pub fn once() -> (Self, oneshot::Receiver<Answer>) {
-        let (sender, answer) = oneshot::channel();
-        (Self(Route::Once(Arc::new(Mutex::new(Some(sender))))), answer)
-    }
-
-    /// Whether the client is gone (its connection failed to read or write, or closed while
-    /// waiting for an HTTP answer): its requests can stop.
-    pub fn client_gone(&self) -> bool {
-        match &self.0 {
-            Route::Line { pending, .. } => {
-                pending.writer_gone.load(Ordering::SeqCst) || pending.reader_failed.load(Ordering::SeqCst)
-            }
-            Route::Once(sender) => {
-                sender.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_none_or(|s| s.is_closed())
-            }
-        }
-    }
-
-    /// Send one answer; dropped (not counted) when the connection is gone.
-    pub fn send(&self, answer: Answer) {
-        match &self.0 {
-            Route::Line { sender, pending } => {
-                let len = answer.line.len() + 1;
-                pending.bytes.fetch_add(len, Ordering::SeqCst);
-                if sender.send(answer.line).is_err() {
-                    pending.bytes.fetch_sub(len, Ordering::SeqCst);
-                }
-            }
-            Route::Once(sender) => {
-                if let Some(sender) = sender.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                    let _ = sender.send(answer); // a receiver gone: the client left
-                }
-            }
-        }
-    }
 }
 
 /// One request line: answered at once (health, a bad line, busy, stopping) or queued as a job.

@@ -9,51 +9,22 @@
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde_json::Value;
-
-use super::connection::{Answer, Reply};
+use super::queue::{Answer, Job};
 use super::requests::{ok_line, to_request};
 use super::{Schedule, Shared};
 use crate::error::GenerateError;
 use crate::generate::{choose, course, lane, Generated, Request};
 use crate::model::Model;
-use crate::protocol::{ErrorCode, GenerateParams, Rejection};
+use crate::protocol::{ErrorCode, Rejection};
 use crate::sampler::{Batch, Course, Timing};
 
 /// Sequences admitted per sequence stepped at once: room for short requests to pass long ones.
 pub const POOL: usize = 4;
-
-/// A generate request waiting for the inference thread.
-pub struct Job {
-    pub id: Value,
-    pub params: Box<GenerateParams>,
-    pub received: Instant,
-    /// Where the one response line goes (the connection's writer).
-    pub reply: Reply,
-    /// Counts the job in [`Shared::outstanding`] until it is dropped: answered, or its client gone.
-    pub outstanding: Outstanding,
-}
-
-/// One job counted as not yet answered, for as long as this lives.
-pub struct Outstanding(Arc<AtomicUsize>);
-
-impl Outstanding {
-    pub fn new(count: &Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::SeqCst);
-        Self(Arc::clone(count))
-    }
-}
-
-impl Drop for Outstanding {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
 
 /// An admitted request: its sequences run (or wait for room) in the batch.
 struct Active {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use embedded_io_adapters::std::FromStd;
 use serialport::TTYPort;
 
-use super::engine::Job;
+use super::queue::Job;
 use super::http::HttpListener;
 use super::{connection, Shared};
 pub use crate::error::TransportError;

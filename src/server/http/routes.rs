@@ -10,7 +10,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 use tokio::time::timeout;
 
-use super::super::connection::{dispatch, Answer, Reply};
+use crate::server::connection::dispatch;
+use crate::server::queue::{Answer, Reply};
 use super::slots::Slot;
 use super::{Front, Serving};
 use crate::protocol::{ErrorCode, Rejection};
@@ -98,7 +99,7 @@ async fn generate(request: Request<Incoming>, serving: &Serving, front: &Front, 
         .await
         .unwrap_or_else(|_| Rejection::new(Value::Null, ErrorCode::Internal, "the inference thread stopped").into());
     let status = status_of(answer.code);
-    respond(status, answer.line, status == StatusCode::TOO_MANY_REQUESTS)
+    respond(status, answer.body, status == StatusCode::TOO_MANY_REQUESTS)
 }
 
 /// A handler waiting for the engine, counted for the drain at shutdown.
@@ -132,8 +133,8 @@ fn status_of(code: Option<ErrorCode>) -> StatusCode {
 }
 
 fn rejected(status: StatusCode, rejection: Rejection) -> Answered {
-    let Answer { line, .. } = rejection.into();
-    respond(status, line, false)
+    let Answer { body, .. } = rejection.into();
+    respond(status, body, false)
 }
 
 /// A JSON response; `retry` adds `Retry-After: 1`.
