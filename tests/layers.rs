@@ -379,7 +379,8 @@ fn the_check_finds_a_cycle_through_a_child_and_a_re_export() {
     assert!(facade.keys().all(|m| cycle_through(&facade, m).is_none()), "a re-export is no dependency: {facade:?}");
     let tangled = Crate::new(files("mod b;\npub struct Shared;\nfn go() { b::run() }")).graph();
     assert_eq!(cycle_through(&tangled, &module("a")).unwrap(), ["a", "a::b", "a"]);
-    let test_module = Crate::new(files("mod b;\npub struct Shared;\n#[cfg(test)]\nmod tests {\n    use super::b::run;\n}\n"));
+    let test_module =
+        Crate::new(files("mod b;\npub struct Shared;\n#[cfg(test)]\nmod tests {\n    use super::b::run;\n}\n"));
     assert!(test_module.graph()[&module("a")].contains(&module("a::b")), "super in an inline module is the file's");
 }
 

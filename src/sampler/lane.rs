@@ -1,13 +1,14 @@
-//! What one request asks of every sequence it draws ([`Course`]), and one sequence on its way
-//! from x_T to x_0 ([`Lane`]).
+//! What one request asks of every sequence it draws ([`Course`]), one sequence on its way
+//! from x_T to x_0 ([`Lane`]), and how it leaves the batch ([`Finished`], [`Sampled`]).
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use ndarray::{Array3, Axis};
+use ndarray::{Array2, Array3, ArrayView3, Axis};
 
-use super::{step, GuideOptions, Noise, SampleOptions, Timing};
+use super::{step, GuideOptions, Method, Noise, SampleOptions, Timing};
 use crate::embeddings::{Constraints, Embeddings};
+use crate::error::GenerateError;
 use crate::schedule::Diffusion;
 
 /// A control's target, the input its guidance graph reads beside x and t.
@@ -78,11 +79,12 @@ impl Course {
         self.diffusion.num_steps()
     }
 
-    /// Whether step i is followed by guidance: the request has targets and K > 0, and i is
-    /// not in the unguided last fraction.
+    /// Whether step i is followed by guidance: the request has targets, K > 0, and step i is
+    /// one of the first `guided_steps` of its n steps (i = n-1 down).
     pub fn guided_at(&self, i: usize) -> bool {
-        let n = self.steps();
-        !self.targets.is_empty() && self.guide_options.steps > 0 && i > n - 1 - self.guide_options.guided_steps(n)
+        let (n, opts) = (self.steps(), &self.guide_options);
+        let taken_before = n - 1 - i;
+        !self.targets.is_empty() && opts.steps > 0 && taken_before < opts.guided_steps(n)
     }
 
     pub fn expired(&self, now: Instant) -> bool {
@@ -92,6 +94,22 @@ impl Course {
     pub(super) fn holds(&self) -> bool {
         self.held.iter().any(Option::is_some)
     }
+}
+
+/// A sequence that reached x_0.
+pub struct Sampled {
+    /// The final latent [1, L, d].
+    pub x0: Array3<f32>,
+    /// Rounded token ids [L].
+    pub tokens: Vec<u32>,
+    /// Its request's guidance losses at t = 0 on x0, weighted and added (None unguided).
+    pub control_loss: Option<f32>,
+}
+
+/// A sequence that left the batch: done, or failed (deadline, non-finite latent).
+pub struct Finished {
+    pub lane: Lane,
+    pub result: Result<Sampled, GenerateError>,
 }
 
 /// One sequence: its latent, its place in its course's schedule and its own noise.
@@ -160,6 +178,37 @@ impl Lane {
     /// Steps taken so far.
     pub fn done(&self) -> usize {
         self.course.steps() - 1 - self.i
+    }
+
+    /// Step i: noise drawn when the step needs it (i > 0, and sigma > 0 or a held position),
+    /// then x_{i-1} from x0_hat [1, L, d] by the course's sampler.
+    pub(super) fn step(&mut self, x0_hat: ArrayView3<f32>) {
+        let (course, i) = (&self.course, self.i);
+        let draw = i > 0 && (course.holds() || step::sigma(course.options.method, &course.diffusion, i) > 0.0);
+        if draw {
+            self.noise.fill(&mut self.z);
+        }
+        let z = draw.then(|| self.z.view());
+        let (x, mean) = (self.x.view_mut(), self.mean.view_mut());
+        match course.options.method {
+            Method::Ddpm => step::p_sample(&course.diffusion, i, x0_hat, z, x, mean),
+            Method::Ddim { eta } => step::ddim_sample(&course.diffusion, i, eta, x0_hat, z, x, mean),
+        }
+    }
+
+    /// The lane at x_0, rounded to tokens (under its course's constraints), with its
+    /// `control_loss`.
+    pub(super) fn round(
+        self,
+        embeddings: &Embeddings,
+        scratch: &mut Array2<f32>,
+        control_loss: Option<f32>,
+    ) -> Finished {
+        let (_, l, d) = self.x.dim();
+        let flat = self.x.view().into_shape_with_order((l, d)).expect("lanes are row-major");
+        let tokens = embeddings.round_rows(flat, scratch, self.course.constraints(l));
+        let result = Ok(Sampled { x0: self.x.clone(), tokens, control_loss });
+        Finished { lane: self, result }
     }
 
     /// Held positions sit at q_sample(EMB(w), abar, z): exactly EMB(w) once abar = 1 (z = None

@@ -3,16 +3,17 @@
 //! each at its own step of its own schedule ([`Course`]), and advances them all by one step per
 //! denoiser call. The model is reached only through this layer's contracts, [`Denoiser`] and
 //! [`Guide`] (implemented over ONNX Runtime in `crate::ort`, and by fakes in the tests), and
-//! the noise through [`Noise`]; the step math is in [`step`].
+//! the noise through [`Noise`]; the step math, guidance's update included, is in [`step`].
 
 mod batch;
+mod guide;
 mod lane;
 pub mod step;
 #[cfg(test)]
 mod tests;
 
-pub use batch::{sample_all, Batch, Finished, Sampled};
-pub use lane::{Course, GuideTarget, Lane, Target};
+pub use batch::{sample_all, Batch};
+pub use lane::{Course, Finished, GuideTarget, Lane, Sampled, Target};
 
 use std::time::Duration;
 

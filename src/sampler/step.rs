@@ -1,11 +1,12 @@
 //! One reverse-diffusion step, named after the distributions it samples (improved-diffusion
 //! `gaussian_diffusion.py`): `i` indexes the (respaced) schedule, `x` holds x_i on entry and
 //! x_{i-1} on return, `mean` the mean of p(x_{i-1} | x_i) (guidance pulls towards it), and
-//! `noise` is z ~ N(0, I), given by the caller (None: no noise, as at i = 0).
+//! `noise` is z ~ N(0, I), given by the caller (None: no noise, as at i = 0); and one step of
+//! classifier guidance on x_{i-1} ([`guidance_update`]).
 
 use ndarray::{ArrayView1, ArrayView3, ArrayViewMut1, ArrayViewMut3, Zip};
 
-use super::Method;
+use super::{GuideOptions, Method};
 use crate::schedule::Diffusion;
 
 /// x_t ~ q(x_t | x_0) = N(sqrt(abar) x_0, (1 - abar) I), for one position.
@@ -37,6 +38,27 @@ pub fn p_sample(
 ) {
     q_posterior_mean(d, i, x.view(), x0_hat, mean.view_mut());
     add_noise(x, mean.view(), sigma(Method::Ddpm, d, i), noise);
+}
+
+/// One classifier-guidance step on x = x_{i-1} (Diffusion-LM section 5.2): descend
+/// sum(weighted control losses) + lambda ||x - mean||^2 / sigma^2, where `grad` is the losses'
+/// gradient, `mean` and sigma^2 (the model variance) those of p(x_{i-1} | x_i); the fluency
+/// term's gradient is 2 lambda (x - mean) / sigma^2. Each coordinate moves by lr * g / |g| (what
+/// an Adagrad re-created every step, as in the reference code, does first); no Langevin noise.
+pub fn guidance_update(
+    d: &Diffusion,
+    i: usize,
+    opts: &GuideOptions,
+    grad: ArrayView3<f32>,
+    mean: ArrayView3<f32>,
+    mut x: ArrayViewMut3<f32>,
+) {
+    let fluency = (2.0 * opts.lambda / d.model_variance[i].max(1e-12)) as f32;
+    let lr = opts.lr as f32;
+    Zip::from(&mut x).and(grad).and(mean).for_each(|x, &g, &mu| {
+        let g = g + fluency * (*x - mu);
+        *x -= lr * g / (g.abs() + 1e-10);
+    });
 }
 
 /// DDIM (Song et al. 2021, Eq. 12) with eps recovered from the x0 prediction:

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use embedded_io_adapters::std::FromStd;
 use serialport::TTYPort;
 
-use super::queue::Job;
 use super::http::HttpListener;
+use super::queue::Job;
 use super::{connection, Shared};
 pub use crate::error::TransportError;
 use crate::protocol::{ErrorCode, Rejection};

@@ -10,11 +10,11 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 use tokio::time::timeout;
 
-use crate::server::connection::dispatch;
-use crate::server::queue::{Answer, Reply};
 use super::slots::Slot;
 use super::{Front, Serving};
 use crate::protocol::{ErrorCode, Rejection};
+use crate::server::connection::dispatch;
+use crate::server::queue::{Answer, Reply};
 
 type Answered = Response<Full<Bytes>>;
 
