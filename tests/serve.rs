@@ -97,15 +97,21 @@ fn deadlines_give_timeout() {
 
 #[test]
 fn the_deadline_holds_inside_guidance() {
-    // 3 steps, two of them guided: 2 x 100 x 16 spans = 3200 graph calls, about 1.5 s here
+    // 3 steps, two of them guided, K = 100 rounds of 16 spans: some 200 times the guidance
+    // work of K = 1 (measured first, on this machine now); the deadline ends it within one call
     let server = Server::start(&[], &[]);
     let mut client = server.tcp();
     let spans: Vec<String> = (0..16).map(|k| format!("{k},{k},NP")).collect();
     let start = Instant::now();
+    client.send(&json!({"id": 0, "steps": 3, "guide_steps": 1, "span": spans}));
+    assert_eq!(code(&client.recv()), "ok");
+    let one_round = start.elapsed();
+    let start = Instant::now();
     client.send(&json!({"id": 1, "steps": 3, "guide_steps": 100, "span": spans, "timeout_ms": 50}));
     let r = client.recv();
     assert_eq!(code(&r), "timeout", "{r}");
-    assert!(start.elapsed() < Duration::from_millis(400), "answered after {:?}", start.elapsed());
+    let limit = Duration::from_millis(50) + 20 * one_round;
+    assert!(start.elapsed() < limit, "answered after {:?}, K = 1 took {one_round:?}", start.elapsed());
 }
 
 #[test]
@@ -177,15 +183,21 @@ fn sigterm_answers_everything_read_and_exits_zero() {
     for k in 0..3 {
         client.send(&json!({"id": k, "steps": 200}));
     }
-    std::thread::sleep(Duration::from_millis(100)); // the first one is running
+    let read =
+        |h: &Value| ["queue_depth", "active_sequences", "served"].iter().map(|k| h[k].as_u64().unwrap()).sum::<u64>();
+    server.wait_for("the three requests are read", |h| read(h) >= 3);
     server.signal(libc::SIGTERM);
-    std::thread::sleep(Duration::from_millis(20));
     client.send(&json!({"id": 3, "steps": 5}));
-    let answers = client.recv_by_id(4);
+    // every answer until the server closes: the three read before the signal ok; the one after
+    // it ok or shutting_down, or unanswered when it arrived after the reader stopped
+    let mut answers = std::collections::BTreeMap::new();
+    while let Some(r) = client.try_recv() {
+        assert!(answers.insert(r["id"].as_i64().unwrap(), r).is_none(), "an id answered twice");
+    }
     for k in 0..3 {
         assert_eq!(code(&answers[&k]), "ok", "queued before the signal: {}", answers[&k]);
     }
-    assert!(["ok", "shutting_down"].contains(&code(&answers[&3])), "{}", answers[&3]);
+    assert!(answers.get(&3).is_none_or(|r| ["ok", "shutting_down"].contains(&code(r))), "{:?}", answers.get(&3));
     assert!(server.note().contains("STOPPING=1"));
     let status = server.wait();
     assert_eq!(status.code(), Some(0), "{status:?}");

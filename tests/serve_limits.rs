@@ -9,7 +9,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::server::{code, Server};
+use common::server::{code, Server, LIMIT};
 use serde_json::json;
 
 #[test]
@@ -92,13 +92,24 @@ fn a_client_that_reads_nothing_does_not_hold_the_shutdown() {
 #[test]
 fn idle_connections_are_closed_and_free_their_slots() {
     let server = Server::start(&["--max-connections", "2", "--idle-timeout-ms", "400"], &[]);
-    let idle: Vec<_> = (0..2).map(|_| server.tcp()).collect();
-    std::thread::sleep(Duration::from_millis(1200));
-    let mut client = server.tcp();
-    client.send(&json!({"id": 7, "steps": 2}));
-    let r = client.recv();
+    let mut idle: Vec<_> = (0..2).map(|_| server.tcp()).collect();
+    for client in &mut idle {
+        client.reader.get_ref().set_read_timeout(Some(LIMIT)).unwrap();
+        assert!(client.try_recv().is_none(), "an idle connection is closed without an answer");
+    }
+    // their slots free just after they close: a client told busy meanwhile tries again
+    let start = Instant::now();
+    let r = loop {
+        let mut client = server.tcp();
+        let _ = writeln!(client.writer, "{}", json!({"id": 7, "steps": 2})); // a refused one may be closed
+        match client.try_recv() {
+            Some(r) if code(&r) != "busy" => break r,
+            _ => {} // busy, or closed before our line was read
+        }
+        assert!(start.elapsed() < LIMIT, "the idle connections' slots were not freed");
+        std::thread::sleep(Duration::from_millis(10));
+    };
     assert_eq!((code(&r), &r["id"]), ("ok", &json!(7)), "{r}");
-    drop(idle);
 }
 
 #[test]

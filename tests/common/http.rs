@@ -5,7 +5,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::server::Server;
 
@@ -84,4 +84,35 @@ pub fn metric(port: u16, sample: &str) -> f64 {
     let text = raw(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", Duration::from_secs(30));
     let line = text.lines().find(|l| l.split_whitespace().next() == Some(sample));
     line.and_then(|l| l.split_whitespace().nth(1)).map_or(0.0, |v| v.parse().unwrap())
+}
+
+/// Poll `GET /health` until `ready(status, health)` holds (a hang guard of `limit`, not a
+/// measure of speed): the last answer.
+pub fn wait_for_health(port: u16, what: &str, limit: Duration, ready: impl Fn(u16, &Value) -> bool) -> (u16, Value) {
+    let start = Instant::now();
+    loop {
+        let (status, _, body) = http(port, "GET", "/health", b"");
+        if ready(status, &body) {
+            return (status, body);
+        }
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}; health {status} {body}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The wall time of one generate request of `steps` steps (num 1), answered 200.
+pub fn time_request(port: u16, steps: usize) -> Duration {
+    let start = Instant::now();
+    let (status, _, answer) = http(port, "POST", "/v1/generate", json!({"steps": steps}).to_string().as_bytes());
+    assert_eq!(status, 200, "{answer}");
+    start.elapsed()
+}
+
+/// Steps (at most 2000) that one sequence takes about `target` to run at the speed measured
+/// now: a test that needs a request to outlast something sizes it by this machine, not by a
+/// guess.
+pub fn steps_lasting(port: u16, target: Duration) -> usize {
+    let per_step = time_request(port, 20) / 20;
+    let steps = target.as_secs_f64() / per_step.as_secs_f64().max(1e-6);
+    (steps.ceil() as usize).clamp(20, 2000)
 }

@@ -9,7 +9,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
+
+/// Long enough for any wait in a test: a hang guard, not a measure of speed.
+pub const LIMIT: Duration = Duration::from_secs(120);
 
 pub struct Server {
     pub child: Child,
@@ -70,6 +73,41 @@ impl Server {
 
     pub fn tcp(&self) -> Client<TcpStream> {
         Client::new(TcpStream::connect(("127.0.0.1", self.port)).unwrap())
+    }
+
+    /// Poll health on a connection of its own until `ready(health)` holds: the last health.
+    pub fn wait_for(&self, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+        let mut probe = self.tcp();
+        let start = Instant::now();
+        loop {
+            probe.send(&json!({"op": "health", "id": 0}));
+            let health = probe.recv()["health"].clone();
+            if ready(&health) {
+                return health;
+            }
+            assert!(start.elapsed() < LIMIT, "{what}: not within {LIMIT:?}; health {health}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Steps (20 to 2000) that one sequence takes about `target` to run at the speed measured
+    /// now, so that a test that needs a request to outlast something sizes it by this machine.
+    pub fn steps_lasting(&self, target: Duration) -> usize {
+        let mut client = self.tcp();
+        let start = Instant::now();
+        client.send(&json!({"id": 0, "steps": 20}));
+        assert_eq!(code(&client.recv()), "ok");
+        let per_step = start.elapsed().as_secs_f64() / 20.0;
+        ((target.as_secs_f64() / per_step.max(1e-6)).ceil() as usize).clamp(20, 2000)
+    }
+
+    /// One sample of the metrics (`name{labels}`), 0 when absent.
+    pub fn metric(&self, sample: &str) -> f64 {
+        let mut client = self.tcp();
+        client.send(&json!({"op": "metrics", "id": 0}));
+        let text = client.recv()["metrics"].as_str().unwrap_or_default().to_string();
+        let line = text.lines().find(|l| l.split_whitespace().next() == Some(sample));
+        line.and_then(|l| l.split_whitespace().nth(1)).map_or(0.0, |v| v.parse().unwrap())
     }
 
     pub fn unix_path(&self) -> PathBuf {
@@ -135,9 +173,16 @@ impl<S: Read + Write + Split> Client<S> {
     }
 
     pub fn recv(&mut self) -> Value {
+        self.try_recv().expect("connection closed before a response")
+    }
+
+    /// The next response, or None at the end of the stream.
+    pub fn try_recv(&mut self) -> Option<Value> {
         let mut line = String::new();
-        assert!(self.reader.read_line(&mut line).unwrap() > 0, "connection closed before a response");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("response is not JSON ({e}): {line:?}"))
+        if self.reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return None;
+        }
+        Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("response is not JSON ({e}): {line:?}")))
     }
 
     /// Responses to `n` requests, by id (each id exactly once).
