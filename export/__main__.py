@@ -133,7 +133,7 @@ def cmd_loadtest(args, cfg):
     from .loadtest import loadtest, table
 
     report = loadtest(args.model, args.dlm, clients=args.clients, per_client=args.requests, max_batch=args.max_batch,
-                      threads=args.threads, repeat=args.repeat, before=args.before, before_model=args.before_model, rounds=args.rounds)
+                      threads=args.threads, repeat=args.repeat, rounds=args.rounds)
     print(table(report))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")
@@ -226,8 +226,6 @@ def main(argv=None):
     lt.add_argument("--threads", type=int, default=0, help="dlm --threads")
     lt.add_argument("--repeat", type=int, default=5, help="requests per budget timed alone")
     lt.add_argument("--rounds", type=int, default=3, help="rounds, the schedules alternating")
-    lt.add_argument("--before", help="an earlier dlm binary whose requests alone are timed as the baseline")
-    lt.add_argument("--before-model", help="the model directory for --before (default: --model)")
     lt.add_argument("--json-out", help="also write the report as JSON here")
     bl = sub.add_parser("blind", help="the blind reading: make a shuffled file of outputs and references; score grades")
     bl.add_argument("action", choices=["make", "score"])

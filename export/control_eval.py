@@ -46,18 +46,8 @@ def accuracy_by_band(classifiers, emb, records, tok, diff, tags, values, span_la
         p = torch.sigmoid(torch.gather(logits, 2, spans[:, :, 2:3])[:, :, 0])
         valid = target >= 0
         out["spans"][band] = _balanced(p[valid], target[valid] > 0)
-        if span.tags is None:
-            continue
         whole = torch.stack([span.loss(x_t, t, spans[:, k]) for k in range(spans.shape[1])], dim=1)
         out["spans, pair + tags"][band] = _balanced(torch.exp(-whole)[valid], target[valid] > 0)
         tagged = torch.sigmoid(span._tags(span.encoder(x_t, t)))
         out["span tags"][band] = _balanced(tagged[words], boundary[words] > 0)
-    return {name: by_band for name, by_band in out.items() if by_band}  # no boundary channels: pair only
-
-
-def table(report):
-    bands = list(next(iter(report.values())))
-    lines = ["| control | " + " | ".join(f"t {b}" for b in bands) + " |", "|---|" + "---|" * len(bands)]
-    for name, by_band in report.items():
-        lines.append(f"| {name} | " + " | ".join(f"{by_band[b] * 100:.1f} %" for b in bands) + " |")
-    return "\n".join(lines)
+    return out

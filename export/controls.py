@@ -106,12 +106,11 @@ class SpanClassifier(nn.Module):
       this word is inside one), so the guidance gradient lands on the words that make the phrase,
       the way a POS template's does."""
 
-    def __init__(self, d, seq_len, num_labels, hidden=64, layers=2, heads=4, boundary_tags=True):
+    def __init__(self, d, seq_len, num_labels, hidden=64, layers=2, heads=4):
         super().__init__()
         self.encoder = LatentEncoder(d, seq_len, hidden, layers, heads)
         self.head = nn.Sequential(nn.Linear(3 * hidden, hidden), nn.Tanh(), nn.Linear(hidden, num_labels))
-        # classifiers trained before the boundary channels existed have the pair head only
-        self.tags = nn.Linear(hidden, len(SPAN_TAGS) * num_labels) if boundary_tags else None
+        self.tags = nn.Linear(hidden, len(SPAN_TAGS) * num_labels)
 
     def _pair(self, h, span):
         pos = torch.arange(h.shape[1], device=h.device)[None, None, :]
@@ -137,8 +136,6 @@ class SpanClassifier(nn.Module):
         inside one, and none starts after i or ends before j."""
         h = self.encoder(x, t)
         pair = torch.gather(self._pair(h, span[:, None])[:, 0].float(), 1, span[:, 2:3])[:, 0]
-        if self.tags is None:
-            return -log_sigmoid(pair)
         tags = torch.gather(self._tags(h).float(), 2, span[:, None, 2:3, None].expand(-1, h.shape[1], 1, len(SPAN_TAGS)))[:, :, 0]
         pos = torch.arange(h.shape[1], device=h.device)[None, :]
         first, last = span[:, 0:1] + 1, span[:, 1:2] + 1

@@ -42,8 +42,8 @@ class Server:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         cmd = [str(dlm), "serve", "--model", str(model_dir), "--tcp", f"127.0.0.1:{self.port}", "--queue", "64",
-               "--max-batch", str(max_batch), "--threads", str(threads), "--max-connections", "64"]
-        cmd += ["--schedule", schedule] if schedule else []  # None: a dlm from before --schedule
+               "--max-batch", str(max_batch), "--threads", str(threads), "--max-connections", "64",
+               "--schedule", schedule]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 120
         while True:
@@ -129,21 +129,10 @@ def alone(server, repeat):
     return out
 
 
-def loadtest(model_dir, dlm, clients=8, per_client=9, max_batch=16, threads=0, repeat=5, before=None,
-             before_model=None, rounds=3):
-    """`before`: another dlm binary (an earlier build) whose requests alone are timed too, on
-    `before_model` (default: model_dir)."""
-    for binary in filter(None, (dlm, before)):
-        if not Path(binary).is_file():
-            raise ExportError(f"{binary}: dlm binary not found; run `cargo build --release` first")
+def loadtest(model_dir, dlm, clients=8, per_client=9, max_batch=16, threads=0, repeat=5, rounds=3):
+    if not Path(dlm).is_file():
+        raise ExportError(f"{dlm}: dlm binary not found; run `cargo build --release` first")
     report = {"clients": clients, "per_client": per_client, "max_batch": max_batch, "rounds": rounds, "schedules": {}}
-    if before:
-        server = Server(before, before_model or model_dir, None, max_batch, threads)
-        try:
-            report["before_alone_ms"] = {f"{b}{' guided' if g else ''}": 1e3 * s
-                                         for (b, g), s in alone(server, repeat).items()}
-        finally:
-            server.stop()
     runs = {"fifo": [], "batched": []}
     for _ in range(rounds):  # the schedules alternate, so a slow spell of the machine hits both
         for schedule in runs:
@@ -185,19 +174,16 @@ def table(report):
               "|---|" + "---|" * len(report["schedules"]["fifo"]["alone_ms"])]
     for name, s in report["schedules"].items():
         lines.append(f"| {name} | " + " | ".join(f"{v:.0f}" for v in s["alone_ms"].values()) + " |")
-    if "before_alone_ms" in report:
-        lines.append("| before (the FIFO engine) | " + " | ".join(f"{v:.0f}" for v in report["before_alone_ms"].values()) + " |")
     fifo, batched = report["schedules"]["fifo"], report["schedules"]["batched"]
     speedup = batched["sentences_per_s"] / fifo["sentences_per_s"]
     short_alone = (batched["alone_ms"]["10"] + batched["alone_ms"]["10 guided"]) / 2
     short_p95 = batched["by_budget"][10]["p95_ms"]
-    reference = report.get("before_alone_ms", fifo["alone_ms"])
-    slower = max(batched["alone_ms"][k] / reference[k] - 1 for k in reference)
+    slower = max(batched["alone_ms"][k] / fifo["alone_ms"][k] - 1 for k in fifo["alone_ms"])
     lines += ["", "Targets:",
               f"- throughput batched / fifo = {speedup:.2f}x (>= 1.2x: {'met' if speedup >= 1.2 else 'missed'})",
               f"- p95 of 10-step requests under load {short_p95:.0f} ms = {short_p95 / short_alone:.1f}x alone "
               f"({short_alone:.0f} ms, guided and not averaged) (<= 3x: {'met' if short_p95 <= 3 * short_alone else 'missed'})",
-              f"- alone, batched against {'before' if 'before_alone_ms' in report else 'fifo'}: at most "
+              "- alone, batched against fifo: at most "
               f"{100 * slower:+.1f} % (within 5 %: {'met' if slower <= 0.05 else 'missed'})",
               f"- host share of an iteration at batch {report['max_batch']} (50 steps, dlm profile): "
               f"{100 * report['host_share_batch']:.1f} % (<= 5 %: {'met' if report['host_share_batch'] <= 0.05 else 'missed'})"]

@@ -111,8 +111,7 @@ def load_controls(path):
     c, m = cfg.controls, cfg.model
     pos = PosClassifier(m.d, m.seq_len, len(state["tags"]), c.hidden, c.layers, c.heads)
     content = ContentClassifier(m.d, m.seq_len, len(state["values"]), c.hidden, c.layers, c.heads)
-    spans = SpanClassifier(m.d, m.seq_len, len(state["span_labels"]), c.hidden, c.layers, c.heads,
-                           boundary_tags="tags.weight" in state["spans"])
+    spans = SpanClassifier(m.d, m.seq_len, len(state["span_labels"]), c.hidden, c.layers, c.heads)
     pos.load_state_dict(state["pos"])
     content.load_state_dict(state["content"])
     spans.load_state_dict(state["spans"])

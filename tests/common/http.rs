@@ -113,6 +113,11 @@ pub fn time_request(port: u16, steps: usize) -> Duration {
 /// guess.
 pub fn steps_lasting(port: u16, target: Duration) -> usize {
     let per_step = time_request(port, 20) / 20;
+    // the answer goes out before health counts its sequences gone: wait, so that a test that
+    // waits for its own request to run next does not see this one
+    wait_for_health(port, "the timed request leaves", Duration::from_secs(120), |_, h| {
+        h["health"]["active_sequences"] == 0
+    });
     let steps = target.as_secs_f64() / per_step.as_secs_f64().max(1e-6);
     (steps.ceil() as usize).clamp(20, 2000)
 }

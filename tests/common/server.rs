@@ -98,6 +98,9 @@ impl Server {
         client.send(&json!({"id": 0, "steps": 20}));
         assert_eq!(code(&client.recv()), "ok");
         let per_step = start.elapsed().as_secs_f64() / 20.0;
+        // the answer goes out before health counts its sequences gone: wait, so that a test
+        // that waits for its own request to run next does not see this one
+        self.wait_for("the timed request leaves", |h| h["active_sequences"] == 0);
         ((target.as_secs_f64() / per_step.max(1e-6)).ceil() as usize).clamp(20, 2000)
     }
 
