@@ -23,7 +23,7 @@ DEFAULTS = {"pos": {"lambda": 0.0005, "lr": 0.05, "steps": 3}, "content": {"lamb
 
 def control_spec(control, batch, seq_len, num_labels):
     if control == "pos":
-        return {"name": "tags", "dtype": "int64", "shape": [batch, seq_len], "free": IGNORE}
+        return {"name": "tags", "dtype": "int64", "shape": [batch, seq_len]}
     if control == "spans":
         return {"name": "span", "dtype": "int64", "shape": [batch, 3]}  # (first word, last word, label)
     return {"name": "wanted", "dtype": "float32", "shape": [batch, num_labels]}

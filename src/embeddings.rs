@@ -50,10 +50,6 @@ impl Embeddings {
         Ok(embeddings)
     }
 
-    pub fn dim(&self) -> usize {
-        self.matrix.ncols()
-    }
-
     pub fn vocab_size(&self) -> usize {
         self.matrix.nrows()
     }

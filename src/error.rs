@@ -1,8 +1,8 @@
 //! Every error of the library, one enum per layer. A leaf: it imports nothing of this crate,
 //! and the sampler's [`InferenceError`] names no inference engine (its cause is boxed).
-
-//! Causes are kept in fields named `error`, printed once by the message (not chained again as
-//! a `source`, which `anyhow`'s `{:#}` would print a second time).
+//!
+//! A cause is the error's `source()`, not part of its message: `main` prints the chain
+//! (`anyhow`'s `{:#}`), the server answers [`chain`] of it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,25 +10,37 @@ use std::path::PathBuf;
 /// The cause of an engine failure, whatever the engine.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// An error and its causes, each after a ": " (as `anyhow`'s `{:#}` prints them).
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
+}
+
 /// Loading the ONNX Runtime library, a model directory or its sessions.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("{path}: {error}")]
-    Io { path: PathBuf, error: std::io::Error },
-    #[error("{path}: not a valid manifest: {error}")]
-    ManifestJson { path: PathBuf, error: serde_json::Error },
+    #[error("{path}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not a valid manifest")]
+    ManifestJson { path: PathBuf, source: serde_json::Error },
     #[error("{path}: manifest schema_version {found}, this dlm reads schema_version {expected}")]
     SchemaVersion { path: PathBuf, found: u64, expected: u64 },
     #[error("{path}: sha256 {actual} does not match the manifest's {expected} (file corrupted or replaced)")]
     Checksum { path: PathBuf, expected: String, actual: String },
     #[error("{path}: {what}")]
     Invalid { path: PathBuf, what: String },
-    #[error("{path}: cannot load tokenizer: {message}")]
-    Tokenizer { path: PathBuf, message: String },
+    #[error("{path}: cannot load tokenizer")]
+    Tokenizer { path: PathBuf, source: BoxError },
     #[error("ONNX Runtime library: {0}")]
     OrtLibrary(String),
-    #[error("{path}: cannot create an ONNX Runtime session: {error}")]
-    Session { path: PathBuf, error: BoxError },
+    #[error("{path}: cannot create an ONNX Runtime session")]
+    Session { path: PathBuf, source: BoxError },
     #[error("execution provider {provider}: {reason}")]
     Provider { provider: &'static str, reason: String },
 }
@@ -36,8 +48,8 @@ pub enum LoadError {
 /// A failure while running a model graph (the sampler's contracts return it).
 #[derive(Debug, thiserror::Error)]
 pub enum InferenceError {
-    #[error("run of graph {graph} failed: {error}")]
-    Run { graph: String, error: BoxError },
+    #[error("run of graph {graph} failed")]
+    Run { graph: String, source: BoxError },
     #[error("{graph}: output {output} has shape {actual:?}, expected {expected:?}")]
     OutputShape { graph: String, output: String, actual: Vec<i64>, expected: Vec<usize> },
 }
@@ -116,25 +128,39 @@ pub enum GenerateError {
 /// `dlm profile`'s outputs.
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
-    #[error("{path}: {error}")]
-    Io { path: PathBuf, error: std::io::Error },
-    #[error("{path}: not an ONNX Runtime profile: {error}")]
-    Json { path: PathBuf, error: serde_json::Error },
-    #[error("{path}: cannot draw the plot: {message}")]
-    Plot { path: PathBuf, message: String },
+    #[error("{path}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not an ONNX Runtime profile")]
+    Json { path: PathBuf, source: serde_json::Error },
 }
 
 /// Opening a transport of `dlm serve`.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    #[error("cannot listen on {what}: {error}")]
-    Bind { what: String, error: std::io::Error },
+    #[error("cannot listen on {what}")]
+    Bind { what: String, source: std::io::Error },
     #[error("{addr} is not a loopback address; dlm serve listens on 127.0.0.1 or ::1 unless {flag} is given")]
     NotLoopback { addr: SocketAddr, flag: &'static str },
     #[error("{0}: exists and is not a socket; refusing to replace it")]
     NotASocket(PathBuf),
     #[error("{0}: a server is answering on this socket; refusing to take it over")]
     InUse(PathBuf),
-    #[error("serial device {path}: {error}")]
-    Serial { path: String, error: serialport::Error },
+    #[error("serial device {path}")]
+    Serial { path: String, source: serialport::Error },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_is_the_source_and_the_chain_prints_it_once() {
+        let gone = std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+        let e = LoadError::Io { path: "m/manifest.json".into(), source: gone };
+        assert_eq!(e.to_string(), "m/manifest.json");
+        assert_eq!(chain(&e), "m/manifest.json: gone");
+        assert_eq!(format!("{:#}", anyhow::Error::from(e)), "m/manifest.json: gone", "as main prints it");
+        let run = GenerateError::from(InferenceError::Run { graph: "denoiser.fp32".into(), source: "bad shape".into() });
+        assert_eq!(chain(&run), "run of graph denoiser.fp32 failed: bad shape", "through a transparent variant");
+    }
 }

@@ -77,7 +77,7 @@ pub const MAX_GUIDANCE_CALLS: usize = 20_000;
 impl Limits {
     /// The model's bounds, and at most [`MAX_SAMPLES`] samples.
     pub fn of(model: &Model) -> Self {
-        Self { t_max: model.manifest.diffusion.t, max_batch: model.max_batch(), max_samples: MAX_SAMPLES }
+        Self { t_max: model.manifest.diffusion.num_timesteps, max_batch: model.max_batch(), max_samples: MAX_SAMPLES }
     }
 }
 

@@ -90,13 +90,13 @@ impl Diffusion {
 
     /// The full training schedule of a manifest.
     pub fn full_betas(info: &DiffusionInfo) -> Vec<f64> {
-        sqrt_betas(info.t, info.schedule_param.offset, info.schedule_param.max_beta)
+        sqrt_betas(info.num_timesteps, info.schedule_param.offset, info.schedule_param.max_beta)
     }
 
     /// The schedule respaced to `steps` (betas recomputed over the kept timesteps).
     pub fn respaced(info: &DiffusionInfo, steps: usize) -> Result<Self, RequestError> {
         let alpha_bar_full = cumprod_alphas(&Self::full_betas(info));
-        let kept = respaced_timesteps(info.t, steps)?;
+        let kept = respaced_timesteps(info.num_timesteps, steps)?;
         let mut last = 1.0;
         let betas = kept
             .iter()
@@ -125,7 +125,7 @@ mod tests {
         DiffusionInfo {
             schedule: Schedule::Sqrt,
             schedule_param: param,
-            t,
+            num_timesteps: t,
             model_variance: ModelVariance::FixedLarge,
             alpha_bar,
         }

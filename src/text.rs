@@ -15,7 +15,7 @@ pub struct Vocab {
 impl Vocab {
     pub fn load(path: &Path, special: SpecialTokens) -> Result<Self, LoadError> {
         let tokenizer = Tokenizer::from_file(path)
-            .map_err(|e| LoadError::Tokenizer { path: path.to_path_buf(), message: e.to_string() })?;
+            .map_err(|source| LoadError::Tokenizer { path: path.to_path_buf(), source })?;
         Ok(Self { tokenizer, special })
     }
 

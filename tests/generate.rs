@@ -33,15 +33,19 @@ fn batch_one_and_batch_eight_agree_per_sequence() {
 }
 
 /// Every budget 1..=T is checked on the schedule alone (schedule.rs); the real model runs the
-/// edge budgets and a few odd ones.
+/// edge budgets and a few odd ones: each a sentence that starts where the model's do (START),
+/// the same again from the same seed.
 #[test]
 fn a_handful_of_budgets_run_on_the_real_model() {
     common::with_model(Precision::Fp32, |m| {
+        let special = m.manifest.special_tokens;
         for steps in [1, 2, 3, 7, 64, 200] {
             let out = generate(m, &request(steps, steps as u64, 1, 1)).unwrap();
             assert_eq!(out.len(), 1);
-            assert_eq!(out[0].timing.steps, steps);
-            assert_eq!(out[0].ids.len(), m.manifest.model.seq_len);
+            let ids = &out[0].ids;
+            assert_eq!((ids.len(), ids[0]), (m.manifest.model.seq_len, special.start), "{steps} steps: {ids:?}");
+            let again = generate(m, &request(steps, steps as u64, 1, 1)).unwrap();
+            assert_eq!(&again[0].ids, ids, "{steps} steps: the same seed, the same sentence");
         }
     });
 }
@@ -71,7 +75,7 @@ fn fp16_generates_from_the_fp16_graph_close_to_fp32() {
 #[test]
 fn out_of_range_requests_are_refused() {
     common::with_model(Precision::Fp32, |m| {
-        let t = m.manifest.diffusion.t;
+        let t = m.manifest.diffusion.num_timesteps;
         for (r, expected) in [
             (request(0, 0, 1, 1), RequestError::Steps { got: 0, max: t }),
             (request(t + 1, 0, 1, 1), RequestError::Steps { got: t + 1, max: t }),

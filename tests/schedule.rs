@@ -37,6 +37,6 @@ fn respaced_schedules_match_python() {
 #[test]
 fn full_schedule_matches_the_manifest_table() {
     let manifest = Manifest::load(&common::model_dir()).unwrap();
-    let d = Diffusion::respaced(&manifest.diffusion, manifest.diffusion.t).unwrap();
+    let d = Diffusion::respaced(&manifest.diffusion, manifest.diffusion.num_timesteps).unwrap();
     assert_close("alpha_bar", "T", &d.alpha_bar, &serde_json::to_value(&manifest.diffusion.alpha_bar).unwrap());
 }

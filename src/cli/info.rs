@@ -17,7 +17,7 @@ pub fn run(args: RuntimeArgs) -> Result<()> {
     writeln!(
         out,
         "  d={} seq_len={} vocab={} T={} schedule={:?} prediction={:?}",
-        m.d, m.seq_len, m.vocab_size, manifest.diffusion.t, manifest.diffusion.schedule, m.prediction
+        m.d, m.seq_len, m.vocab_size, manifest.diffusion.num_timesteps, manifest.diffusion.schedule, m.prediction
     )?;
     writeln!(
         out,

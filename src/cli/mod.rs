@@ -3,6 +3,7 @@
 
 pub mod generate;
 pub mod info;
+mod plot;
 pub mod profile;
 pub mod serve;
 

@@ -9,9 +9,10 @@ use dlm::generate::Request;
 use dlm::manifest::Precision;
 use dlm::model::Model;
 use dlm::ort::OrtRuntime;
-use dlm::profile::{plot_latency, run_case, summarise_ort_profiles, CaseResult};
+use dlm::profile::{run_case, summarise_ort_profiles, CaseResult};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::plot::plot_latency;
 use super::{session_options, ControlArgs, RuntimeArgs};
 
 #[derive(Args)]

@@ -142,7 +142,7 @@ pub fn run(mut args: ServeArgs) -> Result<()> {
     let runtime = OrtRuntime::load(args.runtime.ort_lib.as_deref(), args.runtime.threads.into())?;
     let opts = session_options(&args.runtime, config.max_batch)?;
     let mut model = Model::load(&runtime, &args.runtime.model, args.runtime.precision, &opts)?;
-    let t = model.manifest.diffusion.t;
+    let t = model.manifest.diffusion.num_timesteps;
     if !(1..=t).contains(&config.default_steps) {
         anyhow::bail!("--steps {}: allowed 1..={t} (the model's T)", config.default_steps);
     }

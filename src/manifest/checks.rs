@@ -23,20 +23,17 @@ pub fn check(m: &Manifest) -> Result<(), String> {
     within("model.d", m.model.d, 1, MAX_D)?;
     within("model.seq_len", m.model.seq_len, 3, MAX_SEQ_LEN)?; // START, a word, END
     within("model.vocab_size", m.model.vocab_size, 5, MAX_VOCAB)?; // PAD, UNK, START, END, a word
-    within("diffusion.T", m.diffusion.t, 2, MAX_T)?;
-    if m.diffusion.alpha_bar.len() != m.diffusion.t {
+    within("diffusion.T", m.diffusion.num_timesteps, 2, MAX_T)?;
+    if m.diffusion.alpha_bar.len() != m.diffusion.num_timesteps {
         return Err(format!(
             "diffusion.alpha_bar has {} entries, expected T = {}",
             m.diffusion.alpha_bar.len(),
-            m.diffusion.t
+            m.diffusion.num_timesteps
         ));
     }
     if m.embeddings.shape != [m.model.vocab_size, m.model.d] {
         let (v, d) = (m.model.vocab_size, m.model.d);
         return Err(format!("embeddings.shape {:?} is not [vocab_size, d] = [{v}, {d}]", m.embeddings.shape));
-    }
-    if m.embeddings.dtype != "float32" || m.embeddings.byte_order != "little" {
-        return Err("embeddings must be little-endian float32".into());
     }
     let st = m.special_tokens;
     let ids = [("pad", st.pad), ("unk", st.unk), ("start", st.start), ("end", st.end)];
@@ -91,14 +88,17 @@ pub fn check(m: &Manifest) -> Result<(), String> {
                 let declared = m.graphs.iter().find(|g| &g.name == graph);
                 let fits = declared.is_some_and(|g| {
                     let batch = g.inputs.first().and_then(|x| x.shape.first());
-                    let control = g.inputs.get(2).and_then(|i| i.shape.get(1..));
+                    let input = g.inputs.get(2).filter(|i| i.name == c.input.name && i.dtype == c.input.dtype);
+                    let control = input.and_then(|i| i.shape.get(1..));
                     matches!(batch, Some(Dim::Fixed(n)) if (1..=MAX_GRAPH_BATCH).contains(n))
                         && control == Some(&width[..])
                 });
                 if !fits {
                     return Err(format!(
-                        "{}: graph {graph:?} must be in graphs with a fixed batch and control input [batch, {:?}]",
+                        "{}: graph {graph:?} must be in graphs with a fixed batch and control input {} {:?} [batch, {:?}]",
                         field(&format!("graphs.{p}")),
+                        c.input.name,
+                        c.input.dtype,
                         &c.input.shape[1..]
                     ));
                 }

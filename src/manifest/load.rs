@@ -16,7 +16,7 @@ impl Manifest {
         let path = dir.join(MANIFEST_FILE);
         let text = read_regular(&path, MAX_MANIFEST)?;
         let raw: serde_json::Value =
-            serde_json::from_slice(&text).map_err(|error| LoadError::ManifestJson { path: path.clone(), error })?;
+            serde_json::from_slice(&text).map_err(|source| LoadError::ManifestJson { path: path.clone(), source })?;
         let found = raw.get("schema_version").and_then(|v| v.as_u64()).unwrap_or(0);
         if found != SCHEMA_VERSION {
             return Err(LoadError::SchemaVersion { path, found, expected: SCHEMA_VERSION });
@@ -57,7 +57,7 @@ pub fn verify_sha256(path: &Path, expected: &str) -> Result<(), LoadError> {
 /// wait for a writer), checked on the open descriptor (a symlink to a device or a FIFO is not
 /// a regular file), read no further than `max`.
 pub fn read_regular(path: &Path, max: u64) -> Result<Vec<u8>, LoadError> {
-    let io = |error| LoadError::Io { path: path.to_path_buf(), error };
+    let io = |source| LoadError::Io { path: path.to_path_buf(), source };
     let invalid = |what: String| LoadError::Invalid { path: path.to_path_buf(), what };
     let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(io)?;
     let meta = file.metadata().map_err(io)?;

@@ -65,8 +65,9 @@ pub struct ModelInfo {
 pub struct DiffusionInfo {
     pub schedule: Schedule,
     pub schedule_param: ScheduleParam,
+    /// T, the number of diffusion steps the model was trained on.
     #[serde(rename = "T")]
-    pub t: usize,
+    pub num_timesteps: usize,
     pub model_variance: ModelVariance,
     pub alpha_bar: Vec<f64>,
 }
@@ -98,9 +99,22 @@ pub struct ReferenceEntry {
 pub struct EmbeddingsEntry {
     pub file: String,
     pub sha256: String,
-    pub dtype: String,
-    pub byte_order: String,
+    /// The one layout dlm reads: little-endian float32 (any other is refused at parse).
+    pub dtype: EmbeddingsDType,
+    pub byte_order: ByteOrder,
     pub shape: [usize; 2],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmbeddingsDType {
+    Float32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ByteOrder {
+    Little,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -153,12 +167,10 @@ pub struct WeightsEntry {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControlInput {
+    /// The guidance graphs' third input: its name, dtype and shape (checked against theirs).
     pub name: String,
     pub dtype: DType,
     pub shape: Vec<usize>,
-    /// Label value of a position the control leaves free (pos).
-    #[serde(default)]
-    pub free: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]

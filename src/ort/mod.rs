@@ -19,5 +19,5 @@ use crate::error::InferenceError;
 
 /// An ONNX Runtime failure while running `graph`, as the sampler's error.
 fn run_error(graph: &str) -> impl Fn(::ort::Error) -> InferenceError + '_ {
-    move |error| InferenceError::Run { graph: graph.to_string(), error: Box::new(error) }
+    move |error| InferenceError::Run { graph: graph.to_string(), source: Box::new(error) }
 }

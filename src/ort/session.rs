@@ -41,7 +41,7 @@ fn base_builder(runtime: &OrtRuntime, opts: &SessionOptions, graph: &Graph) -> o
 fn cpu_session(runtime: &OrtRuntime, path: &Path, graph: &Graph, opts: &SessionOptions) -> Result<Session, LoadError> {
     base_builder(runtime, opts, graph)
         .and_then(|mut b| b.commit_from_file(path))
-        .map_err(|error| LoadError::Session { path: path.to_path_buf(), error: Box::new(error) })
+        .map_err(|error| LoadError::Session { path: path.to_path_buf(), source: Box::new(error) })
 }
 
 fn provider_session(

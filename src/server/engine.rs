@@ -17,7 +17,7 @@ use std::time::Instant;
 use super::queue::{Answer, Job};
 use super::requests::{ok_line, to_request};
 use super::{Schedule, Shared};
-use crate::error::GenerateError;
+use crate::error::{chain, GenerateError};
 use crate::generate::{choose, course, lane, Generated, Request};
 use crate::model::Model;
 use crate::protocol::{ErrorCode, Rejection};
@@ -188,7 +188,7 @@ impl Engine<'_> {
         *self.shared.busy_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let finished = match result {
             Ok(Ok(finished)) => finished,
-            Ok(Err(e)) => return self.fail_all(ErrorCode::Internal, e.to_string()),
+            Ok(Err(e)) => return self.fail_all(ErrorCode::Internal, chain(&e)),
             Err(_) => {
                 let why = "the inference thread panicked on this batch (a bug: please report it)";
                 return self.fail_all(ErrorCode::Internal, why.into());
@@ -206,7 +206,7 @@ impl Engine<'_> {
                     }
                 }
                 Err(e @ GenerateError::Deadline { .. }) => self.fail(owner, ErrorCode::Timeout, e.to_string()),
-                Err(e) => self.fail(owner, ErrorCode::Internal, e.to_string()),
+                Err(e) => self.fail(owner, ErrorCode::Internal, chain(&e)),
             }
         }
     }

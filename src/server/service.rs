@@ -32,7 +32,7 @@ pub fn run(
         "provider": model.denoiser.device.name(),
         "controls": model.manifest.controls.keys().collect::<Vec<_>>(),
         "seq_len": model.manifest.model.seq_len,
-        "max_steps": model.manifest.diffusion.t,
+        "max_steps": model.manifest.diffusion.num_timesteps,
     });
     let provider = model.denoiser.device.name();
     let graphs: Vec<Value> = model

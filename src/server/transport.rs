@@ -50,7 +50,7 @@ pub enum Transport {
 
 impl Transport {
     pub fn tcp(addr: &str, any_address: bool) -> Result<Self, TransportError> {
-        let bind = |error| TransportError::Bind { what: format!("tcp {addr}"), error };
+        let bind = |source| TransportError::Bind { what: format!("tcp {addr}"), source };
         let addrs: Vec<SocketAddr> = addr.to_socket_addrs().map_err(bind)?.collect();
         if let Some(remote) = addrs.iter().find(|a| !a.ip().is_loopback() && !any_address) {
             return Err(TransportError::NotLoopback { addr: *remote, flag: "--tcp-any-address" });
@@ -61,7 +61,7 @@ impl Transport {
     }
 
     pub fn unix(path: &Path) -> Result<Self, TransportError> {
-        let bind = |error| TransportError::Bind { what: format!("unix socket {}", path.display()), error };
+        let bind = |source| TransportError::Bind { what: format!("unix socket {}", path.display()), source };
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if !meta.file_type().is_socket() {
                 return Err(TransportError::NotASocket(path.to_path_buf()));
@@ -80,7 +80,7 @@ impl Transport {
     /// A serial device in raw mode (8N1, no flow control) at `baud`.
     pub fn serial(path: &str, baud: u32) -> Result<Self, TransportError> {
         let port = serialport::new(path, baud).timeout(Duration::from_secs(5)).open_native();
-        let port = port.map_err(|error| TransportError::Serial { path: path.to_string(), error })?;
+        let port = port.map_err(|source| TransportError::Serial { path: path.to_string(), source })?;
         Ok(Self::Serial { port, path: path.to_string() })
     }
 

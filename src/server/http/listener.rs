@@ -51,7 +51,7 @@ impl HttpListener {
         limits: Limits,
         connections: &HttpConnections,
     ) -> Result<Self, TransportError> {
-        let bind = |error| TransportError::Bind { what: format!("http {addr}"), error };
+        let bind = |source| TransportError::Bind { what: format!("http {addr}"), source };
         let addrs: Vec<SocketAddr> = addr.to_socket_addrs().map_err(bind)?.collect();
         if let Some(remote) = addrs.iter().find(|a| !a.ip().is_loopback() && !any_address) {
             return Err(TransportError::NotLoopback { addr: *remote, flag: "--http-any-address" });
