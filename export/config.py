@@ -163,7 +163,7 @@ def from_dict(raw, where="config"):
     if unknown:
         raise ConfigError(f"{where}: unknown sections {unknown}; allowed: {sorted(sections)}")
     controls = raw.get("controls")
-    if isinstance(controls, dict) and "guide_batch" in controls:  # configs saved when guidance had one batch size
+    if isinstance(controls, dict) and "guide_batch" in controls:  # saved when guidance had one batch size (models/e2e/controls.pt)
         controls = {k: v for k, v in controls.items() if k != "guide_batch"}
         raw = {**raw, "controls": {"guide_batches": [raw["controls"]["guide_batch"]], **controls}}
     parts = {k: _build(cls, raw.get(k, {}), f"{where}.{k}") for k, cls in sections.items()}
