@@ -160,7 +160,8 @@ mod tests {
         assert_eq!(e.to_string(), "m/manifest.json");
         assert_eq!(chain(&e), "m/manifest.json: gone");
         assert_eq!(format!("{:#}", anyhow::Error::from(e)), "m/manifest.json: gone", "as main prints it");
-        let run = GenerateError::from(InferenceError::Run { graph: "denoiser.fp32".into(), source: "bad shape".into() });
+        let run =
+            GenerateError::from(InferenceError::Run { graph: "denoiser.fp32".into(), source: "bad shape".into() });
         assert_eq!(chain(&run), "run of graph denoiser.fp32 failed: bad shape", "through a transparent variant");
     }
 }

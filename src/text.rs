@@ -14,8 +14,8 @@ pub struct Vocab {
 
 impl Vocab {
     pub fn load(path: &Path, special: SpecialTokens) -> Result<Self, LoadError> {
-        let tokenizer = Tokenizer::from_file(path)
-            .map_err(|source| LoadError::Tokenizer { path: path.to_path_buf(), source })?;
+        let tokenizer =
+            Tokenizer::from_file(path).map_err(|source| LoadError::Tokenizer { path: path.to_path_buf(), source })?;
         Ok(Self { tokenizer, special })
     }
 

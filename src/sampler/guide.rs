@@ -46,16 +46,9 @@ pub(super) fn guide_step(lanes: &mut [Lane], guides: &mut [&mut dyn Guide]) -> R
         for &k in &active {
             let lane = &mut lanes[k];
             if !lane.timed_out {
-                let course = &lane.course;
-                let opts = &course.guide_options;
-                step::guidance_update(
-                    &course.diffusion,
-                    lane.i,
-                    opts,
-                    lane.grad.view(),
-                    lane.mean.view(),
-                    lane.x.view_mut(),
-                );
+                let (c, i) = (&lane.course, lane.i);
+                let (grad, mean) = (lane.grad.view(), lane.mean.view());
+                step::guidance_update(&c.diffusion, i, &c.guide_options, grad, mean, lane.x.view_mut());
             }
         }
     }
