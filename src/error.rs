@@ -73,8 +73,10 @@ pub enum RequestError {
     Samples { num: usize, per_output: usize, max: usize },
     #[error("mbr and rerank each choose among samples: give one of them, not both")]
     MbrAndRerank,
-    #[error("rerank scores samples with the control classifiers: it needs pos, content or span")]
+    #[error("rerank by controls scores samples with the control classifiers: it needs pos, content or span (or rerank by fluency)")]
     RerankWithoutClassifier,
+    #[error("rerank by fluency needs the model's language model (a graph of role teacher in manifest.json), and this model has none: rerank by controls, or export the model with its teacher (python -m export teacher, export)")]
+    RerankWithoutLm,
     #[error("this request would cost {calls} guidance graph calls per batch (guided steps x K x controls and spans); the limit is {max}: ask for fewer steps or spans, or a smaller K")]
     GuidanceCost { calls: usize, max: usize },
     #[error("timeout_ms must be at least 1 (the server caps it at {max}), got {got}")]

@@ -9,6 +9,7 @@ use crate::error::{ControlError, GenerateError, RequestError};
 use crate::mbr;
 use crate::model::Model;
 pub use crate::overrides::GuideOverrides;
+use crate::rerank::{self, LanguageModel, RerankBy};
 use crate::sampler::{
     Batch, Course, Denoiser, GuideTarget, Lane, Method, SampleOptions, Sampled, SequenceNoise, Target, Timing,
 };
@@ -30,9 +31,11 @@ pub struct Request {
     /// No word right after itself and no word 3-gram twice, when clamping and rounding (on by
     /// default: it takes repeats from about 20 % of sentences to none, see models/e2e/README.md).
     pub block_repeats: bool,
-    /// Best-of-N: draw this many samples per output and keep the one whose final latent the
-    /// guided controls' classifiers score best (lowest summed loss at t = 0) (1 = off).
+    /// Best-of-N: draw this many samples per output and keep the best by `rerank_by` (1 = off).
     pub rerank: usize,
+    /// What rerank compares (see [`crate::rerank`]); None: the classifiers when a classifier
+    /// control is guided, else fluency under the model's language model.
+    pub rerank_by: Option<RerankBy>,
     /// Stop with [`GenerateError::Deadline`] once this instant has passed.
     pub deadline: Option<Instant>,
 }
@@ -51,6 +54,7 @@ impl Default for Request {
             guide: GuideOverrides::default(),
             mbr: 1,
             rerank: 1,
+            rerank_by: None,
             block_repeats: true,
             deadline: None,
         }
@@ -122,12 +126,18 @@ pub struct Generated {
     pub index: usize,
     pub text: String,
     pub tokens: Vec<String>,
+    /// The ids of `tokens` (the words, without PAD, START and END).
+    pub words: Vec<u32>,
+    /// Every position's id, special tokens included.
     pub ids: Vec<u32>,
     /// This sequence's share of the batched calls it was part of.
     pub timing: Timing,
     /// The guided controls' summed, weighted classifier loss at t = 0 on the final latent
     /// (None without a classifier control).
     pub control_loss: Option<f32>,
+    /// Mean next-token NLL of the sentence under the model's language model, when a rerank by
+    /// fluency asked it (exp of it is the lm-score).
+    pub lm_nll: Option<f32>,
 }
 
 impl Generated {
@@ -137,9 +147,11 @@ impl Generated {
             index: lane.index,
             text: vocab.decode(&sampled.tokens),
             tokens: content.iter().map(|&i| vocab.token(i)).collect(),
+            words: content,
             ids: sampled.tokens,
             timing: lane.timing.clone(),
             control_loss: sampled.control_loss,
+            lm_nll: None,
         }
     }
 }
@@ -147,7 +159,7 @@ impl Generated {
 /// Generate `num` outputs, at most `batch` sequences per denoiser call (a sequence joins as
 /// another leaves); sequence k always uses random stream (seed, k), so its output does not
 /// depend on what it is batched with. With `mbr` or `rerank` = S > 1, output k is chosen from
-/// samples k*S..(k+1)*S: their consensus (MBR) or the one the control classifiers score best.
+/// samples k*S..(k+1)*S: their consensus (MBR) or the best by [`crate::rerank`].
 pub fn generate(model: &mut Model, request: &Request) -> Result<Vec<Generated>, GenerateError> {
     request.validate(&Limits::of(model))?;
     let course = Arc::new(course(model, request)?);
@@ -169,7 +181,8 @@ pub fn generate(model: &mut Model, request: &Request) -> Result<Vec<Generated>, 
             samples[f.lane.index] = Some(Generated::of(&model.vocab, &f.lane, sampled));
         }
     }
-    Ok(choose(request, samples.into_iter().flatten().collect()))
+    let lm = model.teacher.as_mut().map(|t| t as &mut dyn LanguageModel);
+    choose(request, samples.into_iter().flatten().collect(), lm)
 }
 
 /// Sequence `index` of a request: x_T from its own random stream (seed, index).
@@ -182,23 +195,34 @@ pub fn lane(model: &Model, owner: u64, course: &Arc<Course>, seed: u64, index: u
 }
 
 /// The outputs of a request from its samples in index order: each output's S samples reduced
-/// to one by MBR or rerank (S = 1: the samples themselves).
-pub fn choose(request: &Request, samples: Vec<Generated>) -> Vec<Generated> {
+/// to one by MBR or rerank (S = 1: the samples themselves). A rerank by fluency scores every
+/// sample with `lm` first (one call per output's group).
+pub fn choose(
+    request: &Request,
+    mut samples: Vec<Generated>,
+    mut lm: Option<&mut dyn LanguageModel>,
+) -> Result<Vec<Generated>, GenerateError> {
     let per_output = request.samples_per_output();
     if per_output == 1 {
-        return samples;
+        return Ok(samples);
     }
-    let outputs = samples.chunks(per_output).enumerate().map(|(k, group)| {
+    let by = RerankBy::resolve(request.rerank_by, samples.iter().any(|g| g.control_loss.is_some()));
+    let mut outputs = Vec::with_capacity(samples.len() / per_output);
+    for (k, group) in samples.chunks_mut(per_output).enumerate() {
         let best = if request.rerank > 1 {
-            let loss = |g: &Generated| g.control_loss.unwrap_or(0.0);
-            (0..group.len()).min_by(|&a, &b| loss(&group[a]).total_cmp(&loss(&group[b]))).unwrap_or(0)
+            if by.uses_lm() {
+                let lm = lm.as_deref_mut().ok_or(RequestError::RerankWithoutLm)?;
+                let nll = lm.mean_nll(&group.iter().map(|g| g.words.as_slice()).collect::<Vec<_>>())?;
+                group.iter_mut().zip(nll).for_each(|(g, v)| g.lm_nll = Some(v));
+            }
+            rerank::best(&group.iter().map(|g| rerank::score(by, g.control_loss, g.lm_nll)).collect::<Vec<_>>())
         } else {
             let tokens: Vec<Vec<String>> = group.iter().map(|g| g.tokens.clone()).collect();
             mbr::select(&tokens)
         };
-        Generated { index: k, ..group[best].clone() }
-    });
-    outputs.collect()
+        outputs.push(Generated { index: k, ..group[best].clone() });
+    }
+    Ok(outputs)
 }
 
 /// What every sequence of a (validated) request shares: its respaced schedule, sampler,
@@ -208,8 +232,9 @@ pub fn course(model: &Model, request: &Request) -> Result<Course, GenerateError>
     let plan: Plan = plan(&request.controls, &model.manifest, &model.vocab)?;
     let diffusion = Diffusion::respaced(&model.manifest.diffusion, request.steps)?;
     let named = targets(&plan);
-    if request.rerank > 1 && named.is_empty() {
-        return Err(RequestError::RerankWithoutClassifier.into());
+    if request.rerank > 1 {
+        let has_classifier = !named.is_empty();
+        RerankBy::resolve(request.rerank_by, has_classifier).check(has_classifier, model.teacher.is_some())?;
     }
     let mut guided: Vec<&str> = named.iter().map(|(name, _)| *name).collect();
     guided.dedup();
@@ -253,4 +278,54 @@ fn targets(plan: &Plan) -> Vec<(&'static str, Target)> {
     .collect();
     targets.extend(plan.spans.iter().map(|s| ("spans", Target::Tags(s.clone()))));
     targets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A language model that finds a sequence as surprising as its first word id.
+    struct ByFirstWord(usize);
+
+    impl LanguageModel for ByFirstWord {
+        fn mean_nll(&mut self, sequences: &[&[u32]]) -> Result<Vec<f32>, crate::error::InferenceError> {
+            self.0 += 1;
+            Ok(sequences.iter().map(|s| s.first().map_or(0.0, |&w| w as f32)).collect())
+        }
+    }
+
+    fn sample(first: u32, control_loss: Option<f32>) -> Generated {
+        let timing = Timing::default();
+        let text = format!("w{first}");
+        Generated {
+            index: 9,
+            text,
+            tokens: vec![],
+            words: vec![first],
+            ids: vec![],
+            timing,
+            control_loss,
+            lm_nll: None,
+        }
+    }
+
+    #[test]
+    fn choose_reranks_each_group_by_what_it_was_asked() {
+        let fluency = Request { num: 2, rerank: 3, ..Request::default() };
+        let samples =
+            vec![sample(5, None), sample(2, None), sample(7, None), sample(4, None), sample(9, None), sample(3, None)];
+        let mut lm = ByFirstWord(0);
+        let out = choose(&fluency, samples.clone(), Some(&mut lm)).unwrap();
+        let texts: Vec<&str> = out.iter().map(|g| g.text.as_str()).collect();
+        assert_eq!((texts, lm.0), (vec!["w2", "w3"], 2), "one language model call per output");
+        assert_eq!((out[0].index, out[1].index, out[1].lm_nll), (0, 1, Some(3.0)));
+        assert_eq!(choose(&fluency, samples, None).unwrap_err().to_string(), RequestError::RerankWithoutLm.to_string());
+
+        let guided = vec![sample(1, Some(9.0)), sample(6, Some(1.0)), sample(3, Some(2.0))];
+        let controls = Request { rerank: 3, ..Request::default() };
+        assert_eq!(choose(&controls, guided.clone(), Some(&mut lm)).unwrap()[0].text, "w6");
+        assert_eq!(lm.0, 2, "rerank by controls asks no language model");
+        let both = Request { rerank: 3, rerank_by: Some(RerankBy::Both), ..Request::default() };
+        assert_eq!(choose(&both, guided, Some(&mut lm)).unwrap()[0].text, "w3", "2 + 3 < 1 + 6 < 9 + 1");
+    }
 }

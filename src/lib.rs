@@ -3,7 +3,7 @@
 //! Layers, each depending only on those below it:
 //! - [`error`]: every error enum (a leaf).
 //! - [`manifest`] (the model directory's description), [`schedule`] (noise schedule and
-//!   respacing), [`embeddings`] (clamping and rounding), [`text`] (tokenizer), [`mbr`].
+//!   respacing), [`embeddings`] (clamping and rounding), [`text`] (tokenizer), [`mbr`], [`rerank`].
 //! - [`sampler`]: reverse diffusion over its contracts, `Denoiser` and `Guide`; knows no engine.
 //! - [`ort`]: ONNX Runtime (library, sessions, providers) implementing those contracts.
 //! - [`controls`] and [`overrides`] (what a request asks for), [`model`] (a loaded model
@@ -20,6 +20,7 @@ pub mod ort;
 pub mod overrides;
 pub mod profile;
 pub mod protocol;
+pub mod rerank;
 pub mod sampler;
 pub mod schedule;
 pub mod server;

@@ -1,12 +1,13 @@
-//! A model directory, loaded and checked: manifest, tokenizer, embeddings, denoiser session.
+//! A model directory, loaded and checked: manifest, tokenizer, embeddings, denoiser session,
+//! guidance sessions and (when the model has one) the language model that reranks by fluency.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::embeddings::Embeddings;
 use crate::error::LoadError;
-use crate::manifest::{Graph, Manifest, Precision, MANIFEST_FILE};
-use crate::ort::{GuideSession, OrtDenoiser, OrtRuntime, SessionOptions};
+use crate::manifest::{Graph, Manifest, Precision, Role, MANIFEST_FILE};
+use crate::ort::{GuideSession, OrtDenoiser, OrtRuntime, OrtTeacher, SessionOptions};
 use crate::sampler::Guide;
 use crate::schedule::{cumprod_alphas, Diffusion};
 use crate::text::Vocab;
@@ -22,6 +23,8 @@ pub struct Model {
     pub denoiser: OrtDenoiser,
     /// Guidance sessions by control name, in the same precision as the denoiser.
     pub guides: BTreeMap<String, GuideSession>,
+    /// The autoregressive LM of role `teacher`, on the CPU (`rerank` by fluency), if exported.
+    pub teacher: Option<OrtTeacher>,
 }
 
 impl Model {
@@ -54,7 +57,12 @@ impl Model {
         })?;
         let denoiser = OrtDenoiser::open(runtime, dir, graph, opts)?;
         let guides = open_guides(runtime, dir, &manifest, precision, opts)?;
-        Ok(Self { dir: dir.to_path_buf(), manifest, vocab, embeddings, denoiser, guides })
+        let st = manifest.special_tokens;
+        let teacher = match manifest.graphs.iter().find(|g| g.role == Role::Teacher) {
+            Some(graph) => Some(OrtTeacher::open(runtime, dir, graph, opts, (st.start, st.end))?),
+            None => None,
+        };
+        Ok(Self { dir: dir.to_path_buf(), manifest, vocab, embeddings, denoiser, guides, teacher })
     }
 
     /// Finish ONNX Runtime's profiles of every session (opened with `profile_dir`): their files.

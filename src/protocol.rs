@@ -12,6 +12,7 @@ use serde_json::Value;
 use crate::controls::{ControlRequest, LengthHold};
 use crate::error::{ControlError, RequestError};
 use crate::overrides::{GuideOverrides, NumberOrMap, Setting, LR, STEPS, WEIGHT};
+use crate::rerank::RerankBy;
 use crate::sampler::Method;
 
 /// Stable error codes; clients switch on these, never on messages.
@@ -113,6 +114,8 @@ pub struct GenerateParams {
     guide_weight: Option<NumberOrMap<f64>>,
     pub mbr: Option<usize>,
     pub rerank: Option<usize>,
+    /// What rerank compares: "controls", "fluency" or "both".
+    pub rerank_by: Option<RerankBy>,
     pub block_repeats: Option<bool>,
     /// Milliseconds from arrival to the answer; the server caps it.
     pub timeout_ms: Option<u64>,
@@ -177,7 +180,7 @@ pub fn parse_request(line: &[u8]) -> Result<Incoming, Rejection> {
 }
 
 /// The fields a generate request may carry, for error messages.
-pub const FIELDS: [&str; 19] = [
+pub const FIELDS: [&str; 20] = [
     "steps",
     "seed",
     "num",
@@ -195,6 +198,7 @@ pub const FIELDS: [&str; 19] = [
     "guide_weight",
     "mbr",
     "rerank",
+    "rerank_by",
     "block_repeats",
     "timeout_ms",
 ];
@@ -238,6 +242,15 @@ mod tests {
         assert_eq!(reject(r#"{"id":6,"steps":-1}"#).id, Value::from(6));
         assert!(reject(r#"{"op":"dance"}"#).message.contains("health"));
         assert_eq!(reject(r#"{"op":"health","steps":2}"#).code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn rerank_by_is_one_of_three_names() {
+        let r = parse_request(br#"{"rerank":4,"rerank_by":"fluency"}"#).unwrap();
+        let Op::Generate(p) = r.op else { panic!("not generate") };
+        assert_eq!((p.rerank, p.rerank_by), (Some(4), Some(RerankBy::Fluency)));
+        let m = reject(r#"{"id":1,"rerank_by":"beauty"}"#).message;
+        assert!(m.contains("beauty") && m.contains("controls") && m.contains("both"), "{m}");
     }
 
     #[test]

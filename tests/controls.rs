@@ -7,6 +7,7 @@ use dlm::controls::ControlRequest;
 use dlm::error::{ControlError, GenerateError};
 use dlm::generate::{generate, Generated, Request};
 use dlm::manifest::Precision;
+use dlm::rerank::{LanguageModel, RerankBy};
 use dlm::sampler::Method;
 
 fn request(controls: ControlRequest, num: usize, batch: usize) -> Request {
@@ -279,7 +280,39 @@ fn rerank_keeps_the_sample_the_classifiers_score_best() {
     let lowest = (0..4).min_by(|&a, &b| losses[a].total_cmp(&losses[b])).unwrap();
     assert_eq!(best[0].text, samples[lowest].text, "losses {losses:?}");
     assert!(run(Precision::Fp32, &request(ControlRequest::default(), 1, 1))[0].control_loss.is_none());
-    let unguided = Request { rerank: 2, ..request(ControlRequest { length: Some(8), ..Default::default() }, 1, 2) };
+    let unguided = Request {
+        rerank: 2,
+        rerank_by: Some(RerankBy::Controls),
+        ..request(ControlRequest { length: Some(8), ..Default::default() }, 1, 2)
+    };
     let refused = common::with_model(Precision::Fp32, |m| generate(m, &unguided).map(|g| g.len()));
     assert!(matches!(refused, Err(GenerateError::Request(dlm::error::RequestError::RerankWithoutClassifier))));
+}
+
+/// Rerank by fluency: of the samples a request would draw, the one the bundled language model
+/// (teacher.onnx) finds least surprising; by both: the lowest sum of classifier loss and NLL.
+#[test]
+fn rerank_by_fluency_keeps_the_sample_the_language_model_scores_best() {
+    let length = ControlRequest { length: Some(12), ..Default::default() };
+    let samples = run(Precision::Fp32, &request(length.clone(), 4, 4));
+    let nll = common::with_model(Precision::Fp32, |m| {
+        let teacher = m.teacher.as_mut().expect("the bundled model has its language model");
+        teacher.mean_nll(&samples.iter().map(|g| g.words.as_slice()).collect::<Vec<_>>()).unwrap()
+    });
+    assert!(nll.iter().all(|v| v.is_finite() && *v > 0.0), "{nll:?}");
+    let best = run(Precision::Fp32, &Request { rerank: 4, ..request(length, 1, 4) });
+    let lowest = (0..4).min_by(|&a, &b| nll[a].total_cmp(&nll[b])).unwrap();
+    assert_eq!(best[0].text, samples[lowest].text, "nll {nll:?}");
+    assert_eq!(best[0].lm_nll, Some(nll[lowest]));
+    assert!(samples.iter().all(|g| g.lm_nll.is_none()), "no rerank, no language model call");
+
+    let content = ControlRequest { content: vec!["food=Italian".into()], ..Default::default() };
+    let samples = run(Precision::Fp32, &request(content.clone(), 4, 4));
+    let both = run(Precision::Fp32, &Request { rerank: 4, rerank_by: Some(RerankBy::Both), ..request(content, 1, 4) });
+    let nll = common::with_model(Precision::Fp32, |m| {
+        m.teacher.as_mut().unwrap().mean_nll(&samples.iter().map(|g| g.words.as_slice()).collect::<Vec<_>>()).unwrap()
+    });
+    let sum: Vec<f32> = samples.iter().zip(&nll).map(|(g, n)| g.control_loss.unwrap() + n).collect();
+    let lowest = (0..4).min_by(|&a, &b| sum[a].total_cmp(&sum[b])).unwrap();
+    assert_eq!(both[0].text, samples[lowest].text, "classifier loss + nll {sum:?}");
 }

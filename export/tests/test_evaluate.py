@@ -1,12 +1,18 @@
 """A smoke run of `python -m export evaluate` against the real dlm binary and models/e2e."""
+import json
+import math
+import subprocess
 from pathlib import Path
 
+import onnxruntime as ort
 import pytest
+from tokenizers import Tokenizer
 
 from export.errors import ExportError
 from export.controls import expressed as content_hit
 from export.data import repeats
 from export.evaluate import evaluate, table
+from export.teacher import lm_scores
 
 ROOT = Path(__file__).resolve().parents[2]
 DLM = ROOT / "target" / "release" / "dlm"
@@ -66,3 +72,16 @@ def test_content_is_the_value_or_the_family_friendly_phrase_and_its_negation():
     assert content_hit(no, "Alimentum is non family friendly .")
     assert not content_hit(no, "The Mill is family friendly and not cheap .")
     assert not content_hit(no, "It is located near the river .")  # "no" alone is not the negation
+
+
+def test_dlm_reranks_by_the_teachers_lm_score_as_python_computes_it():
+    """dlm's rerank by fluency reads teacher.onnx: its NLL of the chosen sentence is log lm-score."""
+    model = ROOT / "models" / "e2e"
+    out = subprocess.run([str(DLM), "generate", "--model", str(model), "--steps", "5", "--num", "3", "--rerank", "2",
+                          "--seed", "4", "--json"], check=True, capture_output=True, text=True).stdout
+    lines = [json.loads(line) for line in out.splitlines()]
+    session = ort.InferenceSession(str(model / "teacher.onnx"))
+    scores = lm_scores(session, Tokenizer.from_file(str(model / "tokenizer.json")), [g["text"] for g in lines], 64)
+    assert len(lines) == 3
+    for g, score in zip(lines, scores):
+        assert g["lm_nll"] == pytest.approx(math.log(score), abs=1e-4), g["text"]

@@ -7,6 +7,7 @@ use clap::Args;
 use dlm::generate::{generate, Generated, Request};
 use dlm::model::Model;
 use dlm::ort::OrtRuntime;
+use dlm::rerank::RerankBy;
 use dlm::sampler::Method;
 use serde_json::json;
 
@@ -46,9 +47,14 @@ pub struct GenerateArgs {
     /// Minimum Bayes risk decoding: S samples per sentence, keep the one closest (BLEU) to the rest.
     #[arg(long, default_value_t = 1)]
     mbr: usize,
-    /// Best of S: S samples per sentence, keep the one the control classifiers score best.
+    /// Best of S: S samples per sentence, keep the best by --rerank-by.
     #[arg(long, default_value_t = 1)]
     rerank: usize,
+    /// What --rerank compares: the guided controls' classifier loss, fluency under the model's
+    /// language model (its mean token NLL), or both summed (default: controls when a pos,
+    /// content or span control is guided, else fluency).
+    #[arg(long, value_enum)]
+    rerank_by: Option<RerankBy>,
     /// Let a word follow itself and a word 3-gram come twice (by default clamping and rounding
     /// skip them, like n-gram blocking).
     #[arg(long)]
@@ -69,6 +75,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         guide: args.controls.guide()?,
         mbr: args.mbr,
         rerank: args.rerank,
+        rerank_by: args.rerank_by,
         block_repeats: !args.allow_repeats,
         ..Request::default()
     };
@@ -95,6 +102,7 @@ fn json_line(g: &Generated, request: &Request) -> serde_json::Value {
         "text": g.text,
         "tokens": g.tokens,
         "ids": g.ids,
+        "lm_nll": g.lm_nll,
         "steps": request.steps,
         "seed": request.seed,
         "timings": {

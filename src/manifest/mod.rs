@@ -212,7 +212,8 @@ pub enum Role {
     Denoiser,
     /// `(x, t, control) -> (loss, grad)` of a control's classifier.
     Guidance,
-    /// The autoregressive LM of `python -m export evaluate` (lm-score); dlm does not run it.
+    /// The autoregressive LM `ids -> logits`: lm-score in `python -m export evaluate`, and
+    /// dlm's `rerank` by fluency.
     Teacher,
 }
 

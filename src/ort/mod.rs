@@ -1,7 +1,8 @@
 //! The ONNX Runtime adapter: loading the library ([`runtime`]), sessions on an execution
 //! provider checked against the manifest ([`session`]), and the graphs behind the sampler's
 //! contracts: the denoiser ([`denoiser`], a [`crate::sampler::Denoiser`]) and the guidance
-//! graphs ([`guidance`], [`crate::sampler::Guide`]s). Nothing else in the crate runs ONNX Runtime.
+//! graphs ([`guidance`], [`crate::sampler::Guide`]s), and the language model ([`teacher`], a
+//! [`crate::rerank::LanguageModel`]). Nothing else in the crate runs ONNX Runtime.
 
 pub mod denoiser;
 pub mod guidance;
@@ -9,11 +10,13 @@ pub mod providers;
 pub mod runtime;
 pub mod session;
 mod staging;
+pub mod teacher;
 
 pub use denoiser::OrtDenoiser;
 pub use guidance::GuideSession;
 pub use providers::{Device, EpOption, Provider, SessionOptions};
 pub use runtime::OrtRuntime;
+pub use teacher::OrtTeacher;
 
 use crate::error::InferenceError;
 

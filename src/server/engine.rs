@@ -21,6 +21,7 @@ use crate::error::{chain, GenerateError};
 use crate::generate::{choose, course, lane, Generated, Request};
 use crate::model::Model;
 use crate::protocol::{ErrorCode, Rejection};
+use crate::rerank::LanguageModel;
 use crate::sampler::{Batch, Course, Timing};
 
 /// Sequences admitted per sequence stepped at once: room for short requests to pass long ones.
@@ -212,12 +213,17 @@ impl Engine<'_> {
     }
 
     fn finish(&mut self, owner: u64) {
-        let Some(active) = self.active.remove(&owner) else { return };
-        let samples: Vec<Generated> = active.samples.into_iter().flatten().collect();
+        let Some(active) = self.active.get_mut(&owner) else { return };
+        let samples: Vec<Generated> = std::mem::take(&mut active.samples).into_iter().flatten().collect();
         // every sequence holds its share of the batched calls: the request's time is their sum
         let mut timing = Timing::default();
         samples.iter().for_each(|g| timing.add(&g.timing));
-        let outputs = choose(&active.request, samples);
+        let lm = self.model.teacher.as_mut().map(|t| t as &mut dyn LanguageModel);
+        let outputs = match choose(&active.request, samples, lm) {
+            Ok(outputs) => outputs,
+            Err(e) => return self.fail(owner, ErrorCode::Internal, chain(&e)),
+        };
+        let Some(active) = self.active.remove(&owner) else { return };
         let started = active.started.unwrap_or(active.job.received);
         let line = ok_line(&active.job.id, &outputs, &timing, &active.request, (active.job.received, started));
         // counted before the answer goes out: a client reading the metrics next sees its request

@@ -43,6 +43,7 @@ pub(super) fn to_request(
         guide: p.guide()?,
         mbr,
         rerank,
+        rerank_by: p.rerank_by,
         block_repeats: p.block_repeats.unwrap_or(true),
         deadline: Some(received + timeout),
         ..Request::default()
@@ -61,7 +62,11 @@ pub(super) fn ok_line(
     (received, started): (Instant, Instant),
 ) -> String {
     let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
-    let results: Vec<Value> = outputs.iter().map(|g| json!({ "text": g.text, "tokens": g.tokens })).collect();
+    let result = |g: &Generated| match g.lm_nll {
+        Some(nll) => json!({ "text": g.text, "tokens": g.tokens, "lm_nll": nll }),
+        None => json!({ "text": g.text, "tokens": g.tokens }),
+    };
+    let results: Vec<Value> = outputs.iter().map(result).collect();
     json!({
         "id": id,
         "ok": true,
