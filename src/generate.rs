@@ -1,5 +1,5 @@
-//! A generation request: validated, turned into a [`Course`] and its sequences, sampled
-//! (iteration-level, see [`crate::sampler::Batch`]) and decoded.
+//! A generation request: validated, turned into a [`Course`] and its sequences, and its outputs
+//! decoded and chosen from its samples; the engine ([`crate::engine`]) samples them.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,9 +10,7 @@ use crate::mbr;
 use crate::model::Model;
 pub use crate::overrides::GuideOverrides;
 use crate::rerank::{self, LanguageModel, RerankBy};
-use crate::sampler::{
-    Batch, Course, Denoiser, GuideTarget, Lane, Method, SampleOptions, Sampled, SequenceNoise, Target, Timing,
-};
+use crate::sampler::{Course, GuideTarget, Lane, Method, SampleOptions, Sampled, SequenceNoise, Target, Timing};
 use crate::schedule::Diffusion;
 use crate::text::Vocab;
 
@@ -154,35 +152,6 @@ impl Generated {
             lm_nll: None,
         }
     }
-}
-
-/// Generate `num` outputs, at most `batch` sequences per denoiser call (a sequence joins as
-/// another leaves); sequence k always uses random stream (seed, k), so its output does not
-/// depend on what it is batched with. With `mbr` or `rerank` = S > 1, output k is chosen from
-/// samples k*S..(k+1)*S: their consensus (MBR) or the best by [`crate::rerank`].
-pub fn generate(model: &mut Model, request: &Request) -> Result<Vec<Generated>, GenerateError> {
-    request.validate(&Limits::of(model))?;
-    let course = Arc::new(course(model, request)?);
-    let total = request.num * request.samples_per_output();
-    let mut active = Batch::new();
-    let mut samples: Vec<Option<Generated>> = vec![None; total];
-    let mut next = 0;
-    while next < total || !active.is_empty() {
-        while active.len() < request.batch && next < total {
-            active.push(lane(model, 0, &course, request.seed, next));
-            next += 1;
-        }
-        let finished = {
-            let (denoiser, mut guides, embeddings) = model.engines();
-            active.iterate(denoiser, &mut guides, embeddings)?
-        };
-        for f in finished {
-            let sampled = f.result?;
-            samples[f.lane.index] = Some(Generated::of(&model.vocab, &f.lane, sampled));
-        }
-    }
-    let lm = model.teacher.as_mut().map(|t| t as &mut dyn LanguageModel);
-    choose(request, samples.into_iter().flatten().collect(), lm)
 }
 
 /// Sequence `index` of a request: x_T from its own random stream (seed, index).

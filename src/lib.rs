@@ -6,11 +6,14 @@
 //!   respacing), [`embeddings`] (clamping and rounding), [`text`] (tokenizer), [`mbr`], [`rerank`].
 //! - [`sampler`]: reverse diffusion over its contracts, `Denoiser` and `Guide`; knows no engine.
 //! - [`ort`]: ONNX Runtime (library, sessions, providers) implementing those contracts.
-//! - [`controls`] and [`overrides`] (what a request asks for), [`model`] (a loaded model
-//!   directory), [`generate`] (requests), [`profile`]; [`protocol`] and [`server`] are `dlm serve`.
+//! - [`controls`] and [`overrides`] (what a request asks for), [`model`] (the sampler's
+//!   contracts and what they serve; loaded on ONNX Runtime), [`generate`] (requests), [`engine`]
+//!   (the one loop that schedules them: `dlm generate` is its one-job use), [`profile`];
+//!   [`protocol`] and [`server`] are `dlm serve`.
 
 pub mod controls;
 pub mod embeddings;
+pub mod engine;
 pub mod error;
 pub mod generate;
 pub mod manifest;

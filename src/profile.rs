@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::engine::generate;
 use crate::error::{GenerateError, ProfileError};
-use crate::generate::{generate, Request};
+use crate::generate::Request;
 use crate::model::Model;
 
 /// Summary statistics of a sample, in milliseconds.
@@ -88,8 +89,8 @@ pub fn run_case(
     let share = |d: Duration| d.as_secs_f64() / total.as_secs_f64().max(1e-12);
     let empty = Stats { mean: 0.0, p50: 0.0, p95: 0.0, min: 0.0, max: 0.0 };
     Ok(CaseResult {
-        precision: format!("{:?}", model.denoiser.precision()).to_lowercase(),
-        provider: model.denoiser.device.name().to_string(),
+        precision: format!("{:?}", model.precision).to_lowercase(),
+        provider: model.provider.to_string(),
         controls: controls.to_string(),
         steps: request.steps,
         batch: request.batch,

@@ -19,6 +19,16 @@ impl Vocab {
         Ok(Self { tokenizer, special })
     }
 
+    /// A vocabulary of `words` (id = position) and no other rules: the tests' fake models.
+    #[cfg(test)]
+    pub(crate) fn of_words(words: &[&str], special: SpecialTokens) -> Self {
+        use tokenizers::models::wordlevel::WordLevel;
+        let vocab = words.iter().enumerate().map(|(id, w)| (w.to_string(), id as u32)).collect();
+        let unk = words[special.unk as usize].to_string();
+        let model = WordLevel::builder().vocab(vocab).unk_token(unk).build().expect("a word-level vocabulary");
+        Self { tokenizer: Tokenizer::new(model), special }
+    }
+
     pub fn size(&self) -> usize {
         self.tokenizer.get_vocab_size(true)
     }

@@ -4,8 +4,9 @@
 mod common;
 
 use dlm::controls::ControlRequest;
+use dlm::engine::generate;
 use dlm::error::{ControlError, GenerateError};
-use dlm::generate::{generate, Generated, Request};
+use dlm::generate::{Generated, Request};
 use dlm::manifest::Precision;
 use dlm::rerank::{LanguageModel, RerankBy};
 use dlm::sampler::Method;
@@ -223,7 +224,7 @@ fn padded_buckets_give_each_row_what_it_gets_alone() {
                 (loss, grad)
             };
             let (loss, grad) = run(&mut padded);
-            let (alone_loss, alone_grad) = run(m.guides.get_mut("content").unwrap());
+            let (alone_loss, alone_grad) = run(&mut **m.guides.get_mut("content").unwrap());
             for k in 0..n {
                 assert!((loss[k] - alone_loss[k]).abs() <= 1e-5 * alone_loss[k].abs().max(1.0), "{n} rows, row {k}");
             }

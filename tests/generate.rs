@@ -2,8 +2,9 @@
 
 mod common;
 
+use dlm::engine::generate;
 use dlm::error::{GenerateError, RequestError};
-use dlm::generate::{generate, Request};
+use dlm::generate::Request;
 use dlm::manifest::Precision;
 use dlm::sampler::Method;
 

@@ -42,7 +42,7 @@ fn concurrent_tcp_clients_each_get_their_answers() {
 
 #[test]
 fn a_flood_beyond_the_queue_gets_busy_and_every_request_an_answer() {
-    // one sequence stepped at a time, at most 4 admitted (dlm::server::engine::POOL): the
+    // one sequence stepped at a time, at most 4 admitted (dlm::engine::POOL): the
     // inference thread takes no job while they are
     let server = Server::start(&["--queue", "2", "--max-batch", "1"], &[]);
     let mut client = server.tcp();
@@ -54,7 +54,7 @@ fn a_flood_beyond_the_queue_gets_busy_and_every_request_an_answer() {
     let busy = answers.values().filter(|r| code(r) == "busy").count();
     // Two wait in the queue, up to four more once the inference thread has admitted them; the
     // burst arrives far faster than a 200-step generation, so all others find the queue full.
-    let most = 2 + dlm::server::engine::POOL;
+    let most = 2 + dlm::engine::POOL;
     assert!((2..=most).contains(&ok.len()), "ok: {ok:?}");
     assert_eq!(ok[..2], [0, 1], "the first requests always find room");
     assert_eq!(ok.len() + busy, n, "every other request is busy");

@@ -95,7 +95,7 @@ fn replay(kind: &str) {
                 let mine = draws.iter().map(|z| z.slice(ndarray::s![b..b + 1, .., ..]).to_owned()).collect();
                 let noise = Box::new(Recorded { draws: mine, used: Arc::clone(&used[b]) });
                 let x = x_t.slice(ndarray::s![b..b + 1, .., ..]).to_owned();
-                let self_conditioned = dlm::sampler::Denoiser::self_conditioned(&model.denoiser);
+                let self_conditioned = model.denoiser.self_conditioned();
                 let mut lane = Lane::new(0, b, Arc::clone(&course), x, noise, &model.embeddings, self_conditioned);
                 lane.trace = Some(Vec::new());
                 lane

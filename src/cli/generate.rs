@@ -4,7 +4,8 @@ use std::io::Write;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use dlm::generate::{generate, Generated, Request};
+use dlm::engine::generate;
+use dlm::generate::{Generated, Request};
 use dlm::model::Model;
 use dlm::ort::OrtRuntime;
 use dlm::rerank::RerankBy;
@@ -82,7 +83,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let runtime = OrtRuntime::load(args.runtime.ort_lib.as_deref(), args.runtime.threads.into())?;
     let opts = session_options(&args.runtime, args.batch)?;
     let mut model = Model::load(&runtime, &args.runtime.model, args.runtime.precision, &opts)?;
-    log::info!("model {} on {}, {:?}", model.dir.display(), model.denoiser.device.name(), args.runtime.precision);
+    log::info!("model {} on {}, {:?}", model.dir.display(), model.provider, args.runtime.precision);
     let outputs = generate(&mut model, &request).context("generation failed")?;
     let mut out = std::io::stdout().lock();
     for g in &outputs {

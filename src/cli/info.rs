@@ -60,7 +60,7 @@ pub fn run(args: RuntimeArgs) -> Result<()> {
     writeln!(out, "  trt cache  {cache} (TensorRT engines in a directory per graph content)")?;
     for precision in [Precision::Fp32, Precision::Fp16] {
         let model = Model::load(&runtime, &args.model, precision, &opts)?;
-        let (asked, runs) = (args.device.name(), model.denoiser.device.name());
+        let (asked, runs) = (args.device.name(), model.provider);
         writeln!(out, "session      denoiser {precision:?}: requested {asked}, runs on {runs}")?;
     }
     Ok(())

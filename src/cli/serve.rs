@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args};
-use dlm::generate::{generate, Request};
+use dlm::engine::generate;
+use dlm::generate::Request;
 use dlm::model::Model;
 use dlm::ort::OrtRuntime;
 use dlm::overrides::{GuideOverrides, Setting};
@@ -151,7 +152,7 @@ pub fn run(mut args: ServeArgs) -> Result<()> {
     }
     let warm = Instant::now();
     warm_up(&mut model).context("warm-up generation failed")?;
-    log::info!("model {} on {}, warmed up in {:?}", model.dir.display(), model.denoiser.device.name(), warm.elapsed());
+    log::info!("model {} on {}, warmed up in {:?}", model.dir.display(), model.provider, warm.elapsed());
     ready.store(true, std::sync::atomic::Ordering::SeqCst);
     if let Some(extending) = extending {
         let _ = extending.join(); // no EXTEND_TIMEOUT_USEC after READY=1

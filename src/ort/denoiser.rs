@@ -43,11 +43,6 @@ impl OrtDenoiser {
     pub fn precision(&self) -> Precision {
         self.precision
     }
-
-    /// Finish ONNX Runtime's profile (sessions opened with `profile_dir`); returns its file.
-    pub fn end_profiling(&mut self) -> Result<PathBuf, InferenceError> {
-        end_profiling(&mut self.session, &self.name)
-    }
 }
 
 impl Denoiser for OrtDenoiser {
@@ -92,5 +87,10 @@ impl Denoiser for OrtDenoiser {
 
     fn self_conditioned(&self) -> bool {
         self.self_condition
+    }
+
+    /// Finish ONNX Runtime's profile (sessions opened with `profile_dir`): its file.
+    fn end_profiling(&mut self) -> Result<Vec<PathBuf>, InferenceError> {
+        Ok(vec![end_profiling(&mut self.session, &self.name)?])
     }
 }

@@ -67,11 +67,6 @@ impl GuideSession {
         Ok(Self { buckets, precision, control_input: control.input.name.clone(), device })
     }
 
-    /// Finish ONNX Runtime's profiles (sessions opened with `profile_dir`); returns their files.
-    pub fn end_profiling(&mut self) -> Result<Vec<PathBuf>, InferenceError> {
-        self.buckets.iter_mut().map(|b| end_profiling(&mut b.session, &b.name)).collect()
-    }
-
     /// Which bucket runs the next chunk of `rows` rows: the largest that needs no padding
     /// (8 rows: two calls at 4, not one at 16 half empty), else the smallest, padded.
     fn bucket_for(&self, rows: usize) -> usize {
@@ -129,5 +124,10 @@ impl Guide for GuideSession {
             first += n;
         }
         Ok(())
+    }
+
+    /// Finish ONNX Runtime's profiles (sessions opened with `profile_dir`): their files.
+    fn end_profiling(&mut self) -> Result<Vec<PathBuf>, InferenceError> {
+        self.buckets.iter_mut().map(|b| end_profiling(&mut b.session, &b.name)).collect()
     }
 }

@@ -6,6 +6,8 @@
 //! the noise through [`Noise`]; the step math, guidance's update included, is in [`step`].
 
 mod batch;
+#[cfg(test)]
+pub(crate) mod fakes;
 mod guide;
 mod lane;
 pub mod step;
@@ -15,6 +17,7 @@ mod tests;
 pub use batch::{sample_all, Batch};
 pub use lane::{Course, Finished, GuideTarget, Lane, Sampled, Target};
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ndarray::{Array3, Axis};
@@ -40,6 +43,12 @@ pub trait Denoiser {
     fn self_conditioned(&self) -> bool {
         false
     }
+
+    /// Finish the profile of the calls so far, where the implementation keeps one (sessions
+    /// opened to profile): the files written. None by default; the sampler never asks.
+    fn end_profiling(&mut self) -> Result<Vec<PathBuf>, InferenceError> {
+        Ok(Vec::new())
+    }
 }
 
 /// "Given x, t and a target, give the loss and d loss / d x": what the sampler needs from a
@@ -56,6 +65,11 @@ pub trait Guide {
         grad: &mut Array3<f32>,
         loss: &mut [f32],
     ) -> Result<(), InferenceError>;
+
+    /// As [`Denoiser::end_profiling`].
+    fn end_profiling(&mut self) -> Result<Vec<PathBuf>, InferenceError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Where the Gaussian noise comes from: each call fills `z` [B, L, d] with N(0, I) draws.

@@ -1,112 +1,15 @@
-//! The sampler on fakes that record what they were asked: a denoiser that always predicts one
-//! word, a guide with a constant gradient, and noise that counts its draws.
+//! The sampler on fakes that record what they were asked ([`super::fakes`]): a denoiser that
+//! always predicts one word, a guide with a constant gradient, and noise that counts its draws.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use ndarray::{array, s, Array2, Array3, Axis};
 
+use super::fakes::{embeddings, ConstantGrad, ConstantWord, CountedZeros, CountingUp, Mixing};
 use super::*;
-use crate::embeddings::{Constraints, Embeddings};
-use crate::error::{GenerateError, InferenceError};
+use crate::embeddings::Constraints;
+use crate::error::GenerateError;
 use crate::schedule::Diffusion;
-
-/// Always predicts the embedding of one word at every position; records the timesteps.
-struct ConstantWord {
-    embedding: Vec<f32>,
-    calls: Vec<i64>,
-}
-
-impl Denoiser for ConstantWord {
-    fn denoise(
-        &mut self,
-        x: &Array3<f32>,
-        t: &[i64],
-        prev: Option<&Array3<f32>>,
-        out: &mut Array3<f32>,
-    ) -> Result<(), InferenceError> {
-        assert_eq!(x.dim().0, t.len());
-        assert!(prev.is_none(), "a model that is not self-conditioned gets no x0_hat_prev");
-        self.calls.extend_from_slice(t);
-        for mut row in out.rows_mut() {
-            row.assign(&ndarray::aview1(&self.embedding));
-        }
-        Ok(())
-    }
-}
-
-/// A self-conditioned fake: predicts its previous x0_hat plus one; records what it was given.
-#[derive(Default)]
-struct CountingUp {
-    given: Vec<Array3<f32>>,
-}
-
-impl Denoiser for CountingUp {
-    fn denoise(
-        &mut self,
-        _x: &Array3<f32>,
-        _t: &[i64],
-        prev: Option<&Array3<f32>>,
-        out: &mut Array3<f32>,
-    ) -> Result<(), InferenceError> {
-        let prev = prev.expect("a self-conditioned model gets x0_hat_prev");
-        self.given.push(prev.clone());
-        out.assign(&prev.mapv(|v| v + 1.0));
-        Ok(())
-    }
-
-    fn self_conditioned(&self) -> bool {
-        true
-    }
-}
-
-/// d loss / d x = 1 everywhere, loss = the first tag of the target; records (t, x, target) of
-/// every row of every call.
-#[derive(Default)]
-struct ConstantGrad {
-    calls: Vec<Vec<(i64, Array3<f32>, Target)>>,
-}
-
-impl Guide for ConstantGrad {
-    fn grad(
-        &mut self,
-        x: &Array3<f32>,
-        t: &[i64],
-        targets: &[&Target],
-        grad: &mut Array3<f32>,
-        loss: &mut [f32],
-    ) -> Result<(), InferenceError> {
-        let rows = (0..t.len()).map(|k| (t[k], x.slice(s![k..k + 1, .., ..]).to_owned(), targets[k].clone()));
-        self.calls.push(rows.collect());
-        grad.fill(1.0);
-        for (l, target) in loss.iter_mut().zip(targets) {
-            *l = match target {
-                Target::Tags(v) => v[0] as f32,
-                Target::Wanted(v) => v[0],
-            };
-        }
-        Ok(())
-    }
-}
-
-/// Zeros, counting the draws (shared by the lanes of one test).
-#[derive(Default, Clone)]
-struct CountedZeros {
-    draws: Arc<AtomicUsize>,
-}
-
-impl CountedZeros {
-    fn draws(&self) -> usize {
-        self.draws.load(Ordering::SeqCst)
-    }
-}
-
-impl Noise for CountedZeros {
-    fn fill(&mut self, z: &mut Array3<f32>) {
-        self.draws.fetch_add(1, Ordering::SeqCst);
-        z.fill(0.0);
-    }
-}
 
 /// Lanes for the sequences of x_t [B, L, d] under one course, each with `noise(b)`.
 fn lanes(
@@ -130,10 +33,6 @@ fn tokens(out: &[(Lane, Sampled)]) -> Vec<Vec<u32>> {
     out.iter().map(|(_, s)| s.tokens.clone()).collect()
 }
 
-fn embeddings() -> Embeddings {
-    Embeddings::new(array![[0.0, 0.0], [3.0, 0.0], [0.0, 3.0], [-3.0, -3.0]])
-}
-
 fn diffusion(steps: usize) -> Diffusion {
     let betas: Vec<f64> = (0..steps).map(|i| 0.01 + 0.5 * i as f64 / steps as f64).collect();
     Diffusion::new(betas, (0..steps as i64).map(|t| t * 10).collect())
@@ -141,12 +40,12 @@ fn diffusion(steps: usize) -> Diffusion {
 
 fn run(method: Method, clamp: bool, word: usize) -> (Vec<(Lane, Sampled)>, Vec<i64>) {
     let emb = embeddings();
-    let mut fake = ConstantWord { embedding: emb.matrix().row(word).to_vec(), calls: Vec::new() };
+    let mut fake = ConstantWord::new(emb.matrix().row(word).to_vec());
     let x_t = SequenceNoise::new(5, 0..3).x_t(4, 2);
     let course = Course::new(diffusion(6), SampleOptions { method, clamp });
     let lanes = lanes(course, &x_t, |b| Box::new(SequenceNoise::new(5, [b as u64])), false);
     let out = sample_all(lanes, &mut fake, &mut [], &emb).unwrap();
-    (out, fake.calls)
+    (out, fake.timesteps())
 }
 
 #[test]
@@ -176,7 +75,7 @@ fn noise_is_drawn_once_per_noisy_step_and_for_held_positions() {
         (Method::Ddim { eta: 0.0 }, &held[..], 5),
         (Method::Ddim { eta: 0.5 }, &[][..], 5),
     ] {
-        let mut fake = ConstantWord { embedding: emb.matrix().row(1).to_vec(), calls: Vec::new() };
+        let mut fake = ConstantWord::new(emb.matrix().row(1).to_vec());
         let noise = CountedZeros::default();
         let mut course = Course::new(diff.clone(), SampleOptions { method, clamp: true });
         course.held = held.to_vec();
@@ -192,7 +91,7 @@ fn noise_is_drawn_once_per_noisy_step_and_for_held_positions() {
 fn guidance_steps_k_times_against_the_gradient_and_skips_the_last_tenth() {
     let emb = embeddings();
     let diff = diffusion(10);
-    let mut fake = ConstantWord { embedding: emb.matrix().row(1).to_vec(), calls: Vec::new() };
+    let mut fake = ConstantWord::new(emb.matrix().row(1).to_vec());
     let mut guide = ConstantGrad::default();
     let mut course = Course::new(diff, SampleOptions { method: Method::Ddpm, clamp: true });
     course.guide_options = GuideOptions { steps: 2, lambda: 0.0, lr: 0.25, ..GuideOptions::default() };
@@ -232,7 +131,7 @@ fn a_self_conditioned_model_reads_its_previous_raw_x0_hat_from_zeros() {
 fn a_column_major_x_t_is_accepted() {
     use ndarray::ShapeBuilder;
     let emb = embeddings();
-    let mut fake = ConstantWord { embedding: emb.matrix().row(1).to_vec(), calls: Vec::new() };
+    let mut fake = ConstantWord::new(emb.matrix().row(1).to_vec());
     let diff = diffusion(3);
     let x_t = Array3::from_shape_fn((2, 4, 2).f(), |(b, l, d)| (b + l + d) as f32);
     let course = Course::new(diff, SampleOptions { method: Method::Ddpm, clamp: true });
@@ -269,25 +168,6 @@ fn clamping_picks_the_nearest_and_rounding_the_largest_dot_product() {
         emb.round_rows(array![[0.2, 0.1], [-0.1, -0.2]].view(), &mut scratch, Constraints::default()),
         vec![1, 3]
     );
-}
-
-/// x0_hat = 0.5 x + t / 100 per coordinate: depends on every input, so a row mixed up with
-/// another, or fed the wrong t, changes the output.
-struct Mixing;
-
-impl Denoiser for Mixing {
-    fn denoise(
-        &mut self,
-        x: &Array3<f32>,
-        t: &[i64],
-        _: Option<&Array3<f32>>,
-        out: &mut Array3<f32>,
-    ) -> Result<(), InferenceError> {
-        for (k, (mut o, x)) in out.outer_iter_mut().zip(x.outer_iter()).enumerate() {
-            o.zip_mut_with(&x, |o, &x| *o = 0.5 * x + t[k] as f32 / 100.0);
-        }
-        Ok(())
-    }
 }
 
 fn mixing_lane(owner: u64, index: usize, steps: usize, method: Method, guided: bool) -> Lane {

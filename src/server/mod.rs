@@ -18,6 +18,7 @@ mod requests;
 mod service;
 pub mod transport;
 
+pub use crate::engine::Schedule;
 pub use service::run;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -54,15 +55,6 @@ pub struct ServerConfig {
     /// Bytes of replies a connection may have waiting to be written; past it the server stops
     /// reading that client's requests until it reads its answers (backpressure).
     pub max_pending: usize,
-}
-
-/// How the inference thread takes requests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Schedule {
-    /// Per iteration: queued requests join the running batch whenever places are free.
-    Batched,
-    /// One request at a time, in arrival order (its own sequences batched): for comparison.
-    Fifo,
 }
 
 /// What every thread of the server reads.

@@ -28,13 +28,13 @@ pub fn run(
 ) -> Result<(), String> {
     let about = json!({
         "dir": model.dir.display().to_string(),
-        "precision": format!("{:?}", model.denoiser.precision()).to_lowercase(),
-        "provider": model.denoiser.device.name(),
+        "precision": format!("{:?}", model.precision).to_lowercase(),
+        "provider": model.provider,
         "controls": model.manifest.controls.keys().collect::<Vec<_>>(),
         "seq_len": model.manifest.model.seq_len,
         "max_steps": model.manifest.diffusion.num_timesteps,
     });
-    let provider = model.denoiser.device.name();
+    let provider = model.provider;
     let graphs: Vec<Value> = model
         .manifest
         .graphs
@@ -49,7 +49,7 @@ pub fn run(
     let build = Build {
         version: env!("CARGO_PKG_VERSION").into(),
         provider: provider.into(),
-        precision: format!("{:?}", model.denoiser.precision()).to_lowercase(),
+        precision: format!("{:?}", model.precision).to_lowercase(),
         onnxruntime: onnxruntime.into(),
         manifest_sha256: format!("{:x}", sha2::Sha256::digest(&manifest)),
     };

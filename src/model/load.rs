@@ -1,31 +1,23 @@
-//! A model directory, loaded and checked: manifest, tokenizer, embeddings, denoiser session,
-//! guidance sessions and (when the model has one) the language model that reranks by fluency.
+//! A model directory loaded on ONNX Runtime and checked: manifest, schedule, tokenizer,
+//! embeddings, the denoiser session, the guidance sessions and (when the model has one) the
+//! language model that reranks by fluency.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::embeddings::Embeddings;
 use crate::error::LoadError;
 use crate::manifest::{Graph, Manifest, Precision, Role, MANIFEST_FILE};
 use crate::ort::{GuideSession, OrtDenoiser, OrtRuntime, OrtTeacher, SessionOptions};
-use crate::sampler::Guide;
+use crate::rerank::LanguageModel;
+use crate::sampler::{Denoiser, Guide};
 use crate::schedule::{cumprod_alphas, Diffusion};
 use crate::text::Vocab;
 
+use super::Model;
+
 /// The Rust schedule must reproduce the manifest's alpha_bar table to this tolerance.
 pub const SCHEDULE_TOLERANCE: f64 = 1e-9;
-
-pub struct Model {
-    pub dir: PathBuf,
-    pub manifest: Manifest,
-    pub vocab: Vocab,
-    pub embeddings: Embeddings,
-    pub denoiser: OrtDenoiser,
-    /// Guidance sessions by control name, in the same precision as the denoiser.
-    pub guides: BTreeMap<String, GuideSession>,
-    /// The autoregressive LM of role `teacher`, on the CPU (`rerank` by fluency), if exported.
-    pub teacher: Option<OrtTeacher>,
-}
 
 impl Model {
     pub fn load(
@@ -56,38 +48,16 @@ impl Model {
             what: format!("no denoiser graph of precision {precision:?}"),
         })?;
         let denoiser = OrtDenoiser::open(runtime, dir, graph, opts)?;
+        let provider = denoiser.device.name();
         let guides = open_guides(runtime, dir, &manifest, precision, opts)?;
         let st = manifest.special_tokens;
-        let teacher = match manifest.graphs.iter().find(|g| g.role == Role::Teacher) {
-            Some(graph) => Some(OrtTeacher::open(runtime, dir, graph, opts, (st.start, st.end))?),
-            None => None,
-        };
-        Ok(Self { dir: dir.to_path_buf(), manifest, vocab, embeddings, denoiser, guides, teacher })
-    }
-
-    /// Finish ONNX Runtime's profiles of every session (opened with `profile_dir`): their files.
-    pub fn end_profiling(&mut self) -> Result<Vec<PathBuf>, crate::error::InferenceError> {
-        let mut files = vec![self.denoiser.end_profiling()?];
-        for guide in self.guides.values_mut() {
-            files.extend(guide.end_profiling()?);
-        }
-        Ok(files)
-    }
-
-    /// Where control `name`'s guide sits in [`Model::engines`]'s list.
-    pub fn guide_index(&self, name: &str) -> Option<usize> {
-        self.guides.keys().position(|k| k == name)
-    }
-
-    /// The denoiser, the guides (in [`Model::guide_index`] order) and the embeddings, borrowed
-    /// together for [`crate::sampler::Batch::iterate`].
-    pub fn engines(&mut self) -> (&mut OrtDenoiser, Vec<&mut dyn Guide>, &Embeddings) {
-        let guides = self.guides.values_mut().map(|g| g as &mut dyn Guide).collect();
-        (&mut self.denoiser, guides, &self.embeddings)
-    }
-
-    pub fn max_batch(&self) -> usize {
-        self.manifest.denoiser(self.denoiser.precision()).map_or(1, |g| self.manifest.max_batch(g))
+        let teacher: Option<Box<dyn LanguageModel + Send>> =
+            match manifest.graphs.iter().find(|g| g.role == Role::Teacher) {
+                Some(graph) => Some(Box::new(OrtTeacher::open(runtime, dir, graph, opts, (st.start, st.end))?)),
+                None => None,
+            };
+        let denoiser: Box<dyn Denoiser + Send> = Box::new(denoiser);
+        Ok(Self { dir: dir.to_path_buf(), manifest, vocab, embeddings, denoiser, guides, teacher, precision, provider })
     }
 }
 
@@ -98,9 +68,9 @@ fn open_guides(
     manifest: &Manifest,
     precision: Precision,
     opts: &SessionOptions,
-) -> Result<BTreeMap<String, GuideSession>, LoadError> {
+) -> Result<BTreeMap<String, Box<dyn Guide + Send>>, LoadError> {
     let key = if precision == Precision::Fp16 { "fp16" } else { "fp32" };
-    let mut guides = BTreeMap::new();
+    let mut guides: BTreeMap<String, Box<dyn Guide + Send>> = BTreeMap::new();
     for (name, control) in &manifest.controls {
         let names = control.graphs.get(key).map(|n| n.names()).unwrap_or_default();
         let graphs: Vec<&Graph> = names.iter().filter_map(|n| manifest.graphs.iter().find(|g| &g.name == n)).collect();
@@ -110,7 +80,7 @@ fn open_guides(
                 what: format!("control {name} names no {key} guidance graph present in graphs"),
             });
         }
-        guides.insert(name.clone(), GuideSession::open(runtime, dir, &graphs, control, opts)?);
+        guides.insert(name.clone(), Box::new(GuideSession::open(runtime, dir, &graphs, control, opts)?));
     }
     Ok(guides)
 }
