@@ -63,7 +63,7 @@ fn ddim_eta_zero_is_deterministic_and_eta_one_is_not_ddim_zero() {
 fn fp16_generates_from_the_fp16_graph_close_to_fp32() {
     let ddim = Request { method: Method::Ddim { eta: 0.0 }, ..request(20, 0, 4, 4) };
     let half = common::with_model(Precision::Fp16, |m| {
-        assert_eq!(m.denoiser.precision(), Precision::Fp16);
+        assert_eq!(m.precision, Precision::Fp16);
         generate(m, &ddim).unwrap()
     });
     let full = common::with_model(Precision::Fp32, |m| generate(m, &ddim).unwrap());

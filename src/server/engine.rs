@@ -20,6 +20,9 @@ use crate::protocol::{ErrorCode, Rejection};
 
 pub use crate::engine::POOL;
 
+#[cfg(test)]
+mod tests;
+
 /// Serve jobs until every sender is gone and every admitted request is answered. Marks the
 /// engine dead when it returns or unwinds.
 pub fn run(mut model: Model, jobs: Receiver<Job>, shared: &Shared) {
