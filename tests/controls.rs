@@ -8,7 +8,7 @@ use dlm::engine::generate;
 use dlm::error::{ControlError, GenerateError};
 use dlm::generate::{Generated, Request};
 use dlm::manifest::Precision;
-use dlm::rerank::{LanguageModel, RerankBy};
+use dlm::rerank::RerankBy;
 use dlm::sampler::Method;
 
 fn request(controls: ControlRequest, num: usize, batch: usize) -> Request {
@@ -167,7 +167,7 @@ fn pos_guidance_lowers_the_pos_classifier_loss() {
 
 #[test]
 fn rows_with_different_targets_in_one_guidance_call_match_separate_calls() {
-    use dlm::sampler::{Guide, SequenceNoise, Target};
+    use dlm::sampler::{SequenceNoise, Target};
 
     common::with_model(Precision::Fp32, |m| {
         let request = ControlRequest { spans: vec!["1,3,NP".into(), "4,6,PP".into()], ..Default::default() };
@@ -236,7 +236,7 @@ fn padded_buckets_give_each_row_what_it_gets_alone() {
 
 #[test]
 fn any_number_of_rows_gives_each_row_what_it_gets_alone() {
-    use dlm::sampler::{Guide, SequenceNoise};
+    use dlm::sampler::SequenceNoise;
 
     // 1, 3, 5, 17 and 21 rows: every bucket (1, 4, 16), padded, and chunks of several buckets
     common::with_model(Precision::Fp32, |m| {
