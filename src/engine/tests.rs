@@ -104,6 +104,34 @@ impl Jobs for Script {
     }
 }
 
+/// A constant-word denoiser that first runs `act` with its call number (1, 2, ...): to stall, fail
+/// or panic on a chosen call.
+struct OnCall<F> {
+    inner: ConstantWord,
+    calls: usize,
+    act: F,
+}
+
+impl<F: FnMut(usize) -> Result<(), InferenceError>> OnCall<F> {
+    fn new(act: F) -> Self {
+        Self { inner: ConstantWord::new(vec![3.0, 0.0]), calls: 0, act }
+    }
+}
+
+impl<F: FnMut(usize) -> Result<(), InferenceError>> Denoiser for OnCall<F> {
+    fn denoise(
+        &mut self,
+        x: &Array3<f32>,
+        t: &[i64],
+        prev: Option<&Array3<f32>>,
+        out: &mut Array3<f32>,
+    ) -> Result<(), InferenceError> {
+        self.calls += 1;
+        (self.act)(self.calls)?;
+        self.inner.denoise(x, t, prev, out)
+    }
+}
+
 fn request(steps: usize, num: usize, seed: u64) -> Request {
     Request { steps, num, batch: num.min(16), seed, ..Request::default() }
 }
@@ -199,28 +227,13 @@ fn at_most_pool_times_share_sequences_are_admitted_and_a_request_has_at_most_its
 #[test]
 fn expired_requests_are_failed_in_the_queue_and_while_they_run_and_the_others_go_on() {
     // the denoiser's third call outlasts the running request's deadline
-    struct Slow {
-        inner: ConstantWord,
-        calls: usize,
-        until: Instant,
-    }
-    impl Denoiser for Slow {
-        fn denoise(
-            &mut self,
-            x: &Array3<f32>,
-            t: &[i64],
-            prev: Option<&Array3<f32>>,
-            out: &mut Array3<f32>,
-        ) -> Result<(), InferenceError> {
-            self.calls += 1;
-            if self.calls == 3 {
-                std::thread::sleep(self.until.saturating_duration_since(Instant::now()));
-            }
-            self.inner.denoise(x, t, prev, out)
-        }
-    }
     let until = Instant::now() + Duration::from_millis(50);
-    let slow = Slow { inner: ConstantWord::new(vec![3.0, 0.0]), calls: 0, until };
+    let slow = OnCall::new(move |call| {
+        if call == 3 {
+            std::thread::sleep(until.saturating_duration_since(Instant::now()));
+        }
+        Ok(())
+    });
     let mut model = fake::model(Box::new(slow), Vec::new());
     let expired = Request { deadline: Some(Instant::now()), ..request(5, 1, 0) };
     let running = Request { deadline: Some(until), ..request(20, 1, 1) };
@@ -250,27 +263,11 @@ fn a_request_whose_client_left_leaves_the_batch_unanswered() {
 
 #[test]
 fn a_failed_iteration_fails_every_admitted_request_and_the_engine_goes_on() {
-    struct Breaks {
-        inner: ConstantWord,
-        calls: usize,
-    }
-    impl Denoiser for Breaks {
-        fn denoise(
-            &mut self,
-            x: &Array3<f32>,
-            t: &[i64],
-            prev: Option<&Array3<f32>>,
-            out: &mut Array3<f32>,
-        ) -> Result<(), InferenceError> {
-            self.calls += 1;
-            match self.calls {
-                2 => Err(InferenceError::Run { graph: "fake".into(), source: "broken".into() }),
-                5 => panic!("the fake panics on its fifth call"),
-                _ => self.inner.denoise(x, t, prev, out),
-            }
-        }
-    }
-    let breaks = Breaks { inner: ConstantWord::new(vec![3.0, 0.0]), calls: 0 };
+    let breaks = OnCall::new(|call| match call {
+        2 => Err(InferenceError::Run { graph: "fake".into(), source: "broken".into() }),
+        5 => panic!("the fake panics on its fifth call"),
+        _ => Ok(()),
+    });
     let mut model = fake::model(Box::new(breaks), Vec::new());
     // 0 and 1 run together into the error; 2 arrives after it and runs into the panic; 3 after that
     let jobs =
