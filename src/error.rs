@@ -81,6 +81,10 @@ pub enum RequestError {
     GuidanceCost { calls: usize, max: usize },
     #[error("timeout_ms must be at least 1 (the server caps it at {max}), got {got}")]
     Timeout { got: u64, max: u64 },
+    #[error("every (report every k-th step) must be between 1 and the request's steps ({steps}), got {got}")]
+    Every { got: usize, steps: usize },
+    #[error("every applies to a streaming request only (\"stream\": true)")]
+    EveryWithoutStream,
 }
 
 /// A control a request asks for that the model cannot give (unknown label, bad template...).

@@ -36,6 +36,8 @@ pub struct Request {
     pub rerank_by: Option<RerankBy>,
     /// Stop with [`GenerateError::Deadline`] once this instant has passed.
     pub deadline: Option<Instant>,
+    /// Report where each sequence stands every this many steps (streaming); None: never.
+    pub report_every: Option<usize>,
 }
 
 impl Default for Request {
@@ -55,6 +57,7 @@ impl Default for Request {
             rerank_by: None,
             block_repeats: true,
             deadline: None,
+            report_every: None,
         }
     }
 }
@@ -102,6 +105,9 @@ impl Request {
         if self.mbr > 1 && self.rerank > 1 {
             return Err(RequestError::MbrAndRerank);
         }
+        if let Some(every) = self.report_every.filter(|&k| k == 0 || k > self.steps) {
+            return Err(RequestError::Every { got: every, steps: self.steps });
+        }
         if self.batch > limits.max_batch {
             return Err(RequestError::Batch { got: self.batch, max: limits.max_batch });
         }
@@ -111,6 +117,11 @@ impl Request {
             Some(samples) if samples <= limits.max_samples => Ok(()),
             _ => Err(too_many),
         }
+    }
+
+    /// The default reporting interval of a streaming request: about 20 reports per request.
+    pub fn default_every(steps: usize) -> usize {
+        steps.div_ceil(20).max(1)
     }
 
     /// Samples drawn for each output: mbr or rerank (at most one of them above 1).
@@ -233,6 +244,7 @@ pub fn course(model: &Model, request: &Request) -> Result<Course, GenerateError>
         specials: vec![st.pad, st.unk, st.start, st.end],
         block_repeats: request.block_repeats,
         deadline: request.deadline,
+        report_every: request.report_every,
     })
 }
 

@@ -119,6 +119,10 @@ pub struct GenerateParams {
     pub block_repeats: Option<bool>,
     /// Milliseconds from arrival to the answer; the server caps it.
     pub timeout_ms: Option<u64>,
+    /// Send step events (the rounded x0_hat of every sequence) before the answer.
+    pub stream: Option<bool>,
+    /// With `stream`: a step event every this many steps (and at the last).
+    pub every: Option<usize>,
 }
 
 impl GenerateParams {
@@ -180,7 +184,7 @@ pub fn parse_request(line: &[u8]) -> Result<Incoming, Rejection> {
 }
 
 /// The fields a generate request may carry, for error messages.
-pub const FIELDS: [&str; 20] = [
+pub const FIELDS: [&str; 22] = [
     "steps",
     "seed",
     "num",
@@ -201,6 +205,8 @@ pub const FIELDS: [&str; 20] = [
     "rerank_by",
     "block_repeats",
     "timeout_ms",
+    "stream",
+    "every",
 ];
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ mod one;
 #[cfg(test)]
 mod tests;
 
-pub use one::generate;
+pub use one::{generate, generate_watched};
 
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -78,6 +78,18 @@ pub struct Done<'a> {
     pub started: Option<Instant>,
 }
 
+/// Where a streaming job's sequences stand after an iteration (its course reports this step).
+pub struct Step<'a> {
+    /// Steps taken (by the sequences that reported), 1..=`of`.
+    pub step: usize,
+    pub of: usize,
+    /// The model's timestep t of that step.
+    pub t: i64,
+    /// The latest rounded x0_hat of each of the request's samples (num x S), in order; None for
+    /// one not started yet (a finished one keeps its last).
+    pub texts: &'a [Option<String>],
+}
+
 /// Where the engine's jobs come from and where their answers go.
 pub trait Jobs {
     type Job;
@@ -93,6 +105,9 @@ pub trait Jobs {
     fn failed(&mut self, job: Self::Job, failure: Failure);
     /// The iteration failed: every admitted job, in admission order, with why.
     fn batch_failed(&mut self, jobs: Vec<Self::Job>, failure: BatchFailure);
+    /// A streaming job's sequences after an iteration in which they reported, before any of
+    /// them is answered.
+    fn progress(&mut self, _job: &Self::Job, _step: &Step<'_>) {}
     /// Called with true before each iteration and false after it.
     fn busy(&mut self, _busy: bool) {}
     /// The sequences in the batch after an iteration.
@@ -110,6 +125,8 @@ struct Active<J> {
     /// Its sequences in the batch now (at most `share`).
     running: usize,
     samples: Vec<Option<Generated>>,
+    /// A streaming request's latest text per sample (empty for the others).
+    texts: Vec<Option<String>>,
     /// When its first sequence joined the batch.
     started: Option<Instant>,
 }
@@ -193,6 +210,7 @@ impl<J> Engine<'_, J> {
             return jobs.failed(job, Failure::ExpiredInQueue);
         }
         let total = request.num * request.samples_per_output();
+        let texts = if course.report_every.is_some() { vec![None; total] } else { Vec::new() };
         let owner = self.next_owner;
         self.next_owner += 1;
         let active = Active {
@@ -203,6 +221,7 @@ impl<J> Engine<'_, J> {
             next: 0,
             running: 0,
             samples: (0..total).map(|_| None).collect(),
+            texts,
             started: None,
         };
         self.active.insert(owner, active);
@@ -232,6 +251,7 @@ impl<J> Engine<'_, J> {
             Ok(Err(e)) => return self.fail_all(jobs, BatchFailure::Error(e)),
             Err(payload) => return self.fail_all(jobs, BatchFailure::Panic(payload)),
         };
+        self.report(jobs);
         for f in finished {
             let owner = f.lane.owner;
             let Some(active) = self.active.get_mut(&owner) else { continue };
@@ -244,6 +264,27 @@ impl<J> Engine<'_, J> {
                     }
                 }
                 Err(e) => self.fail(jobs, owner, Failure::Failed(e)),
+            }
+        }
+    }
+
+    /// Tell each streaming job where its sequences stand: one [`Step`] per job whose sequences
+    /// reported in this iteration.
+    fn report<S: Jobs<Job = J>>(&mut self, jobs: &mut S) {
+        let progress = self.batch.take_progress();
+        let mut reported: Vec<(u64, usize, usize, i64)> = Vec::new();
+        for p in progress {
+            let Some(active) = self.active.get_mut(&p.owner) else { continue };
+            if let Some(text) = active.texts.get_mut(p.index) {
+                *text = Some(self.model.vocab.decode(&p.tokens));
+            }
+            if !reported.iter().any(|r| r.0 == p.owner) {
+                reported.push((p.owner, p.step, p.of, p.t));
+            }
+        }
+        for (owner, step, of, t) in reported {
+            if let Some(active) = self.active.get(&owner) {
+                jobs.progress(&active.job, &Step { step, of, t, texts: &active.texts });
             }
         }
     }

@@ -1,6 +1,6 @@
 //! `dlm generate` and the library's [`generate`]: one request as the engine's only job.
 
-use super::{run, BatchFailure, Done, Failure, Jobs, Next, Schedule};
+use super::{run, BatchFailure, Done, Failure, Jobs, Next, Schedule, Step};
 use crate::error::GenerateError;
 use crate::generate::{Generated, Limits, Request};
 use crate::model::Model;
@@ -11,7 +11,17 @@ use crate::model::Model;
 /// samples k*S..(k+1)*S: their consensus (MBR) or the best by [`crate::rerank`]. The first
 /// failure of a sequence fails the request.
 pub fn generate(model: &mut Model, request: &Request) -> Result<Vec<Generated>, GenerateError> {
-    let mut one = One { request, given: false, answer: None, panic: None };
+    generate_watched(model, request, &mut |_| {})
+}
+
+/// [`generate`], telling `watch` where the sequences stand whenever they report (every
+/// `request.report_every` steps, and at the last).
+pub fn generate_watched(
+    model: &mut Model,
+    request: &Request,
+    watch: &mut dyn FnMut(&Step<'_>),
+) -> Result<Vec<Generated>, GenerateError> {
+    let mut one = One { request, given: false, answer: None, panic: None, watch };
     run(model, &mut one, request.batch, Schedule::Fifo);
     if let Some(payload) = one.panic {
         std::panic::resume_unwind(payload);
@@ -20,14 +30,15 @@ pub fn generate(model: &mut Model, request: &Request) -> Result<Vec<Generated>, 
 }
 
 /// The one job: `request`, and what came of it.
-struct One<'r> {
+struct One<'r, 'w> {
     request: &'r Request,
     given: bool,
     answer: Option<Result<Vec<Generated>, GenerateError>>,
     panic: Option<Box<dyn std::any::Any + Send>>,
+    watch: &'w mut dyn FnMut(&Step<'_>),
 }
 
-impl Jobs for One<'_> {
+impl Jobs for One<'_, '_> {
     type Job = ();
 
     fn next(&mut self, _wait: bool) -> Next<()> {
@@ -53,6 +64,10 @@ impl Jobs for One<'_> {
     }
 
     fn left(&mut self, _job: ()) {}
+
+    fn progress(&mut self, _job: &(), step: &Step<'_>) {
+        (self.watch)(step);
+    }
 
     fn done(&mut self, _job: (), done: Done<'_>) {
         self.answer = Some(Ok(done.outputs));

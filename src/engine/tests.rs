@@ -284,3 +284,31 @@ fn a_failed_iteration_fails_every_admitted_request_and_the_engine_goes_on() {
     );
     assert_eq!(script.done_order(), [3]);
 }
+
+#[test]
+fn a_streaming_job_reports_every_k_steps_and_at_the_last_each_sample_in_order() {
+    let (mut model, _) = recording();
+    let mut steps: Vec<(usize, usize, i64, Vec<Option<String>>)> = Vec::new();
+    let streaming = Request { steps: 7, num: 3, batch: 2, report_every: Some(3), ..Request::default() };
+    let out = generate_watched(&mut model, &streaming, &mut |s| steps.push((s.step, s.of, s.t, s.texts.to_vec())))
+        .unwrap();
+    let at: Vec<(usize, usize)> = steps.iter().map(|s| (s.0, s.1)).collect();
+    // samples 0 and 1 run together, then sample 2 (a batch of 2): each reports at 3, 6 and 7 of 7
+    assert_eq!(at, [(3, 7), (6, 7), (7, 7), (3, 7), (6, 7), (7, 7)]);
+    let started = |s: &(usize, usize, i64, Vec<Option<String>>)| s.3.iter().map(Option::is_some).collect::<Vec<_>>();
+    assert_eq!(started(&steps[0]), [true, true, false], "a sample not started yet has no text");
+    assert_eq!(started(&steps[5]), [true, true, true]);
+    // t counts down the respaced schedule: the last step is at t = 0
+    assert!(steps[0].2 > steps[1].2 && steps[1].2 > steps[2].2 && steps[2].2 == 0, "{steps:?}");
+    let last: Vec<String> = steps[5].3.iter().flatten().cloned().collect();
+    assert_eq!(last, out.iter().map(|g| g.text.clone()).collect::<Vec<_>>(), "the last x0_hat rounds to the output");
+    let quiet = Request { report_every: None, ..streaming.clone() };
+    let mut calls = 0;
+    generate_watched(&mut model, &quiet, &mut |_| calls += 1).unwrap();
+    assert_eq!(calls, 0, "a request that does not stream reports nothing");
+    for every in [0, 8] {
+        let bad = Request { report_every: Some(every), ..streaming.clone() };
+        let e = generate(&mut model, &bad).unwrap_err();
+        assert!(e.to_string().contains("between 1 and the request's steps (7)"), "{e}");
+    }
+}

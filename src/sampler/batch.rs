@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use ndarray::{s, Array2, Array3, Axis};
 
-use super::lane::{Finished, Lane, Sampled};
+use super::lane::{Finished, Lane, Progress, Sampled};
 use super::{guide, Denoiser, Guide};
 use crate::embeddings::Embeddings;
 use crate::error::{GenerateError, InferenceError};
@@ -22,6 +22,8 @@ pub struct Batch {
     x0_hat_prev: Array3<f32>,
     t: Vec<i64>,
     scratch: Array2<f32>,
+    /// What the reporting lanes showed in the last iteration.
+    progress: Vec<Progress>,
 }
 
 impl Batch {
@@ -53,6 +55,12 @@ impl Batch {
         self.take_where(|lane| lane.owner == owner)
     }
 
+    /// The rounded x0_hat of the lanes that reported in the last iteration (see
+    /// [`super::Course::report_every`]), taken out.
+    pub fn take_progress(&mut self) -> Vec<Progress> {
+        std::mem::take(&mut self.progress)
+    }
+
     /// One iteration: lanes past their deadline leave, those beyond the limit rest, the others
     /// take one step. Returns the sequences that finished or failed; an engine error fails
     /// them all (the caller still holds them).
@@ -63,6 +71,7 @@ impl Batch {
         embeddings: &Embeddings,
     ) -> Result<Vec<Finished>, InferenceError> {
         let start = Instant::now();
+        self.progress.clear();
         let mut finished = self.fail_where(|lane| lane.course.expired(start), deadline);
         let resting = self.rest();
         let stepped = self.step(start, denoiser, guides, embeddings);
@@ -97,6 +106,7 @@ impl Batch {
         let b = self.lanes.len();
         self.denoise(denoiser)?;
         self.clamp(embeddings);
+        self.report(embeddings);
         for (lane, x0_hat) in self.lanes.iter_mut().zip(self.x0_hat.outer_iter()) {
             lane.step(x0_hat.insert_axis(Axis(0)));
         }
@@ -156,6 +166,21 @@ impl Batch {
             let flat =
                 self.x0_hat.view_mut().into_shape_with_order((b * l, d)).expect("the batch keeps its arrays row-major");
             embeddings.clamp_lanes(flat, &mut self.scratch, &rules);
+        }
+    }
+
+    /// The lanes whose course reports this step: their (clamped) x0_hat rounded to tokens. Costs
+    /// nothing for lanes that do not report.
+    fn report(&mut self, embeddings: &Embeddings) {
+        let l = self.x0_hat.dim().1;
+        for (lane, x0_hat) in self.lanes.iter().zip(self.x0_hat.outer_iter()) {
+            let step = lane.done() + 1;
+            if !lane.course.reports_at(step) {
+                continue;
+            }
+            let tokens = embeddings.round_rows(x0_hat, &mut self.scratch, lane.course.constraints(l));
+            let (of, t) = (lane.course.steps(), lane.course.diffusion.timestep_map[lane.i]);
+            self.progress.push(Progress { owner: lane.owner, index: lane.index, step, of, t, tokens });
         }
     }
 

@@ -47,6 +47,8 @@ pub struct Course {
     pub block_repeats: bool,
     /// Give up with a deadline error when a step would start after this instant.
     pub deadline: Option<Instant>,
+    /// Report the rounded x0_hat every this many steps, and at the last ([`Progress`]); None: never.
+    pub report_every: Option<usize>,
 }
 
 impl Course {
@@ -62,6 +64,7 @@ impl Course {
             specials: Vec::new(),
             block_repeats: false,
             deadline: None,
+            report_every: None,
         }
     }
 
@@ -91,6 +94,11 @@ impl Course {
         self.deadline.is_some_and(|d| now >= d)
     }
 
+    /// Whether the step that makes `done` steps taken is reported.
+    pub(super) fn reports_at(&self, done: usize) -> bool {
+        self.report_every.is_some_and(|k| k > 0 && (done % k == 0 || done == self.steps()))
+    }
+
     pub(super) fn holds(&self) -> bool {
         self.held.iter().any(Option::is_some)
     }
@@ -104,6 +112,20 @@ pub struct Sampled {
     pub tokens: Vec<u32>,
     /// Its request's guidance losses at t = 0 on x0, weighted and added (None unguided).
     pub control_loss: Option<f32>,
+}
+
+/// Where a reporting sequence stands after a step: x0_hat rounded to tokens (under its course's
+/// constraints), the sentence it is sharpening into.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    pub owner: u64,
+    pub index: usize,
+    /// Steps taken, 1..=`of`.
+    pub step: usize,
+    pub of: usize,
+    /// The model's timestep t of that step.
+    pub t: i64,
+    pub tokens: Vec<u32>,
 }
 
 /// A sequence that left the batch: done, or failed (deadline, non-finite latent).

@@ -15,7 +15,7 @@ pub mod step;
 mod tests;
 
 pub use batch::{sample_all, Batch};
-pub use lane::{Course, Finished, GuideTarget, Lane, Sampled, Target};
+pub use lane::{Course, Finished, GuideTarget, Lane, Progress, Sampled, Target};
 
 use std::path::PathBuf;
 use std::time::Duration;

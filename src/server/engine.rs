@@ -12,7 +12,7 @@ use std::time::Instant;
 use super::queue::{Answer, Job};
 use super::requests::{ok_line, to_request};
 use super::Shared;
-use crate::engine::{self, BatchFailure, Done, Failure, Jobs, Next};
+use crate::engine::{self, BatchFailure, Done, Failure, Jobs, Next, Step};
 use crate::error::{chain, GenerateError};
 use crate::generate::Request;
 use crate::model::Model;
@@ -99,6 +99,12 @@ impl Jobs for Queue<'_> {
     fn left(&mut self, _job: Job) {
         log::info!("a client left: its request's sequences leave the batch");
         self.shared.served.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn progress(&mut self, job: &Job, step: &Step<'_>) {
+        let (id, texts) = (&job.id, step.texts);
+        let event = serde_json::json!({"id": id, "event": "step", "step": step.step, "of": step.of, "t": step.t, "texts": texts});
+        job.reply.progress(event.to_string());
     }
 
     fn done(&mut self, job: Job, done: Done<'_>) {

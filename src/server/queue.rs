@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde_json::Value;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::protocol::{ErrorCode, GenerateParams, Rejection};
 
@@ -80,8 +80,19 @@ pub struct Reply(Route);
 enum Route {
     /// A line connection's writer, counting the bytes that wait.
     Line { sender: Sender<String>, pending: Arc<Pending> },
-    /// One HTTP request: its handler awaits the answer (taken by the first send).
-    Once(Arc<Mutex<Option<oneshot::Sender<Answer>>>>),
+    /// One HTTP request: its handler awaits the answer (taken by the first send), and, when it
+    /// streams, its step events before it.
+    Once(Arc<Mutex<Option<oneshot::Sender<Answer>>>>, Option<mpsc::Sender<String>>),
+}
+
+/// Step events an HTTP handler may hold before a streaming request's answer; beyond them
+/// (a client reading slower than the steps come) the newest are dropped, never the answer.
+pub const STEPS_HELD: usize = 64;
+
+/// What one HTTP request's handler receives: step events (a streaming request's), then the answer.
+pub struct Streamed {
+    pub steps: mpsc::Receiver<String>,
+    pub answer: oneshot::Receiver<Answer>,
 }
 
 impl Reply {
@@ -94,7 +105,14 @@ impl Reply {
     /// the receiver (the connection closed) tells the engine the client is gone.
     pub fn once() -> (Self, oneshot::Receiver<Answer>) {
         let (sender, answer) = oneshot::channel();
-        (Self(Route::Once(Arc::new(Mutex::new(Some(sender))))), answer)
+        (Self(Route::Once(Arc::new(Mutex::new(Some(sender))), None)), answer)
+    }
+
+    /// [`Reply::once`] with room for step events before the answer ([`Reply::progress`]).
+    pub fn streamed() -> (Self, Streamed) {
+        let (sender, answer) = oneshot::channel();
+        let (steps, received) = mpsc::channel(STEPS_HELD);
+        (Self(Route::Once(Arc::new(Mutex::new(Some(sender))), Some(steps))), Streamed { steps: received, answer })
     }
 
     /// Whether the client is gone (its connection failed to read or write, or closed while
@@ -104,7 +122,7 @@ impl Reply {
             Route::Line { pending, .. } => {
                 pending.writer_gone.load(Ordering::SeqCst) || pending.reader_failed.load(Ordering::SeqCst)
             }
-            Route::Once(sender) => {
+            Route::Once(sender, _) => {
                 sender.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_none_or(|s| s.is_closed())
             }
         }
@@ -120,11 +138,24 @@ impl Reply {
                     pending.bytes.fetch_sub(len, Ordering::SeqCst);
                 }
             }
-            Route::Once(sender) => {
+            Route::Once(sender, _) => {
                 if let Some(sender) = sender.lock().unwrap_or_else(|e| e.into_inner()).take() {
                     let _ = sender.send(answer); // a receiver gone: the client left
                 }
             }
+        }
+    }
+
+    /// Send one step event of a streaming request, before its answer: a line of its own on a
+    /// line connection; on HTTP, dropped when the handler holds [`STEPS_HELD`] unsent (or
+    /// does not stream).
+    pub fn progress(&self, event: String) {
+        match &self.0 {
+            Route::Line { .. } => self.send(Answer::ok(event)),
+            Route::Once(_, Some(steps)) => {
+                let _ = steps.try_send(event); // full: this step is skipped; closed: the client left
+            }
+            Route::Once(_, None) => {}
         }
     }
 }

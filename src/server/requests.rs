@@ -33,8 +33,14 @@ pub(super) fn to_request(
         max_batch: config.max_batch.min(model_limits.max_batch),
         ..model_limits
     };
+    let steps = p.steps.unwrap_or(config.default_steps);
+    let report_every = match (p.stream.unwrap_or(false), p.every) {
+        (true, every) => Some(every.unwrap_or(Request::default_every(steps))),
+        (false, None) => None,
+        (false, Some(_)) => return Err(RequestError::EveryWithoutStream.into()),
+    };
     let request = Request {
-        steps: p.steps.unwrap_or(config.default_steps),
+        steps,
         method: p.method()?,
         seed: p.seed.unwrap_or_else(rand::random), // reported in the response, so it can be replayed
         num,
@@ -46,6 +52,7 @@ pub(super) fn to_request(
         rerank_by: p.rerank_by,
         block_repeats: p.block_repeats.unwrap_or(true),
         deadline: Some(received + timeout),
+        report_every,
         ..Request::default()
     };
     request.validate(&limits)?;

@@ -18,6 +18,7 @@
 //! [`Reply::once`]: super::queue::Reply::once
 
 mod accept;
+mod events;
 mod io;
 mod listener;
 mod routes;

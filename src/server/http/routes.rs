@@ -1,28 +1,30 @@
 //! What each HTTP request is answered: the routes, the body limits, statuses by error code.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Incoming};
-use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 use tokio::time::timeout;
 
+use super::events::{Events, Payload};
 use super::slots::Slot;
 use super::{Front, Serving};
 use crate::protocol::{ErrorCode, Rejection};
 use crate::server::connection::dispatch;
 use crate::server::queue::{Answer, Reply};
 
-type Answered = Response<Full<Bytes>>;
+pub(super) type Answered = Response<Payload>;
 
 const PATHS: &str = "GET /health, GET /v1/info, GET /metrics, POST /v1/generate";
 
 /// Answer one request: 503 `loading` until the model is loaded, then by route, each within
 /// the idle time plus the longest deadline.
-pub(super) async fn answer(request: Request<Incoming>, front: &Front, slot: &Slot) -> Answered {
+pub(super) async fn answer(request: Request<Incoming>, front: &Arc<Front>, slot: &Slot) -> Answered {
     let Some(serving) = front.serving() else {
         let body = json!({"ok": false, "error": {"code": "loading", "message": "the model is loading"}});
         return respond(StatusCode::SERVICE_UNAVAILABLE, body.to_string(), true);
@@ -37,7 +39,7 @@ pub(super) async fn answer(request: Request<Incoming>, front: &Front, slot: &Slo
     }
 }
 
-async fn route(request: Request<Incoming>, serving: &Serving, front: &Front, slot: &Slot) -> Answered {
+async fn route(request: Request<Incoming>, serving: &Serving, front: &Arc<Front>, slot: &Slot) -> Answered {
     let shared = &serving.shared;
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/health") => {
@@ -47,7 +49,7 @@ async fn route(request: Request<Incoming>, serving: &Serving, front: &Front, slo
         }
         (&Method::GET, "/v1/info") => respond(StatusCode::OK, shared.info().to_string(), false),
         (&Method::GET, "/metrics") => {
-            let mut response = Response::new(Full::new(Bytes::from(shared.metrics_text())));
+            let mut response = Response::new(Either::Left(Full::new(Bytes::from(shared.metrics_text()))));
             let kind = HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8");
             response.headers_mut().insert(CONTENT_TYPE, kind);
             response
@@ -66,7 +68,9 @@ async fn route(request: Request<Incoming>, serving: &Serving, front: &Front, slo
 
 /// Read the body (at most `--max-line` bytes, within the idle time), queue it as a request
 /// line, and await the engine's answer (the connection busy meanwhile: its slot is not taken).
-async fn generate(request: Request<Incoming>, serving: &Serving, front: &Front, slot: &Slot) -> Answered {
+/// A streaming request's first step event turns the answer into Server-Sent Events; an answer
+/// before any step (an error, or a request that does not stream) is answered whole.
+async fn generate(request: Request<Incoming>, serving: &Serving, front: &Arc<Front>, slot: &Slot) -> Answered {
     let shared = &serving.shared;
     let refuse = |status: StatusCode, code: ErrorCode, message: String| {
         shared.metrics.answered(code.as_str());
@@ -90,29 +94,44 @@ async fn generate(request: Request<Incoming>, serving: &Serving, front: &Front, 
         }
     };
     slot.busy();
-    let (reply, answer) = Reply::once();
+    let (reply, mut streamed) = Reply::streamed();
     dispatch(&body, shared, &serving.jobs, &reply, shared.stopping());
     drop(reply);
-    let _awaiting = Awaiting::new(front);
-    // the engine answers every job exactly once (its deadline bounds the wait)
-    let answer = answer
-        .await
-        .unwrap_or_else(|_| Rejection::new(Value::Null, ErrorCode::Internal, "the inference thread stopped").into());
+    let awaiting = Awaiting::new(front);
+    // the engine answers every job exactly once (its deadline bounds the wait), after its steps
+    let answer = tokio::select! {
+        biased;
+        Some(first) = streamed.steps.recv() => {
+            drop(awaiting); // the body counts itself
+            return event_stream(Events::new(first, streamed, front));
+        }
+        answer = &mut streamed.answer => answer,
+    };
+    let answer =
+        answer.unwrap_or_else(|_| Rejection::new(Value::Null, ErrorCode::Internal, "the inference thread stopped").into());
     let status = status_of(answer.code);
     respond(status, answer.body, status == StatusCode::TOO_MANY_REQUESTS)
 }
 
-/// A handler waiting for the engine, counted for the drain at shutdown.
-struct Awaiting<'f>(&'f Front);
+/// A 200 answer of Server-Sent Events.
+fn event_stream(events: Events) -> Answered {
+    let mut response = Response::new(Either::Right(events));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
 
-impl<'f> Awaiting<'f> {
-    fn new(front: &'f Front) -> Self {
+/// A handler (or an event stream) waiting for the engine, counted for the drain at shutdown.
+pub(super) struct Awaiting(Arc<Front>);
+
+impl Awaiting {
+    pub(super) fn new(front: &Arc<Front>) -> Self {
         front.awaiting.fetch_add(1, Ordering::SeqCst);
-        Self(front)
+        Self(Arc::clone(front))
     }
 }
 
-impl Drop for Awaiting<'_> {
+impl Drop for Awaiting {
     fn drop(&mut self) {
         self.0.awaiting.fetch_sub(1, Ordering::SeqCst);
     }
@@ -139,7 +158,7 @@ fn rejected(status: StatusCode, rejection: Rejection) -> Answered {
 
 /// A JSON response; `retry` adds `Retry-After: 1`.
 fn respond(status: StatusCode, body: String, retry: bool) -> Answered {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let mut response = Response::new(Either::Left(Full::new(Bytes::from(body))));
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if retry {

@@ -12,9 +12,10 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::Notify;
+
+use super::events::Payload;
 
 /// How long a connection must have waited for its request before a new one may take its slot.
 const MIN_WAIT: Duration = Duration::from_secs(1);
@@ -90,12 +91,12 @@ impl Drop for Held {
 
 /// An answer's body: once hyper is done with it, its connection waits again.
 pub(super) struct AnswerBody {
-    body: Full<Bytes>,
+    body: Payload,
     slot: Arc<Slot>,
 }
 
 impl AnswerBody {
-    pub(super) fn new(body: Full<Bytes>, slot: Arc<Slot>) -> Self {
+    pub(super) fn new(body: Payload, slot: Arc<Slot>) -> Self {
         Self { body, slot }
     }
 }
@@ -108,7 +109,8 @@ impl Drop for AnswerBody {
 
 impl Body for AnswerBody {
     type Data = Bytes;
-    type Error = std::convert::Infallible;
+    /// Either's; neither of its bodies fails.
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         Pin::new(&mut self.body).poll_frame(cx)
