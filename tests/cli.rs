@@ -37,6 +37,23 @@ fn generate_prints_one_sentence_per_line() {
 }
 
 #[test]
+fn visual_draws_each_sentence_at_every_kth_step_then_prints_the_sentences() {
+    let model = model_arg();
+    let args = ["generate", "--model", &model, "--steps", "6", "--num", "2", "--batch", "2", "--seed", "4"];
+    let plain = String::from_utf8(dlm(&args).stdout).unwrap();
+    let out = dlm(&[&args[..], &["--visual", "--every", "3"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    // stdout is a pipe here: plain lines, one per sentence and reported step, then the sentences
+    let labels: Vec<&str> = lines[..4].iter().map(|l| &l[..l.find(']').unwrap() + 1]).collect();
+    assert_eq!(labels, ["step    3/6 [0]", "step    3/6 [1]", "step    6/6 [0]", "step    6/6 [1]"], "{stdout}");
+    assert_eq!(lines[4..].join("\n") + "\n", plain, "watching changes no sentence");
+    assert_fails_with(&dlm(&["generate", "--model", &model, "--every", "3"]), "--visual");
+    assert_fails_with(&dlm(&[&args[..], &["--visual", "--every", "7"]].concat()), "between 1 and the request's steps (6)");
+}
+
+#[test]
 fn json_lines_carry_text_tokens_and_timings() {
     let out =
         dlm(&["generate", "--model", &model_arg(), "--steps", "5", "--num", "2", "--json", "--precision", "fp16"]);

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use dlm::engine::generate;
+use dlm::engine::generate_watched;
 use dlm::generate::{Generated, Request};
 use dlm::model::Model;
 use dlm::ort::OrtRuntime;
@@ -12,6 +12,7 @@ use dlm::rerank::RerankBy;
 use dlm::sampler::Method;
 use serde_json::json;
 
+use super::visual::Visual;
 use super::{session_options, ControlArgs, RuntimeArgs};
 
 #[derive(Args)]
@@ -60,6 +61,13 @@ pub struct GenerateArgs {
     /// skip them, like n-gram blocking).
     #[arg(long)]
     allow_repeats: bool,
+    /// Watch the denoising: redraw the sentences in place at each step (plain lines, one per
+    /// sentence and step, when stdout is not a terminal), then print them as usual.
+    #[arg(long)]
+    visual: bool,
+    /// With --visual: draw every this many steps (and the last), 1..=--steps.
+    #[arg(long, requires = "visual")]
+    every: Option<usize>,
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
@@ -78,13 +86,25 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         rerank: args.rerank,
         rerank_by: args.rerank_by,
         block_repeats: !args.allow_repeats,
+        report_every: args.visual.then_some(args.every.unwrap_or(1)),
         ..Request::default()
     };
     let runtime = OrtRuntime::load(args.runtime.ort_lib.as_deref(), args.runtime.threads.into())?;
     let opts = session_options(&args.runtime, args.batch)?;
     let mut model = Model::load(&runtime, &args.runtime.model, args.runtime.precision, &opts)?;
     log::info!("model {} on {}, {:?}", model.dir.display(), model.provider, args.runtime.precision);
-    let outputs = generate(&mut model, &request).context("generation failed")?;
+    let mut visual = args.visual.then(Visual::new);
+    let mut drawn = Ok(());
+    let outputs = generate_watched(&mut model, &request, &mut |step| {
+        if let (Some(visual), Ok(())) = (visual.as_mut(), &drawn) {
+            drawn = visual.draw(step);
+        }
+    })
+    .context("generation failed")?;
+    drawn.context("drawing the steps")?;
+    if let Some(visual) = visual.as_mut() {
+        visual.clear()?;
+    }
     let mut out = std::io::stdout().lock();
     for g in &outputs {
         if args.json {

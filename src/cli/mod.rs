@@ -6,6 +6,7 @@ pub mod info;
 mod plot;
 pub mod profile;
 pub mod serve;
+mod visual;
 
 use std::path::PathBuf;
 
