@@ -12,12 +12,14 @@ distinct-2 = distinct word bigrams over all (diversity). Every request goes thro
 `dlm serve --stdio`. Targets and seeds are fixed by --seed, so two models are compared on the
 same work. QUICK (n = 50 at 50 steps) is for a first look; SLOR needs >= 150 sentences.
 """
+import json
 import random
 import statistics
 import time
 from pathlib import Path
 
 import onnxruntime as ort
+from dlm_client import Client, DlmError
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
@@ -27,10 +29,13 @@ from .controls import expressed
 from .distill import distinct_n
 from .errors import ExportError
 from .judge import Judge, summary
-from .serve_client import DlmServer
 from .teacher import lm_scores
 
 QUICK = {"n": 50, "steps": 50}
+IN_FLIGHT = 16  # requests at the server at once: they share its batches
+# an hour for a request and between requests (scoring a control's outputs takes a while: the
+# stdio transport otherwise closes after --idle-timeout-ms, 60 s, without input)
+SERVE_FLAGS = ("--queue", "64", "--timeout-ms", "3600000", "--idle-timeout-ms", "3600000")
 
 
 def heldout_targets(m, tok, n, seed):
@@ -102,16 +107,16 @@ def evaluate(model_dir, dlm, steps=200, n=200, seed=0, guide_steps=None, only=No
     extra = {**({"guide_steps": guide_steps} if guide_steps is not None else {}), **(request or {})}
     names = [c for c in CHECKS if not only or c in only]
     results = {}
-    with DlmServer(dlm, model_dir) as server, tqdm(total=sum(len(targets[c]) for c in names), desc="evaluate",
-                                                     mininterval=5.0) as bar:
+    with _serve(dlm, model_dir) as server, tqdm(total=sum(len(targets[c]) for c in names), desc="evaluate",
+                                                  mininterval=5.0) as bar:
         for name in names:
             fields, score = CHECKS[name]
             requests = [{"steps": steps, "seed": seed + i, **fields(t), **extra} for i, t in enumerate(targets[name])]
             start = time.perf_counter()
-            outs = [a["results"][0] for a in server.run(requests, bar)]
+            outs = [g.results[0] for g in _answers(server, requests, bar)]
             seconds = time.perf_counter() - start
-            texts = [o["text"] for o in outs]
-            results[name] = {"n": len(texts), "repeats": statistics.mean(data.repeats(o["tokens"]) for o in outs),
+            texts = [o.text for o in outs]
+            results[name] = {"n": len(texts), "repeats": statistics.mean(data.repeats(o.tokens) for o in outs),
                              **fluency(texts), "seconds_per_sentence": seconds / max(1, len(texts)),
                              "example": texts[0], "texts": texts}
             if score is not None:
@@ -124,6 +129,27 @@ def evaluate(model_dir, dlm, steps=200, n=200, seed=0, guide_steps=None, only=No
                                   data.repeats(data.words_of(tok, text)) for text in references),
                              **fluency(references), "texts": references}
     return {"steps": steps, "guide_steps": guide_steps, "seed": seed, "request": request or {}, "results": results}
+
+
+def _serve(dlm, model_dir):
+    """One `dlm serve --stdio` for every request of a run: the model loads once, and requests in
+    flight share the server's batches (a seeded request's sentences do not depend on what it
+    was batched with)."""
+    try:
+        return Client.spawn(dlm, model_dir, flags=SERVE_FLAGS)
+    except DlmError as e:
+        raise ExportError(f"dlm serve: {e}") from e
+
+
+def _answers(server, requests, bar):
+    """Every request's Generation in order, IN_FLIGHT at a time; ExportError naming the first
+    request the server refused, or the server's stderr if it died."""
+    try:
+        return server.generate_many(requests, in_flight=IN_FLIGHT, progress=lambda i, g: bar.update(1))
+    except DlmError as e:
+        if e.request is not None:
+            raise ExportError(f"dlm serve refused {json.dumps(e.request)}: {e}") from e
+        raise ExportError(f"dlm serve: {e}") from e
 
 
 def fluency_of(judge, teacher, tok, texts, seq_len):
@@ -150,20 +176,20 @@ def _each(hit):
 
 
 def _pos(nlp, outs, targets):
-    return [pos_match(tags, t) for tags, t in zip(data.tag_upos(nlp, [o["tokens"] for o in outs]), targets)]
+    return [pos_match(tags, t) for tags, t in zip(data.tag_upos(nlp, [o.tokens for o in outs]), targets)]
 
 
 def _spans(nlp, outs, targets):
-    parsed = data.analyse(nlp, [o["tokens"] for o in outs])
+    parsed = data.analyse(nlp, [o.tokens for o in outs])
     return [float(span_of(t) in spans) for (_, spans), t in zip(parsed, targets)]
 
 
 CHECKS = {  # control -> (request fields of a target, success of each output (one spaCy pass) or None)
     "pos": (lambda t: {"pos": t}, _pos),
-    "content": (lambda t: {"content": t}, _each(lambda out, t: float(expressed(t, out["text"])))),
-    "length": (lambda t: {"length": t}, _each(lambda out, t: float(len(out["tokens"]) == t))),
+    "content": (lambda t: {"content": t}, _each(lambda out, t: float(expressed(t, out.text)))),
+    "length": (lambda t: {"length": t}, _each(lambda out, t: float(len(out.tokens) == t))),
     "infill": (lambda t: {"infill": t}, _each(lambda out, t: float(all(
-        w == "_" or (i < len(out["tokens"]) and out["tokens"][i] == w) for i, w in enumerate(t.split()))))),
+        w == "_" or (i < len(out.tokens) and out.tokens[i] == w) for i, w in enumerate(t.split()))))),
     "spans": (lambda t: {"span": t}, _spans),
     "none": (lambda t: {}, None),
 }

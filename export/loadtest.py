@@ -6,7 +6,6 @@ and every other request is content-guided; the two schedules alternate over seve
 p50/p95 latency per budget; per budget, the latency of a request alone on an idle server; the
 host share of an iteration at batch 16 (`dlm profile`); then the issue's targets.
 """
-import json
 import signal
 import socket
 import subprocess
@@ -15,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from dlm_client import Client, DlmError, TransportError
 
 from .bench import dlm_profile
 from .errors import ExportError
@@ -27,7 +27,7 @@ def requests_of(client, count):
     """Client `client`'s requests: budgets cycle, every other one guided, a seed each."""
     out = []
     for k in range(count):
-        r = {"id": client * 1000 + k, "steps": BUDGETS[(client + k) % 3], "seed": client * 1000 + k}
+        r = {"steps": BUDGETS[(client + k) % 3], "seed": client * 1000 + k}
         if (client + k) % 2 == 0:
             r["content"] = [CONTENT[(client + k) % len(CONTENT)]]
         out.append(r)
@@ -49,41 +49,21 @@ class Server:
         while True:
             try:
                 with self.connect() as c:
-                    c.call({"op": "health", "id": 0})
+                    c.health()
                 return
-            except OSError:
+            except TransportError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     raise ExportError(f"{' '.join(cmd)} did not start: {self.proc.stderr.read().decode()[-2000:]}")
                 time.sleep(0.1)
 
     def connect(self):
-        return Client(self.port)
+        """A line-protocol connection (dlm_client) to this server."""
+        return Client.tcp(("127.0.0.1", self.port))
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
         if self.proc.wait(timeout=60) != 0:
             raise ExportError(f"dlm serve exited with {self.proc.returncode}")
-
-
-class Client:
-    def __init__(self, port):
-        self.sock = socket.create_connection(("127.0.0.1", port))
-        self.file = self.sock.makefile("rwb")
-
-    def call(self, request):
-        self.file.write((json.dumps(request) + "\n").encode())
-        self.file.flush()
-        line = self.file.readline()
-        if not line:
-            raise OSError("connection closed")
-        return json.loads(line)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.file.close()
-        self.sock.close()
 
 
 def run_load(server, clients, per_client):
@@ -94,9 +74,10 @@ def run_load(server, clients, per_client):
         with server.connect() as conn:
             for r in requests_of(c, per_client):
                 start = time.perf_counter()
-                answer = conn.call(r)
-                if not answer.get("ok"):
-                    errors.append(answer)
+                try:
+                    conn.generate(**r)
+                except DlmError as e:  # a refusal, or the connection lost
+                    errors.append(e)
                 results.append((r["steps"], "content" in r, time.perf_counter() - start))
 
     threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
@@ -119,11 +100,11 @@ def alone(server, repeat):
             for guided in (False, True):
                 times = []
                 for k in range(repeat):
-                    r = {"id": k, "steps": budget, "seed": k}
+                    r = {"steps": budget, "seed": k}
                     if guided:
                         r["content"] = [CONTENT[k % len(CONTENT)]]
                     start = time.perf_counter()
-                    conn.call(r)
+                    conn.generate(**r)
                     times.append(time.perf_counter() - start)
                 out[(budget, guided)] = float(np.median(times))
     return out

@@ -1,12 +1,16 @@
 """The client's parsers on canned bytes: answers, errors, Server-Sent Events (also through
-http.client's chunked decoding) and the line protocol's step events."""
+http.client's chunked decoding), the line protocol's step events, and HTTP answers from a
+loopback socket that replays canned responses (what the client sends, how it reads statuses)."""
 import http.client
 import io
 import json
+import socket
+import threading
 
 import pytest
 
-from dlm_client import BadRequest, DlmError, Generation, InvalidArgument, ProtocolError, Step, Timeout, TransportError
+from dlm_client import (BadRequest, Client, DlmError, Generation, Internal, InvalidArgument, ProtocolError, Step,
+                        Timeout, TooLarge, TransportError, Unauthorized)
 from dlm_client.answers import generation_of, health_of
 from dlm_client.wire import Event, LineBuffer, sse_events, stream_of_lines, stream_of_sse
 
@@ -137,3 +141,57 @@ def test_lines_come_whole_whatever_the_read_sizes(size):
     lines = LineBuffer(lambda: next(pieces, b""))
     assert [lines.readline() for _ in range(4)] == [b'{"a": 1}', b'{"b": 2}', b"last", b""]
     assert lines.readline() == b""
+
+
+def answering(*responses):
+    """A loopback listener that answers each connection's first request with the next of
+    `responses` (raw bytes) and closes it: (url, the request heads it read)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    heads = []
+
+    def serve():
+        with listener:
+            for response in responses:
+                conn, _ = listener.accept()
+                with conn:
+                    data = b""
+                    while b"\r\n\r\n" not in data:
+                        data += conn.recv(65536)
+                    heads.append(data.split(b"\r\n\r\n")[0].decode())
+                    conn.sendall(response)
+    threading.Thread(target=serve, daemon=True).start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}", heads
+
+
+def canned(status, body, extra=""):
+    return (f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            f"connection: close\r\n{extra}\r\n{body}").encode()
+
+
+def test_the_api_key_goes_out_as_a_bearer_header_and_a_401_is_unauthorized():
+    refusal = json.dumps({"id": None, "ok": False, "error": {"code": "unauthorized", "message": "no key"}})
+    url, heads = answering(canned("401 Unauthorized", refusal), canned("200 OK", json.dumps(ANSWER)))
+    with pytest.raises(Unauthorized) as caught:
+        Client.http(url, api_key="s3cret").generate(steps=1)
+    assert caught.value.status == 401 and "authorization: bearer s3cret" in heads[0].lower()
+    assert Client.http(url).generate(steps=1).seed == ANSWER["seed"]
+    assert "authorization" not in heads[1].lower()
+
+
+@pytest.mark.parametrize("status, body, error", [
+    ("431 Request Header Fields Too Large", "", TooLarge),  # hyper's own answer: an empty body
+    ("400 Bad Request", "", BadRequest),
+    ("502 Bad Gateway", "<html>proxy</html>", Internal),
+    ("418 I'm a teapot", "tea", ProtocolError),
+])
+def test_an_http_error_without_a_code_gets_one_by_its_status(status, body, error):
+    url, _ = answering(canned(status, body))
+    with pytest.raises(error) as caught:
+        Client.http(url).generate(steps=1)
+    assert caught.value.status == int(status.split()[0])
+
+
+def test_a_url_that_is_not_http_host_port_is_refused():
+    for url in ("https://127.0.0.1:8080", "127.0.0.1:8080", "http://127.0.0.1:8080/v1", "http://:80"):
+        with pytest.raises(ValueError, match="http://HOST:PORT"):
+            Client.http(url)

@@ -86,9 +86,9 @@ def generation_of(obj: dict[str, Any], status: Optional[int] = None) -> Generati
         results.append(Result(_get(r, "text", str, "a result"), list(_get(r, "tokens", list, "a result")),
                               float(nll) if isinstance(nll, (int, float)) else None))
     t = _get(obj, "timings", dict, "an answer")
-    timings = Timings(*(float(_get(t, k, (int, float), "timings"))
-                        for k in ("queue_ms", "run_ms", "total_ms")), int(_get(t, "steps", int, "timings")),
-                      *(float(_get(t, k, (int, float), "timings")) for k in ("denoiser_ms", "guidance_ms", "host_ms")))
+    ms = {k: float(_get(t, k, (int, float), "timings"))
+          for k in ("queue_ms", "run_ms", "total_ms", "denoiser_ms", "guidance_ms", "host_ms")}
+    timings = Timings(steps=_get(t, "steps", int, "timings"), **ms)
     return Generation(list(_get(obj, "texts", list, "an answer")), results, _get(obj, "seed", int, "an answer"),
                       timings, obj)
 
@@ -115,7 +115,8 @@ def health_of(obj: dict[str, Any]) -> Health:
     h = obj.get("health")
     if not isinstance(h, dict):
         raise failure_of(obj)
-    ints = ("queue_depth", "queue_capacity", "active_sequences", "max_batch", "served")
-    return Health(_get(h, "status", str, "health"), _get(h, "engine_alive", bool, "health"),
-                  _get(h, "busy", bool, "health"), *(_get(h, k, int, "health") for k in ints),
-                  float(_get(h, "uptime_s", (int, float), "health")), _get(h, "model", dict, "health"), h)
+    ints = {k: _get(h, k, int, "health") for k in ("queue_depth", "queue_capacity", "active_sequences",
+                                                    "max_batch", "served")}
+    return Health(status=_get(h, "status", str, "health"), engine_alive=_get(h, "engine_alive", bool, "health"),
+                  busy=_get(h, "busy", bool, "health"), uptime_s=float(_get(h, "uptime_s", (int, float), "health")),
+                  model=_get(h, "model", dict, "health"), raw=h, **ints)

@@ -8,7 +8,9 @@ import socket
 import subprocess
 import tempfile
 from abc import ABC, abstractmethod
-from typing import Optional
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Optional, Union
 
 from .errors import TransportError
 
@@ -109,3 +111,40 @@ class ProcessChannel(Channel):
                 self.proc.wait()
             self.proc.stdout.close()  # type: ignore[union-attr]
             self.log.close()
+
+
+def tcp_channel(address: Union[str, tuple[str, int]], timeout: Optional[float]) -> Channel:
+    """A TCP connection to "host:port" (or (host, port)), with TCP_NODELAY."""
+    if isinstance(address, str):
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"a TCP address is host:port, got {address!r}")
+        address = (host.strip("[]"), int(port))
+    name = f"tcp {address[0]}:{address[1]}"
+    try:
+        sock = socket.create_connection(address, timeout=timeout)
+    except OSError as e:
+        raise TransportError(f"{name}: cannot connect: {e}") from e
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a request line goes out at once
+    return SocketChannel(sock, name, timeout)
+
+
+def unix_channel(path: Union[str, Path], timeout: Optional[float]) -> Channel:
+    """A connection to the Unix socket at `path`."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(str(path))
+    except OSError as e:
+        sock.close()
+        raise TransportError(f"unix {path}: cannot connect: {e}") from e
+    return SocketChannel(sock, f"unix {path}", timeout)
+
+
+def spawn_channel(dlm_path: Union[str, Path], model_dir: Union[str, Path], flags: Sequence[str],
+                  timeout: Optional[float]) -> Channel:
+    """`dlm serve --stdio --model MODEL_DIR FLAGS...`, started."""
+    if isinstance(flags, str):
+        raise TypeError("flags is a sequence of arguments, not one string")
+    cmd = [str(dlm_path), "serve", "--stdio", "--model", str(model_dir), *map(str, flags)]
+    return ProcessChannel(cmd, timeout)

@@ -39,14 +39,16 @@ class Client(ABC):
     @staticmethod
     def tcp(address: Union[str, tuple[str, int]], timeout: Optional[float] = DEFAULT_TIMEOUT) -> LineClient:
         """The line protocol of `dlm serve --tcp` at "host:port" (or (host, port))."""
+        from .channels import tcp_channel
         from .lines import LineClient
-        return LineClient.tcp(address, timeout)
+        return LineClient(tcp_channel(address, timeout))
 
     @staticmethod
     def unix(path: Union[str, Path], timeout: Optional[float] = DEFAULT_TIMEOUT) -> LineClient:
         """The line protocol of `dlm serve --unix PATH`."""
+        from .channels import unix_channel
         from .lines import LineClient
-        return LineClient.unix(path, timeout)
+        return LineClient(unix_channel(path, timeout))
 
     @staticmethod
     def spawn(dlm_path: Union[str, Path], model_dir: Union[str, Path], flags: Sequence[str] = (),
@@ -54,8 +56,9 @@ class Client(ABC):
         """Start `dlm serve --stdio --model MODEL_DIR FLAGS...` and speak the line protocol
         over its stdin and stdout; its stderr goes to a file, quoted when it exits. Closing the
         client closes its stdin (the server then answers what it has and exits)."""
+        from .channels import spawn_channel
         from .lines import LineClient
-        return LineClient.spawn(dlm_path, model_dir, flags, timeout)
+        return LineClient(spawn_channel(dlm_path, model_dir, flags, timeout))
 
     @abstractmethod
     def generate(self, **fields: Any) -> Generation:

@@ -28,22 +28,15 @@ class _NoDelay(http.client.HTTPConnection):
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-class _NoDelayTls(http.client.HTTPSConnection):
-    def connect(self) -> None:
-        super().connect()
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
 class HttpClient(Client):
     """`Client.http`."""
 
     def __init__(self, url: str, api_key: Optional[str] = None, timeout: Optional[float] = DEFAULT_TIMEOUT) -> None:
         parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-            raise ValueError(f"a server URL is http://HOST:PORT (or https, maybe with a path), got {url!r}")
+        if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/") or parts.query:
+            raise ValueError(f"a server URL is http://HOST:PORT, got {url!r}")
         self.url, self.api_key, self.timeout = url, api_key, timeout
-        self._kind = _NoDelayTls if parts.scheme == "https" else _NoDelay
-        self._host, self._port, self._prefix = parts.hostname, parts.port, parts.path.rstrip("/")
+        self._host, self._port = parts.hostname, parts.port
         self._headers = {"Content-Type": "application/json"}
         if api_key is not None:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -56,8 +49,10 @@ class HttpClient(Client):
     def stream(self, **fields: Any) -> Iterator[Union[Step, Generation]]:
         response = self._request("POST", "/v1/generate", generate_fields(fields, stream=True))
         if not response.getheader("Content-Type", "").startswith("text/event-stream"):
-            obj = self._object(response)  # an error before the first step: a JSON answer
-            return iter([generation_of(obj, response.status)])
+            try:  # refused before its first step: an ordinary JSON answer
+                return iter([generation_of(self._object(response), response.status)])
+            except DlmError as e:
+                return _raising(e)  # raised by the iterator, as on the line protocol
         conn, self._conn = self._conn, None  # the stream's own while it lasts: other calls open another
         assert conn is not None  # _request left the connection of its response there
         return self._events(conn, response)
@@ -133,14 +128,15 @@ class HttpClient(Client):
                 if not line:
                     return
                 yield line
+        held: Optional[http.client.HTTPConnection] = conn  # closed at the end unless handed back
         try:
             for item in stream_of_sse(sse_events(lines())):
                 if isinstance(item, Generation) and not _rest(response) and self._conn is None:
-                    self._conn, conn = conn, None  # read to its end: the connection serves again
+                    self._conn, held = conn, None  # read to its end: the connection serves again
                 yield item
         finally:
-            if conn is not None:
-                conn.close()
+            if held is not None:
+                held.close()
 
     def _json(self, method: str, path: str, body: Optional[dict[str, Any]],
               ok: tuple[int, ...] = (200,)) -> tuple[int, dict[str, Any]]:
@@ -161,10 +157,10 @@ class HttpClient(Client):
         payload = None if body is None else json.dumps(body, allow_nan=False).encode()  # TypeError: not JSON
         for attempt in (1, 2):
             if self._conn is None:
-                self._conn = self._kind(self._host, self._port, timeout=self.timeout)  # type: ignore[arg-type]
+                self._conn = _NoDelay(self._host, self._port, timeout=self.timeout)
             reused = self._conn.sock is not None
             try:
-                self._conn.request(method, self._prefix + path, body=payload, headers=self._headers)
+                self._conn.request(method, path, body=payload, headers=self._headers)
                 return self._conn.getresponse()
             except (ConnectionResetError, BrokenPipeError) as e:  # RemoteDisconnected among them
                 if reused and attempt == 1:  # the server had closed the idle keep-alive connection
@@ -212,3 +208,8 @@ def _rest(response: http.client.HTTPResponse) -> bytes:
         return response.read()
     except (OSError, http.client.HTTPException):
         return b"?"
+
+
+def _raising(error: DlmError) -> Iterator[Union[Step, Generation]]:
+    raise error
+    yield  # a generator: the error comes at the first next()

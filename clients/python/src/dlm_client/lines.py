@@ -4,21 +4,19 @@ connection."""
 from __future__ import annotations
 
 import json
-import socket
 from collections import deque
 from collections.abc import Collection, Iterator, Sequence
-from pathlib import Path
 from typing import Any, Optional, Union
 
 from .answers import Generation, Health, Step, failure_of, generation_of, health_of
-from .channels import Channel, ProcessChannel, SocketChannel
+from .channels import Channel
 from .client import Client, Progress, check_in_flight, generate_fields
 from .errors import DlmError, TransportError
 from .wire import LineBuffer, object_of, stream_of_lines
 
 
 class LineClient(Client):
-    """`Client.tcp`, `Client.unix` or `Client.spawn`."""
+    """`Client.tcp`, `Client.unix` or `Client.spawn`: the line protocol over `channel`."""
 
     def __init__(self, channel: Channel) -> None:
         self._channel = channel
@@ -26,40 +24,6 @@ class LineClient(Client):
         self._next_id = 0
         # what arrived for each request still awaited, by id; lines of others are dropped
         self._inbox: dict[int, deque[dict[str, Any]]] = {}
-
-    @classmethod
-    def tcp(cls, address: Union[str, tuple[str, int]], timeout: Optional[float]) -> LineClient:
-        if isinstance(address, str):
-            host, _, port = address.rpartition(":")
-            if not host or not port.isdigit():
-                raise ValueError(f"a TCP address is host:port, got {address!r}")
-            address = (host.strip("[]"), int(port))
-        name = f"tcp {address[0]}:{address[1]}"
-        try:
-            sock = socket.create_connection(address, timeout=timeout)
-        except OSError as e:
-            raise TransportError(f"{name}: cannot connect: {e}") from e
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a request line goes out at once
-        return cls(SocketChannel(sock, name, timeout))
-
-    @classmethod
-    def unix(cls, path: Union[str, Path], timeout: Optional[float]) -> LineClient:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(str(path))
-        except OSError as e:
-            sock.close()
-            raise TransportError(f"unix {path}: cannot connect: {e}") from e
-        return cls(SocketChannel(sock, f"unix {path}", timeout))
-
-    @classmethod
-    def spawn(cls, dlm_path: Union[str, Path], model_dir: Union[str, Path], flags: Sequence[str],
-              timeout: Optional[float]) -> LineClient:
-        if isinstance(flags, str):
-            raise TypeError("flags is a sequence of arguments, not one string")
-        cmd = [str(dlm_path), "serve", "--stdio", "--model", str(model_dir), *map(str, flags)]
-        return cls(ProcessChannel(cmd, timeout))
 
     def generate(self, **fields: Any) -> Generation:
         rid = self._send(generate_fields(fields, stream=False))

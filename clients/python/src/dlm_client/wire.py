@@ -23,13 +23,13 @@ def sse_events(lines: Iterable[bytes]) -> Iterator[Event]:
     as the HTML standard parses them: `field: value` lines, data lines joined by newlines,
     comments (`:`) and other fields (`id`, `retry`) skipped, an event dispatched at a blank
     line; one left unfinished at the end of the stream is dropped."""
-    kind, data = "", []
+    kind, data = "", list[str]()
     for raw in lines:
         line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
         if not line:
             if data:
                 yield Event(kind or "message", "\n".join(data))
-            kind, data = "", []
+            kind, data = "", list[str]()
             continue
         name, _, value = line.partition(":")
         value = value[1:] if value.startswith(" ") else value
