@@ -96,7 +96,7 @@ impl Course {
 
     /// Whether the step that makes `done` steps taken is reported.
     pub(super) fn reports_at(&self, done: usize) -> bool {
-        self.report_every.is_some_and(|k| k > 0 && (done % k == 0 || done == self.steps()))
+        self.report_every.is_some_and(|k| k > 0 && (done.is_multiple_of(k) || done == self.steps()))
     }
 
     pub(super) fn holds(&self) -> bool {
