@@ -50,7 +50,10 @@ fn visual_draws_each_sentence_at_every_kth_step_then_prints_the_sentences() {
     assert_eq!(labels, ["step    3/6 [0]", "step    3/6 [1]", "step    6/6 [0]", "step    6/6 [1]"], "{stdout}");
     assert_eq!(lines[4..].join("\n") + "\n", plain, "watching changes no sentence");
     assert_fails_with(&dlm(&["generate", "--model", &model, "--every", "3"]), "--visual");
-    assert_fails_with(&dlm(&[&args[..], &["--visual", "--every", "7"]].concat()), "between 1 and the request's steps (6)");
+    assert_fails_with(
+        &dlm(&[&args[..], &["--visual", "--every", "7"]].concat()),
+        "between 1 and the request's steps (6)",
+    );
 }
 
 #[test]

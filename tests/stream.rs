@@ -41,7 +41,9 @@ fn the_line_protocol_sends_step_events_before_the_answer_when_asked() {
     assert_eq!(code(&answer), "ok", "{answer}");
     let at: Vec<(i64, i64)> = steps.iter().map(|s| (s["step"].as_i64().unwrap(), s["of"].as_i64().unwrap())).collect();
     assert_eq!(at, [(4, 10), (8, 10), (10, 10)], "every 4th step and the last");
-    assert!(steps.iter().all(|s| s["texts"].as_array().is_some_and(|t| t.len() == 2 && t.iter().all(Value::is_string))));
+    assert!(steps
+        .iter()
+        .all(|s| s["texts"].as_array().is_some_and(|t| t.len() == 2 && t.iter().all(Value::is_string))));
     assert_eq!(steps[2]["t"], 0, "the last step is at t = 0");
     // streaming changes nothing in the answer
     let mut client = server.tcp();
@@ -118,7 +120,8 @@ fn http_streams_server_sent_events_as_the_steps_are_taken() {
     assert_eq!(names, ["step", "step", "step", "step", "done"]);
     let steps: Vec<i64> = events[..4].iter().map(|(_, s)| s["step"].as_i64().unwrap()).collect();
     assert_eq!(steps, [3, 6, 9, 12]);
-    let (_, _, plain) = http(port, "POST", "/v1/generate", json!({"steps": 12, "num": 2, "seed": 9}).to_string().as_bytes());
+    let (_, _, plain) =
+        http(port, "POST", "/v1/generate", json!({"steps": 12, "num": 2, "seed": 9}).to_string().as_bytes());
     assert_eq!(events[4].1["texts"], plain["texts"], "the done event is the usual answer");
     // an error before the first step is an ordinary answer with its status
     let (status, _, error) =

@@ -290,8 +290,8 @@ fn a_streaming_job_reports_every_k_steps_and_at_the_last_each_sample_in_order() 
     let (mut model, _) = recording();
     let mut steps: Vec<(usize, usize, i64, Vec<Option<String>>)> = Vec::new();
     let streaming = Request { steps: 7, num: 3, batch: 2, report_every: Some(3), ..Request::default() };
-    let out = generate_watched(&mut model, &streaming, &mut |s| steps.push((s.step, s.of, s.t, s.texts.to_vec())))
-        .unwrap();
+    let out =
+        generate_watched(&mut model, &streaming, &mut |s| steps.push((s.step, s.of, s.t, s.texts.to_vec()))).unwrap();
     let at: Vec<(usize, usize)> = steps.iter().map(|s| (s.0, s.1)).collect();
     // samples 0 and 1 run together, then sample 2 (a batch of 2): each reports at 3, 6 and 7 of 7
     assert_eq!(at, [(3, 7), (6, 7), (7, 7), (3, 7), (6, 7), (7, 7)]);

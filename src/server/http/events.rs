@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -13,7 +14,6 @@ use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame};
 use serde_json::Value;
 
-use super::routes::Awaiting;
 use super::Front;
 use crate::protocol::{ErrorCode, Rejection};
 use crate::server::queue::{Answer, Streamed};
@@ -61,7 +61,8 @@ impl Body for Events {
         match Pin::new(&mut this.streamed.answer).poll(cx) {
             Poll::Ready(answer) => {
                 this.ended = true;
-                let stopped = || Rejection::new(Value::Null, ErrorCode::Internal, "the inference thread stopped").into();
+                let stopped =
+                    || Rejection::new(Value::Null, ErrorCode::Internal, "the inference thread stopped").into();
                 let answer: Answer = answer.unwrap_or_else(|_| stopped());
                 let name = if answer.code.is_none() { "done" } else { "error" };
                 Poll::Ready(Some(Ok(event(name, &answer.body))))
@@ -72,5 +73,21 @@ impl Body for Events {
 
     fn is_end_stream(&self) -> bool {
         self.ended
+    }
+}
+
+/// A handler (or an event stream) waiting for the engine, counted for the drain at shutdown.
+pub(super) struct Awaiting(Arc<Front>);
+
+impl Awaiting {
+    pub(super) fn new(front: &Arc<Front>) -> Self {
+        front.awaiting.fetch_add(1, Ordering::SeqCst);
+        Self(Arc::clone(front))
+    }
+}
+
+impl Drop for Awaiting {
+    fn drop(&mut self) {
+        self.0.awaiting.fetch_sub(1, Ordering::SeqCst);
     }
 }

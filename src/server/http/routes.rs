@@ -11,7 +11,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 use tokio::time::timeout;
 
-use super::events::{Events, Payload};
+use super::events::{Awaiting, Events, Payload};
 use super::slots::Slot;
 use super::{Front, Serving};
 use crate::protocol::{ErrorCode, Rejection};
@@ -107,8 +107,8 @@ async fn generate(request: Request<Incoming>, serving: &Serving, front: &Arc<Fro
         }
         answer = &mut streamed.answer => answer,
     };
-    let answer =
-        answer.unwrap_or_else(|_| Rejection::new(Value::Null, ErrorCode::Internal, "the inference thread stopped").into());
+    let answer = answer
+        .unwrap_or_else(|_| Rejection::new(Value::Null, ErrorCode::Internal, "the inference thread stopped").into());
     let status = status_of(answer.code);
     respond(status, answer.body, status == StatusCode::TOO_MANY_REQUESTS)
 }
@@ -119,22 +119,6 @@ fn event_stream(events: Events) -> Answered {
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
-}
-
-/// A handler (or an event stream) waiting for the engine, counted for the drain at shutdown.
-pub(super) struct Awaiting(Arc<Front>);
-
-impl Awaiting {
-    pub(super) fn new(front: &Arc<Front>) -> Self {
-        front.awaiting.fetch_add(1, Ordering::SeqCst);
-        Self(Arc::clone(front))
-    }
-}
-
-impl Drop for Awaiting {
-    fn drop(&mut self) {
-        self.0.awaiting.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 /// The HTTP status of an answer's error code (None: ok).
