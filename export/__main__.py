@@ -34,9 +34,14 @@ def cmd_train(args, cfg):
 
 def cmd_controls(args, cfg):
     from .train_controls import train_controls
+    from .train_tree import train_tree
 
     p = _paths(args.workdir)
-    print(json.dumps(train_controls(cfg, p["data"], p["train"], p["controls"])))
+    if args.only not in (None, "tree"):
+        raise ExportError(f"controls --only {args.only}: allowed: tree (the others train together)")
+    if args.only is None:
+        print(json.dumps(train_controls(cfg, p["data"], p["train"], p["controls"])))
+    print(json.dumps(train_tree(cfg, p["data"], p["train"], p["controls"])))
 
 
 def cmd_teacher(args, cfg):
@@ -51,6 +56,15 @@ def cmd_distill(args, cfg):
 
     p = _paths(args.workdir)
     print(json.dumps(distill(cfg, p["data"], p["teacher"]), indent=2))
+
+
+def cmd_add_control(args, cfg):
+    from .add_control import add_controls
+
+    p = _paths(args.workdir)
+    only = [c for c in args.only.split(",") if c]
+    add_controls(Path(args.out), p["controls"], cfg.controls.guide_batches, only,
+                 command=" ".join(["python -m export"] + sys.argv[1:]))
 
 
 def cmd_export(args, cfg):
@@ -172,13 +186,17 @@ def main(argv=None):
     p.add_argument("--resume", action="store_true", help="continue from WORKDIR/train/checkpoint.pt")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto: CUDA when PyTorch sees a GPU (under torchrun: cuda:LOCAL_RANK, nccl), else the CPU (gloo)")
-    sub.add_parser("controls", help="train the guidance classifiers (pos, content) on noisy latents")
+    p = sub.add_parser("controls", help="train the guidance classifiers (pos, content, spans, then tree) on noisy latents")
+    p.add_argument("--only", help="tree: train only the tree classifier, into the existing controls.pt")
     sub.add_parser("teacher", help="train the autoregressive teacher LM (lm-score, distillation)")
     sub.add_parser("distill", help="sample the teacher into WORKDIR/data/distilled.jsonl (train.corpus distilled or mixed)")
     for name, help_ in (("export", "write the ONNX model directory, then verify it"),
                         ("verify", "parity of ONNX Runtime against PyTorch for a model directory")):
         q = sub.add_parser(name, help=help_)
         q.add_argument("--out", help="model directory (default WORKDIR/model)")
+    a = sub.add_parser("add-control", help="export classifiers trained since (e.g. tree) into an exported model directory")
+    a.add_argument("--out", required=True, help="the model directory, e.g. models/e2e")
+    a.add_argument("--only", required=True, help="comma-separated controls to add from WORKDIR/controls/controls.pt")
     s = sub.add_parser("sample", help="PyTorch reference sampler")
     s.add_argument("--out", help="model directory (default WORKDIR/model)")
     s.add_argument("--num", type=int, default=10)
@@ -241,7 +259,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         cfg = config_mod.load(args.config)
-        {"prepare": cmd_prepare, "train": cmd_train, "controls": cmd_controls, "teacher": cmd_teacher, "distill": cmd_distill, "export": cmd_export, "verify": cmd_verify,
+        {"prepare": cmd_prepare, "train": cmd_train, "controls": cmd_controls, "teacher": cmd_teacher, "distill": cmd_distill, "export": cmd_export, "add-control": cmd_add_control, "verify": cmd_verify,
          "sample": cmd_sample, "fixtures": cmd_fixtures, "evaluate": cmd_evaluate, "bench": cmd_bench, "loadtest": cmd_loadtest,
          "blind": cmd_blind, "all": cmd_all}[args.command](args, cfg)
     except ExportError as e:

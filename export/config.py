@@ -61,6 +61,7 @@ class ControlsConfig:
     heads: int = 4
     seed: int = 0
     guide_batches: tuple = (1, 4, 16)  # the guidance graphs' fixed batch sizes; the runtime picks one per call and pads
+    tree_steps: int = 0  # steps of the tree classifier (0: steps)
 
 
 @dataclass(frozen=True)

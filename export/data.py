@@ -7,7 +7,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from .atomic import atomic_dir
 from .errors import DataError
-from .spans import phrase_spans
+from .spans import dependency_tree, phrase_spans
 
 PAD, UNK, START, END = "[PAD]", "[UNK]", "[START]", "[END]"
 SPECIAL_TOKENS = [PAD, UNK, START, END]  # ids 0..3, in this order
@@ -90,23 +90,24 @@ def load_spacy():
 
 
 def analyse(nlp, word_lists):
-    """(UPOS tags, phrase spans) per sentence; spaCy runs on the tokenizer's words, not its own split."""
+    """(UPOS tags, phrase spans, dependency tree) per sentence; spaCy runs on the tokenizer's words,
+    not its own split. The tree: (head, label) per word, heads 1-based with 0 for the root (CoNLL)."""
     from spacy.tokens import Doc
 
     docs = (Doc(nlp.vocab, words=words) for words in word_lists)
-    return [([t.pos_ for t in doc], phrase_spans(doc)) for doc in nlp.pipe(docs, batch_size=256)]
+    return [([t.pos_ for t in doc], phrase_spans(doc), dependency_tree(doc)) for doc in nlp.pipe(docs, batch_size=256)]
 
 
 def tag_upos(nlp, word_lists):
     """One UPOS tag per word."""
-    return [pos for pos, _ in analyse(nlp, word_lists)]
+    return [pos for pos, _, _ in analyse(nlp, word_lists)]
 
 
 def _records_json(tok, nlp, records):
     word_lists = [words_of(tok, text) for _, _, text in records]
-    for (mr, pairs, text), words, (pos, spans) in zip(records, word_lists, analyse(nlp, word_lists)):
+    for (mr, pairs, text), words, (pos, spans, tree) in zip(records, word_lists, analyse(nlp, word_lists)):
         yield {"mr": mr, "fields": [list(p) for p in pairs], "text": text, "words": words, "pos": pos,
-               "spans": [list(s) for s in spans]}
+               "spans": [list(s) for s in spans], "tree": [list(arc) for arc in tree]}
 
 
 def prepare(cfg, out_dir):

@@ -30,6 +30,7 @@ from .distill import distinct_n
 from .errors import ExportError
 from .judge import Judge, summary
 from .teacher import lm_scores
+from .tree import parse_tree, tree_score, tree_string
 
 QUICK = {"n": 50, "steps": 50}
 IN_FLIGHT = 16  # requests at the server at once: they share its batches
@@ -47,8 +48,11 @@ def heldout_targets(m, tok, n, seed):
     picked = rng.sample(heldout, min(n, len(heldout)))
     words = [data.words_of(tok, text) for _, _, text in picked]
     analysed = data.analyse(data.load_spacy(), words)
-    tags = [pos for pos, _ in analysed]
-    spans = [rng.choice(sp) for _, sp in analysed if sp]
+    tags = [pos for pos, _, _ in analysed]
+    spans = [rng.choice(sp) for _, sp, _ in analysed if sp]
+    tree_labels = set(m.get("controls", {}).get("tree", {}).get("labels", ()))
+    trees = [tree_string(tree) for (_, _, tree), w in zip(analysed, words)
+             if len(w) <= 40 and all(label in tree_labels for _, label in tree)]
     labels = set(m.get("controls", {}).get("content", {}).get("labels", ()))
     content = []  # one pair of each held-out MR, every field (name included) equally likely
     for _, pairs, _ in picked:
@@ -66,6 +70,7 @@ def heldout_targets(m, tok, n, seed):
         "length": [10 + (i * 7) % 31 for i in range(n)],
         "infill": infill,
         "spans": [f"{i},{j},{label}" for i, j, label in spans],
+        "tree": trees,
         "references": [text for _, _, text in picked],
         "none": list(range(n)),
     }
@@ -92,7 +97,7 @@ def evaluate(model_dir, dlm, steps=200, n=200, seed=0, guide_steps=None, only=No
     if unknown:
         raise ExportError(f"unknown controls {sorted(unknown)}; allowed: {', '.join(CHECKS)}")
     m = manifest_mod.load(model_dir)
-    missing = sorted(({"pos", "content", "spans"} & set(only or CHECKS)) - set(m.get("controls", {})))
+    missing = sorted(({"pos", "content", "spans", "tree"} & set(only or CHECKS)) - set(m.get("controls", {})))
     if missing:
         raise ExportError(f"{model_dir}: no classifier for {missing} (python -m export controls, export)")
     tok = Tokenizer.from_file(str(model_dir / m["tokenizer"]["file"]))
@@ -124,6 +129,8 @@ def evaluate(model_dir, dlm, steps=200, n=200, seed=0, guide_steps=None, only=No
                 results[name]["success"] = statistics.mean(scores)
                 if name == "content":
                     results[name]["by_field"] = by_field(targets[name], scores)
+                if name == "tree":
+                    results[name].update(tree_summary(nlp, outs, targets[name]))
     references = targets["references"]
     results["references"] = {"n": len(references), "repeats": statistics.mean(
                                   data.repeats(data.words_of(tok, text)) for text in references),
@@ -179,9 +186,25 @@ def _pos(nlp, outs, targets):
     return [pos_match(tags, t) for tags, t in zip(data.tag_upos(nlp, [o.tokens for o in outs]), targets)]
 
 
+def _tree_scores(nlp, outs, targets):
+    parsed = data.analyse(nlp, [o.tokens for o in outs])
+    return [tree_score(tree, parse_tree(t)) for (_, _, tree), t in zip(parsed, targets)]
+
+
+def _tree(nlp, outs, targets):
+    """Success of a tree: its LAS (head and label right, per word of the target)."""
+    return [las for _, las, _ in _tree_scores(nlp, outs, targets)]
+
+
+def tree_summary(nlp, outs, targets):
+    """UAS, LAS and the exact-tree rate of the outputs' spaCy parses against their targets."""
+    scores = _tree_scores(nlp, outs, targets)
+    return {key: statistics.mean(s[k] for s in scores) for k, key in enumerate(("uas", "las", "exact"))}
+
+
 def _spans(nlp, outs, targets):
     parsed = data.analyse(nlp, [o.tokens for o in outs])
-    return [float(span_of(t) in spans) for (_, spans), t in zip(parsed, targets)]
+    return [float(span_of(t) in spans) for (_, spans, _), t in zip(parsed, targets)]
 
 
 CHECKS = {  # control -> (request fields of a target, success of each output (one spaCy pass) or None)
@@ -191,6 +214,7 @@ CHECKS = {  # control -> (request fields of a target, success of each output (on
     "infill": (lambda t: {"infill": t}, _each(lambda out, t: float(all(
         w == "_" or (i < len(out.tokens) and out.tokens[i] == w) for i, w in enumerate(t.split()))))),
     "spans": (lambda t: {"span": t}, _spans),
+    "tree": (lambda t: {"tree": t}, _tree),
     "none": (lambda t: {}, None),
 }
 

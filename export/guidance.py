@@ -18,7 +18,7 @@ from .controls import IGNORE
 # Spans keep the paper's lr 0.15 with the boundary channels: 89 % at 200 steps (lr 0.3: 60 %, sentences
 # broken, lm-score 28672; 0.08: 78 %); at 50 steps 72 % (lr 0.3 would give 84 %: fewer guided steps).
 DEFAULTS = {"pos": {"lambda": 0.0005, "lr": 0.05, "steps": 3}, "content": {"lambda": 0.01, "lr": 0.2, "steps": 3},
-            "spans": {"lambda": 0.1, "lr": 0.15, "steps": 3}}
+            "spans": {"lambda": 0.1, "lr": 0.15, "steps": 3}, "tree": {"lambda": 0.1, "lr": 0.15, "steps": 3}}
 
 
 def control_spec(control, batch, seq_len, num_labels):
@@ -26,6 +26,8 @@ def control_spec(control, batch, seq_len, num_labels):
         return {"name": "tags", "dtype": "int64", "shape": [batch, seq_len]}
     if control == "spans":
         return {"name": "span", "dtype": "int64", "shape": [batch, 3]}  # (first word, last word, label)
+    if control == "tree":
+        return {"name": "tree", "dtype": "int64", "shape": [batch, 2 * seq_len]}  # head positions, then labels
     return {"name": "wanted", "dtype": "float32", "shape": [batch, num_labels]}
 
 
@@ -37,6 +39,13 @@ def example_control(control, batch, seq_len, num_labels, gen):
         first = torch.randint(0, seq_len - 8, (batch, 1), generator=gen)
         last = first + torch.randint(0, 6, (batch, 1), generator=gen)
         return torch.cat([first, last, torch.randint(0, num_labels, (batch, 1), generator=gen)], dim=1)
+    if control == "tree":
+        n = int(torch.randint(4, seq_len - 2, (), generator=gen))
+        heads = torch.full((batch, seq_len), IGNORE, dtype=torch.long)
+        labels = torch.full((batch, seq_len), IGNORE, dtype=torch.long)
+        heads[:, 1:n + 1] = torch.randint(0, n + 1, (batch, n), generator=gen)
+        labels[:, 1:n + 1] = torch.randint(0, num_labels, (batch, n), generator=gen)
+        return torch.cat([heads, labels], dim=1)
     return (torch.rand(batch, num_labels, generator=gen) < 0.05).float()
 
 

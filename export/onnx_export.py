@@ -84,7 +84,7 @@ def export_model(data_dir, train_dir, out_dir, command, controls_dir=None, teach
     return out_dir
 
 
-def export_controls(model_dir, entries, guide_batches):
+def export_controls(model_dir, entries, guide_batches, only=None):
     """Guidance graphs for every trained classifier, at each batch size of `guide_batches`
     (the export config's controls.guide_batches) and both precisions, sharing one weights file per classifier; appends the graphs to
     `entries`, returns the manifest's controls and the weights files' entries."""
@@ -92,6 +92,8 @@ def export_controls(model_dir, entries, guide_batches):
     batches, seq_len, d = guide_batches, ccfg.model.seq_len, ccfg.model.d
     controls, weights = {}, []
     for name, (classifier, labels) in classifiers.items():
+        if only is not None and name not in only:
+            continue
         control_input = control_spec(name, batches[0], seq_len, len(labels))
         controls[name] = {"labels": labels, "input": control_input, "defaults": DEFAULTS[name],
                           "graphs": {"fp32": [], "fp16": []}}

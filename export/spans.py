@@ -1,4 +1,4 @@
-"""Phrase spans from spaCy's dependency parse (no constituency parser is available offline).
+"""Phrase spans and dependency trees from spaCy's parse (no constituency parser is available offline).
 
 The "spans" control uses exactly this definition; spans are (i, j, label) over word indices
 (0-based, inclusive, words as the tokenizer splits them):
@@ -15,3 +15,8 @@ def phrase_spans(doc):
     spans = {(c.start, c.end - 1, "NP") for c in doc.noun_chunks}
     spans |= {(t.left_edge.i, t.right_edge.i, "PP") for t in doc if t.dep_ == "prep"}
     return sorted(spans)
+
+
+def dependency_tree(doc):
+    """(head, label) per word: heads 1-based, 0 for the root, which is labelled ROOT (CoNLL)."""
+    return [(0 if t.head.i == t.i else t.head.i + 1, "ROOT" if t.head.i == t.i else t.dep_) for t in doc]

@@ -14,6 +14,7 @@ from .spans import SPAN_LABELS
 from .errors import ExportError
 from .schedule import Diffusion
 from .train import CHECKPOINT, load_ema
+from .tree import TreeClassifier
 
 CONTROLS_FILE = "controls.pt"
 PARTIAL_FILE = "controls.partial.pt"  # resumable state of an unfinished run
@@ -117,4 +118,8 @@ def load_controls(path):
     spans.load_state_dict(state["spans"])
     controls = {"pos": (pos.eval(), state["tags"]), "content": (content.eval(), state["values"]),
                 "spans": (spans.eval(), state["span_labels"])}
+    if "tree" in state:
+        tree = TreeClassifier(m.d, m.seq_len, len(state["tree_labels"]), c.hidden, c.layers, c.heads)
+        tree.load_state_dict(state["tree"])
+        controls["tree"] = (tree.eval(), state["tree_labels"])
     return controls, cfg

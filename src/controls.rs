@@ -4,6 +4,7 @@
 use crate::error::ControlError;
 use crate::manifest::Manifest;
 use crate::text::Vocab;
+use crate::tree;
 
 /// What the user asked for, as given on the command line or in a request.
 #[derive(Debug, Clone, Default)]
@@ -18,6 +19,8 @@ pub struct ControlRequest {
     pub infill: Option<String>,
     /// "i,j,LABEL" each: words i..j (0-based, inclusive) form a phrase of LABEL (NP, PP).
     pub spans: Vec<String>,
+    /// A dependency tree, "HEAD:LABEL" per word (see [`crate::tree`]); fixes the length.
+    pub tree: Option<String>,
     /// Which positions a fixed length (length, POS or infill template) holds.
     pub length_hold: LengthHold,
 }
@@ -45,6 +48,8 @@ pub struct Plan {
     pub content_wanted: Option<Vec<f32>>,
     /// (first word, last word, label index) per requested span, for the spans graph.
     pub spans: Vec<Vec<i64>>,
+    /// Head position per position, then label per position, for the tree graph, [2L].
+    pub tree: Option<Vec<i64>>,
     /// Token held at each position (START, template words, END, PAD), None = generated.
     pub held: Vec<Option<u32>>,
     /// Positions inside a fixed length: generated there, but always a word.
@@ -110,6 +115,15 @@ pub fn plan(request: &ControlRequest, manifest: &Manifest, vocab: &Vocab) -> Res
         row[tags.len() + 1] = index("END").unwrap_or(0);
         plan.pos_tags = Some(row);
         length = Some(tags.len());
+    }
+    if let Some(text) = &request.tree {
+        let control = manifest.controls.get("tree").ok_or_else(|| ControlError::Missing("tree", have()))?;
+        let parsed = tree::parse(text, &control.labels, max)?;
+        if let Some(n) = length.filter(|&n| n != parsed.len()) {
+            return Err(ControlError::Conflict(format!("the tree has {} words but the length is {n}", parsed.len())));
+        }
+        length = Some(parsed.len());
+        plan.tree = Some(tree::target_row(&parsed, seq_len));
     }
     if !request.content.is_empty() {
         let control = manifest.controls.get("content").ok_or_else(|| ControlError::Missing("content", have()))?;

@@ -110,6 +110,10 @@ pub enum ControlError {
     BadSpan { span: String, reason: String, max_words: usize, labels: String },
     #[error("{flag} {value:?}: expected VALUE or CONTROL=VALUE, VALUE {allowed}")]
     BadOverride { flag: &'static str, value: String, allowed: &'static str },
+    #[error(
+        "bad tree: {reason}; expected HEAD:LABEL per word (heads 1-based, 0 for a root labelled ROOT, no cycles, at most {max_words} words), LABEL one of: {labels}"
+    )]
+    BadTree { reason: String, max_words: usize, labels: String },
     #[error("{got} spans; at most {max} per request")]
     TooManySpans { got: usize, max: usize },
     #[error("{flag} names control {control:?}, which this request does not guide (guided: {guided})")]

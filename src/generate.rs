@@ -253,6 +253,7 @@ fn targets(plan: &Plan) -> Vec<(&'static str, Target)> {
     let mut targets: Vec<(&str, Target)> = [
         plan.pos_tags.clone().map(|t| ("pos", Target::Tags(t))),
         plan.content_wanted.clone().map(|w| ("content", Target::Wanted(w))),
+        plan.tree.clone().map(|t| ("tree", Target::Tags(t))),
     ]
     .into_iter()
     .flatten()

@@ -28,3 +28,4 @@ pub mod sampler;
 pub mod schedule;
 pub mod server;
 pub mod text;
+pub mod tree;

@@ -108,6 +108,8 @@ pub struct GenerateParams {
     pub length_hold: Option<LengthHold>,
     pub infill: Option<String>,
     span: Option<OneOrMany>,
+    /// A dependency tree, "HEAD:LABEL" per word.
+    pub tree: Option<String>,
     guide_steps: Option<NumberOrMap<usize>>,
     guide_lambda: Option<NumberOrMap<f64>>,
     guide_lr: Option<NumberOrMap<f64>>,
@@ -139,6 +141,7 @@ impl GenerateParams {
             length_hold: self.length_hold.unwrap_or_default(),
             infill: self.infill.clone(),
             spans: list(&self.span),
+            tree: self.tree.clone(),
         }
     }
 
@@ -184,7 +187,7 @@ pub fn parse_request(line: &[u8]) -> Result<Incoming, Rejection> {
 }
 
 /// The fields a generate request may carry, for error messages.
-pub const FIELDS: [&str; 22] = [
+pub const FIELDS: [&str; 23] = [
     "steps",
     "seed",
     "num",
@@ -196,6 +199,7 @@ pub const FIELDS: [&str; 22] = [
     "length_hold",
     "infill",
     "span",
+    "tree",
     "guide_steps",
     "guide_lambda",
     "guide_lr",

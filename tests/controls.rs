@@ -74,6 +74,46 @@ fn guidance_changes_the_output() {
     assert_ne!(a.iter().map(|g| &g.text).collect::<Vec<_>>(), b.iter().map(|g| &g.text).collect::<Vec<_>>());
 }
 
+/// A held-out-like tree (spaCy's parse of "The Eagle is a cheap pub near the river ."), 10 words.
+const TREE: &str = "2:det 3:nsubj 0:ROOT 6:det 6:amod 3:attr 6:prep 9:det 7:pobj 3:punct";
+
+#[test]
+fn tree_guidance_fixes_the_length_composes_and_lowers_the_tree_loss() {
+    let tree = ControlRequest { tree: Some(TREE.into()), ..Default::default() };
+    let guided = run(Precision::Fp32, &request(tree.clone(), 2, 2));
+    let length_only = run(Precision::Fp32, &request(ControlRequest { length: Some(10), ..Default::default() }, 2, 2));
+    for g in guided.iter().chain(&run(Precision::Fp16, &request(tree.clone(), 1, 1))) {
+        assert_eq!(g.tokens.len(), 10, "{}", g.text);
+        assert!(g.timing.guidance > std::time::Duration::ZERO);
+    }
+    assert_ne!(
+        guided.iter().map(|g| &g.text).collect::<Vec<_>>(),
+        length_only.iter().map(|g| &g.text).collect::<Vec<_>>()
+    );
+    // the classifier's loss at t = 0 on the final latent: guided sentences fit the tree better
+    let rerank = |controls: ControlRequest| Request {
+        rerank: 2,
+        rerank_by: Some(RerankBy::Controls),
+        ..request(controls, 1, 2)
+    };
+    let with_content = ControlRequest { content: vec!["eatType=pub".into()], ..tree.clone() };
+    let out = run(Precision::Fp32, &rerank(with_content));
+    assert!(out[0].control_loss.is_some_and(f32::is_finite), "tree and content compose into one loss");
+    let unguided = ControlRequest { tree: Some(TREE.into()), ..Default::default() };
+    let k0 = Request {
+        guide: dlm::generate::GuideOverrides {
+            steps: dlm::overrides::Setting { all: Some(0), ..Default::default() },
+            ..Default::default()
+        },
+        ..rerank(unguided.clone())
+    };
+    let (before, after) = (
+        run(Precision::Fp32, &k0)[0].control_loss.unwrap(),
+        run(Precision::Fp32, &rerank(unguided))[0].control_loss.unwrap(),
+    );
+    assert!(after < before, "tree loss with guidance {after} < without {before}");
+}
+
 /// A request and the check its error must pass.
 type Case = (ControlRequest, fn(&ControlError) -> bool);
 

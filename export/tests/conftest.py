@@ -29,6 +29,7 @@ def tiny_workdir(tmp_path_factory, tiny_cfg):
     from export.train import train
     from export.teacher import train_teacher
     from export.train_controls import train_controls
+    from export.train_tree import train_tree
 
     work = tmp_path_factory.mktemp("tiny")
     old = os.getcwd()
@@ -37,6 +38,7 @@ def tiny_workdir(tmp_path_factory, tiny_cfg):
         prepare(tiny_cfg, work / "data")
         train(tiny_cfg, work / "data", work / "train")
         train_controls(tiny_cfg, work / "data", work / "train", work / "controls")
+        train_tree(tiny_cfg, work / "data", work / "train", work / "controls")
         train_teacher(tiny_cfg, work / "data", work / "teacher")
         export_model(work / "data", work / "train", work / "model", command="pytest tiny",
                      controls_dir=work / "controls", teacher_dir=work / "teacher",

@@ -20,7 +20,7 @@ def test_export_writes_every_file_with_matching_sha256(tiny_workdir):
     m = manifest.load(model_dir)  # raises on any missing file or sha mismatch
     for entry in manifest.listed_files(m):
         assert manifest.sha256_of(model_dir / entry["file"]) == entry["sha256"]
-    guides = {f"guide_{c}{b}.{p}" for c in ("pos", "content", "spans") for b in ("", ".b2") for p in ("fp32", "fp16")}
+    guides = {f"guide_{c}{b}.{p}" for c in ("pos", "content", "spans", "tree") for b in ("", ".b2") for p in ("fp32", "fp16")}
     assert {g["name"] for g in m["graphs"]} == {"denoiser.fp32", "denoiser.fp16", "teacher"} | guides
     assert len(m["diffusion"]["alpha_bar"]) == m["diffusion"]["T"] == 2000
     assert m["special_tokens"] == {"pad": 0, "unk": 1, "start": 2, "end": 3}

@@ -88,6 +88,10 @@ pub struct ControlArgs {
     /// Span "i,j,LABEL": words i..j (0-based, inclusive) form a phrase of LABEL (NP, PP) (repeatable).
     #[arg(long)]
     pub span: Vec<String>,
+    /// Dependency tree, HEAD:LABEL per word (heads 1-based, 0 for a root labelled ROOT), e.g.
+    /// "2:det 3:nsubj 0:ROOT 3:punct" (fixes the length; labels: `dlm info`).
+    #[arg(long)]
+    pub tree: Option<String>,
     /// Guidance steps K per diffusion step: K for all controls or CONTROL=K (repeatable; default: the manifest's, 3).
     #[arg(long, value_name = "[CONTROL=]K")]
     pub guide_steps: Vec<String>,
@@ -111,6 +115,7 @@ impl ControlArgs {
             length_hold: self.length_hold,
             infill: self.infill.clone(),
             spans: self.span.clone(),
+            tree: self.tree.clone(),
         }
     }
 
@@ -137,6 +142,9 @@ impl ControlArgs {
             parts.push("infill".into());
         }
         parts.extend(self.span.iter().map(|s| format!("span {s}")));
+        if self.tree.is_some() {
+            parts.push("tree".into());
+        }
         if parts.is_empty() {
             "none".into()
         } else {

@@ -67,6 +67,7 @@ pub fn check(m: &Manifest) -> Result<(), String> {
             "pos" => Some(m.model.seq_len),
             "content" => Some(c.labels.len()),
             "spans" => Some(3),
+            "tree" => Some(2 * m.model.seq_len),
             _ => None,
         };
         if let Some(w) = width.filter(|&w| c.input.shape != [batch, w]) {

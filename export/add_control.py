@@ -1,0 +1,49 @@
+"""add-control: export the guidance graphs of classifiers trained after a model directory was
+exported (e.g. the tree classifier beside the shipped pos, content and spans ones) into it, leaving
+its other graphs as they are; the whole directory is verified before it is replaced."""
+import json
+import shutil
+from pathlib import Path
+
+from . import manifest as manifest_mod
+from .atomic import atomic_dir
+from .errors import ExportError
+from .onnx_export import export_controls
+from .train_controls import CONTROLS_FILE
+from .verify import verify_model_dir
+
+
+def add_controls(model_dir, controls_dir, guide_batches, only, command):
+    """Add (or replace) the controls `only` of controls_dir's controls.pt in model_dir; the other
+    classifiers in that controls.pt must equal the model's own (their graphs are kept)."""
+    model_dir, controls_pt = Path(model_dir), Path(controls_dir) / CONTROLS_FILE
+    if not controls_pt.is_file():
+        raise ExportError(f"{controls_pt}: not found; run `python -m export controls --only tree` first")
+    m = manifest_mod.load(model_dir)
+    with atomic_dir(model_dir) as tmp:
+        for f in model_dir.iterdir():
+            if f.is_file():
+                shutil.copy2(f, tmp / f.name)
+        for name in only:
+            for old in tmp.glob(f"guide_{name}.*"):
+                old.unlink()
+        shutil.copy(controls_pt, tmp / CONTROLS_FILE)
+        entries = []
+        controls, weights = export_controls(tmp, entries, guide_batches, only=set(only))
+        missing = set(only) - set(controls)
+        if missing:
+            raise ExportError(f"{controls_pt} has no classifier for {sorted(missing)}")
+        m["graphs"] = [g for g in m["graphs"] if g.get("control") not in only] + entries
+        m["controls"] = {**{k: v for k, v in m["controls"].items() if k not in only}, **controls}
+        added = {w["file"] for w in weights}
+        m["weights"] = [w for w in m["weights"] if w["file"] not in added] + weights
+        m["controls_reference"] = {**manifest_mod.file_entry(tmp, CONTROLS_FILE),
+                                   "what": "classifier weights for PyTorch (guidance parity checks)"}
+        m["export"]["added_controls"] = {"controls": sorted(only), "command": command}
+        manifest_mod.write(tmp, m)
+        report = verify_model_dir(tmp)  # every graph, the kept ones included, before model_dir changes
+        for g in entries:
+            g["parity"] = report[g["name"]]
+        manifest_mod.write(tmp, m)
+    print(json.dumps({name: report[name] for name in (g["name"] for g in entries)}, indent=2))
+    return model_dir
