@@ -152,3 +152,34 @@ fn gpu_check_without_a_gpu_says_so_in_one_line_and_fails() {
     assert!(stdout.is_empty() && stderr.lines().count() == 1, "one line: {stdout}{stderr}");
     assert!(stderr.starts_with("gpu-check: no NVIDIA GPU here"), "{stderr}");
 }
+
+/// Model::load_reporting tells of each graph once, before it opens, in load order, counted
+/// against the right total; "engine" only where TensorRT builds one (the language model runs on
+/// the CPU whatever the device).
+#[test]
+fn loading_reports_every_graph_once_in_order() {
+    use dlm::manifest::Precision;
+    use dlm::model::Model;
+    use dlm::ort::Device;
+    let opts = common::session_options();
+    for (precision, key) in [(Precision::Fp32, "fp32"), (Precision::Fp16, "fp16")] {
+        let mut seen = Vec::new();
+        let model = Model::load_reporting(common::runtime(), &common::model_dir(), precision, &opts, &mut |o| {
+            seen.push((o.index, o.of, o.graph.to_string(), o.to_string()));
+        })
+        .unwrap();
+        let order = common::graphs_in_load_order(key);
+        let n = order.len();
+        assert_eq!(n, 1 + 3 * model.guides.len() + 1, "denoiser, 3 bucket graphs per control, teacher: {order:?}");
+        let expected: Vec<_> = order
+            .iter()
+            .enumerate()
+            .map(|(i, graph)| {
+                let trt = opts.device == Device::Tensorrt && graph != "teacher";
+                let line = format!("{} {}/{n}: {graph}", if trt { "engine" } else { "session" }, i + 1);
+                (i + 1, n, graph.clone(), line)
+            })
+            .collect();
+        assert_eq!(seen, expected);
+    }
+}

@@ -205,11 +205,34 @@ fn sigterm_answers_everything_read_and_exits_zero() {
     assert!(TcpStream::connect(("127.0.0.1", server.port)).is_err(), "no longer listening");
 }
 
+/// The loading notes, once per graph in load order: "loading session i/n: NAME" (on the CPU).
+fn loading_lines() -> Vec<String> {
+    let order = common::graphs_in_load_order("fp32");
+    order.iter().enumerate().map(|(i, g)| format!("loading session {}/{}: {g}", i + 1, order.len())).collect()
+}
+
 #[test]
-fn loading_extends_the_start_timeout_before_ready() {
+fn loading_extends_the_start_timeout_and_names_each_graph_before_ready() {
     let server = Server::start(&[], &[]);
     let first = server.loading.first().unwrap_or_else(|| panic!("no EXTEND_TIMEOUT_USEC before READY=1"));
     assert!(first.contains("EXTEND_TIMEOUT_USEC=90000000"), "{first:?}");
+    let statuses: Vec<&str> =
+        server.loading.iter().flat_map(|n| n.lines()).filter_map(|l| l.strip_prefix("STATUS=")).collect();
+    let mut expected = vec!["loading the model".to_string()];
+    expected.extend(loading_lines());
+    expected.push("warming up".into());
+    assert_eq!(statuses, expected, "{:?}", server.loading);
+}
+
+#[test]
+fn the_log_names_each_graph_as_it_loads() {
+    let mut child = common::server::spawn_stdio(&["-v"]);
+    drop(child.stdin.take()); // end of input: the server loads, warms up and exits
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let logged: Vec<&str> = stderr.lines().filter_map(|l| l.find("loading session").map(|at| &l[at..])).collect();
+    assert_eq!(logged, loading_lines(), "{stderr}");
 }
 
 #[test]

@@ -142,7 +142,12 @@ pub fn run(mut args: ServeArgs) -> Result<()> {
     let extending = server::notify::extend_while_loading(Arc::clone(&ready));
     let runtime = OrtRuntime::load(args.runtime.ort_lib.as_deref(), args.runtime.threads.into())?;
     let opts = session_options(&args.runtime, config.max_batch)?;
-    let mut model = Model::load(&runtime, &args.runtime.model, args.runtime.precision, &opts)?;
+    // each graph as it opens, in the log and in systemd's STATUS= (a TensorRT engine build
+    // takes minutes per graph on first boot)
+    let mut model = Model::load_reporting(&runtime, &args.runtime.model, args.runtime.precision, &opts, &mut |o| {
+        log::info!("loading {o}");
+        server::notify::status(&format!("loading {o}"));
+    })?;
     let t = model.manifest.diffusion.num_timesteps;
     if !(1..=t).contains(&config.default_steps) {
         anyhow::bail!("--steps {}: allowed 1..={t} (the model's T)", config.default_steps);
@@ -151,6 +156,7 @@ pub fn run(mut args: ServeArgs) -> Result<()> {
         anyhow::bail!("--max-batch {}: allowed 1..={} (the model's graphs)", config.max_batch, model.max_batch());
     }
     let warm = Instant::now();
+    server::notify::status("warming up");
     warm_up(&mut model).context("warm-up generation failed")?;
     log::info!("model {} on {}, warmed up in {:?}", model.dir.display(), model.provider, warm.elapsed());
     ready.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -1,14 +1,16 @@
 //! A model directory loaded on ONNX Runtime and checked: manifest, schedule, tokenizer,
 //! embeddings, the denoiser session, the guidance sessions and (when the model has one) the
-//! language model that reranks by fluency.
+//! language model that reranks by fluency. [`Model::load_reporting`] says which graph it opens
+//! as it goes ([`Opening`]): on TensorRT each is an engine build of minutes on first boot.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::Path;
 
 use crate::embeddings::Embeddings;
 use crate::error::LoadError;
 use crate::manifest::{Graph, Manifest, Precision, Role, MANIFEST_FILE};
-use crate::ort::{GuideSession, OrtDenoiser, OrtRuntime, OrtTeacher, SessionOptions};
+use crate::ort::{Device, GuideSession, OrtDenoiser, OrtRuntime, OrtTeacher, SessionOptions};
 use crate::rerank::LanguageModel;
 use crate::sampler::{Denoiser, Guide};
 use crate::schedule::{cumprod_alphas, Diffusion};
@@ -19,12 +21,56 @@ use super::Model;
 /// The Rust schedule must reproduce the manifest's alpha_bar table to this tolerance.
 pub const SCHEDULE_TOLERANCE: f64 = 1e-9;
 
+/// A graph [`Model::load_reporting`] is about to open: the `index`-th (from 1) of the `of`
+/// graphs this model loads, on `device`. Shown as "engine 3/11: guide_pos.b4.fp32" on
+/// TensorRT (whose engine it builds or reads from its cache), "session 3/11: ..." elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opening<'a> {
+    pub index: usize,
+    pub of: usize,
+    pub graph: &'a str,
+    pub device: Device,
+}
+
+impl fmt::Display for Opening<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = if self.device == Device::Tensorrt { "engine" } else { "session" };
+        write!(f, "{kind} {}/{}: {}", self.index, self.of, self.graph)
+    }
+}
+
+/// Counts the graphs opened and tells `report` of each before it opens.
+struct Progress<'r> {
+    opened: usize,
+    of: usize,
+    report: &'r mut dyn FnMut(&Opening<'_>),
+}
+
+impl Progress<'_> {
+    fn opening(&mut self, graph: &Graph, device: Device) {
+        self.opened = self.opened.saturating_add(1);
+        (self.report)(&Opening { index: self.opened, of: self.of, graph: &graph.name, device });
+    }
+}
+
 impl Model {
     pub fn load(
         runtime: &OrtRuntime,
         dir: &Path,
         precision: Precision,
         opts: &SessionOptions,
+    ) -> Result<Self, LoadError> {
+        Self::load_reporting(runtime, dir, precision, opts, &mut |_| {})
+    }
+
+    /// [`Model::load`], calling `report` before each graph's session is opened: the denoiser,
+    /// each control's guidance graphs (controls in name order), then the language model.
+    pub fn load_reporting(
+        runtime: &OrtRuntime,
+        dir: &Path,
+        precision: Precision,
+        opts: &SessionOptions,
+        report: &mut dyn FnMut(&Opening<'_>),
     ) -> Result<Self, LoadError> {
         if !dir.is_dir() {
             return Err(LoadError::Invalid {
@@ -47,15 +93,23 @@ impl Model {
             path: dir.join(MANIFEST_FILE),
             what: format!("no denoiser graph of precision {precision:?}"),
         })?;
+        let teacher = manifest.graphs.iter().find(|g| g.role == Role::Teacher);
+        let guide_graphs =
+            manifest.controls.values().map(|c| c.graphs.get(precision_key(precision)).map_or(0, |n| n.names().len()));
+        let of = guide_graphs.fold(1 + usize::from(teacher.is_some()), usize::saturating_add);
+        let mut progress = Progress { opened: 0, of, report };
+        progress.opening(graph, opts.device);
         let denoiser = OrtDenoiser::open(runtime, dir, graph, opts)?;
         let provider = denoiser.device.name();
-        let guides = open_guides(runtime, dir, &manifest, precision, opts)?;
+        let guides = open_guides(runtime, dir, &manifest, precision, opts, &mut progress)?;
         let st = manifest.special_tokens;
-        let teacher: Option<Box<dyn LanguageModel + Send>> =
-            match manifest.graphs.iter().find(|g| g.role == Role::Teacher) {
-                Some(graph) => Some(Box::new(OrtTeacher::open(runtime, dir, graph, opts, (st.start, st.end))?)),
-                None => None,
-            };
+        let teacher: Option<Box<dyn LanguageModel + Send>> = match teacher {
+            Some(graph) => {
+                progress.opening(graph, Device::Cpu); // the language model runs on the CPU
+                Some(Box::new(OrtTeacher::open(runtime, dir, graph, opts, (st.start, st.end))?))
+            }
+            None => None,
+        };
         let denoiser: Box<dyn Denoiser + Send> = Box::new(denoiser);
         Ok(Self { dir: dir.to_path_buf(), manifest, vocab, embeddings, denoiser, guides, teacher, precision, provider })
     }
@@ -68,8 +122,9 @@ fn open_guides(
     manifest: &Manifest,
     precision: Precision,
     opts: &SessionOptions,
+    progress: &mut Progress<'_>,
 ) -> Result<BTreeMap<String, Box<dyn Guide + Send>>, LoadError> {
-    let key = if precision == Precision::Fp16 { "fp16" } else { "fp32" };
+    let key = precision_key(precision);
     let mut guides: BTreeMap<String, Box<dyn Guide + Send>> = BTreeMap::new();
     for (name, control) in &manifest.controls {
         let names = control.graphs.get(key).map(|n| n.names()).unwrap_or_default();
@@ -80,9 +135,19 @@ fn open_guides(
                 what: format!("control {name} names no {key} guidance graph present in graphs"),
             });
         }
-        guides.insert(name.clone(), Box::new(GuideSession::open(runtime, dir, &graphs, control, opts)?));
+        let opening = &mut |graph: &Graph| progress.opening(graph, opts.device);
+        guides.insert(name.clone(), Box::new(GuideSession::open_each(runtime, dir, &graphs, control, opts, opening)?));
     }
     Ok(guides)
+}
+
+/// The key of a control's graphs of `precision` in the manifest.
+fn precision_key(precision: Precision) -> &'static str {
+    if precision == Precision::Fp16 {
+        "fp16"
+    } else {
+        "fp32"
+    }
 }
 
 fn check_schedule(path: &Path, manifest: &Manifest) -> Result<(), LoadError> {

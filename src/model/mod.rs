@@ -7,7 +7,7 @@
 pub(crate) mod fake;
 mod load;
 
-pub use load::SCHEDULE_TOLERANCE;
+pub use load::{Opening, SCHEDULE_TOLERANCE};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -45,9 +45,23 @@ impl GuideSession {
         control: &Control,
         opts: &SessionOptions,
     ) -> Result<Self, LoadError> {
+        Self::open_each(runtime, dir, graphs, control, opts, &mut |_| {})
+    }
+
+    /// [`GuideSession::open`], calling `opening(graph)` before each graph's session is opened,
+    /// in the order of `graphs` (a TensorRT engine build takes minutes per graph).
+    pub fn open_each(
+        runtime: &OrtRuntime,
+        dir: &Path,
+        graphs: &[&Graph],
+        control: &Control,
+        opts: &SessionOptions,
+        opening: &mut dyn FnMut(&Graph),
+    ) -> Result<Self, LoadError> {
         let mut buckets = Vec::with_capacity(graphs.len());
         let mut device = Device::Cpu;
         for graph in graphs {
+            opening(graph);
             let (session, on) = open_session(runtime, dir, graph, opts)?;
             device = on;
             let batch = match graph.inputs.first().and_then(|x| x.shape.first()) {

@@ -1,7 +1,8 @@
 //! The systemd notify protocol over `$NOTIFY_SOCKET` (a no-op when it is unset):
 //! EXTEND_TIMEOUT_USEC while the model loads (TensorRT engine builds take minutes on an Orin,
-//! beyond systemd's default start timeout), READY=1 once the sessions are built and warmed up,
-//! WATCHDOG=1 while the inference thread is alive and not stuck, STOPPING=1 on shutdown.
+//! beyond systemd's default start timeout) and STATUS= naming the graph it opens ([`status`]),
+//! READY=1 once the sessions are built and warmed up, WATCHDOG=1 while the inference thread is
+//! alive and not stuck, STOPPING=1 on shutdown.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -24,16 +25,19 @@ const EXTEND: Duration = Duration::from_secs(90);
 const MAX_LOADING: Duration = Duration::from_secs(30 * 60);
 
 /// Until `loaded` is set (or for `MAX_LOADING`), ask systemd for `EXTEND` more start time now
-/// and every `EXTEND` / 3. Join the handle before READY=1, so that no extension follows it.
+/// (with STATUS=loading the model) and every `EXTEND` / 3 (leaving the status to [`status`]).
+/// Join the handle before READY=1, so that no extension follows it.
 pub fn extend_while_loading(loaded: Arc<AtomicBool>) -> Option<JoinHandle<()>> {
     std::env::var_os("NOTIFY_SOCKET")?;
     let usec = u32::try_from(EXTEND.as_micros()).unwrap_or(u32::MAX);
+    // the first one here, before any status of the loading can follow it
+    send(&[NotifyState::ExtendTimeoutUsec(usec), NotifyState::Status("loading the model")]);
     let run = move || {
         let tick = Duration::from_millis(20);
-        let (mut since, started) = (EXTEND, std::time::Instant::now()); // send at once
+        let (mut since, started) = (Duration::ZERO, std::time::Instant::now());
         while !loaded.load(Ordering::SeqCst) && started.elapsed() < MAX_LOADING {
             if since >= EXTEND / 3 {
-                send(&[NotifyState::ExtendTimeoutUsec(usec), NotifyState::Status("loading the model")]);
+                send(&[NotifyState::ExtendTimeoutUsec(usec)]);
                 since = Duration::ZERO;
             }
             thread::sleep(tick);
@@ -41,6 +45,13 @@ pub fn extend_while_loading(loaded: Arc<AtomicBool>) -> Option<JoinHandle<()>> {
         }
     };
     thread::Builder::new().name("notify-loading".into()).spawn(run).ok()
+}
+
+/// STATUS=`text` (what `systemctl status` shows), e.g. the graph being loaded; a control
+/// character (a newline in a graph's name would start another assignment) as a space.
+pub fn status(text: &str) {
+    let text: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    send(&[NotifyState::Status(&text)]);
 }
 
 pub fn ready(status: &str) {

@@ -27,6 +27,33 @@ pub fn model_dir() -> PathBuf {
     repo_path("models/e2e")
 }
 
+/// The graphs of `precision` ("fp32", "fp16") the bundled model loads, in the order `Model::load`
+/// opens them, from its manifest.json: the denoiser, each control's (controls in name order),
+/// the language model.
+pub fn graphs_in_load_order(precision: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(model_dir().join("manifest.json")).unwrap();
+    let manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let graphs = manifest["graphs"].as_array().unwrap();
+    let named = |role: &str| -> Vec<String> {
+        let wanted = |g: &&serde_json::Value| g["role"] == role && (role == "teacher" || g["precision"] == precision);
+        graphs.iter().filter(wanted).map(|g| g["name"].as_str().unwrap().to_string()).collect()
+    };
+    let mut order = named("denoiser");
+    let controls: std::collections::BTreeMap<String, serde_json::Value> =
+        serde_json::from_value(manifest["controls"].clone()).unwrap();
+    for control in controls.values() {
+        order.extend(control["graphs"][precision].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()));
+    }
+    order.extend(named("teacher"));
+    // every graph of that precision, once
+    let mut all = [named("denoiser"), named("guidance"), named("teacher")].concat();
+    all.sort();
+    let mut sorted = order.clone();
+    sorted.sort();
+    assert_eq!(sorted, all, "the controls' graph lists name every {precision} graph once");
+    order
+}
+
 /// The library the tests load: ORT_DYLIB_PATH when set (scripts/gpu-check.sh points it at
 /// onnxruntime-gpu's), else the one dlm finds itself.
 pub fn runtime() -> &'static OrtRuntime {

@@ -19,7 +19,7 @@ pub struct Server {
     pub notify: UnixDatagram,
     pub dir: tempfile::TempDir,
     pub port: u16,
-    /// The notifications before READY=1 (EXTEND_TIMEOUT_USEC while loading).
+    /// The notifications before READY=1 (EXTEND_TIMEOUT_USEC while loading, STATUS= per graph).
     pub loading: Vec<String>,
 }
 
@@ -52,7 +52,7 @@ impl Server {
             if note.contains("READY=1") {
                 break server;
             }
-            assert!(note.contains("EXTEND_TIMEOUT_USEC="), "before READY=1: {note:?}");
+            assert!(note.contains("EXTEND_TIMEOUT_USEC=") || note.starts_with("STATUS="), "before READY=1: {note:?}");
             server.loading.push(note);
         }
     }
