@@ -1,11 +1,13 @@
-"""python -m export {prepare,train,controls,teacher,distill,export,verify,sample,fixtures,evaluate,bench,all} --config C --workdir W."""
+"""python -m export {prepare,train,controls,teacher,distill,export,verify,sample,fixtures,evaluate,bench,loadtest,blind,plot,all} --config C --workdir W.
+
+Progress bars go to stderr, and only when it is a terminal (--no-progress: never)."""
 import argparse
 import json
 import os
 import sys
 from pathlib import Path
 
-from . import config as config_mod
+from . import config as config_mod, progress
 from .errors import ExportError
 
 DEFAULT_CONFIG = "export/configs/default.json"
@@ -130,15 +132,15 @@ def cmd_evaluate(args, cfg):
 
 
 def cmd_bench(args, cfg):
-    from .bench import bench, quality_table, report
+    from .bench import bench, quality, quality_table, report
 
     result = bench(args.model, args.dlm, steps=args.steps, rounds=args.rounds, repeat=args.repeat,
                    warmup=args.warmup, batch=args.batch)
     print(report(result))
     if args.quality:
         budgets = [int(b) for b in args.budgets.split(",")]
-        result["quality"] = quality_table(args.model, args.dlm, budgets, args.quality)
-        print("\n" + result["quality"])
+        result["quality"] = quality(args.model, args.dlm, budgets, args.quality)
+        print("\n" + quality_table(result["quality"]))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
 
@@ -171,6 +173,20 @@ def cmd_blind(args, cfg):
         print(blind.markdown(blind.score(args.key, args.grades)))
 
 
+def cmd_plot(args, cfg):
+    from .plot import plot_quality, plot_train
+
+    if bool(args.train) == bool(args.quality):
+        raise ExportError("plot: give --train TRAIN_LOG.jsonl or --quality REPORT.json (one of them)")
+    source = Path(args.train or args.quality)
+    out = Path(args.out) if args.out else source.with_suffix(".svg")
+    if args.train:
+        plot_train(source, out, title=args.title, caption=args.caption)
+    else:
+        plot_quality(source, out, title=args.title, caption=args.caption)
+    print(out)
+
+
 def cmd_all(args, cfg):
     for step in (cmd_prepare, cmd_train, cmd_controls, cmd_teacher, cmd_export):
         step(args, cfg)
@@ -180,6 +196,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="pipeline config (JSON)")
     parser.add_argument("--workdir", default="build/e2e", help="where data, checkpoints and the model go")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (they go to stderr, and only when it is a terminal)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("prepare", help="split the corpus, build tokenizer.json, tag UPOS")
     p = sub.add_parser("train", help="train the Diffusion-LM (checkpoints in WORKDIR/train)")
@@ -253,15 +271,24 @@ def main(argv=None):
     bl.add_argument("--seed", type=int, default=0)
     bl.add_argument("--key", help="score: the key.json of make")
     bl.add_argument("--grades", nargs="+", default=[], help="score: one grades file per reader (N<TAB>grade lines)")
+    pl = sub.add_parser("plot", help="SVG charts: training curves of a train_log.jsonl, or control success, "
+                        "fluency and ms per sentence by step budget from bench --quality / evaluate JSON")
+    pl.add_argument("--train", metavar="TRAIN_LOG", help="a WORKDIR/train/train_log.jsonl: its loss terms by step")
+    pl.add_argument("--quality", metavar="REPORT", help="bench --json-out (with --quality N) or evaluate --json-out "
+                    "(one budget or a --budgets sweep)")
+    pl.add_argument("--out", help="the SVG to write (default: the input with .svg)")
+    pl.add_argument("--title", help="the chart's title (default: what the data is)")
+    pl.add_argument("--caption", help="a line under the chart (e.g. where and when it was measured)")
     a = sub.add_parser("all", help="prepare, train, export and verify")
     a.add_argument("--resume", action="store_true")
     a.add_argument("--out", help="model directory (default WORKDIR/model)")
     args = parser.parse_args(argv)
+    progress.show(not args.no_progress)
     try:
         cfg = config_mod.load(args.config)
         {"prepare": cmd_prepare, "train": cmd_train, "controls": cmd_controls, "teacher": cmd_teacher, "distill": cmd_distill, "export": cmd_export, "add-control": cmd_add_control, "verify": cmd_verify,
          "sample": cmd_sample, "fixtures": cmd_fixtures, "evaluate": cmd_evaluate, "bench": cmd_bench, "loadtest": cmd_loadtest,
-         "blind": cmd_blind, "all": cmd_all}[args.command](args, cfg)
+         "blind": cmd_blind, "plot": cmd_plot, "all": cmd_all}[args.command](args, cfg)
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -15,10 +15,11 @@ import tempfile
 import time
 from statistics import median
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
-from . import manifest as manifest_mod
+from . import manifest as manifest_mod, progress
 from .graphs import OPSET
 
 POS_TEMPLATE = "PROPN AUX DET ADJ NOUN ADP DET PROPN PUNCT"
@@ -121,30 +122,11 @@ def bench(model_dir, dlm, steps=50, rounds=3, repeat=10, warmup=2, cold_steps=20
     r = {k: [] for k in ("torch_step", "ort_step", "dlm_step", "dlm_host", "torch_cold", "ort_cold", "dlm_cold",
                          "torch_rss", "ort_rss", "dlm_rss", "bare16_step", "dlm16_step", "guided_step",
                          "guided_call", "dlm_denoiser_call")}
-    guided_flags = ["--pos", POS_TEMPLATE, "--guide-steps", str(guide_steps)]
-    for _ in range(rounds):
-        t, _, _ = worker("torch", model_dir, steps, 1, warmup, repeat)
-        o, _, _ = worker("ort", model_dir, steps, 1, warmup, repeat)
-        d = dlm_profile(dlm, model_dir, steps, 1, warmup, repeat)
-        r["torch_step"].append(median(t["per_step_ms"]))
-        r["ort_step"].append(median(o["per_step_ms"]))
-        r["dlm_step"].append(d["step_ms"]["p50"])
-        r["dlm_host"].append(d["host_share"])
-        r["dlm_denoiser_call"].append(d["step_ms"]["mean"] * d["denoiser_share"])
-        for engine in ("torch", "ort"):
-            _, wall, rss = worker(engine, model_dir, cold_steps, 1, 0, 1)
-            r[f"{engine}_cold"].append(wall)
-            r[f"{engine}_rss"].append(rss)
-        _, wall, rss = run_process([str(dlm), "generate", "--model", str(model_dir), "--steps", str(cold_steps)])
-        r["dlm_cold"].append(wall)
-        r["dlm_rss"].append(rss)
-        bare, _, _ = worker("ort-bare", model_dir, steps, batch, warmup, repeat)
-        r["bare16_step"].append(median(bare["per_step_ms"]))
-        r["dlm16_step"].append(dlm_profile(dlm, model_dir, steps, batch, warmup, repeat)["step_ms"]["p50"])
-        g = dlm_profile(dlm, model_dir, steps, 1, warmup, repeat, guided_flags)
-        guided = steps - 1 - int(steps * 0.1)  # steps that get guidance: all but the last 10 %
-        r["guided_step"].append(g["step_ms"]["p50"])
-        r["guided_call"].append(g["request_ms"]["mean"] * g["guidance_share"] / (guided * guide_steps))
+    at = SimpleNamespace(model_dir=model_dir, dlm=dlm, steps=steps, warmup=warmup, repeat=repeat, cold_steps=cold_steps,
+                         batch=batch, guide_steps=guide_steps)
+    with progress.bar(total=rounds * RUNS_PER_ROUND, desc="bench", unit="run") as bar:
+        for k in range(rounds):
+            _round(r, _stage(bar, f"round {k + 1}/{rounds}"), at)
     med = {k: median(v) for k, v in r.items()}
     flops = matmul_flops(model_dir / "denoiser.fp32.onnx", 1, seq_len)
     peak = matmul_peak()
@@ -154,6 +136,51 @@ def bench(model_dir, dlm, steps=50, rounds=3, repeat=10, warmup=2, cold_steps=20
     return {"steps": steps, "rounds": rounds, "repeat": repeat, "batch": batch, "cold_steps": cold_steps,
             "medians": med, "flops_per_call": flops, "achieved_gflops": achieved, "matmul_peak_gflops": peak,
             "expected_guided_step_ms": expected_guided, "guide_steps": guide_steps}
+
+
+RUNS_PER_ROUND = 9  # the processes _round runs
+
+
+def _stage(bar, where):
+    """run(what, fn, *args): fn(*args), named on the bar while it runs, counted when done."""
+    def run(what, fn, *args):
+        bar.set_postfix_str(f"{where}: {what}")
+        out = fn(*args)
+        bar.update(1)
+        return out
+    return run
+
+
+def _round(r, run, at):
+    """One round of every engine (RUNS_PER_ROUND processes, each through `run`) with bench's
+    settings `at`, appended to r's lists."""
+    model_dir, dlm, steps, warmup, repeat, batch = at.model_dir, at.dlm, at.steps, at.warmup, at.repeat, at.batch
+    cold_steps, guide_steps = at.cold_steps, at.guide_steps
+    guided_flags = ["--pos", POS_TEMPLATE, "--guide-steps", str(guide_steps)]
+    t, _, _ = run("PyTorch", worker, "torch", model_dir, steps, 1, warmup, repeat)
+    o, _, _ = run("onnxruntime", worker, "ort", model_dir, steps, 1, warmup, repeat)
+    d = run("dlm", dlm_profile, dlm, model_dir, steps, 1, warmup, repeat)
+    r["torch_step"].append(median(t["per_step_ms"]))
+    r["ort_step"].append(median(o["per_step_ms"]))
+    r["dlm_step"].append(d["step_ms"]["p50"])
+    r["dlm_host"].append(d["host_share"])
+    r["dlm_denoiser_call"].append(d["step_ms"]["mean"] * d["denoiser_share"])
+    for engine in ("torch", "ort"):
+        _, wall, rss = run(f"{engine} cold start", worker, engine, model_dir, cold_steps, 1, 0, 1)
+        r[f"{engine}_cold"].append(wall)
+        r[f"{engine}_rss"].append(rss)
+    cold = [str(dlm), "generate", "--model", str(model_dir), "--steps", str(cold_steps)]
+    _, wall, rss = run("dlm cold start", run_process, cold)
+    r["dlm_cold"].append(wall)
+    r["dlm_rss"].append(rss)
+    bare, _, _ = run(f"bare onnxruntime, batch {batch}", worker, "ort-bare", model_dir, steps, batch, warmup, repeat)
+    r["bare16_step"].append(median(bare["per_step_ms"]))
+    r["dlm16_step"].append(run(f"dlm, batch {batch}", dlm_profile, dlm, model_dir, steps, batch, warmup,
+                               repeat)["step_ms"]["p50"])
+    g = run("dlm, guided", dlm_profile, dlm, model_dir, steps, 1, warmup, repeat, guided_flags)
+    guided = steps - 1 - int(steps * 0.1)  # steps that get guidance: all but the last 10 %
+    r["guided_step"].append(g["step_ms"]["p50"])
+    r["guided_call"].append(g["request_ms"]["mean"] * g["guidance_share"] / (guided * guide_steps))
 
 
 def report(b):
@@ -189,22 +216,43 @@ def report(b):
     return "\n".join(lines)
 
 
-def quality_table(model_dir, dlm, budgets, n, guide_steps=3):
-    """Control success and fluency (the pretrained judge's SLOR) at each budget, next to dlm's warm latency there."""
+QUALITY_CONTROLS = ("pos", "content", "spans", "length", "infill")
+
+
+def quality(model_dir, dlm, budgets, n, guide_steps=3):
+    """Control success and fluency (the pretrained judge's SLOR) of N held-out targets per control at
+    each budget, next to dlm's warm latency per sentence there (p50, unguided and POS-guided at K =
+    guide_steps): one row per budget, what `python -m export plot --quality` draws."""
     from .evaluate import evaluate, training_references
     from .judge import Judge
     from .manifest import load
 
     judge = Judge(training_references(load(model_dir)))
-    controls = ["pos", "content", "length", "infill"]
-    rows = [f"| steps | ms/sentence (none) | ms/sentence (pos, K={guide_steps}) | "
-            + " | ".join(f"{c} success / SLOR" for c in controls) + " | none SLOR | references SLOR |",
-            "|" + "---|" * (len(controls) + 5)]
-    for steps in budgets:
-        plain = dlm_profile(dlm, model_dir, steps, 1, 1, 5)["request_ms"]["p50"]
-        guided = dlm_profile(dlm, model_dir, steps, 1, 1, 5, ["--pos", POS_TEMPLATE])["request_ms"]["p50"]
-        res = evaluate(model_dir, dlm, steps=steps, n=n, guide_steps=guide_steps, judge=judge)["results"]
-        cells = [f"{100 * res[c]['success']:.0f} % / {res[c]['slor']:.2f}" for c in controls]
-        rows.append(f"| {steps} | {plain:.1f} | {guided:.1f} | " + " | ".join(cells)
-                    + f" | {res['none']['slor']:.2f} | {res['references']['slor']:.2f} |")
-    return "\n".join(rows)
+    guided_flags = ["--pos", POS_TEMPLATE, "--guide-steps", str(guide_steps)]
+    rows = []
+    with progress.bar(total=len(budgets), desc="bench --quality", unit="budget") as bar:
+        for steps in budgets:
+            bar.set_postfix_str(f"{steps} steps")
+            plain = dlm_profile(dlm, model_dir, steps, 1, 1, 5)["request_ms"]["p50"]
+            guided = dlm_profile(dlm, model_dir, steps, 1, 1, 5, guided_flags)["request_ms"]["p50"]
+            res = evaluate(model_dir, dlm, steps=steps, n=n, guide_steps=guide_steps, judge=judge)["results"]
+            rows.append({"steps": steps, "guide_steps": guide_steps, "n": n,
+                         "ms_per_sentence": {"none": plain, "pos": guided},
+                         "success": {c: res[c]["success"] for c in QUALITY_CONTROLS},
+                         "slor": {c: res[c].get("slor") for c in (*QUALITY_CONTROLS, "none", "references")}})
+            bar.update(1)
+    return rows
+
+
+def quality_table(rows):
+    """quality's rows as a markdown table."""
+    k = rows[0]["guide_steps"] if rows else "-"
+    head = (f"| steps | ms/sentence (none) | ms/sentence (pos, K={k}) | "
+            + " | ".join(f"{c} success / SLOR" for c in QUALITY_CONTROLS) + " | none SLOR | references SLOR |")
+    lines = [head, "|" + "---|" * (len(QUALITY_CONTROLS) + 5)]
+    for r in rows:
+        ms, success, slor = r["ms_per_sentence"], r["success"], r["slor"]
+        cells = [f"{100 * success[c]:.0f} % / {slor[c]:.2f}" for c in QUALITY_CONTROLS]
+        lines.append(f"| {r['steps']} | {ms['none']:.1f} | {ms['pos']:.1f} | " + " | ".join(cells)
+                     + f" | {slor['none']:.2f} | {slor['references']:.2f} |")
+    return "\n".join(lines)

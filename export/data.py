@@ -5,6 +5,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
+from . import progress
 from .atomic import atomic_dir
 from .errors import DataError
 from .spans import dependency_tree, phrase_spans
@@ -92,10 +93,15 @@ def load_spacy():
 def analyse(nlp, word_lists):
     """(UPOS tags, phrase spans, dependency tree) per sentence; spaCy runs on the tokenizer's words,
     not its own split. The tree: (head, label) per word, heads 1-based with 0 for the root (CoNLL)."""
+    return list(analyse_each(nlp, word_lists))
+
+
+def analyse_each(nlp, word_lists):
+    """analyse, one sentence at a time as spaCy finishes it."""
     from spacy.tokens import Doc
 
     docs = (Doc(nlp.vocab, words=words) for words in word_lists)
-    return [([t.pos_ for t in doc], phrase_spans(doc), dependency_tree(doc)) for doc in nlp.pipe(docs, batch_size=256)]
+    return (([t.pos_ for t in doc], phrase_spans(doc), dependency_tree(doc)) for doc in nlp.pipe(docs, batch_size=256))
 
 
 def tag_upos(nlp, word_lists):
@@ -105,7 +111,7 @@ def tag_upos(nlp, word_lists):
 
 def _records_json(tok, nlp, records):
     word_lists = [words_of(tok, text) for _, _, text in records]
-    for (mr, pairs, text), words, (pos, spans, tree) in zip(records, word_lists, analyse(nlp, word_lists)):
+    for (mr, pairs, text), words, (pos, spans, tree) in zip(records, word_lists, analyse_each(nlp, word_lists)):
         yield {"mr": mr, "fields": [list(p) for p in pairs], "text": text, "words": words, "pos": pos,
                "spans": [list(s) for s in spans], "tree": [list(arc) for arc in tree]}
 
@@ -120,7 +126,9 @@ def prepare(cfg, out_dir):
         tok.save(str(tmp / "tokenizer.json"))
         for name, part in (("train", train), ("heldout", heldout)):
             with (tmp / f"{name}.jsonl").open("w", encoding="utf-8") as f:
-                for rec in _records_json(tok, nlp, part):
+                tagged = progress.bar(_records_json(tok, nlp, part), total=len(part), desc=f"prepare: tagging {name}",
+                                      unit="sentence")
+                for rec in tagged:
                     f.write(json.dumps(rec) + "\n")
         stats = {
             "files": [str(f) for f in cfg.data.files],

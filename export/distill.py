@@ -14,9 +14,8 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer
-from tqdm import tqdm
 
-from . import data
+from . import data, progress
 from .atomic import atomic_write_text
 from .errors import ExportError
 from .teacher import TEACHER_FILE, load_teacher
@@ -29,7 +28,7 @@ def sample_teacher(model, vocab, seq_len, num, temperature, gen, batch_size=256)
     """`num` id sequences [START] w.. (up to seq_len - 1 tokens after START), ancestral sampling."""
     start, end, pad = vocab[data.START], vocab[data.END], vocab[data.PAD]
     out = []
-    for lo in tqdm(range(0, num, batch_size), desc="distill: sampling", mininterval=2.0):
+    for lo in progress.bar(range(0, num, batch_size), desc="distill: sampling", unit="batch", mininterval=2.0):
         b = min(batch_size, num - lo)
         ids = torch.full((b, 1), start, dtype=torch.long)
         done = torch.zeros(b, dtype=torch.bool)

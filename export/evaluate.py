@@ -21,9 +21,8 @@ from pathlib import Path
 import onnxruntime as ort
 from dlm_client import Client, DlmError
 from tokenizers import Tokenizer
-from tqdm import tqdm
 
-from . import data, manifest as manifest_mod
+from . import data, manifest as manifest_mod, progress
 from .config import from_dict
 from .controls import expressed
 from .distill import distinct_n
@@ -112,8 +111,8 @@ def evaluate(model_dir, dlm, steps=200, n=200, seed=0, guide_steps=None, only=No
     extra = {**({"guide_steps": guide_steps} if guide_steps is not None else {}), **(request or {})}
     names = [c for c in CHECKS if not only or c in only]
     results = {}
-    with _serve(dlm, model_dir) as server, tqdm(total=sum(len(targets[c]) for c in names), desc="evaluate",
-                                                  mininterval=5.0) as bar:
+    with _serve(dlm, model_dir) as server, progress.bar(total=sum(len(targets[c]) for c in names),
+                                                        desc=f"evaluate, {steps} steps", unit="sentence") as bar:
         for name in names:
             fields, score = CHECKS[name]
             requests = [{"steps": steps, "seed": seed + i, **fields(t), **extra} for i, t in enumerate(targets[name])]

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from dlm_client import Client, DlmError, TransportError
 
+from . import progress
 from .bench import dlm_profile
 from .errors import ExportError
 
@@ -66,8 +67,9 @@ class Server:
             raise ExportError(f"dlm serve exited with {self.proc.returncode}")
 
 
-def run_load(server, clients, per_client):
-    """Every client's requests in a closed loop: [(budget, guided, seconds)], wall seconds."""
+def run_load(server, clients, per_client, done=None):
+    """Every client's requests in a closed loop: [(budget, guided, seconds)], wall seconds.
+    `done`: a progress.Counter advanced per answer."""
     results, errors = [], []
 
     def client(c):
@@ -79,6 +81,8 @@ def run_load(server, clients, per_client):
                 except DlmError as e:  # a refusal, or the connection lost
                     errors.append(e)
                 results.append((r["steps"], "content" in r, time.perf_counter() - start))
+                if done is not None:
+                    done.update(1)
 
     threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
     start = time.perf_counter()
@@ -92,8 +96,9 @@ def run_load(server, clients, per_client):
     return results, wall
 
 
-def alone(server, repeat):
-    """Median latency of one request on an idle server, per (budget, guided)."""
+def alone(server, repeat, done=None):
+    """Median latency of one request on an idle server, per (budget, guided); `done` advanced
+    per answer."""
     out = {}
     with server.connect() as conn:
         for budget in BUDGETS:
@@ -106,6 +111,8 @@ def alone(server, repeat):
                     start = time.perf_counter()
                     conn.generate(**r)
                     times.append(time.perf_counter() - start)
+                    if done is not None:
+                        done.update(1)
                 out[(budget, guided)] = float(np.median(times))
     return out
 
@@ -115,14 +122,18 @@ def loadtest(model_dir, dlm, clients=8, per_client=9, max_batch=16, threads=0, r
         raise ExportError(f"{dlm}: dlm binary not found; run `cargo build --release` first")
     report = {"clients": clients, "per_client": per_client, "max_batch": max_batch, "rounds": rounds, "schedules": {}}
     runs = {"fifo": [], "batched": []}
-    for _ in range(rounds):  # the schedules alternate, so a slow spell of the machine hits both
-        for schedule in runs:
-            server = Server(dlm, model_dir, schedule, max_batch, threads)
-            try:
-                results, wall = run_load(server, clients, per_client)
-                runs[schedule].append((results, wall, alone(server, repeat)))
-            finally:
-                server.stop()
+    per_run = clients * per_client + len(BUDGETS) * 2 * repeat  # requests of one server
+    with progress.bar(total=rounds * len(runs) * per_run, desc="loadtest", unit="request") as bar:
+        done = progress.Counter(bar)
+        for k in range(rounds):  # the schedules alternate, so a slow spell of the machine hits both
+            for schedule in runs:
+                bar.set_postfix_str(f"round {k + 1}/{rounds}, {schedule}")
+                server = Server(dlm, model_dir, schedule, max_batch, threads)
+                try:
+                    results, wall = run_load(server, clients, per_client, done)
+                    runs[schedule].append((results, wall, alone(server, repeat, done)))
+                finally:
+                    server.stop()
     for schedule, measured in runs.items():
         results = [r for rs, _, _ in measured for r in rs]
         by_budget = {}

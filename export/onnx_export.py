@@ -9,7 +9,7 @@ import onnxruntime
 import torch
 from tokenizers import Tokenizer
 
-from . import data, graphs, manifest as manifest_mod
+from . import data, graphs, manifest as manifest_mod, progress
 from .errors import ExportError
 from .schedule import SCHEDULE_PARAM, alpha_bar
 from .atomic import atomic_dir
@@ -44,7 +44,12 @@ def export_model(data_dir, train_dir, out_dir, command, controls_dir=None, teach
     tok_path = Path(data_dir) / "tokenizer.json"
     tok = Tokenizer.from_file(str(tok_path))
     model, cfg, state = load_ema(ckpt, tok.get_vocab_size())
-    with atomic_dir(out_dir, keep=KEEP) as tmp:
+    controls_pt = Path(controls_dir) / CONTROLS_FILE if controls_dir else None
+    teacher_pt = Path(teacher_dir) / TEACHER_FILE if teacher_dir else None
+    has_teacher = bool(teacher_pt and teacher_pt.is_file())
+    # the guidance graphs are counted in once the classifiers are loaded
+    bar = progress.bar(total=2 + has_teacher, desc="export", unit="graph")
+    with bar, atomic_dir(out_dir, keep=KEEP) as tmp:
         shutil.copy(tok_path, tmp / "tokenizer.json")
         emb = model.word_emb.weight.detach().numpy().astype("<f4")
         (tmp / "embeddings.bin").write_bytes(emb.tobytes())
@@ -53,22 +58,25 @@ def export_model(data_dir, train_dir, out_dir, command, controls_dir=None, teach
         entries = []
         for precision in ("fp32", "fp16"):
             spec = graphs.denoiser(precision, cfg.model.d, cfg.model.seq_len, cfg.model.self_condition)
+            bar.set_postfix_str(spec.name)
             # a fresh copy per precision: export_denoiser casts the module in place
             export_denoiser(load_ema(ckpt, tok.get_vocab_size())[0], spec, tmp / spec.file)
             entries.append(spec.manifest_entry(tmp))
+            bar.update(1)
         controls, weights = {}, []
-        controls_pt = Path(controls_dir) / CONTROLS_FILE if controls_dir else None
         if controls_pt and controls_pt.is_file():
             shutil.copy(controls_pt, tmp / CONTROLS_FILE)
-            controls, weights = export_controls(tmp, entries, guide_batches)
-        teacher_pt = Path(teacher_dir) / TEACHER_FILE if teacher_dir else None
-        if teacher_pt and teacher_pt.is_file():
+            controls, weights = export_controls(tmp, entries, guide_batches, bar)
+        if has_teacher:
             shutil.copy(teacher_pt, tmp / TEACHER_FILE)
             spec = graphs.teacher(tok.get_vocab_size(), cfg.model.seq_len)
+            bar.set_postfix_str(spec.name)
             export_teacher(load_teacher(teacher_pt), spec, tmp / spec.file)
             entries.append(spec.manifest_entry(tmp))
+            bar.update(1)
+        bar.close()  # verify has a bar of its own
         manifest = build_manifest(cfg, tok, tmp, entries, data_dir, train_dir, state, command)
-        if teacher_pt and teacher_pt.is_file():
+        if has_teacher:
             manifest["teacher_reference"] = {**manifest_mod.file_entry(tmp, TEACHER_FILE),
                                              "what": "teacher LM weights for PyTorch (lm-score parity checks)"}
         if controls:
@@ -84,12 +92,17 @@ def export_model(data_dir, train_dir, out_dir, command, controls_dir=None, teach
     return out_dir
 
 
-def export_controls(model_dir, entries, guide_batches, only=None):
+def export_controls(model_dir, entries, guide_batches, only=None, bar=None):
     """Guidance graphs for every trained classifier, at each batch size of `guide_batches`
     (the export config's controls.guide_batches) and both precisions, sharing one weights file per classifier; appends the graphs to
-    `entries`, returns the manifest's controls and the weights files' entries."""
+    `entries`, returns the manifest's controls and the weights files' entries. `bar`: a progress
+    bar to count the graphs on."""
     classifiers, ccfg = load_controls(Path(model_dir) / CONTROLS_FILE)
     batches, seq_len, d = guide_batches, ccfg.model.seq_len, ccfg.model.d
+    bar = bar if bar is not None else progress.bar(total=0, hide=True)
+    chosen = [name for name in classifiers if only is None or name in only]
+    bar.total += 2 * len(chosen) * len(batches)
+    bar.refresh()
     controls, weights = {}, []
     for name, (classifier, labels) in classifiers.items():
         if only is not None and name not in only:
@@ -102,7 +115,9 @@ def export_controls(model_dir, entries, guide_batches, only=None):
             for batch in batches:
                 spec = graphs.guidance(name, precision, batch, seq_len, d, control_spec(name, batch, seq_len, len(labels)),
                                        bucket=batch != batches[0])
+                bar.set_postfix_str(spec.name)
                 export_guidance(copy.deepcopy(classifier), spec, len(labels), Path(model_dir) / spec.file)
+                bar.update(1)
                 controls[name]["graphs"][precision].append(spec.name)
                 specs.append(spec)
         shared = f"guide_{name}.weights"

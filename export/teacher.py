@@ -11,9 +11,8 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 from torch.nn import functional as F
-from tqdm import tqdm
 
-from . import data
+from . import data, progress
 from .model import Block
 
 TEACHER_FILE = "teacher.pt"
@@ -49,7 +48,7 @@ def train_teacher(cfg, data_dir, out_dir):
     model = TeacherLM(tok.get_vocab_size(), cfg.model.seq_len, tc.hidden, tc.layers)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr)
     log = []
-    for step in tqdm(range(tc.steps), desc="teacher", mininterval=2.0):
+    for step in progress.bar(range(tc.steps), desc="teacher", unit="step", mininterval=2.0):
         batch = ids[torch.randint(0, len(ids), (tc.batch_size,), generator=gen)]
         logits = model(batch[:, :-1])
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), ignore_index=pad)

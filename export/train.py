@@ -9,9 +9,8 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
-from . import data, distributed
+from . import data, distributed, progress
 from .atomic import atomic_save
 from .errors import ExportError
 from .model import DiffusionLM, count_parameters, token_nll
@@ -202,7 +201,8 @@ def _loop(trainer, out_dir, ckpt):
         out_dir.mkdir(parents=True, exist_ok=True)
     record = {}
     log = (out_dir / "train_log.jsonl").open("a") if main else None
-    with tqdm(total=cfg.train.steps, initial=trainer.step, desc="train", mininterval=2.0, disable=not main) as bar:
+    with progress.bar(total=cfg.train.steps, initial=trainer.step, desc="train", unit="step", mininterval=2.0,
+                      hide=not main) as bar:
         if trainer.step == 0 and main:
             log.write(json.dumps({"event": "start", "parameters": count_parameters(trainer.model),
                                   "processes": trainer.process.world,

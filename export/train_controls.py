@@ -3,9 +3,8 @@ import json
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from . import data
+from . import data, progress
 from .atomic import atomic_save
 from .control_eval import accuracy_by_band
 from .controls import (POS_SPECIAL, ContentClassifier, PosClassifier, SpanClassifier, content_targets, pos_labels,
@@ -67,7 +66,7 @@ def train_controls(cfg, data_dir, train_dir, out_dir):
             torch.set_rng_state(state["rng"])
             log, start = state["log"], state["step"]
             print(f"controls: resuming at step {start} from {partial}")
-    bar = tqdm(range(start, c.steps), desc="controls", mininterval=2.0, initial=start, total=c.steps)
+    bar = progress.bar(range(start, c.steps), desc="controls", unit="step", mininterval=2.0, initial=start, total=c.steps)
     for step in bar:
         idx = torch.randint(0, len(ids), (c.batch_size,), generator=gen)
         t = torch.randint(0, cfg.diffusion.T, (c.batch_size,), generator=gen)

@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from . import manifest as manifest_mod
+from . import manifest as manifest_mod, progress
 from .errors import ParityError
 from .model import DiffusionLM
 from .config import from_dict
@@ -118,7 +118,9 @@ def verify_model_dir(model_dir):
             emb.reshape(manifest["embeddings"]["shape"]), reference.word_emb.weight.detach().numpy()):
         failures.append("embeddings.bin does not equal the reference model's embedding matrix")
     controls = _load_controls(model_dir, manifest)
-    for graph in manifest["graphs"]:
+    checking = progress.bar(manifest["graphs"], desc="verify", unit="graph")
+    for graph in checking:
+        checking.set_postfix_str(graph["name"])
         options = ort.SessionOptions()
         options.log_severity_level = 3
         session = ort.InferenceSession(str(Path(model_dir) / graph["file"]), options, providers=["CPUExecutionProvider"])
