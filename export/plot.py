@@ -32,9 +32,13 @@ def _save(fig, out, caption):
     out = Path(out)
     if out.suffix.lower() != ".svg":
         raise ExportError(f"{out}: the chart is SVG; name the file *.svg")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="svg", metadata={"Date": None}, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, format="svg", metadata={"Date": None}, bbox_inches="tight")
+    except OSError as e:
+        raise ExportError(f"{out}: cannot write the chart ({e.strerror or e})") from None
+    finally:
+        plt.close(fig)
     return out
 
 

@@ -121,6 +121,9 @@ def test_the_command_line_writes_the_svg_and_refuses_unclear_asks(tmp_path, caps
     assert "give --train TRAIN_LOG.jsonl or --quality REPORT.json" in capsys.readouterr().err
     assert main(["plot", "--quality", str(report), "--out", str(tmp_path / "q.png")]) == 1
     assert "the chart is SVG" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert main(["plot", "--quality", str(report), "--out", str(tmp_path / "file" / "q.svg")]) == 1
+    assert "cannot write the chart" in capsys.readouterr().err
     assert main(["plot", "--train", str(tmp_path / "missing.jsonl")]) == 1
     assert "training log (WORKDIR/train/train_log.jsonl" in capsys.readouterr().err
 
