@@ -96,7 +96,7 @@ fn tree_guidance_fixes_the_length_composes_and_lowers_the_tree_loss() {
         rerank_by: Some(RerankBy::Controls),
         ..request(controls, 1, 2)
     };
-    let with_content = ControlRequest { content: vec!["eatType=pub".into()], ..tree.clone() };
+    let with_content = ControlRequest { content: vec!["type=pub".into()], ..tree.clone() };
     let out = run(Precision::Fp32, &rerank(with_content));
     assert!(out[0].control_loss.is_some_and(f32::is_finite), "tree and content compose into one loss");
     let unguided = ControlRequest { tree: Some(TREE.into()), ..Default::default() };
