@@ -159,6 +159,19 @@ pub enum TransportError {
     Serial { path: String, source: serialport::Error },
 }
 
+/// A `--api-key` that no client could send or that guards nothing (the key itself never
+/// appears in a message).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ApiKeyError {
+    #[error("--api-key (DLM_API_KEY) is empty: give a key, or unset it to serve HTTP without authentication")]
+    Empty,
+    #[error(
+        "--api-key (DLM_API_KEY) has a character an Authorization header cannot carry at position {at}: \
+         allowed are visible ASCII characters (0x21..=0x7e), no spaces"
+    )]
+    NotVisibleAscii { at: usize },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

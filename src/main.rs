@@ -36,12 +36,14 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 /// An empty `DLM_*` or `ORT_DYLIB_PATH` (`DLM_MODEL=` in an environment file) means unset, as
-/// systemd's `EnvironmentFile=` writes it, for clap and for ONNX Runtime's loader alike.
+/// systemd's `EnvironmentFile=` writes it, for clap and for ONNX Runtime's loader alike; but an
+/// empty `DLM_API_KEY` stays, to be refused at start (a key that expanded to nothing must not
+/// open the server).
 fn unset_empty_variables() {
     let empty: Vec<_> = std::env::vars_os()
         .filter(|(name, value)| {
             let name = name.to_string_lossy();
-            value.is_empty() && (name.starts_with("DLM_") || name == "ORT_DYLIB_PATH")
+            value.is_empty() && (name.starts_with("DLM_") || name == "ORT_DYLIB_PATH") && name != "DLM_API_KEY"
         })
         .map(|(name, _)| name)
         .collect();

@@ -13,7 +13,7 @@ use dlm::generate::Request;
 use dlm::model::Model;
 use dlm::ort::OrtRuntime;
 use dlm::overrides::{GuideOverrides, Setting};
-use dlm::server::http::{HttpListener, Limits};
+use dlm::server::http::{ApiKey, HttpListener, Limits};
 use dlm::server::metrics::HttpConnections;
 use dlm::server::transport::Transport;
 use dlm::server::{self, Schedule, ServerConfig};
@@ -39,9 +39,14 @@ pub struct ServeArgs {
     /// "loading" meanwhile).
     #[arg(long, env = "DLM_HTTP", value_delimiter = ',')]
     http: Vec<String>,
-    /// Allow --http on a non-loopback address (no authentication: trusted networks only).
+    /// Allow --http on a non-loopback address (without --api-key: trusted networks only).
     #[arg(long, env = "DLM_HTTP_ANY_ADDRESS", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     http_any_address: bool,
+    /// Every HTTP route but /health needs `Authorization: Bearer KEY` (401 otherwise); visible
+    /// ASCII, not empty (an empty DLM_API_KEY is an error, not "no key"). The line transports
+    /// have no authentication. Prefer the variable: a flag shows in `ps`.
+    #[arg(long, env = "DLM_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     /// Listen on a Unix domain socket at this path (repeatable).
     #[arg(long, env = "DLM_UNIX", value_delimiter = ',')]
     unix: Vec<PathBuf>,
@@ -98,6 +103,12 @@ pub fn run(mut args: ServeArgs) -> Result<()> {
         list.retain(|a| !a.trim().is_empty());
     }
     args.unix.retain(|p| !p.as_os_str().is_empty());
+    // clap reads an empty variable as unset; an empty DLM_API_KEY is refused like an empty flag
+    let empty_variable = std::env::var_os("DLM_API_KEY").filter(|v| v.is_empty()).map(|_| String::new());
+    let api_key = args.api_key.clone().or(empty_variable).as_deref().map(ApiKey::new).transpose()?;
+    if api_key.is_some() && args.http.is_empty() {
+        anyhow::bail!("--api-key (DLM_API_KEY) guards HTTP only, and no --http is given (the line transports have no authentication)");
+    }
     let mut transports = Vec::new();
     if args.stdio {
         transports.push(Transport::Stdio);
@@ -120,7 +131,13 @@ pub fn run(mut args: ServeArgs) -> Result<()> {
             max_body: args.max_line as usize,
         };
         // answers 503 "loading" until the server starts
-        transports.push(Transport::Http(HttpListener::bind(addr, args.http_any_address, limits, &connections)?));
+        transports.push(Transport::Http(HttpListener::bind(
+            addr,
+            args.http_any_address,
+            limits,
+            api_key.clone(),
+            &connections,
+        )?));
     }
     if transports.is_empty() {
         anyhow::bail!("nothing to serve on: give --stdio, --tcp ADDR, --unix PATH, --serial DEVICE or --http ADDR");

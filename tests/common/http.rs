@@ -11,9 +11,15 @@ use super::server::Server;
 
 /// One HTTP/1.1 exchange: (status, headers in lower case, body as JSON).
 pub fn http(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, String, Value) {
+    http_with(port, method, path, &[], body)
+}
+
+/// One HTTP/1.1 exchange with extra header lines (`"Authorization: Bearer KEY"`).
+pub fn http_with(port: u16, method: &str, path: &str, headers: &[&str], body: &[u8]) -> (u16, String, Value) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("the HTTP listener accepts");
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).unwrap();

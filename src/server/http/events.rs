@@ -1,6 +1,6 @@
 //! A streaming request's answer as Server-Sent Events: `event: step` per step event as the
 //! engine sends it, then `event: done` (the answer) or `event: error` (its rejection), then the
-//! end of the body.
+//! end of the body; or in another [`Format`] (OpenAI's completion chunks).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -21,24 +21,50 @@ use crate::server::queue::{Answer, Streamed};
 /// What an HTTP answer's body is: whole, or a stream of events.
 pub(super) type Payload = Either<Full<Bytes>, Events>;
 
+/// How a stream's events are written.
+pub(super) trait Format: Send {
+    /// The bytes of one step event (the engine's step object).
+    fn step(&mut self, step: &str) -> Bytes;
+    /// The bytes of the answer, the stream's last.
+    fn answer(&mut self, answer: Answer) -> Bytes;
+}
+
+/// dlm's events: `event: step`, then `event: done` or `event: error`.
+struct Dlm;
+
+impl Format for Dlm {
+    fn step(&mut self, step: &str) -> Bytes {
+        event("step", step)
+    }
+
+    fn answer(&mut self, answer: Answer) -> Bytes {
+        event(if answer.code.is_none() { "done" } else { "error" }, &answer.body)
+    }
+}
+
 /// The events of one streaming request, from its first step (already received) to its answer.
 pub(super) struct Events {
     first: Option<String>,
     streamed: Streamed,
     ended: bool,
+    format: Box<dyn Format>,
     /// The handler still waits for the engine: counted for the drain at shutdown.
     _awaiting: Awaiting,
 }
 
 impl Events {
     pub(super) fn new(first: String, streamed: Streamed, front: &Arc<Front>) -> Self {
-        Self { first: Some(first), streamed, ended: false, _awaiting: Awaiting::new(front) }
+        Self::with_format(first, streamed, front, Box::new(Dlm))
+    }
+
+    pub(super) fn with_format(first: String, streamed: Streamed, front: &Arc<Front>, format: Box<dyn Format>) -> Self {
+        Self { first: Some(first), streamed, ended: false, format, _awaiting: Awaiting::new(front) }
     }
 }
 
 /// One event: its name and its data (a JSON object on one line).
-fn event(name: &str, data: &str) -> Frame<Bytes> {
-    Frame::data(Bytes::from(format!("event: {name}\ndata: {data}\n\n")))
+fn event(name: &str, data: &str) -> Bytes {
+    Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
 }
 
 impl Body for Events {
@@ -53,10 +79,10 @@ impl Body for Events {
             return Poll::Ready(None);
         }
         if let Some(first) = this.first.take() {
-            return Poll::Ready(Some(Ok(event("step", &first))));
+            return Poll::Ready(Some(Ok(Frame::data(this.format.step(&first)))));
         }
         if let Poll::Ready(Some(step)) = this.streamed.steps.poll_recv(cx) {
-            return Poll::Ready(Some(Ok(event("step", &step))));
+            return Poll::Ready(Some(Ok(Frame::data(this.format.step(&step)))));
         }
         match Pin::new(&mut this.streamed.answer).poll(cx) {
             Poll::Ready(answer) => {
@@ -64,8 +90,7 @@ impl Body for Events {
                 let stopped =
                     || Rejection::new(Value::Null, ErrorCode::Internal, "the inference thread stopped").into();
                 let answer: Answer = answer.unwrap_or_else(|_| stopped());
-                let name = if answer.code.is_none() { "done" } else { "error" };
-                Poll::Ready(Some(Ok(event(name, &answer.body))))
+                Poll::Ready(Some(Ok(Frame::data(this.format.answer(answer)))))
             }
             Poll::Pending => Poll::Pending,
         }

@@ -12,7 +12,7 @@ use tokio::runtime::Runtime;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{accept, Front, Limits, Serving};
+use super::{accept, ApiKey, Front, Limits, Serving};
 use crate::error::TransportError;
 use crate::server::metrics::{HttpConnections, Listener};
 use crate::server::queue::Job;
@@ -44,11 +44,13 @@ fn runtime() -> std::io::Result<&'static Runtime> {
 }
 
 impl HttpListener {
-    /// Bind `addr` (loopback only unless `any_address`) and start accepting under `limits`.
+    /// Bind `addr` (loopback only unless `any_address`) and start accepting under `limits`;
+    /// with `api_key`, every route but `/health` needs it.
     pub fn bind(
         addr: &str,
         any_address: bool,
         limits: Limits,
+        api_key: Option<ApiKey>,
         connections: &HttpConnections,
     ) -> Result<Self, TransportError> {
         let bind = |source| TransportError::Bind { what: format!("http {addr}"), source };
@@ -69,6 +71,7 @@ impl HttpListener {
             serving: RwLock::new(None),
             stop: watch::Sender::new(false),
             awaiting: AtomicUsize::new(0),
+            api_key,
             open: connections.open.get_or_create(&label).clone(),
             refused: connections.refused.get_or_create(&label).clone(),
         });

@@ -18,12 +18,24 @@
 //! [`Reply::once`]: super::queue::Reply::once
 
 mod accept;
+mod auth;
+mod body;
+mod chunks;
+mod completion;
+mod completions;
+mod errors;
 mod events;
+mod fields;
 mod io;
 mod listener;
+mod models;
+mod openai;
+mod openapi;
 mod routes;
+mod schemas;
 mod slots;
 
+pub use auth::ApiKey;
 pub use listener::HttpListener;
 
 use std::sync::atomic::AtomicUsize;
@@ -65,6 +77,8 @@ struct Front {
     stop: watch::Sender<bool>,
     /// Requests whose handler waits for the engine's answer.
     awaiting: AtomicUsize,
+    /// With `--api-key`: what every route but `/health` needs.
+    api_key: Option<ApiKey>,
     open: Gauge,
     refused: Counter,
 }

@@ -8,33 +8,44 @@ use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Incoming};
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::time::timeout;
 
+use super::errors::{refused, status_of, Plain, Shape, LOADING};
 use super::events::{Awaiting, Events, Payload};
 use super::slots::Slot;
-use super::{Front, Serving};
+use super::{auth, openai, openapi, Front, Serving};
 use crate::protocol::{ErrorCode, Rejection};
 use crate::server::connection::dispatch;
 use crate::server::queue::{Answer, Reply};
 
 pub(super) type Answered = Response<Payload>;
 
-const PATHS: &str = "GET /health, GET /v1/info, GET /metrics, POST /v1/generate";
+const PATHS: &str = "GET /health, GET /v1/info, GET /metrics, POST /v1/generate, GET /v1/models, \
+                     GET /v1/models/{id}, POST /v1/completions, GET /openapi.json";
 
-/// Answer one request: 503 `loading` until the model is loaded, then by route, each within
-/// the idle time plus the longest deadline.
+/// The paths routed (and `/v1/models/{id}`), for 405 against 404.
+const KNOWN: [&str; 7] =
+    ["/health", "/v1/info", "/metrics", "/v1/generate", "/v1/models", "/v1/completions", "/openapi.json"];
+
+/// Answer one request: 401 without the `--api-key` (but `/health`), 503 `loading` until the
+/// model is loaded, then by route, each within the idle time plus the longest deadline.
 pub(super) async fn answer(request: Request<Incoming>, front: &Arc<Front>, slot: &Slot) -> Answered {
+    let shape = Shape::of(request.uri().path());
+    if let Err(refusal) = auth::check(front.api_key.as_ref(), request.uri().path(), request.headers()) {
+        return full(refusal);
+    }
     let Some(serving) = front.serving() else {
-        let body = json!({"ok": false, "error": {"code": "loading", "message": "the model is loading"}});
-        return respond(StatusCode::SERVICE_UNAVAILABLE, body.to_string(), true);
+        let mut loading = refused(shape, StatusCode::SERVICE_UNAVAILABLE, LOADING, "the model is loading", None);
+        loading.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        return full(loading);
     };
     let limit = front.limits.idle + front.limits.deadline;
     match timeout(limit, route(request, &serving, front, slot)).await {
         Ok(answered) => answered,
         Err(_) => {
             let message = format!("no answer within {} ms", limit.as_millis());
-            rejected(StatusCode::GATEWAY_TIMEOUT, Rejection::new(Value::Null, ErrorCode::Timeout, message))
+            full(refused(shape, StatusCode::GATEWAY_TIMEOUT, ErrorCode::Timeout.as_str(), &message, None))
         }
     }
 }
@@ -55,13 +66,25 @@ async fn route(request: Request<Incoming>, serving: &Serving, front: &Arc<Front>
             response
         }
         (&Method::POST, "/v1/generate") => generate(request, serving, front, slot).await,
-        (_, "/health" | "/v1/info" | "/v1/generate" | "/metrics") => {
+        (&Method::GET, "/v1/models") => full(openai::models(serving)),
+        (&Method::GET, path) if path.starts_with("/v1/models/") => {
+            full(openai::model(serving, &path["/v1/models/".len()..]))
+        }
+        (&Method::POST, "/v1/completions") => openai::completions(request, serving, front, slot).await,
+        (&Method::GET, "/openapi.json") => respond(StatusCode::OK, openapi::document().to_string(), false),
+        (_, path) if KNOWN.contains(&path) || path.starts_with("/v1/models/") => {
             let message = format!("method not allowed: {PATHS}");
-            rejected(StatusCode::METHOD_NOT_ALLOWED, Rejection::new(Value::Null, ErrorCode::BadRequest, message))
+            full(refused(
+                Shape::of(path),
+                StatusCode::METHOD_NOT_ALLOWED,
+                ErrorCode::BadRequest.as_str(),
+                &message,
+                None,
+            ))
         }
         (_, path) => {
             let message = format!("no such path {path:?}; paths: {PATHS}");
-            rejected(StatusCode::NOT_FOUND, Rejection::new(Value::Null, ErrorCode::BadRequest, message))
+            full(refused(Shape::of(path), StatusCode::NOT_FOUND, ErrorCode::BadRequest.as_str(), &message, None))
         }
     }
 }
@@ -121,18 +144,9 @@ fn event_stream(events: Events) -> Answered {
     response
 }
 
-/// The HTTP status of an answer's error code (None: ok).
-fn status_of(code: Option<ErrorCode>) -> StatusCode {
-    match code {
-        None => StatusCode::OK,
-        Some(ErrorCode::BadRequest) => StatusCode::BAD_REQUEST,
-        Some(ErrorCode::InvalidArgument) => StatusCode::UNPROCESSABLE_ENTITY,
-        Some(ErrorCode::TooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
-        Some(ErrorCode::Busy) => StatusCode::TOO_MANY_REQUESTS,
-        Some(ErrorCode::Timeout) => StatusCode::GATEWAY_TIMEOUT,
-        Some(ErrorCode::ShuttingDown) => StatusCode::SERVICE_UNAVAILABLE,
-        Some(ErrorCode::Internal) => StatusCode::INTERNAL_SERVER_ERROR,
-    }
+/// An answer of the HTTP modules as the connection's body.
+pub(super) fn full(plain: Plain) -> Answered {
+    plain.map(|body| Either::Left(Full::new(Bytes::from(body))))
 }
 
 fn rejected(status: StatusCode, rejection: Rejection) -> Answered {
