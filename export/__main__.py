@@ -146,8 +146,15 @@ def cmd_bench(args, cfg):
 
 
 def cmd_loadtest(args, cfg):
-    from .loadtest import loadtest, table
+    from .loadtest import latency_table, loadtest, table, transport_latency
 
+    if args.transports:
+        report = transport_latency(args.model, args.dlm, requests=args.latency_requests, warmup=args.warmup,
+                                   threads=args.threads)
+        print(latency_table(report))
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")
+        return
     report = loadtest(args.model, args.dlm, clients=args.clients, per_client=args.requests, max_batch=args.max_batch,
                       threads=args.threads, repeat=args.repeat, rounds=args.rounds)
     print(table(report))
@@ -263,6 +270,10 @@ def main(argv=None):
     lt.add_argument("--repeat", type=int, default=5, help="requests per budget timed alone")
     lt.add_argument("--rounds", type=int, default=3, help="rounds, the schedules alternating")
     lt.add_argument("--json-out", help="also write the report as JSON here")
+    lt.add_argument("--transports", action="store_true",
+                    help="instead: 1-step latency over HTTP against the line protocol over TCP, one server")
+    lt.add_argument("--latency-requests", type=int, default=300, help="--transports: timed requests per transport")
+    lt.add_argument("--warmup", type=int, default=20, help="--transports: untimed requests per transport first")
     bl = sub.add_parser("blind", help="the blind reading: make a shuffled file of outputs and references; score grades")
     bl.add_argument("action", choices=["make", "score"])
     bl.add_argument("--source", action="append", default=[], help="make: LABEL=REPORT.json:CONTROL:COUNT (repeatable; "

@@ -5,6 +5,10 @@ C clients each send R requests back to back (a closed loop); budgets cycle throu
 and every other request is content-guided; the two schedules alternate over several rounds. Reported per schedule: throughput (sentences/s) and
 p50/p95 latency per budget; per budget, the latency of a request alone on an idle server; the
 host share of an iteration at batch 16 (`dlm profile`); then the issue's targets.
+
+`transport_latency` (`loadtest --transports`): one server on HTTP and the line protocol over TCP,
+one keep-alive connection each (dlm_client), 1-step requests alternating between them: median and
+p90 of each and their ratio.
 """
 import signal
 import socket
@@ -35,16 +39,22 @@ def requests_of(client, count):
     return out
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class Server:
     """`dlm serve` on a free loopback port, stopped with SIGTERM."""
 
-    def __init__(self, dlm, model_dir, schedule, max_batch, threads):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+    def __init__(self, dlm, model_dir, schedule, max_batch, threads, http=False):
+        self.port, self.http_port = free_port(), free_port() if http else None
         cmd = [str(dlm), "serve", "--model", str(model_dir), "--tcp", f"127.0.0.1:{self.port}", "--queue", "64",
                "--max-batch", str(max_batch), "--threads", str(threads), "--max-connections", "64",
                "--schedule", schedule]
+        if http:
+            cmd += ["--http", f"127.0.0.1:{self.http_port}"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 120
         while True:
@@ -65,6 +75,47 @@ class Server:
         self.proc.send_signal(signal.SIGTERM)
         if self.proc.wait(timeout=60) != 0:
             raise ExportError(f"dlm serve exited with {self.proc.returncode}")
+
+
+def transport_latency(model_dir, dlm, requests=300, warmup=20, threads=0):
+    """1-step requests on one server, alternating between one HTTP and one line (TCP) keep-alive
+    connection, `warmup` each first: {transport: {"p50_ms", "p90_ms", "outside_p50_ms", "n"}} and the
+    ratio of the medians; `outside`: the time outside the server's own `total_ms` (the transport, both
+    ends)."""
+    if not Path(dlm).is_file():
+        raise ExportError(f"{dlm}: dlm binary not found; run `cargo build --release` first")
+    server = Server(dlm, model_dir, "batched", 16, threads, http=True)
+    times, outside = {"http": [], "tcp": []}, {"http": [], "tcp": []}
+    try:
+        with Client.http(f"http://127.0.0.1:{server.http_port}") as http, server.connect() as tcp:
+            for k in range(warmup + requests):
+                for name, client in (("http", http), ("tcp", tcp)) if k % 2 == 0 else (("tcp", tcp), ("http", http)):
+                    start = time.perf_counter()
+                    try:
+                        answer = client.generate(steps=1, seed=k)
+                    except DlmError as e:
+                        raise ExportError(f"{name} request {k} failed: {e}") from None
+                    elapsed = time.perf_counter() - start
+                    if k >= warmup:
+                        times[name].append(elapsed)
+                        outside[name].append(elapsed - answer.timings.total_ms / 1e3)
+    finally:
+        server.stop()
+    report = {name: {"p50_ms": 1e3 * float(np.percentile(t, 50)), "p90_ms": 1e3 * float(np.percentile(t, 90)),
+                     "outside_p50_ms": 1e3 * float(np.percentile(outside[name], 50)), "n": len(t)}
+              for name, t in times.items()}
+    report["ratio_p50"] = report["http"]["p50_ms"] / report["tcp"]["p50_ms"]
+    return report
+
+
+def latency_table(report):
+    ratio = report["ratio_p50"]
+    return "\n".join([
+        f"1-step requests, {report['http']['n']} per transport on one keep-alive connection each (alternating)", "",
+        "| transport | p50 ms | p90 ms | p50 outside the server's total_ms |", "|---|---|---|---|",
+        *(f"| {name} | {report[name]['p50_ms']:.3f} | {report[name]['p90_ms']:.3f} | {report[name]['outside_p50_ms']:.3f} |"
+          for name in ("http", "tcp")),
+        "", f"HTTP / line protocol median = {ratio:.2f}x (<= 1.2x: {'met' if ratio <= 1.2 else 'missed'})"])
 
 
 def run_load(server, clients, per_client, done=None):

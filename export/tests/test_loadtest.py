@@ -34,3 +34,15 @@ def test_short_loadtest_runs_both_schedules_and_reports_every_target():
     assert f"at most {100 * slower:+.1f} % (within 5 %: {'met' if slower <= 0.05 else 'missed'})" in text, text
     host = report["host_share_batch"]
     assert f"{100 * host:.1f} % (<= 5 %: {'met' if host <= 0.05 else 'missed'})" in text, text
+
+
+def test_transport_latency_times_each_transport_on_one_server():
+    if not DLM.is_file():
+        pytest.fail(f"{DLM} not found: run `cargo build --release` first")
+    from export.loadtest import latency_table, transport_latency
+
+    report = transport_latency(MODEL, DLM, requests=6, warmup=2)
+    assert report["http"]["n"] == report["tcp"]["n"] == 6
+    assert report["ratio_p50"] == report["http"]["p50_ms"] / report["tcp"]["p50_ms"]
+    text = latency_table(report)
+    assert f"= {report['ratio_p50']:.2f}x (<= 1.2x: {'met' if report['ratio_p50'] <= 1.2 else 'missed'})" in text, text
