@@ -52,14 +52,14 @@ enum Refusal {
     Wrong,
 }
 
-/// Whether a request for `path` with `headers` may go on; else its 401 answer.
-pub(super) fn check(key: Option<&ApiKey>, path: &str, headers: &HeaderMap) -> Result<(), Plain> {
-    let Some(key) = key else { return Ok(()) };
+/// The 401 answer of a request for `path` with `headers`; None: it may go on.
+pub(super) fn refusal(key: Option<&ApiKey>, path: &str, headers: &HeaderMap) -> Option<Plain> {
+    let key = key?;
     if path == "/health" {
-        return Ok(());
+        return None;
     }
     let refusal = match bearer(headers) {
-        Some(token) if key.matches(token) => return Ok(()),
+        Some(token) if key.matches(token) => return None,
         Some(_) => Refusal::Wrong,
         None => Refusal::Missing,
     };
@@ -69,7 +69,7 @@ pub(super) fn check(key: Option<&ApiKey>, path: &str, headers: &HeaderMap) -> Re
     };
     let mut answer = refused(Shape::of(path), StatusCode::UNAUTHORIZED, UNAUTHORIZED, message, None);
     answer.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
-    Err(answer)
+    Some(answer)
 }
 
 /// The token of an `Authorization: Bearer TOKEN` header (the scheme in any case, RFC 7235).
@@ -105,10 +105,10 @@ mod tests {
     fn only_the_key_as_a_bearer_token_passes_and_health_is_open() {
         let key = ApiKey::new("s3cret").unwrap();
         let key = Some(&key);
-        assert!(check(None, "/v1/generate", &HeaderMap::new()).is_ok(), "no key: open");
-        assert!(check(key, "/health", &HeaderMap::new()).is_ok());
+        assert!(refusal(None, "/v1/generate", &HeaderMap::new()).is_none(), "no key: open");
+        assert!(refusal(key, "/health", &HeaderMap::new()).is_none());
         for good in ["Bearer s3cret", "bearer s3cret", "BEARER  s3cret "] {
-            assert!(check(key, "/v1/generate", &headers(good)).is_ok(), "{good}");
+            assert!(refusal(key, "/v1/generate", &headers(good)).is_none(), "{good}");
         }
         for (bad, challenge) in [
             ("Bearer s3cre", "Bearer error=\"invalid_token\""),
@@ -117,12 +117,12 @@ mod tests {
             ("Bearer ", "Bearer"),
             ("s3cret", "Bearer"),
         ] {
-            let answer = check(key, "/metrics", &headers(bad)).unwrap_err();
+            let answer = refusal(key, "/metrics", &headers(bad)).unwrap();
             assert_eq!(answer.status(), StatusCode::UNAUTHORIZED, "{bad}");
             assert_eq!(answer.headers()[WWW_AUTHENTICATE], challenge, "{bad}");
             assert!(answer.body().contains("\"unauthorized\"") && !answer.body().contains("s3cre"), "{bad}");
         }
-        let missing = check(key, "/v1/completions", &HeaderMap::new()).unwrap_err();
+        let missing = refusal(key, "/v1/completions", &HeaderMap::new()).unwrap();
         let body: serde_json::Value = serde_json::from_str(missing.body()).unwrap();
         assert_eq!(
             (body["error"]["code"].as_str(), body["error"]["type"].as_str()),

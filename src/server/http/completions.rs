@@ -159,13 +159,16 @@ pub(super) fn translate(body: &[u8], card: &ModelCard, id: &str) -> Result<Trans
     Ok(Translated { line: line.to_string().into_bytes(), prompt, echo, fixed_length, stream, choices: n })
 }
 
+/// A generate request's field and its value.
+type Control = (&'static str, Value);
+
 /// What the prompt's words and `max_tokens` ask of the sentence, and the generate field that
 /// asks it (`infill` or `length`).
 fn constrain(
     words: Vec<String>,
     max_tokens: Option<u64>,
     card: &ModelCard,
-) -> Result<(Prompt, Option<(&'static str, Value)>), Refusal> {
+) -> Result<(Prompt, Option<Control>), Refusal> {
     let invalid = |param: &str, message: String| Refusal::new(ErrorCode::InvalidArgument, Some(param), message);
     let (max, seq_len) = (card.max_words(), card.seq_len);
     if words.iter().any(|w| w == "_") {

@@ -1,7 +1,10 @@
 //! HTTP beside the line protocol, on hyper (HTTP/1.1) over a small tokio runtime:
 //! `POST /v1/generate` takes the JSON object of a request line and answers the object of a
 //! response line, with the HTTP status of its error code; `GET /health` (200 serving, 503
-//! loading, draining or with the inference thread dead), `GET /v1/info` and `GET /metrics`.
+//! loading, draining or with the inference thread dead), `GET /v1/info` and `GET /metrics`;
+//! OpenAI's `GET /v1/models[/{id}]` and `POST /v1/completions` (`openai.rs`), translated into
+//! generate requests; `GET /openapi.json` (`openapi.rs`). With `--api-key`, every route but
+//! `/health` needs the bearer key (`auth.rs`).
 //! Generate requests go through the same queue and inference thread as every other transport,
 //! and their answers come back through a oneshot channel ([`Reply::once`]); a connection that
 //! closes while its request runs drops the receiver, and the engine drops the request's

@@ -32,7 +32,7 @@ const KNOWN: [&str; 7] =
 /// model is loaded, then by route, each within the idle time plus the longest deadline.
 pub(super) async fn answer(request: Request<Incoming>, front: &Arc<Front>, slot: &Slot) -> Answered {
     let shape = Shape::of(request.uri().path());
-    if let Err(refusal) = auth::check(front.api_key.as_ref(), request.uri().path(), request.headers()) {
+    if let Some(refusal) = auth::refusal(front.api_key.as_ref(), request.uri().path(), request.headers()) {
         return full(refusal);
     }
     let Some(serving) = front.serving() else {
