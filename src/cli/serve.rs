@@ -35,8 +35,8 @@ pub struct ServeArgs {
     #[arg(long, env = "DLM_TCP_ANY_ADDRESS", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     tcp_any_address: bool,
     /// Serve HTTP/1.1 at this loopback address, e.g. 127.0.0.1:8080 (repeatable): POST
-    /// /v1/generate, GET /health, GET /v1/info, GET /metrics. Bound before the model loads (503
-    /// "loading" meanwhile).
+    /// /v1/generate, GET /health, GET /v1/info, GET /metrics, OpenAI's GET /v1/models and POST
+    /// /v1/completions, GET /openapi.json. Bound before the model loads (503 "loading" meanwhile).
     #[arg(long, env = "DLM_HTTP", value_delimiter = ',')]
     http: Vec<String>,
     /// Allow --http on a non-loopback address (without --api-key: trusted networks only).
@@ -45,7 +45,7 @@ pub struct ServeArgs {
     /// Every HTTP route but /health needs `Authorization: Bearer KEY` (401 otherwise); visible
     /// ASCII, not empty (an empty DLM_API_KEY is an error, not "no key"). The line transports
     /// have no authentication. Prefer the variable: a flag shows in `ps`.
-    #[arg(long, env = "DLM_API_KEY", hide_env_values = true)]
+    #[arg(long, env = "DLM_API_KEY", hide_env_values = true, value_name = "KEY")]
     api_key: Option<String>,
     /// Listen on a Unix domain socket at this path (repeatable).
     #[arg(long, env = "DLM_UNIX", value_delimiter = ',')]
