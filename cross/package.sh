@@ -5,11 +5,14 @@
 #   ARCH=arm64 cross/package.sh               # arm64, with Debian's gcc-aarch64-linux-gnu (.cargo/config.toml)
 #   ARCH=arm64 BUILD=cross cross/package.sh   # arm64, with cross (Docker or Podman)
 #   BUILD=none cross/package.sh               # package the binary already built
-#   FEATURES=cuda,tensorrt ...                # GPU providers (then point ORT_DYLIB_PATH in
-#                                             # /etc/default/dlm at JetPack's ONNX Runtime)
+#   FEATURES=... cross/package.sh              # cargo features beyond the default ones
+# The CUDA and TensorRT providers are built in by default (Rust code only, with ort's
+# load-dynamic): point ORT_DYLIB_PATH in /etc/default/dlm at a GPU build of ONNX Runtime
+# (JetPack's) to use them, docs/deploy.md#jetson.
 # It puts the CPU ONNX Runtime library of that architecture (PyPI's onnxruntime wheel, through
-# scripts/fetch_ort.py) beside the binary, where Cargo.toml's assets take it; cargo-deb moves
-# target/release/ paths to target/<triple>/release/ for another architecture.
+# scripts/fetch_ort.py) beside the binary, where Cargo.toml's assets take it (installed as
+# /opt/dlm/lib, where the binary finds it); cargo-deb moves target/release/ paths to
+# target/<triple>/release/ for another architecture.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -7,16 +7,19 @@
 # It makes its own venv (.venv-gpu) with onnxruntime-gpu (the version the runtime pins) and the
 # CUDA, cuDNN and TensorRT wheels of the majors that build links (GPU_WHEELS overrides the
 # list), checks that the provider libraries find all they need, builds
-# dlm with --features cuda,tensorrt, and runs on each provider (cuda, tensorrt) and precision:
+# dlm (the cuda and tensorrt features are on by default), and runs on each provider (cuda,
+# tensorrt) and precision:
 #   - dlm info -v: the provider that took each graph's nodes;
 #   - generate, unguided and guided (content, POS, span);
 #   - the DDIM and DDPM trajectory fixtures (tests/trajectory.rs) against the PyTorch reference
 #     the CPU matches to 3e-6: tokens equal, x0_hat within 1e-2 in fp32 and 5e-2 in fp16 (the
 #     content-guided fixture in fp32);
 #   - dlm profile, step budgets 10, 50, 100, 200 at batch 1 and 16;
-# then an unknown --ep-option key (ONNX Runtime's error must name it) and TensorRT's cold start
-# (empty engine cache) against its warm start. A check that fails is reported, not fatal; the
-# script exits 1 when any failed.
+# then an unknown --ep-option key (ONNX Runtime's error must name it), --device auto (it must
+# choose tensorrt), TensorRT's cold start (empty engine cache) against its warm start, and
+# `dlm build-engines` into an empty cache followed by a generation on it, each with its peak RSS
+# (the figure the unit's MemoryMax needs on a GPU). A check that fails is reported, not fatal;
+# the script exits 1 when any failed.
 # Without an NVIDIA GPU it prints one line and exits 2.
 set -euo pipefail
 
@@ -60,8 +63,8 @@ if [[ -n "$missing" ]]; then
   exit 1
 fi
 
-echo "gpu-check: building dlm with --features cuda,tensorrt"
-cargo build --release --features cuda,tensorrt
+echo "gpu-check: building dlm (the cuda and tensorrt features are default)"
+cargo build --release
 dlm="$root/target/release/dlm"
 cache="$out/trt-cache"
 mkdir -p "$cache"
@@ -108,7 +111,7 @@ for provider in cuda tensorrt; do
     check span "$provider" "$precision" ok -- "${run[0]}" generate "${run[@]:1}" --steps 50 --num 2 --seed 7 --span 2,4,NP
     DETAIL='largest|replayed|test result' check trajectory "$provider" "$precision" ok -- \
       env DLM_TEST_DEVICE="$provider" DLM_TEST_PRECISION="$precision" \
-      cargo test --release --features cuda,tensorrt --test trajectory -- --nocapture --test-threads 1
+      cargo test --release --test trajectory -- --nocapture --test-threads 1
     DETAIL='' check profile "$provider" "$precision" ok -- "${run[0]}" profile "${run[@]:1}" --quiet \
       --budgets 10,50,100,200 --batches 1,16 --repeat 5 --csv "$out/profile-$provider-$precision.csv"
   done
@@ -121,6 +124,21 @@ DETAIL='' check tensorrt-cold tensorrt fp16 ok -- "$dlm" generate --device tenso
 DETAIL='' check tensorrt-warm tensorrt fp16 ok -- "$dlm" generate --device tensorrt --precision fp16 --trt-cache "$cold" --steps 10 --num 1 --seed 1
 engines="$( (find "$cold" -name '*.engine' 2>/dev/null || true) | wc -l)"
 
+# RSS: run a command and print its peak resident set size (the unit's MemoryMax on a GPU)
+rss() {
+  "$venv/bin/python" -c 'import resource, subprocess, sys
+code = subprocess.run(sys.argv[1:]).returncode
+print(f"peak RSS {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024} MiB", flush=True)
+sys.exit(code)' "$@"
+}
+DETAIL='device' check auto tensorrt fp16 ok -- "$dlm" info --device auto --no-sessions
+grep -q 'device     auto: tensorrt' "$out/logs/auto-tensorrt-fp16.log" || { echo "gpu-check: --device auto did not choose tensorrt"; failed=1; }
+prebuilt="$out/trt-prebuilt"
+rm -rf "$prebuilt"
+DETAIL='peak RSS|build-engines' check build-engines tensorrt fp16 ok -- rss "$dlm" build-engines --device tensorrt --precision fp16 --trt-cache "$prebuilt"
+DETAIL='peak RSS' check generate-rss tensorrt fp16 ok -- rss "$dlm" generate --device tensorrt --precision fp16 --trt-cache "$prebuilt" --steps 50 --num 4 --seed 7 --content food=Italian
+DETAIL='peak RSS' check generate-rss cuda fp32 ok -- rss "$dlm" generate --device cuda --precision fp32 --steps 50 --num 4 --seed 7 --content food=Italian
+
 {
   echo "# gpu-check"
   echo
@@ -130,6 +148,7 @@ engines="$( (find "$cold" -name '*.engine' 2>/dev/null || true) | wc -l)"
   echo "- ONNX Runtime: onnxruntime-gpu $ort_version ($("$dlm" info --device cpu | sed -n 's/^  build *//p'))"
   echo "- wheels: $("$venv/bin/pip" freeze | (grep -E '^(onnxruntime|nvidia|tensorrt)' || true) | tr '\n' ' ')"
   echo "- TensorRT engines built on the cold start: $engines (one directory per graph content)"
+  echo "- peak RSS (for the unit's MemoryMax): $(grep -h 'peak RSS' "$out"/logs/build-engines-*.log "$out"/logs/generate-rss-*.log 2>/dev/null | tr '\n' ' ')"
   echo
   echo "| check | provider | precision | status | seconds | detail |"
   echo "|---|---|---|---|---|---|"

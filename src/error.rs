@@ -39,6 +39,11 @@ pub enum LoadError {
     Tokenizer { path: PathBuf, source: BoxError },
     #[error("ONNX Runtime library: {0}")]
     OrtLibrary(String),
+    #[error(
+        "{path}: ONNX Runtime {found} cannot be used: dlm loads ONNX Runtime {oldest} or newer within 1.x \
+         (the C API version it was built for) and was tested with {tested}; point --ort-lib / ORT_DYLIB_PATH at such a library"
+    )]
+    OrtVersion { path: PathBuf, found: String, oldest: String, tested: &'static str },
     #[error("{path}: cannot create an ONNX Runtime session")]
     Session { path: PathBuf, source: BoxError },
     #[error("execution provider {provider}: {reason}")]

@@ -5,7 +5,7 @@ mod cli;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use cli::{generate::GenerateArgs, profile::ProfileArgs, serve::ServeArgs, RuntimeArgs};
+use cli::{engines::EnginesArgs, generate::GenerateArgs, info::InfoArgs, profile::ProfileArgs, serve::ServeArgs};
 
 /// Edge runtime for Diffusion-LM: controllable text generation by reverse diffusion on ONNX Runtime.
 #[derive(Parser)]
@@ -27,7 +27,10 @@ enum Command {
     /// Serve newline-delimited JSON requests (stdin/stdout, Unix socket, loopback TCP, serial line) and HTTP.
     Serve(ServeArgs),
     /// Print the manifest, the ONNX Runtime library and the providers each session runs on.
-    Info(RuntimeArgs),
+    Info(InfoArgs),
+    /// Build the TensorRT engines of every graph of a precision into the engine cache, as
+    /// `dlm serve` with the same settings would at start.
+    BuildEngines(EnginesArgs),
 }
 
 /// A closed stdout (`dlm ... | head`) ends the program quietly, as for any Unix filter.
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => cli::serve::run(args),
         Command::Profile(args) => cli::profile::run(args),
         Command::Info(args) => cli::info::run(args),
+        Command::BuildEngines(args) => cli::engines::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

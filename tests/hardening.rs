@@ -161,6 +161,15 @@ fn a_truncated_onnx_runtime_library_is_refused_before_loading() {
     assert_fails_with(&out, "not a 64-bit little-endian ELF file");
 }
 
+#[test]
+fn a_shared_library_that_is_not_onnx_runtime_is_refused_by_name() {
+    // this test's own C library: a real ELF shared object without OrtGetApiBase
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let libc = maps.split_whitespace().find(|w| w.starts_with('/') && w.contains("/libc.so")).unwrap();
+    let out = dlm(&["info", "--model", &model(), "--ort-lib", libc]);
+    assert_fails_with(&out, "no OrtGetApiBase: not an ONNX Runtime library");
+}
+
 /// `dlm ARGS` that must end within a minute (not hang on what it reads).
 fn dlm_bounded(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_dlm"))

@@ -1,7 +1,8 @@
 //! The Debian package (cross/package.sh around `cargo deb`, metadata in Cargo.toml): its control
 //! data, conffile, maintainer scripts and files, dependencies that cover the symbol versions the
-//! binary and the library need, and lintian without errors. scripts/test.sh installs cargo-deb
-//! and lintian when missing.
+//! binary and the library need, the unpacked binary run through a link as /usr/bin/dlm is (GPU
+//! providers built in, its own library found without ORT_DYLIB_PATH, a generation), and
+//! lintian without errors. scripts/test.sh installs cargo-deb and lintian when missing.
 
 use std::path::Path;
 use std::process::Command;
@@ -42,6 +43,7 @@ fn the_debian_package_installs_the_service_its_settings_and_the_model() {
     let contents = run("dpkg-deb", &["--contents", deb_s]);
     for file in [
         "./opt/dlm/bin/dlm",
+        "./usr/bin/dlm -> /opt/dlm/bin/dlm",
         "./opt/dlm/lib/libonnxruntime.so.1.32.0",
         "./opt/dlm/models/e2e/manifest.json",
         "./opt/dlm/models/e2e/denoiser.fp32.onnx",
@@ -79,6 +81,40 @@ fn the_debian_package_installs_the_service_its_settings_and_the_model() {
             newest("GLIBCXX_")
         );
     }
+    unpacked_binary_runs_on_its_own_library(&unpacked, dir.path());
     let lintian = run("lintian", &[deb_s]);
     assert!(!lintian.lines().any(|l| l.starts_with("E:")), "lintian errors: {lintian}");
+}
+
+/// The unpacked package's dlm, started through a link to it as `/usr/bin/dlm` is (the package's
+/// link is absolute, to `/opt/dlm/bin/dlm`, which does not exist here): the GPU providers are
+/// built in, `--device auto` takes the CPU of the packaged library, which it finds in its own
+/// `../lib` with no ORT_DYLIB_PATH, and it generates.
+fn unpacked_binary_runs_on_its_own_library(unpacked: &Path, scratch: &Path) {
+    let unpacked = unpacked.canonicalize().unwrap();
+    assert_eq!(std::fs::read_link(unpacked.join("usr/bin/dlm")).unwrap(), Path::new("/opt/dlm/bin/dlm"));
+    let on_path = scratch.join("bin");
+    std::fs::create_dir(&on_path).unwrap();
+    std::os::unix::fs::symlink(unpacked.join("opt/dlm/bin/dlm"), on_path.join("dlm")).unwrap();
+    let model = unpacked.join("opt/dlm/models/e2e");
+    let dlm = |args: &[&str]| {
+        let out = Command::new(on_path.join("dlm"))
+            .args(args)
+            .arg("--model")
+            .arg(&model)
+            .env_clear()
+            .current_dir(scratch)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "dlm {args:?}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+        stdout
+    };
+    let info = dlm(&["info", "--device", "auto"]);
+    assert!(info.contains("providers built in: cpu cuda tensorrt"), "the default build: {info}");
+    let library = unpacked.join("opt/dlm/lib/libonnxruntime.so.1.32.0");
+    assert!(info.contains(&format!("onnxruntime  {}\n", library.display())), "its own library: {info}");
+    assert!(info.contains("device     auto: cpu ("), "{info}");
+    let sentences = dlm(&["generate", "--steps", "5", "--num", "2", "--seed", "1"]);
+    assert_eq!(sentences.lines().filter(|l| !l.trim().is_empty()).count(), 2, "{sentences}");
 }

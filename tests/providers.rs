@@ -1,6 +1,8 @@
 //! Execution providers from the command line on this (CPU) machine: `--ep-option` and
 //! `DLM_EP_OPTION`, the manifest's `providers` block, the TensorRT cache directory from
-//! systemd's `$CACHE_DIRECTORY`, and `-v` naming the provider that took each graph's nodes.
+//! systemd's `$CACHE_DIRECTORY`, `-v` naming the provider that took each graph's nodes, the
+//! GPU providers built in with `--device auto` falling back to the CPU, and `dlm build-engines`
+//! refusing what builds no engine.
 //! What needs a GPU (the options reaching CUDA and TensorRT) runs in scripts/gpu-check.sh.
 
 mod common;
@@ -131,6 +133,85 @@ fn verbose_names_the_provider_that_took_each_graphs_nodes() {
         assert!(line.is_some_and(|l| l.contains("Number of nodes:")), "{graph}: {stderr}");
     }
     assert!(stderr.lines().count() < 100, "only the placements, not ONNX Runtime's verbose log: {stderr}");
+}
+
+/// `dlm ARGS` on the CPU library dlm finds itself (not a GPU one scripts/gpu-check.sh exports).
+fn dlm_on_the_cpu_library(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dlm"))
+        .args(args)
+        .env_remove("ORT_DYLIB_PATH")
+        .env_remove("DLM_DEVICE")
+        .env_remove("DLM_TRT_CACHE")
+        .env_remove("CACHE_DIRECTORY")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("dlm runs")
+}
+
+#[test]
+fn the_gpu_providers_are_built_in_and_auto_falls_back_to_the_cpu_saying_why() {
+    let out = dlm_on_the_cpu_library(&["info", "--model", &model(), "--device", "auto"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let built = match (cfg!(feature = "cuda"), cfg!(feature = "tensorrt")) {
+        (true, true) => "providers built in: cpu cuda tensorrt",
+        (true, false) => "providers built in: cpu cuda",
+        _ => "providers built in: cpu ",
+    };
+    assert!(stdout.lines().next().is_some_and(|l| l.starts_with("dlm ") && l.contains(built)), "{stdout}");
+    // the CPU wheel offers no GPU provider, with or without a GPU in this machine
+    let device = stdout.lines().find(|l| l.trim_start().starts_with("device")).unwrap_or_default();
+    assert!(device.contains("auto: cpu (") && device.contains("no GPU provider"), "{stdout}");
+    assert!(stdout.contains("session      denoiser Fp32: requested auto, runs on cpu"), "{stdout}");
+    assert!(stdout.contains("(for cpu: manifest, then --ep-option)"), "{stdout}");
+
+    // without sessions (no engine builds): the device as asked, even one the library lacks
+    let out = dlm_on_the_cpu_library(&["info", "--model", &model(), "--device", "tensorrt", "--no-sessions"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("  device     tensorrt (--device)\n") && !stdout.contains("session "), "{stdout}");
+
+    let out = dlm_on_the_cpu_library(&["generate", "--model", &model(), "--device", "auto", "-v", "--steps", "3"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success() && stdout.lines().count() == 1, "{stdout}{stderr}");
+    assert!(stderr.contains("--device auto: cpu (") && stderr.contains("on cpu"), "the choice is logged: {stderr}");
+}
+
+#[cfg(feature = "tensorrt")]
+#[test]
+fn tensorrt_on_a_cpu_library_names_what_it_offers() {
+    let (_, stderr) = text(&dlm_on_the_cpu_library(&["generate", "--model", &model(), "--device", "tensorrt"]));
+    assert!(stderr.contains("offers only") && stderr.contains("not TensorrtExecutionProvider"), "{stderr}");
+    assert!(stderr.contains("onnxruntime-gpu"), "{stderr}");
+}
+
+#[test]
+fn build_engines_refuses_what_builds_no_engine() {
+    let cache = tempfile::tempdir().unwrap();
+    let cache = cache.path().to_str().unwrap();
+    let model = model();
+    let build = |extra: &[&str]| {
+        let mut args = vec!["build-engines", "--model", &model];
+        args.extend_from_slice(extra);
+        let out = dlm_on_the_cpu_library(&args);
+        let (stdout, stderr) = text(&out);
+        assert!(!out.status.success() && !stderr.contains("panicked") && stdout.is_empty(), "{args:?}: {stderr}");
+        stderr
+    };
+    let e = build(&["--trt-cache", cache]);
+    assert!(e.contains("--device cpu: build-engines builds TensorRT engines"), "{e}");
+    let e = build(&["--device", "cuda", "--trt-cache", cache]);
+    assert!(e.contains("--device cuda: build-engines builds TensorRT engines"), "{e}");
+    let e = build(&["--device", "auto", "--trt-cache", cache]);
+    assert!(e.contains("--device auto chose cpu (") && e.contains("no TensorRT engines to build"), "{e}");
+    let e = build(&["--device", "tensorrt"]);
+    assert!(e.contains("no engine cache to build into: give --trt-cache DIR or DLM_TRT_CACHE"), "{e}");
+    let e = build(&["--device", "tensorrt", "--trt-cache", cache, "--max-batch", "0"]);
+    assert!(e.contains("0 is not in 1..=256"), "{e}");
+    if cfg!(feature = "tensorrt") {
+        let e = build(&["--device", "tensorrt", "--trt-cache", cache, "--allow-fallback"]);
+        assert!(e.contains("not TensorrtExecutionProvider"), "no fallback to the CPU when building engines: {e}");
+    }
 }
 
 #[cfg(not(feature = "tensorrt"))]

@@ -3,16 +3,30 @@
 use std::io::Write;
 
 use anyhow::Result;
+use clap::Args;
 use dlm::manifest::{Manifest, Precision};
 use dlm::model::Model;
-use dlm::ort::OrtRuntime;
+use dlm::ort::{auto, providers, version, Device, OrtRuntime};
 
 use super::{session_options, RuntimeArgs};
 
-pub fn run(args: RuntimeArgs) -> Result<()> {
+#[derive(Args)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    /// Stop before opening sessions: the library, its providers and the device choice, without
+    /// building TensorRT engines (which opening a session on TensorRT does).
+    #[arg(long)]
+    pub no_sessions: bool,
+}
+
+pub fn run(info: InfoArgs) -> Result<()> {
+    let args = info.runtime;
     let manifest = Manifest::load(&args.model)?;
     let (m, t) = (&manifest.model, &manifest.training);
     let mut out = std::io::stdout().lock();
+    let built: Vec<&str> = providers::built_in().iter().map(|p| p.name()).collect();
+    writeln!(out, "dlm          {}, providers built in: cpu {}", env!("CARGO_PKG_VERSION"), built.join(" "))?;
     writeln!(out, "model        {}", args.model.display())?;
     writeln!(
         out,
@@ -45,19 +59,40 @@ pub fn run(args: RuntimeArgs) -> Result<()> {
     }
     let runtime = OrtRuntime::load(args.ort_lib.as_deref(), args.threads.into())?;
     writeln!(out, "onnxruntime  {}", runtime.library.display())?;
+    let oldest = version::OLDEST_MINOR;
+    writeln!(
+        out,
+        "  version    {} (tested: {}; 1.{oldest} or newer within 1.x loads)",
+        runtime.version,
+        version::TESTED
+    )?;
     writeln!(out, "  build      {}", runtime.build_info())?;
     writeln!(out, "  providers  {}", runtime.available_providers().join(", "))?;
+    let device = match args.device {
+        Device::Auto => {
+            let choice = auto::choose_here(&runtime);
+            writeln!(out, "  device     auto: {} ({})", choice.device.name(), choice.why)?;
+            choice.device
+        }
+        given => {
+            writeln!(out, "  device     {} (--device)", given.name())?;
+            given
+        }
+    };
     let opts = session_options(&args, 1)?;
     let given: Vec<String> = opts
         .for_model(&manifest)
         .ep_options
         .iter()
-        .filter(|o| args.device.providers().contains(&o.provider))
+        .filter(|o| device.providers().contains(&o.provider))
         .map(|o| format!("{}:{}={}", o.provider.name(), o.key, o.value))
         .collect();
-    writeln!(out, "  ep options {} (for --device {}: manifest, then --ep-option)", list(&given), args.device.name())?;
+    writeln!(out, "  ep options {} (for {}: manifest, then --ep-option)", list(&given), device.name())?;
     let cache = opts.trt_cache.as_ref().map_or("-".into(), |d| d.display().to_string());
     writeln!(out, "  trt cache  {cache} (TensorRT engines in a directory per graph content)")?;
+    if info.no_sessions {
+        return Ok(());
+    }
     for precision in [Precision::Fp32, Precision::Fp16] {
         let model = Model::load(&runtime, &args.model, precision, &opts)?;
         let (asked, runs) = (args.device.name(), model.provider);

@@ -1,6 +1,7 @@
 //! The command line: argument structs shared by the subcommands, one module per subcommand.
 //! Everything they do lives in the library; these parse, load and print.
 
+pub mod engines;
 pub mod generate;
 pub mod info;
 mod plot;
@@ -23,7 +24,9 @@ pub struct RuntimeArgs {
     /// Model directory (with manifest.json).
     #[arg(long, env = "DLM_MODEL", default_value = "models/e2e")]
     pub model: PathBuf,
-    /// Execution provider (cuda and tensorrt need the cargo features of the same names).
+    /// Execution provider: cpu, cuda, tensorrt (which registers CUDA after it), or auto:
+    /// TensorRT, else CUDA, else the CPU, by what the library and this machine offer (logged;
+    /// `dlm info` shows the choice).
     #[arg(long, env = "DLM_DEVICE", value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
     /// Graph precision.

@@ -88,7 +88,7 @@ impl Model {
             });
         }
         let embeddings = Embeddings::load(dir, &manifest.embeddings)?;
-        let opts = &opts.for_model(&manifest);
+        let opts = &opts.for_model(&manifest).resolved(runtime); // --device auto chosen here
         let graph = manifest.denoiser(precision).ok_or_else(|| LoadError::Invalid {
             path: dir.join(MANIFEST_FILE),
             what: format!("no denoiser graph of precision {precision:?}"),

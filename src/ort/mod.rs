@@ -1,9 +1,11 @@
-//! The ONNX Runtime adapter: loading the library ([`runtime`]), sessions on an execution
+//! The ONNX Runtime adapter: loading the library ([`runtime`]) of a version it runs on
+//! ([`version`]), choosing the device for `--device auto` ([`auto`]), sessions on an execution
 //! provider checked against the manifest ([`session`]), and the graphs behind the sampler's
 //! contracts: the denoiser ([`denoiser`], a [`crate::sampler::Denoiser`]) and the guidance
 //! graphs ([`guidance`], [`crate::sampler::Guide`]s), and the language model ([`teacher`], a
 //! [`crate::rerank::LanguageModel`]). Nothing else in the crate runs ONNX Runtime.
 
+pub mod auto;
 pub mod denoiser;
 pub mod guidance;
 pub mod providers;
@@ -11,6 +13,7 @@ pub mod runtime;
 pub mod session;
 mod staging;
 pub mod teacher;
+pub mod version;
 
 pub use denoiser::OrtDenoiser;
 pub use guidance::GuideSession;

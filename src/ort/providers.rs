@@ -13,12 +13,14 @@ use sha2::{Digest, Sha256};
 
 use crate::manifest::{Graph, Manifest, WeightsEntry};
 
-/// Where the graphs run: the CPU, or a GPU through the providers it registers.
+/// Where the graphs run: the CPU, or a GPU through the providers it registers; `Auto` is
+/// chosen when the model loads ([`super::auto`]: TensorRT, else CUDA, else the CPU).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Device {
     Cpu,
     Cuda,
     Tensorrt,
+    Auto,
 }
 
 impl Device {
@@ -27,17 +29,37 @@ impl Device {
             Device::Cpu => "cpu",
             Device::Cuda => "cuda",
             Device::Tensorrt => "tensorrt",
+            Device::Auto => "auto",
         }
     }
 
-    /// The providers a device registers, in order.
+    /// The providers a device registers, in order (`Auto` none until it is chosen).
     pub fn providers(self) -> &'static [Provider] {
         match self {
-            Device::Cpu => &[],
+            Device::Cpu | Device::Auto => &[],
             Device::Cuda => &[Provider::Cuda],
             Device::Tensorrt => &[Provider::Tensorrt, Provider::Cuda],
         }
     }
+
+    /// Whether options of `provider` can apply: it registers it, or (`Auto`) may choose a
+    /// device that does.
+    pub fn may_use(self, provider: Provider) -> bool {
+        self == Device::Auto || self.providers().contains(&provider)
+    }
+}
+
+/// The providers this build has the code for (the `cuda` and `tensorrt` cargo features; with
+/// ort's load-dynamic they need nothing of CUDA at build time, so they are on by default).
+pub fn built_in() -> Vec<Provider> {
+    let mut out = Vec::new();
+    if cfg!(feature = "cuda") {
+        out.push(Provider::Cuda);
+    }
+    if cfg!(feature = "tensorrt") {
+        out.push(Provider::Tensorrt);
+    }
+    out
 }
 
 /// A provider that takes options.
@@ -143,7 +165,7 @@ impl std::str::FromStr for EpOption {
 
 /// Options given for a provider that `device` does not register would do nothing: an error.
 pub fn check_options(device: Device, options: &[EpOption]) -> Result<(), String> {
-    match options.iter().find(|o| !device.providers().contains(&o.provider)) {
+    match options.iter().find(|o| !device.may_use(o.provider)) {
         Some(o) => Err(format!(
             "--ep-option {}:{}={}: --device {} does not use {} (tensorrt uses tensorrt and cuda options, cuda only cuda)",
             o.provider.name(),
@@ -190,6 +212,12 @@ pub fn engine_cache_dir(cache: &Path, graph: &Graph, weights: &[WeightsEntry]) -
 /// The providers to register for `graph`, in order, or why this build cannot offer them.
 #[allow(unused_variables)]
 pub fn dispatch(graph: &Graph, opts: &SessionOptions) -> Result<Vec<ort::ep::ExecutionProviderDispatch>, String> {
+    if opts.device == Device::Auto {
+        return Err(
+            "--device auto is chosen when the model loads (SessionOptions::resolved); it reached a session unchosen"
+                .into(),
+        );
+    }
     opts.device.providers().iter().map(|&provider| build(provider, graph, opts)).collect()
 }
 
@@ -293,6 +321,7 @@ mod tests {
     fn options_for_a_provider_the_device_does_not_register_are_refused() {
         let (cuda, trt) = (option("cuda:a=1").unwrap(), option("tensorrt:b=2").unwrap());
         assert!(check_options(Device::Tensorrt, &[cuda.clone(), trt.clone()]).is_ok());
+        assert!(check_options(Device::Auto, &[cuda.clone(), trt.clone()]).is_ok(), "auto may choose either");
         assert!(check_options(Device::Cuda, std::slice::from_ref(&cuda)).is_ok());
         assert!(check_options(Device::Cuda, &[trt]).unwrap_err().contains("--device cuda does not use tensorrt"));
         assert!(check_options(Device::Cpu, &[cuda]).unwrap_err().contains("--device cpu does not use cuda"));

@@ -1,7 +1,11 @@
 //! Finding and loading the ONNX Runtime shared library (`ort` with `load-dynamic`).
 //!
-//! Resolution order: `--ort-lib` / `ORT_DYLIB_PATH`, then next to the `dlm` binary, then the
-//! copy `scripts/setup.sh` placed in this checkout's `.ort/` (path recorded at build time).
+//! Resolution order: `--ort-lib` / `ORT_DYLIB_PATH`, then next to the `dlm` binary, then in
+//! `../lib` from it (the Debian package's `/opt/dlm/lib`, also when dlm is run as the
+//! `/usr/bin/dlm` link: the binary's own path has its links resolved), then the copy
+//! `scripts/setup.sh` placed in this checkout's `.ort/` (path recorded at build time). In each
+//! directory `libonnxruntime.so`, then the pinned version's `libonnxruntime.so.X.Y.Z`. The
+//! library's version is checked before it is used ([`super::version`]).
 
 use std::ffi::{c_char, c_int, CStr};
 use std::path::{Path, PathBuf};
@@ -17,14 +21,12 @@ onnxruntime-gpu for CUDA/TensorRT)";
 
 /// The places searched, in order, when no explicit path is given.
 pub fn candidates() -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Some(dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)) {
-        out.push(dir.join(LIB_NAME));
-    }
-    if let Some(dir) = option_env!("DLM_ORT_DIR") {
-        out.push(Path::new(dir).join(LIB_NAME));
-    }
-    out
+    // current_exe is /proc/self/exe: the binary itself, whatever link it was started through
+    let exe_dir = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf));
+    let mut dirs: Vec<PathBuf> = exe_dir.iter().flat_map(|d| [d.clone(), d.join("../lib")]).collect();
+    dirs.extend(option_env!("DLM_ORT_DIR").map(PathBuf::from));
+    let pinned = format!("{LIB_NAME}.{}", super::version::TESTED);
+    dirs.iter().flat_map(|d| [d.join(LIB_NAME), d.join(&pinned)]).collect()
 }
 
 pub fn resolve(explicit: Option<&Path>) -> Result<PathBuf, LoadError> {
@@ -79,6 +81,8 @@ pub fn check_library_file(path: &Path) -> Result<(), LoadError> {
 /// The ONNX Runtime library in use and the environment built on it.
 pub struct OrtRuntime {
     pub library: PathBuf,
+    /// Its version string ("1.32.0").
+    pub version: String,
     pub environment: Environment,
 }
 
@@ -91,6 +95,15 @@ impl OrtRuntime {
         let library = resolve(explicit)?;
         let library = library.canonicalize().unwrap_or(library);
         check_library_file(&library)?;
+        let version = super::version::library_version(&library)?;
+        if !super::version::check(&library, &version)? {
+            log::warn!(
+                "{}: ONNX Runtime {version}, dlm was tested with {} (any 1.x from 1.{} loads)",
+                library.display(),
+                super::version::TESTED,
+                super::version::OLDEST_MINOR
+            );
+        }
         let builder = ort::init_from(&library).map_err(|e| LoadError::OrtLibrary(format!("{e}; {HINT}")))?;
         let pool = ort::environment::GlobalThreadPoolOptions::default()
             .with_intra_threads(threads)
@@ -100,7 +113,7 @@ impl OrtRuntime {
             builder.with_name("dlm").with_global_thread_pool(pool).build().map_err(|e| {
                 LoadError::OrtLibrary(format!("{}: cannot create an environment: {e}", library.display()))
             })?;
-        Ok(Self { library, environment })
+        Ok(Self { library, version, environment })
     }
 
     /// The build string of the loaded library (version, commit).

@@ -65,14 +65,15 @@ pub fn runtime() -> &'static OrtRuntime {
     })
 }
 
-/// The device the shared models run on: DLM_TEST_DEVICE (cpu, cuda, tensorrt; default cpu),
+/// The device the shared models run on: DLM_TEST_DEVICE (cpu, cuda, tensorrt, auto; default cpu),
 /// with DLM_EP_OPTION and DLM_TRT_CACHE as `dlm` reads them (scripts/gpu-check.sh sets them).
 pub fn session_options() -> SessionOptions {
     let device = match std::env::var("DLM_TEST_DEVICE").as_deref() {
         Ok("cuda") => Device::Cuda,
         Ok("tensorrt") => Device::Tensorrt,
+        Ok("auto") => Device::Auto,
         Ok("cpu") | Err(_) => Device::Cpu,
-        Ok(other) => panic!("DLM_TEST_DEVICE={other}: allowed cpu, cuda, tensorrt"),
+        Ok(other) => panic!("DLM_TEST_DEVICE={other}: allowed cpu, cuda, tensorrt, auto"),
     };
     let ep_options = std::env::var("DLM_EP_OPTION")
         .map(|list| list.split(';').filter(|o| !o.is_empty()).map(|o| o.parse::<EpOption>().unwrap()).collect())
