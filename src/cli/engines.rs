@@ -1,7 +1,8 @@
 //! `dlm build-engines`: TensorRT's engine for every graph of a precision, built into the engine
 //! cache before the service needs them (at install or first boot). Opening a session builds its
 //! engine (dlm gives TensorRT an explicit profile for every input), so this loads the model as
-//! `dlm serve` would, with the same settings, and reports each graph's engine directory.
+//! `dlm serve` would, with the same settings, naming each graph as it opens it, and reports each
+//! graph's engine directory.
 
 use std::io::Write;
 use std::path::Path;
@@ -10,7 +11,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use clap::Args;
 use dlm::manifest::{Graph, Manifest, Precision};
-use dlm::model::Model;
+use dlm::model::{Model, Opening};
 use dlm::ort::providers::engine_cache_dir;
 use dlm::ort::{auto, Device, OrtRuntime};
 
@@ -61,7 +62,9 @@ pub fn run(args: EnginesArgs) -> Result<()> {
         bail!("--max-batch {max_batch}: allowed 1..={largest} (the model's graphs)");
     }
     let start = Instant::now();
-    let model = Model::load(&runtime, &runtime_args.model, precision, &opts)?;
+    // each graph as it opens (its engine built or read from the cache), as dlm serve logs it
+    let mut opening = |o: &Opening<'_>| eprintln!("build-engines: {o}");
+    let model = Model::load_reporting(&runtime, &runtime_args.model, precision, &opts, &mut opening)?;
     let seconds = start.elapsed().as_secs_f64();
     let mut out = std::io::stdout().lock();
     writeln!(
