@@ -92,7 +92,7 @@ def export_model(data_dir, train_dir, out_dir, command, controls_dir=None, teach
     return out_dir
 
 
-def export_controls(model_dir, entries, guide_batches, only=None, bar=None):
+def export_controls(model_dir, entries, guide_batches, bar=None, only=None):
     """Guidance graphs for every trained classifier, at each batch size of `guide_batches`
     (the export config's controls.guide_batches) and both precisions, sharing one weights file per classifier; appends the graphs to
     `entries`, returns the manifest's controls and the weights files' entries. `bar`: a progress

@@ -208,6 +208,9 @@ fn warm_up(model: &mut Model) -> Result<()> {
         request.controls.spans =
             model.manifest.controls["spans"].labels.first().map(|l| format!("0,0,{l}")).into_iter().collect();
     }
+    if model.manifest.controls.get("tree").is_some_and(|c| c.labels.iter().any(|l| l == dlm::tree::ROOT)) {
+        request.controls.tree = Some(format!("0:{}", dlm::tree::ROOT)); // one word, as the POS template
+    }
     generate(model, &request)?;
     Ok(())
 }
