@@ -43,7 +43,9 @@ def example_control(control, batch, seq_len, num_labels, gen):
         n = int(torch.randint(4, seq_len - 2, (), generator=gen))
         heads = torch.full((batch, seq_len), IGNORE, dtype=torch.long)
         labels = torch.full((batch, seq_len), IGNORE, dtype=torch.long)
-        heads[:, 1:n + 1] = torch.randint(0, n + 1, (batch, n), generator=gen)
+        drawn = torch.randint(0, n + 1, (batch, n), generator=gen)
+        own = torch.arange(1, n + 1)[None, :]
+        heads[:, 1:n + 1] = torch.where(drawn == own, 0, drawn)  # never its own head (a masked, -1e4 arc)
         labels[:, 1:n + 1] = torch.randint(0, num_labels, (batch, n), generator=gen)
         return torch.cat([heads, labels], dim=1)
     return (torch.rand(batch, num_labels, generator=gen) < 0.05).float()

@@ -21,7 +21,7 @@ DLM = ROOT / "target" / "release" / "dlm"
 def test_evaluate_scores_every_control_through_dlm(judge):
     report = evaluate(ROOT / "models" / "e2e", DLM, steps=5, n=4, seed=0, judge=judge)
     results = report["results"]
-    assert set(results) == {"pos", "content", "length", "infill", "spans", "none", "references"}
+    assert set(results) == {"pos", "content", "length", "infill", "spans", "tree", "none", "references"}
     # held positions come out exactly whatever the budget
     assert results["length"]["success"] == 1.0 and results["infill"]["success"] == 1.0
     assert all(len(t.split()) == n for t, n in zip(results["length"]["texts"], (10, 17, 24, 31)))
@@ -33,6 +33,7 @@ def test_evaluate_scores_every_control_through_dlm(judge):
     assert results["none"]["slor"] < results["references"]["slor"]
     assert all(results[c]["n"] == 4 for c in ("content", "length", "none"))
     assert results["pos"]["success"] > 0.0  # a POS-guided sentence shares some tags with its target
+    assert 0.0 <= results["tree"]["las"] <= results["tree"]["uas"] <= 1.0 and results["tree"]["success"] == results["tree"]["las"]
     assert "SLOR" in table(report)
 
 
