@@ -55,6 +55,8 @@ pub enum LoadError {
 pub enum InferenceError {
     #[error("run of graph {graph} failed")]
     Run { graph: String, source: BoxError },
+    #[error("opening graph {graph} on its first use failed")]
+    Open { graph: String, source: Box<LoadError> },
     #[error("{graph}: output {output} has shape {actual:?}, expected {expected:?}")]
     OutputShape { graph: String, output: String, actual: Vec<i64>, expected: Vec<usize> },
 }

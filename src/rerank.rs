@@ -13,6 +13,11 @@ pub trait LanguageModel {
     /// Mean next-token negative log-likelihood (nats) of each sequence, read as
     /// [START, w1..wn, END]: `sequences[k]` holds w1..wn (no special tokens).
     fn mean_nll(&mut self, sequences: &[&[u32]]) -> Result<Vec<f32>, InferenceError>;
+
+    /// Finish the engine's profile, if it keeps one: its files.
+    fn end_profiling(&mut self) -> Result<Vec<std::path::PathBuf>, InferenceError> {
+        Ok(Vec::new())
+    }
 }
 
 /// What `rerank` compares samples by.

@@ -234,18 +234,18 @@ fn gpu_check_without_a_gpu_says_so_in_one_line_and_fails() {
     assert!(stderr.starts_with("gpu-check: no NVIDIA GPU here"), "{stderr}");
 }
 
-/// Model::load_reporting tells of each graph once, before it opens, in load order, counted
+/// Model::load_with tells of each graph once, before it opens, in load order, counted
 /// against the right total; "engine" only where TensorRT builds one (the language model runs on
 /// the CPU whatever the device).
 #[test]
 fn loading_reports_every_graph_once_in_order() {
     use dlm::manifest::Precision;
-    use dlm::model::Model;
+    use dlm::model::{Model, Preload};
     use dlm::ort::Device;
     let opts = common::session_options();
     for (precision, key) in [(Precision::Fp32, "fp32"), (Precision::Fp16, "fp16")] {
         let mut seen = Vec::new();
-        let model = Model::load_reporting(common::runtime(), &common::model_dir(), precision, &opts, &mut |o| {
+        let model = Model::load_with(common::runtime(), &common::model_dir(), precision, &opts, &Preload::All, &mut |o| {
             seen.push((o.index, o.of, o.graph.to_string(), o.to_string()));
         })
         .unwrap();

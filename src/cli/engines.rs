@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use clap::Args;
 use dlm::manifest::{Graph, Manifest, Precision};
-use dlm::model::{Model, Opening};
+use dlm::model::{Model, Opening, Preload};
 use dlm::ort::providers::engine_cache_dir;
 use dlm::ort::{auto, Device, OrtRuntime};
 
@@ -64,7 +64,7 @@ pub fn run(args: EnginesArgs) -> Result<()> {
     let start = Instant::now();
     // each graph as it opens (its engine built or read from the cache), as dlm serve logs it
     let mut opening = |o: &Opening<'_>| eprintln!("build-engines: {o}");
-    let model = Model::load_reporting(&runtime, &runtime_args.model, precision, &opts, &mut opening)?;
+    let model = Model::load_with(&runtime, &runtime_args.model, precision, &opts, &Preload::All, &mut opening)?;
     let seconds = start.elapsed().as_secs_f64();
     let mut out = std::io::stdout().lock();
     writeln!(

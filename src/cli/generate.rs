@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use dlm::engine::generate_watched;
 use dlm::generate::{Generated, Request};
-use dlm::model::Model;
+use dlm::model::{Model, Preload};
 use dlm::ort::OrtRuntime;
 use dlm::rerank::RerankBy;
 use dlm::sampler::Method;
@@ -91,7 +91,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     };
     let runtime = OrtRuntime::load(args.runtime.ort_lib.as_deref(), args.runtime.threads.into())?;
     let opts = session_options(&args.runtime, args.batch)?;
-    let mut model = Model::load(&runtime, &args.runtime.model, args.runtime.precision, &opts)?;
+    // only the denoiser now: the graphs of the controls asked for open on their first use
+    let (dir, precision) = (&args.runtime.model, args.runtime.precision);
+    let mut model = Model::load_with(&runtime, dir, precision, &opts, &Preload::Denoiser, &mut |_| {})?;
     log::info!("model {} on {}, {:?}", model.dir.display(), model.provider, args.runtime.precision);
     let mut visual = args.visual.then(Visual::new);
     let mut drawn = Ok(());

@@ -7,7 +7,7 @@ use clap::Args;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use dlm::generate::Request;
 use dlm::manifest::Precision;
-use dlm::model::Model;
+use dlm::model::{Model, Preload};
 use dlm::ort::OrtRuntime;
 use dlm::profile::{run_case, summarise_ort_profiles, CaseResult};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -72,7 +72,8 @@ pub fn run(args: ProfileArgs) -> Result<()> {
             std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
             opts.profile_dir = Some(dir);
         }
-        let mut model = Model::load(&runtime, &args.runtime.model, precision, &opts)?;
+        // the guidance graphs open in the warm-up runs of the cases that use them
+        let mut model = Model::load_with(&runtime, &args.runtime.model, precision, &opts, &Preload::Denoiser, &mut |_| {})?;
         for &steps in &args.budgets {
             for &batch in &args.batches {
                 bar.set_message(format!("{precision:?}, {steps} steps, batch {batch}"));
@@ -90,11 +91,13 @@ pub fn run(args: ProfileArgs) -> Result<()> {
             }
         }
         if args.ort_profile.is_some() {
-            let names: Vec<String> = std::iter::once("denoiser".to_string())
-                .chain(model.guides.keys().map(|k| format!("guide {k}")))
-                .collect();
+            // each opened session's file, `<graph>_<date>_<time>.json`, named by its graph
             let files = model.end_profiling()?;
-            traces.extend(names.into_iter().map(|n| format!("{n} ({precision:?})")).zip(files));
+            let graph = |file: &PathBuf| {
+                let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                stem.rsplitn(3, '_').last().unwrap_or_default().to_string()
+            };
+            traces.extend(files.into_iter().map(|f| (graph(&f), f)));
         }
     }
     bar.finish_and_clear();

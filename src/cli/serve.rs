@@ -10,7 +10,7 @@ use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args};
 use dlm::engine::generate;
 use dlm::generate::Request;
-use dlm::model::Model;
+use dlm::model::{Model, Preload};
 use dlm::ort::OrtRuntime;
 use dlm::overrides::{GuideOverrides, Setting};
 use dlm::server::http::{ApiKey, HttpListener, Limits};
@@ -95,6 +95,11 @@ pub struct ServeArgs {
     /// Bytes of answers a connection may leave unread before the server stops reading its requests.
     #[arg(long, env = "DLM_MAX_PENDING", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(4096..=(1 << 30)))]
     max_pending: u64,
+    /// Sessions opened (and warmed up) before the server is ready: all, none (the denoiser
+    /// only) or a comma-separated list of controls and `teacher` (e.g. pos,content). The
+    /// others open on the first request that needs them (on TensorRT: an engine build).
+    #[arg(long, env = "DLM_PRELOAD", default_value = "all", value_parser = Preload::parse)]
+    preload: Preload,
 }
 
 pub fn run(mut args: ServeArgs) -> Result<()> {
@@ -161,7 +166,8 @@ pub fn run(mut args: ServeArgs) -> Result<()> {
     let opts = session_options(&args.runtime, config.max_batch)?;
     // each graph as it opens, in the log and in systemd's STATUS= (a TensorRT engine build
     // takes minutes per graph on first boot)
-    let mut model = Model::load_reporting(&runtime, &args.runtime.model, args.runtime.precision, &opts, &mut |o| {
+    let (dir, precision) = (&args.runtime.model, args.runtime.precision);
+    let mut model = Model::load_with(&runtime, dir, precision, &opts, &args.preload, &mut |o| {
         log::info!("loading {o}");
         server::notify::status(&format!("loading {o}"));
     })?;
@@ -174,7 +180,7 @@ pub fn run(mut args: ServeArgs) -> Result<()> {
     }
     let warm = Instant::now();
     server::notify::status("warming up");
-    warm_up(&mut model).context("warm-up generation failed")?;
+    warm_up(&mut model, &args.preload).context("warm-up generation failed")?;
     log::info!("model {} on {}, warmed up in {:?}", model.dir.display(), model.provider, warm.elapsed());
     ready.store(true, std::sync::atomic::Ordering::SeqCst);
     if let Some(extending) = extending {
@@ -189,26 +195,26 @@ pub fn run(mut args: ServeArgs) -> Result<()> {
     server::run(model, config, transports, shutdown, &runtime.build_info()).map_err(anyhow::Error::msg)
 }
 
-/// One short generation through the denoiser and every guidance graph, so that the first
-/// request does not pay for ONNX Runtime's first-run allocations.
-fn warm_up(model: &mut Model) -> Result<()> {
+/// One short generation through the denoiser and every preloaded guidance graph, so that the
+/// first request does not pay for ONNX Runtime's first-run allocations.
+fn warm_up(model: &mut Model, preload: &Preload) -> Result<()> {
     let mut request = Request {
         steps: 2,
         guide: GuideOverrides { steps: Setting { all: Some(1), ..Setting::default() }, ..GuideOverrides::default() },
         ..Request::default()
     };
     generate(model, &request)?;
-    if let Some(tag) = model.manifest.controls.get("pos").and_then(|c| c.labels.first()) {
+    let controls = &model.manifest.controls;
+    let first_label = |name: &str| controls.get(name).filter(|_| preload.includes(name)).and_then(|c| c.labels.first());
+    if let Some(tag) = first_label("pos") {
         request.controls.pos = Some(tag.clone());
     }
-    if let Some(pair) = model.manifest.controls.get("content").and_then(|c| c.labels.first()) {
+    if let Some(pair) = first_label("content") {
         request.controls.content = vec![pair.clone()];
     }
-    if model.manifest.controls.contains_key("spans") {
-        request.controls.spans =
-            model.manifest.controls["spans"].labels.first().map(|l| format!("0,0,{l}")).into_iter().collect();
-    }
-    if model.manifest.controls.get("tree").is_some_and(|c| c.labels.iter().any(|l| l == dlm::tree::ROOT)) {
+    request.controls.spans = first_label("spans").map(|l| format!("0,0,{l}")).into_iter().collect();
+    let tree = controls.get("tree").filter(|_| preload.includes("tree"));
+    if tree.is_some_and(|c| c.labels.iter().any(|l| l == dlm::tree::ROOT)) {
         request.controls.tree = Some(format!("0:{}", dlm::tree::ROOT)); // one word, as the POS template
     }
     generate(model, &request)?;

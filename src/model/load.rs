@@ -1,9 +1,10 @@
 //! A model directory loaded on ONNX Runtime and checked: manifest, schedule, tokenizer,
 //! embeddings, the denoiser session, the guidance sessions and (when the model has one) the
-//! language model that reranks by fluency. [`Model::load_reporting`] says which graph it opens
-//! as it goes ([`Opening`]): on TensorRT each is an engine build of minutes on first boot.
+//! language model that reranks by fluency. [`Model::load_with`] opens the sessions [`Preload`]
+//! names at once, saying which graph it opens as it goes ([`Opening`]: on TensorRT each is an
+//! engine build of minutes on first boot); the others open on first use.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::Path;
 
@@ -21,7 +22,69 @@ use super::Model;
 /// The Rust schedule must reproduce the manifest's alpha_bar table to this tolerance.
 pub const SCHEDULE_TOLERANCE: f64 = 1e-9;
 
-/// A graph [`Model::load_reporting`] is about to open: the `index`-th (from 1) of the `of`
+/// Which sessions [`Model::load_with`] opens at load; the others open on their first use.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Preload {
+    /// The denoiser only (`dlm generate`, `dlm profile`: a run without controls opens nothing else).
+    #[default]
+    Denoiser,
+    /// Every graph: the guidance graphs of every control and the language model.
+    All,
+    /// The denoiser and these: control names, and `teacher` for the language model.
+    Only(BTreeSet<String>),
+}
+
+/// The name [`Preload`] gives the language model.
+pub const TEACHER: &str = "teacher";
+
+impl Preload {
+    /// `all`, `none` (the denoiser only) or a comma-separated list of controls and `teacher`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "all" => Ok(Self::All),
+            "none" => Ok(Self::Denoiser),
+            list => {
+                let names: BTreeSet<String> =
+                    list.split(',').map(str::trim).filter(|n| !n.is_empty()).map(String::from).collect();
+                if names.is_empty() {
+                    return Err(format!("{text:?}: give all, none or a comma-separated list of controls (and teacher)"));
+                }
+                Ok(Self::Only(names))
+            }
+        }
+    }
+
+    /// Whether control `name` (or `teacher`) is opened at load.
+    pub fn includes(&self, name: &str) -> bool {
+        match self {
+            Self::Denoiser => false,
+            Self::All => true,
+            Self::Only(names) => names.contains(name),
+        }
+    }
+
+    /// A name that is neither a control of `manifest` nor `teacher` (when it has one).
+    fn check(&self, path: &Path, manifest: &Manifest, has_teacher: bool) -> Result<(), LoadError> {
+        let Self::Only(names) = self else { return Ok(()) };
+        let known = |n: &String| manifest.controls.contains_key(n) || (has_teacher && n == TEACHER);
+        match names.iter().find(|n| !known(n)) {
+            None => Ok(()),
+            Some(unknown) => {
+                let mut allowed: Vec<&str> = manifest.controls.keys().map(String::as_str).collect();
+                allowed.extend(has_teacher.then_some(TEACHER));
+                Err(LoadError::Invalid {
+                    path: path.to_path_buf(),
+                    what: format!(
+                        "--preload names {unknown:?}, which this model does not have; allowed: all, none or a list of {}",
+                        allowed.join(", ")
+                    ),
+                })
+            }
+        }
+    }
+}
+
+/// A graph [`Model::load_with`] is about to open: the `index`-th (from 1) of the `of`
 /// graphs this model loads, on `device`. Shown as "engine 3/11: guide_pos.b4.fp32" on
 /// TensorRT (whose engine it builds or reads from its cache), "session 3/11: ..." elsewhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,22 +117,25 @@ impl Progress<'_> {
 }
 
 impl Model {
+    /// The model with every session opened ([`Preload::All`]).
     pub fn load(
         runtime: &OrtRuntime,
         dir: &Path,
         precision: Precision,
         opts: &SessionOptions,
     ) -> Result<Self, LoadError> {
-        Self::load_reporting(runtime, dir, precision, opts, &mut |_| {})
+        Self::load_with(runtime, dir, precision, opts, &Preload::All, &mut |_| {})
     }
 
-    /// [`Model::load`], calling `report` before each graph's session is opened: the denoiser,
-    /// each control's guidance graphs (controls in name order), then the language model.
-    pub fn load_reporting(
+    /// The model with the sessions `preload` names opened now, calling `report` before each:
+    /// the denoiser, each control's guidance graphs (controls in name order), then the
+    /// language model. The others open on first use.
+    pub fn load_with(
         runtime: &OrtRuntime,
         dir: &Path,
         precision: Precision,
         opts: &SessionOptions,
+        preload: &Preload,
         report: &mut dyn FnMut(&Opening<'_>),
     ) -> Result<Self, LoadError> {
         if !dir.is_dir() {
@@ -94,19 +160,26 @@ impl Model {
             what: format!("no denoiser graph of precision {precision:?}"),
         })?;
         let teacher = manifest.graphs.iter().find(|g| g.role == Role::Teacher);
-        let guide_graphs =
-            manifest.controls.values().map(|c| c.graphs.get(precision_key(precision)).map_or(0, |n| n.names().len()));
-        let of = guide_graphs.fold(1 + usize::from(teacher.is_some()), usize::saturating_add);
+        preload.check(&dir.join(MANIFEST_FILE), &manifest, teacher.is_some())?;
+        let teacher_now = teacher.is_some() && preload.includes(TEACHER);
+        let guide_graphs = manifest
+            .controls
+            .iter()
+            .filter(|(name, _)| preload.includes(name))
+            .map(|(_, c)| c.graphs.get(precision_key(precision)).map_or(0, |n| n.names().len()));
+        let of = guide_graphs.fold(1 + usize::from(teacher_now), usize::saturating_add);
         let mut progress = Progress { opened: 0, of, report };
         progress.opening(graph, opts.device);
         let denoiser = OrtDenoiser::open(runtime, dir, graph, opts)?;
         let provider = denoiser.device.name();
-        let guides = open_guides(runtime, dir, &manifest, precision, opts, &mut progress)?;
+        let guides = open_guides(runtime, dir, &manifest, precision, opts, preload, &mut progress)?;
         let st = manifest.special_tokens;
         let teacher: Option<Box<dyn LanguageModel + Send>> = match teacher {
             Some(graph) => {
-                progress.opening(graph, Device::Cpu); // the language model runs on the CPU
-                Some(Box::new(OrtTeacher::open(runtime, dir, graph, opts, (st.start, st.end))?))
+                if teacher_now {
+                    progress.opening(graph, Device::Cpu); // the language model runs on the CPU
+                }
+                Some(Box::new(OrtTeacher::open(runtime, dir, graph, opts, (st.start, st.end), teacher_now)?))
             }
             None => None,
         };
@@ -115,13 +188,15 @@ impl Model {
     }
 }
 
-/// One guidance session per control of the manifest, in the denoiser's precision.
+/// One guidance session per control of the manifest, in the denoiser's precision; the graphs
+/// of the controls `preload` names opened now.
 fn open_guides(
     runtime: &OrtRuntime,
     dir: &Path,
     manifest: &Manifest,
     precision: Precision,
     opts: &SessionOptions,
+    preload: &Preload,
     progress: &mut Progress<'_>,
 ) -> Result<BTreeMap<String, Box<dyn Guide + Send>>, LoadError> {
     let key = precision_key(precision);
@@ -136,7 +211,8 @@ fn open_guides(
             });
         }
         let opening = &mut |graph: &Graph| progress.opening(graph, opts.device);
-        guides.insert(name.clone(), Box::new(GuideSession::open_each(runtime, dir, &graphs, control, opts, opening)?));
+        let now: Option<&mut dyn FnMut(&Graph)> = preload.includes(name).then_some(opening);
+        guides.insert(name.clone(), Box::new(GuideSession::open_each(runtime, dir, &graphs, control, opts, now)?));
     }
     Ok(guides)
 }

@@ -7,7 +7,7 @@
 pub(crate) mod fake;
 mod load;
 
-pub use load::{Opening, SCHEDULE_TOLERANCE};
+pub use load::{Opening, Preload, SCHEDULE_TOLERANCE, TEACHER};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -36,12 +36,16 @@ pub struct Model {
 }
 
 impl Model {
-    /// Finish the profiles of the denoiser and every guide (sessions opened with
-    /// `profile_dir`): their files, the denoiser's first, then the guides' in name order.
+    /// Finish the profiles of the denoiser, every guide and the language model (sessions
+    /// opened with `profile_dir`; those never opened have none): their files, the denoiser's
+    /// first, then the guides' in name order, then the language model's.
     pub fn end_profiling(&mut self) -> Result<Vec<PathBuf>, InferenceError> {
         let mut files = self.denoiser.end_profiling()?;
         for guide in self.guides.values_mut() {
             files.extend(guide.end_profiling()?);
+        }
+        if let Some(teacher) = self.teacher.as_mut() {
+            files.extend(teacher.end_profiling()?);
         }
         Ok(files)
     }

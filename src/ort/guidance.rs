@@ -1,15 +1,16 @@
 //! Classifier guidance: the exported gradient graphs `(x, t, control) -> (loss, grad)` as the
 //! sampler's [`Guide`]s, every row with its own t and target. The graphs have fixed batch
-//! sizes; this picks one per chunk of rows and pads to it.
+//! sizes; this picks one per chunk of rows and pads to it. Each bucket's session opens on its
+//! first use unless the caller opens them at load ([`GuideSession::open_each`]'s `now`).
 
 use std::path::{Path, PathBuf};
 
 use ndarray::Array3;
-use ort::session::Session;
 use ort::value::TensorRef;
 
-use super::providers::{Device, SessionOptions};
-use super::session::{contiguous, end_profiling, open_session};
+use super::lazy::LazySession;
+use super::providers::SessionOptions;
+use super::session::{contiguous, end_profiling};
 use super::staging::{read_output, Staging};
 use super::{run_error, OrtRuntime};
 use crate::error::{InferenceError, LoadError};
@@ -18,26 +19,24 @@ use crate::sampler::{Guide, Target};
 
 /// One control's guidance graph at one fixed batch size.
 struct Bucket {
-    session: Session,
-    name: String,
+    session: LazySession,
     batch: usize,
     /// Padded input, reused across calls (K per diffusion step).
     x_chunk: Vec<f32>,
     staging: Staging,
 }
 
-/// One control's guidance graphs, loaded once: the same graph at one or more fixed batch sizes
-/// (buckets); each call of n rows is cut into chunks, largest bucket first, padded only when
-/// fewer rows remain than the smallest bucket holds.
+/// One control's guidance graphs: the same graph at one or more fixed batch sizes (buckets),
+/// each opened once; each call of n rows is cut into chunks, largest bucket first, padded only
+/// when fewer rows remain than the smallest bucket holds.
 pub struct GuideSession {
     buckets: Vec<Bucket>,
     precision: Precision,
     control_input: String,
-    pub device: Device,
 }
 
 impl GuideSession {
-    /// `graphs`: the control's graphs of one precision, in any order.
+    /// `graphs`: the control's graphs of one precision, in any order; every session opened now.
     pub fn open(
         runtime: &OrtRuntime,
         dir: &Path,
@@ -45,40 +44,36 @@ impl GuideSession {
         control: &Control,
         opts: &SessionOptions,
     ) -> Result<Self, LoadError> {
-        Self::open_each(runtime, dir, graphs, control, opts, &mut |_| {})
+        Self::open_each(runtime, dir, graphs, control, opts, Some(&mut |_| {}))
     }
 
-    /// [`GuideSession::open`], calling `opening(graph)` before each graph's session is opened,
-    /// in the order of `graphs` (a TensorRT engine build takes minutes per graph).
+    /// The control's guidance graphs; with `now`, each session is opened at once, `now(graph)`
+    /// called before it in the order of `graphs` (a TensorRT engine build takes minutes per
+    /// graph); without, each opens on its first call.
     pub fn open_each(
         runtime: &OrtRuntime,
         dir: &Path,
         graphs: &[&Graph],
         control: &Control,
         opts: &SessionOptions,
-        opening: &mut dyn FnMut(&Graph),
+        mut now: Option<&mut dyn FnMut(&Graph)>,
     ) -> Result<Self, LoadError> {
         let mut buckets = Vec::with_capacity(graphs.len());
-        let mut device = Device::Cpu;
         for graph in graphs {
-            opening(graph);
-            let (session, on) = open_session(runtime, dir, graph, opts)?;
-            device = on;
+            let mut session = LazySession::new(runtime, dir, graph, opts);
+            if let Some(opening) = now.as_mut() {
+                opening(graph);
+                session.open_now()?;
+            }
             let batch = match graph.inputs.first().and_then(|x| x.shape.first()) {
                 Some(Dim::Fixed(b)) => (*b).max(1),
                 _ => 1, // the manifest check requires a fixed batch
             };
-            buckets.push(Bucket {
-                session,
-                name: graph.name.clone(),
-                batch,
-                x_chunk: Vec::new(),
-                staging: Staging::default(),
-            });
+            buckets.push(Bucket { session, batch, x_chunk: Vec::new(), staging: Staging::default() });
         }
         buckets.sort_by_key(|b| b.batch);
         let precision = graphs.first().map_or(Precision::Fp32, |g| g.precision);
-        Ok(Self { buckets, precision, control_input: control.input.name.clone(), device })
+        Ok(Self { buckets, precision, control_input: control.input.name.clone() })
     }
 
     /// Which bucket runs the next chunk of `rows` rows: the largest that needs no padding
@@ -105,7 +100,8 @@ impl Guide for GuideSession {
             let k = self.bucket_for(b - first);
             let (precision, control_input) = (self.precision, self.control_input.as_str());
             let bucket = &mut self.buckets[k];
-            let err = run_error(&bucket.name);
+            let (session, name) = bucket.session.get()?;
+            let err = run_error(name);
             let g = bucket.batch;
             let n = g.min(b - first);
             bucket.x_chunk.resize(g * per_seq, 0.0);
@@ -130,7 +126,7 @@ impl Guide for GuideSession {
             }
             .map_err(&err)?;
             let inputs = ort::inputs!["x" => x_tensor, "t" => t_tensor, control_input => control];
-            let outputs = bucket.session.run(inputs).map_err(&err)?;
+            let outputs = session.run(inputs).map_err(&err)?;
             let (_, losses) = outputs[0].try_extract_tensor::<f32>().map_err(&err)?;
             loss[first..first + n].copy_from_slice(&losses[..n]);
             let out = grad.iter_mut().skip(first * per_seq).take(n * per_seq);
@@ -140,8 +136,16 @@ impl Guide for GuideSession {
         Ok(())
     }
 
-    /// Finish ONNX Runtime's profiles (sessions opened with `profile_dir`): their files.
+    /// Finish ONNX Runtime's profiles (sessions opened with `profile_dir`) of the buckets that
+    /// were opened: their files.
     fn end_profiling(&mut self) -> Result<Vec<PathBuf>, InferenceError> {
-        self.buckets.iter_mut().map(|b| end_profiling(&mut b.session, &b.name)).collect()
+        let mut files = Vec::new();
+        for bucket in &mut self.buckets {
+            let name = bucket.session.name().to_string();
+            if let Some(session) = bucket.session.opened() {
+                files.push(end_profiling(session, &name)?);
+            }
+        }
+        Ok(files)
     }
 }

@@ -1,6 +1,6 @@
 //! The ONNX Runtime adapter: loading the library ([`runtime`]) of a version it runs on
 //! ([`version`]), choosing the device for `--device auto` ([`auto`]), sessions on an execution
-//! provider checked against the manifest ([`session`]), and the graphs behind the sampler's
+//! provider checked against the manifest ([`session`]), opened on first use ([`lazy`]), and the graphs behind the sampler's
 //! contracts: the denoiser ([`denoiser`], a [`crate::sampler::Denoiser`]) and the guidance
 //! graphs ([`guidance`], [`crate::sampler::Guide`]s), and the language model ([`teacher`], a
 //! [`crate::rerank::LanguageModel`]). Nothing else in the crate runs ONNX Runtime.
@@ -8,6 +8,7 @@
 pub mod auto;
 pub mod denoiser;
 pub mod guidance;
+pub mod lazy;
 pub mod providers;
 pub mod runtime;
 pub mod session;

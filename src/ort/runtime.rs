@@ -79,6 +79,7 @@ pub fn check_library_file(path: &Path) -> Result<(), LoadError> {
 }
 
 /// The ONNX Runtime library in use and the environment built on it.
+#[derive(Clone)]
 pub struct OrtRuntime {
     pub library: PathBuf,
     /// Its version string ("1.32.0").

@@ -1,23 +1,23 @@
 //! The exported autoregressive language model `ids [B, n] -> logits [B, n, V]` (role
 //! `teacher`, batch and length dynamic), as [`LanguageModel`] for reranking by fluency. It
 //! runs on the CPU whatever the denoiser's provider: one call per group of samples, and a
-//! dynamic length would cost TensorRT an engine per shape.
+//! dynamic length would cost TensorRT an engine per shape. Its session opens on the first
+//! rerank by fluency unless opened at load.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use ort::session::Session;
 use ort::value::TensorRef;
 
+use super::lazy::LazySession;
 use super::providers::{Device, SessionOptions};
-use super::session::open_session;
+use super::session::end_profiling;
 use super::{run_error, OrtRuntime};
 use crate::error::{InferenceError, LoadError};
 use crate::manifest::Graph;
 use crate::rerank::LanguageModel;
 
 pub struct OrtTeacher {
-    session: Session,
-    name: String,
+    session: LazySession,
     /// Longest sequence the graph takes (its `seq` axis), START and END included.
     seq_len: usize,
     start: i64,
@@ -26,18 +26,23 @@ pub struct OrtTeacher {
 }
 
 impl OrtTeacher {
+    /// The language model of `graph`, its session opened `now` or on first use.
     pub fn open(
         runtime: &OrtRuntime,
         dir: &Path,
         graph: &Graph,
         opts: &SessionOptions,
         (start, end): (u32, u32),
+        now: bool,
     ) -> Result<Self, LoadError> {
         let cpu = SessionOptions { device: Device::Cpu, ..opts.clone() };
-        let (session, _) = open_session(runtime, dir, graph, &cpu)?;
+        let mut session = LazySession::new(runtime, dir, graph, &cpu);
+        if now {
+            session.open_now()?;
+        }
         let seq_len = graph.dynamic_axes.get("seq").map_or(2, |a| a.max.max(2));
         let (start, end) = (i64::from(start), i64::from(end));
-        Ok(Self { session, name: graph.name.clone(), seq_len, start, end, ids: Vec::new() })
+        Ok(Self { session, seq_len, start, end, ids: Vec::new() })
     }
 }
 
@@ -51,7 +56,7 @@ impl LanguageModel for OrtTeacher {
         }
         let lens: Vec<usize> = sequences.iter().map(|s| (s.len() + 2).min(self.seq_len)).collect();
         let n = lens.iter().copied().max().unwrap_or(2);
-        let (b, err) = (sequences.len(), run_error(&self.name));
+        let b = sequences.len();
         self.ids.clear();
         for (s, &len) in sequences.iter().zip(&lens) {
             let words = s.iter().take(len - 2).map(|&w| i64::from(w));
@@ -60,13 +65,15 @@ impl LanguageModel for OrtTeacher {
             self.ids.extend(row);
         }
         let inputs: Vec<i64> = self.ids.chunks(n).flat_map(|row| row[..n - 1].iter().copied()).collect();
+        let (session, name) = self.session.get()?;
+        let err = run_error(name);
         let tensor = TensorRef::from_array_view(([b, n - 1], &inputs[..])).map_err(&err)?;
-        let outputs = self.session.run(ort::inputs!["ids" => tensor]).map_err(&err)?;
+        let outputs = session.run(ort::inputs!["ids" => tensor]).map_err(&err)?;
         let (shape, logits) = outputs[0].try_extract_tensor::<f32>().map_err(&err)?;
         let vocab = shape.get(2).copied().unwrap_or(0).max(0) as usize;
         if shape.len() != 3 || shape[0] as usize != b || shape[1] as usize != n - 1 || vocab == 0 {
             return Err(InferenceError::OutputShape {
-                graph: self.name.clone(),
+                graph: name.to_string(),
                 output: "logits".into(),
                 actual: shape.iter().copied().collect(),
                 expected: vec![b, n - 1, vocab],
@@ -83,6 +90,12 @@ impl LanguageModel for OrtTeacher {
             nll.push((total / (len - 1) as f64) as f32);
         }
         Ok(nll)
+    }
+
+    /// Finish ONNX Runtime's profile (opened with `profile_dir`), if the session was opened.
+    fn end_profiling(&mut self) -> Result<Vec<PathBuf>, InferenceError> {
+        let name = self.session.name().to_string();
+        self.session.opened().map(|s| end_profiling(s, &name)).into_iter().collect()
     }
 }
 
