@@ -121,7 +121,7 @@ def bench(model_dir, dlm, steps=50, rounds=3, repeat=10, warmup=2, cold_steps=20
     seq_len = m["model"]["seq_len"]
     r = {k: [] for k in ("torch_step", "ort_step", "dlm_step", "dlm_host", "torch_cold", "ort_cold", "dlm_cold",
                          "torch_rss", "ort_rss", "dlm_rss", "bare16_step", "dlm16_step", "guided_step",
-                         "guided_call", "dlm_denoiser_call")}
+                         "guided_call", "dlm_denoiser_call", "dlm16_host", "dlm16_denoiser_call")}
     at = SimpleNamespace(model_dir=model_dir, dlm=dlm, steps=steps, warmup=warmup, repeat=repeat, cold_steps=cold_steps,
                          batch=batch, guide_steps=guide_steps)
     with progress.bar(total=rounds * RUNS_PER_ROUND, desc="bench", unit="run") as bar:
@@ -131,10 +131,12 @@ def bench(model_dir, dlm, steps=50, rounds=3, repeat=10, warmup=2, cold_steps=20
     flops = matmul_flops(model_dir / "denoiser.fp32.onnx", 1, seq_len)
     peak = matmul_peak()
     achieved = flops / (med["dlm_denoiser_call"] / 1e3) / 1e9
+    achieved16 = matmul_flops(model_dir / "denoiser.fp32.onnx", batch, seq_len) / (med["dlm16_denoiser_call"] / 1e3) / 1e9
     guided_fraction = (steps - 1 - int(steps * 0.1)) / steps
     expected_guided = med["dlm_step"] + guide_steps * med["guided_call"] * guided_fraction
     return {"steps": steps, "rounds": rounds, "repeat": repeat, "batch": batch, "cold_steps": cold_steps,
             "medians": med, "flops_per_call": flops, "achieved_gflops": achieved, "matmul_peak_gflops": peak,
+            "achieved_gflops_batch": achieved16,
             "expected_guided_step_ms": expected_guided, "guide_steps": guide_steps}
 
 
@@ -175,8 +177,10 @@ def _round(r, run, at):
     r["dlm_rss"].append(rss)
     bare, _, _ = run(f"bare onnxruntime, batch {batch}", worker, "ort-bare", model_dir, steps, batch, warmup, repeat)
     r["bare16_step"].append(median(bare["per_step_ms"]))
-    r["dlm16_step"].append(run(f"dlm, batch {batch}", dlm_profile, dlm, model_dir, steps, batch, warmup,
-                               repeat)["step_ms"]["p50"])
+    d16 = run(f"dlm, batch {batch}", dlm_profile, dlm, model_dir, steps, batch, warmup, repeat)
+    r["dlm16_step"].append(d16["step_ms"]["p50"])
+    r["dlm16_host"].append(d16["host_share"])
+    r["dlm16_denoiser_call"].append(d16["step_ms"]["mean"] * d16["denoiser_share"])
     g = run("dlm, guided", dlm_profile, dlm, model_dir, steps, 1, warmup, repeat, guided_flags)
     guided = steps - 1 - int(steps * 0.1)  # steps that get guidance: all but the last 10 %
     r["guided_step"].append(g["step_ms"]["p50"])
@@ -198,21 +202,27 @@ def report(b):
         f"expected {b['expected_guided_step_ms']:.3f} ms/step = unguided + K x call x guided fraction",
         f"denoiser: {b['flops_per_call'] / 1e6:.1f} MFLOP per call at (1, 64); achieved {b['achieved_gflops']:.2f} GFLOP/s "
         f"= {100 * b['achieved_gflops'] / b['matmul_peak_gflops']:.1f} % of ONNX Runtime's best MatMul rate here "
-        f"({b['matmul_peak_gflops']:.1f} GFLOP/s)",
+        f"({b['matmul_peak_gflops']:.1f} GFLOP/s); at batch {b['batch']} {b['achieved_gflops_batch']:.2f} GFLOP/s",
         "",
         f"{'target':<52}{'measured':>12}{'limit':>8}  met",
     ]
+    share = b["achieved_gflops_batch"] / b["matmul_peak_gflops"]
+    # issue 24's goals (a ratio of two engines in the same round, or a share within one run);
+    # the MatMul share is a floor: met when at least the limit
     targets = [
-        ("per step, dlm / PyTorch reference", m["dlm_step"] / m["torch_step"], 0.5),
-        ("per step, dlm / Python onnxruntime loop", m["dlm_step"] / m["ort_step"], 0.9),
-        ("host work share of a step", m["dlm_host"], 0.05),
+        ("per step, dlm / PyTorch reference", m["dlm_step"] / m["torch_step"], 0.30),
+        ("per step, dlm / Python onnxruntime loop", m["dlm_step"] / m["ort_step"], 0.20),
+        ("host work share of a step, batch 1", m["dlm_host"], 0.02),
+        (f"host work share of a step, batch {b['batch']}", m["dlm16_host"], 0.02),
         (f"guided step / (unguided + {k} x classifier)", m["guided_step"] / b["expected_guided_step_ms"], 1.1),
-        ("cold start to first sentence, dlm / PyTorch", m["dlm_cold"] / m["torch_cold"], 0.2),
+        ("cold start to first sentence, dlm / PyTorch", m["dlm_cold"] / m["torch_cold"], 0.10),
         ("peak RSS, dlm / PyTorch", m["dlm_rss"] / m["torch_rss"], 0.25),
-        (f"batch {b['batch']} step time, dlm / bare onnxruntime", m["dlm16_step"] / m["bare16_step"], 1.1),
+        (f"batch {b['batch']} step time, dlm / bare onnxruntime", m["dlm16_step"] / m["bare16_step"], 1.02),
+        (f"share of the best MatMul rate, batch {b['batch']} (floor)", share, 0.50),
     ]
     for name, value, limit in targets:
-        lines.append(f"{name:<52}{value:>12.3f}{limit:>8.2f}  {'yes' if value <= limit else 'NO'}")
+        met = value >= limit if "(floor)" in name else value <= limit
+        lines.append(f"{name:<52}{value:>12.3f}{limit:>8.2f}  {'yes' if met else 'NO'}")
     return "\n".join(lines)
 
 
