@@ -157,7 +157,7 @@ impl Batch {
     }
 
     /// The clamping trick on every lane that asks for it: x0_hat to the nearest word
-    /// embeddings, one GEMM for all.
+    /// embeddings, one GEMM per lane.
     fn clamp(&mut self, embeddings: &Embeddings) {
         let (b, l, d) = self.x0_hat.dim();
         let rules: Vec<_> =
