@@ -139,13 +139,6 @@ impl Guide for GuideSession {
     /// Finish ONNX Runtime's profiles (sessions opened with `profile_dir`) of the buckets that
     /// were opened: their files.
     fn end_profiling(&mut self) -> Result<Vec<PathBuf>, InferenceError> {
-        let mut files = Vec::new();
-        for bucket in &mut self.buckets {
-            let name = bucket.session.name().to_string();
-            if let Some(session) = bucket.session.opened() {
-                files.push(end_profiling(session, &name)?);
-            }
-        }
-        Ok(files)
+        self.buckets.iter_mut().filter_map(|b| b.session.opened()).map(|(s, name)| end_profiling(s, name)).collect()
     }
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use ort::session::Session;
 
-use super::providers::{Device, SessionOptions};
+use super::providers::SessionOptions;
 use super::session::open_session;
 use super::OrtRuntime;
 use crate::error::{InferenceError, LoadError};
@@ -17,7 +17,7 @@ pub struct LazySession {
     dir: PathBuf,
     graph: Graph,
     opts: SessionOptions,
-    session: Option<(Session, Device)>,
+    session: Option<Session>,
 }
 
 impl LazySession {
@@ -27,40 +27,33 @@ impl LazySession {
         Self { runtime, dir, graph, opts, session: None }
     }
 
-    pub fn name(&self) -> &str {
-        &self.graph.name
+    fn open(&self) -> Result<Session, LoadError> {
+        open_session(&self.runtime, &self.dir, &self.graph, &self.opts).map(|(session, _device)| session)
     }
 
-    pub fn graph(&self) -> &Graph {
-        &self.graph
-    }
-
-    /// Open the session now (a no-op when it is open): the device it runs on.
-    pub fn open_now(&mut self) -> Result<Device, LoadError> {
-        if let Some((_, device)) = &self.session {
-            return Ok(*device);
+    /// Open the session now (a no-op when it is open).
+    pub fn open_now(&mut self) -> Result<(), LoadError> {
+        if self.session.is_none() {
+            self.session = Some(self.open()?);
         }
-        let (session, device) = open_session(&self.runtime, &self.dir, &self.graph, &self.opts)?;
-        self.session = Some((session, device));
-        Ok(device)
+        Ok(())
     }
 
     /// The session, opened now if this is its first use, and the graph's name.
     pub fn get(&mut self) -> Result<(&mut Session, &str), InferenceError> {
-        let (session, _) = match self.session.take() {
-            Some(open) => self.session.insert(open),
+        let session = match self.session.take() {
+            Some(open) => open,
             None => {
                 log::info!("opening {} on first use", self.graph.name);
-                let open = open_session(&self.runtime, &self.dir, &self.graph, &self.opts)
-                    .map_err(|source| InferenceError::Open { graph: self.graph.name.clone(), source: Box::new(source) })?;
-                self.session.insert(open)
+                let open_error = |source| InferenceError::Open { graph: self.graph.name.clone(), source: Box::new(source) };
+                self.open().map_err(open_error)?
             }
         };
-        Ok((session, &self.graph.name))
+        Ok((self.session.insert(session), &self.graph.name))
     }
 
-    /// The session if it has been opened.
-    pub fn opened(&mut self) -> Option<&mut Session> {
-        self.session.as_mut().map(|(session, _)| session)
+    /// The session and the graph's name, if the session has been opened.
+    pub fn opened(&mut self) -> Option<(&mut Session, &str)> {
+        self.session.as_mut().map(|session| (session, self.graph.name.as_str()))
     }
 }

@@ -94,8 +94,7 @@ impl LanguageModel for OrtTeacher {
 
     /// Finish ONNX Runtime's profile (opened with `profile_dir`), if the session was opened.
     fn end_profiling(&mut self) -> Result<Vec<PathBuf>, InferenceError> {
-        let name = self.session.name().to_string();
-        self.session.opened().map(|s| end_profiling(s, &name)).into_iter().collect()
+        self.session.opened().map(|(s, name)| end_profiling(s, name)).into_iter().collect()
     }
 }
 
