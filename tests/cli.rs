@@ -226,6 +226,8 @@ fn profile_prints_a_table_and_writes_csv_json_svg_and_operator_times() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("step ms p50") && stdout.contains("MatMul"), "{stdout}");
+    // each trace is named by its graph (the session's profile file starts with it)
+    assert!(stdout.contains("ONNX Runtime trace of denoiser.fp32: "), "{stdout}");
     let csv = std::fs::read_to_string(path("p.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + 4, "{csv}");
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path("p.json")).unwrap()).unwrap();

@@ -91,13 +91,16 @@ pub fn run(args: ProfileArgs) -> Result<()> {
             }
         }
         if args.ort_profile.is_some() {
-            // each opened session's file, `<graph>_<date>_<time>.json`, named by its graph
+            // each opened session's file is named `<graph>_<timestamp>.json`: the longest graph
+            // name it starts with is its graph
             let files = model.end_profiling()?;
+            let names: Vec<&str> = model.manifest.graphs.iter().map(|g| g.name.as_str()).collect();
             let graph = |file: &PathBuf| {
-                let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-                stem.rsplitn(3, '_').last().unwrap_or_default().to_string()
+                let stem = file.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                let of = names.iter().filter(|n| stem.starts_with(&format!("{n}_"))).max_by_key(|n| n.len());
+                of.map_or(stem.clone(), |n| n.to_string())
             };
-            traces.extend(files.into_iter().map(|f| (graph(&f), f)));
+            traces.extend(files.iter().map(|f| (graph(f), f.clone())));
         }
     }
     bar.finish_and_clear();
