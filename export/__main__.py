@@ -69,6 +69,12 @@ def cmd_add_control(args, cfg):
                  command=" ".join(["python -m export"] + sys.argv[1:]))
 
 
+def cmd_refresh_denoiser(args, cfg):
+    from .add_control import refresh_denoiser
+
+    refresh_denoiser(Path(args.out), command=" ".join(["python -m export"] + sys.argv[1:]))
+
+
 def cmd_export(args, cfg):
     from .onnx_export import export_model
     from .verify import verify_model_dir
@@ -222,6 +228,8 @@ def main(argv=None):
     a = sub.add_parser("add-control", help="export classifiers trained since (e.g. tree) into an exported model directory")
     a.add_argument("--out", required=True, help="the model directory, e.g. models/e2e")
     a.add_argument("--only", required=True, help="comma-separated controls to add from WORKDIR/controls/controls.pt")
+    r = sub.add_parser("refresh-denoiser", help="export a model directory's denoiser graphs again from its reference.pt")
+    r.add_argument("--out", required=True, help="the model directory, e.g. models/e2e")
     s = sub.add_parser("sample", help="PyTorch reference sampler")
     s.add_argument("--out", help="model directory (default WORKDIR/model)")
     s.add_argument("--num", type=int, default=10)
@@ -297,7 +305,7 @@ def main(argv=None):
     progress.show(not args.no_progress)
     try:
         cfg = config_mod.load(args.config)
-        {"prepare": cmd_prepare, "train": cmd_train, "controls": cmd_controls, "teacher": cmd_teacher, "distill": cmd_distill, "export": cmd_export, "add-control": cmd_add_control, "verify": cmd_verify,
+        {"prepare": cmd_prepare, "train": cmd_train, "controls": cmd_controls, "teacher": cmd_teacher, "distill": cmd_distill, "export": cmd_export, "add-control": cmd_add_control, "refresh-denoiser": cmd_refresh_denoiser, "verify": cmd_verify,
          "sample": cmd_sample, "fixtures": cmd_fixtures, "evaluate": cmd_evaluate, "bench": cmd_bench, "loadtest": cmd_loadtest,
          "blind": cmd_blind, "plot": cmd_plot, "all": cmd_all}[args.command](args, cfg)
     except ExportError as e:

@@ -1,16 +1,48 @@
 """add-control: export the guidance graphs of classifiers trained after a model directory was
 exported (e.g. the tree classifier beside the shipped pos, content and spans ones) into it, leaving
-its other graphs as they are; the whole directory is verified before it is replaced."""
+its other graphs as they are; refresh-denoiser: export its denoiser graphs again from its own
+EMA weights (reference.pt) as graphs.denoiser now describes them (e.g. with the clamping head).
+The whole directory is verified before it is replaced."""
 import json
 import shutil
 from pathlib import Path
 
-from . import manifest as manifest_mod
+from . import graphs, manifest as manifest_mod
 from .atomic import atomic_dir
 from .errors import ExportError
-from .onnx_export import export_controls
+from .onnx_export import export_controls, export_denoiser
 from .train_controls import CONTROLS_FILE
-from .verify import verify_model_dir
+from .verify import load_reference, verify_model_dir
+
+
+def _copy_into(model_dir, tmp):
+    for f in model_dir.iterdir():
+        if f.is_file():
+            shutil.copy2(f, tmp / f.name)
+
+
+def refresh_denoiser(model_dir, command):
+    """Replace model_dir's denoiser graphs (fp32, fp16) by a fresh export of its reference.pt."""
+    model_dir = Path(model_dir)
+    m = manifest_mod.load(model_dir)
+    with atomic_dir(model_dir) as tmp:
+        _copy_into(model_dir, tmp)
+        entries = []
+        for precision in ("fp32", "fp16"):
+            model, cfg = load_reference(tmp, m)  # a fresh copy per precision: the export casts it
+            spec = graphs.denoiser(precision, cfg.model.d, cfg.model.seq_len, cfg.model.self_condition)
+            export_denoiser(model, spec, tmp / spec.file)
+            entries.append(spec.manifest_entry(tmp))
+        names = {g["name"] for g in entries}
+        m["graphs"] = entries + [g for g in m["graphs"] if g["name"] not in names]
+        m["export"]["refreshed_denoiser"] = {"command": command}
+        manifest_mod.write(tmp, m)
+        report = verify_model_dir(tmp)
+        for g in entries:
+            g["parity"] = report[g["name"]]
+        manifest_mod.write(tmp, m)
+    print(json.dumps({g["name"]: g["parity"] for g in entries}, indent=2))
+    return model_dir
 
 
 def add_controls(model_dir, controls_dir, guide_batches, only, command):
@@ -21,9 +53,7 @@ def add_controls(model_dir, controls_dir, guide_batches, only, command):
         raise ExportError(f"{controls_pt}: not found; run `python -m export controls --only tree` first")
     m = manifest_mod.load(model_dir)
     with atomic_dir(model_dir) as tmp:
-        for f in model_dir.iterdir():
-            if f.is_file():
-                shutil.copy2(f, tmp / f.name)
+        _copy_into(model_dir, tmp)
         for name in only:
             for old in tmp.glob(f"guide_{name}.*"):
                 old.unlink()

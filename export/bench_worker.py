@@ -60,13 +60,15 @@ def ort_engine(model_dir, steps, batch, seed, bare=False):
         for i in reversed(range(diff.num_steps)):
             t = np.full((batch,), diff.timestep_map[i], dtype=np.int64)
             feed = {"x": x, "t": t, "x0_hat_prev": x0_hat} if self_condition else {"x": x, "t": t}
-            x0_hat = session.run(None, feed)[0]
+            x0_hat, *nearest = session.run(None, feed)
             if self_condition and not bare:
                 x0_hat_raw = x0_hat.copy()
             if bare:
                 continue
-            dist = emb_sq[None, None, :] - 2.0 * x0_hat @ emb.T  # clamping: nearest embedding
-            x0_hat = emb[dist.argmin(-1)]
+            if nearest:  # clamping: nearest embedding, found by the graph's clamping head
+                x0_hat = emb[nearest[0][..., 0]]
+            else:
+                x0_hat = emb[(emb_sq[None, None, :] - 2.0 * x0_hat @ emb.T).argmin(-1)]
             mean = diff.posterior_mean_coef1[i] * x0_hat + diff.posterior_mean_coef2[i] * x
             noise = rng.standard_normal(x.shape, dtype=np.float32) if i > 0 else 0.0
             x = (mean + np.sqrt(diff.model_variance[i]) * noise).astype(np.float32)

@@ -68,6 +68,12 @@ class DiffusionLM(nn.Module):
         return x @ self.word_emb.weight.t()
 
 
+def clamp_scores(x0_hat, emb):
+    """<x, EMB(v)> - ||EMB(v)||^2 / 2 per position and word: its argmax is the nearest embedding
+    (L2), the clamping trick's choice, computed as the Rust sampler does (src/embeddings.rs)."""
+    return x0_hat @ emb.t() - 0.5 * (emb**2).sum(-1)
+
+
 def count_parameters(model):
     return sum(p.numel() for p in model.parameters())
 

@@ -8,6 +8,7 @@ import onnx
 import onnxruntime
 import torch
 from tokenizers import Tokenizer
+from torch import nn
 
 from . import data, graphs, manifest as manifest_mod, progress
 from .errors import ExportError
@@ -23,15 +24,36 @@ from .verify import verify_model_dir
 KEEP = ("README.md", "samples.txt", "EVAL.md")  # hand-written or separately made files of a model directory
 
 
+class Clamping(nn.Module):
+    """The denoiser with the clamping trick's search on the engine: x0_hat, and the ids of its K
+    nearest word embeddings per position (scores in fp32 at either precision, as the host's).
+    The scores are one MatMul, [x0_hat, 1] @ [EMB^T; -||EMB||^2 / 2] (clamp_scores); K = 1 is an
+    ArgMax, cheaper on the CPU than a TopK."""
+
+    def __init__(self, model, k):
+        super().__init__()
+        self.model, self.k = model, k
+        emb = model.word_emb.weight.detach().float()
+        self.register_buffer("score_weight", torch.cat([emb.t(), -0.5 * (emb**2).sum(-1)[None]], 0).contiguous())
+
+    def forward(self, x, t, x0_hat_prev=None):
+        x0_hat = self.model(x, t, x0_hat_prev)
+        x1 = torch.cat([x0_hat.float(), torch.ones_like(x0_hat[..., :1], dtype=torch.float32)], -1)
+        scores = x1 @ self.score_weight
+        nearest = scores.argmax(-1, keepdim=True) if self.k == 1 else scores.topk(self.k, dim=-1).indices
+        return x0_hat, nearest
+
+
 def export_denoiser(model, spec, out_path):
     """The denoiser at the precision of `spec`, batch and sequence length dynamic."""
     dtype = {"fp32": torch.float32, "fp16": torch.float16}[spec.precision]
+    clamping = Clamping(model, spec.outputs[1].shape[2])  # the fp32 embeddings, as the host's
     model = model.to(dtype).eval()
     seq_len = spec.dynamic_axes["seq"]["max"]
     x = torch.randn(2, seq_len, model.word_emb.embedding_dim, dtype=dtype)
     t = torch.tensor([1, 1000], dtype=torch.long)
     example = (x, t, torch.randn(x.shape, dtype=dtype)) if model.self_condition else (x, t)
-    spec.export(model, example, out_path, optimize=True)
+    spec.export(clamping.eval(), example, out_path, optimize=True)
 
 
 def export_model(data_dir, train_dir, out_dir, command, controls_dir=None, teacher_dir=None, guide_batches=(1, 4, 16)):

@@ -11,7 +11,7 @@ import torch
 
 from . import manifest as manifest_mod, progress
 from .errors import ParityError
-from .model import DiffusionLM
+from .model import DiffusionLM, clamp_scores
 from .config import from_dict
 from .guidance import check_values as check_guidance
 from .teacher import load_teacher
@@ -65,7 +65,9 @@ def _check_values(graph, session, reference, T, d, failures):
             feed["x0_hat_prev"] = prev.numpy().astype(np_dtype)
         with torch.no_grad():
             ref = reference(x, t, prev).numpy()
-        (out,) = session.run(None, feed)
+        out, *rest = session.run(None, feed)
+        if rest:
+            _check_nearest(graph, out, rest[0], reference.word_emb.weight.detach(), failures)
         if out.shape != ref.shape:
             failures.append(f"{graph['name']}: x0_hat shape {out.shape} != PyTorch {ref.shape} at (B={batch}, L={seq})")
             continue
@@ -81,6 +83,33 @@ def _check_values(graph, session, reference, T, d, failures):
         if not diff <= limit:
             failures.append(f"{graph['name']}: x0_hat differs by {diff:.3g} > {limit:g} at (B={batch}, L={seq})")
     return worst
+
+
+# Of the scores' scale: the graph's fp32 scores against float64 ones of its x0_hat output. An fp16
+# graph on the CPU may score x0_hat before its final cast to fp16 (ONNX Runtime drops the cast
+# pair), so there the output's rounding (2^-11 of each value) is allowed for.
+NEAREST_TOLERANCE = {"fp32": 1e-5, "fp16": 1e-3}
+
+
+def _check_nearest(graph, x0_hat, nearest, emb, failures):
+    """The clamping head: for the graph's own x0_hat, its ids must be the K best words by the
+    clamping score, best first (ties in any order): their scores equal the K largest."""
+    k = graph["outputs"][1]["shape"][2]
+    b, seq, _ = x0_hat.shape
+    where = f"{graph['name']}: nearest at (B={b}, L={seq})"
+    if nearest.shape != (b, seq, k):
+        failures.append(f"{where}: shape {nearest.shape} != {(b, seq, k)}")
+        return
+    if nearest.min() < 0 or nearest.max() >= emb.shape[0]:
+        failures.append(f"{where}: ids outside 0..{emb.shape[0] - 1}")
+        return
+    scores = clamp_scores(torch.from_numpy(x0_hat.astype(np.float64)), emb.double())
+    chosen = scores.gather(-1, torch.from_numpy(nearest))
+    diff = float((chosen - scores.topk(k, dim=-1).values).abs().max()) / float(scores.abs().max())
+    limit = NEAREST_TOLERANCE[graph["precision"]]
+    if not diff <= limit:
+        failures.append(f"{where}: not the {k} nearest embeddings in order ({diff:.3g} of the scores' scale "
+                        f"> {limit:g})")
 
 
 def _load_controls(model_dir, manifest):

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use ndarray::linalg::general_mat_mul;
-use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis};
+use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis};
 
 use crate::error::LoadError;
 use crate::manifest::EmbeddingsEntry;
@@ -70,25 +70,41 @@ impl Embeddings {
     /// Clamping trick: replace every row of `x0_hat` (one position) by its nearest embedding,
     /// argmin_v ||x - EMB(v)||^2 = argmax_v <x, EMB(v)> - ||EMB(v)||^2 / 2.
     pub fn clamp_rows(&self, x0_hat: ArrayViewMut2<'_, f32>, scratch: &mut Array2<f32>, rules: Constraints<'_>) {
-        self.clamp_lanes(x0_hat, scratch, &[Some(rules)]);
+        self.clamp_lanes(x0_hat, scratch, &[Some(rules)], None);
     }
 
     /// Clamping of several sequences: `x0_hat`'s rows split evenly into one block per entry of
-    /// `lanes`, each clamped under its own rules (None: left as it is). One GEMM per block, so
-    /// that its scores (L x V) are still in cache when they are scanned (a batch of 16 at once
-    /// is 4 MB of scores: on one thread 7-8 % of a step went to the host, 5 % this way).
+    /// `lanes`, each clamped under its own rules (None: left as it is). With `nearest` (the
+    /// engine's search, one list per row) each row takes the first word of its list the rules
+    /// allow, and scores every word itself only when they ban them all (or the list does not
+    /// fit the rows); without, one GEMM per block, so that its scores (L x V) are still in cache
+    /// when they are scanned (a batch of 16 at once is 4 MB of scores: on one thread 7-8 % of a
+    /// step went to the host, 5 % this way).
     pub fn clamp_lanes(
         &self,
         mut x0_hat: ArrayViewMut2<'_, f32>,
         scratch: &mut Array2<f32>,
         lanes: &[Option<Constraints<'_>>],
+        nearest: Option<Nearest<'_>>,
     ) {
         let per_lane = (x0_hat.nrows() / lanes.len().max(1)).max(1);
+        let nearest = nearest.filter(|n| n.k > 0 && Some(n.ids.len()) == x0_hat.nrows().checked_mul(n.k));
         let (mut banned, mut chosen) = (Vec::new(), Vec::new());
-        for (mut block, rules) in x0_hat.axis_chunks_iter_mut(Axis(0), per_lane).zip(lanes) {
+        for (b, (mut block, rules)) in x0_hat.axis_chunks_iter_mut(Axis(0), per_lane).zip(lanes).enumerate() {
             let Some(rules) = rules else { continue };
-            let dots = self.dots(block.view(), scratch);
             chosen.clear();
+            if let Some(n) = nearest {
+                for (r, mut row) in block.rows_mut().into_iter().enumerate() {
+                    rules.banned(r, &chosen, &mut banned);
+                    let first = (b * per_lane + r) * n.k;
+                    let best = self.first_allowed(&n.ids[first..first + n.k], &banned);
+                    let best = best.unwrap_or_else(|| self.nearest_row(row.view(), &banned));
+                    chosen.push(best as u32);
+                    row.assign(&self.matrix.row(best));
+                }
+                continue;
+            }
+            let dots = self.dots(block.view(), scratch);
             for (r, (mut row, mut scores)) in block.rows_mut().into_iter().zip(dots.rows_mut()).enumerate() {
                 let Some(scores) = scores.as_slice_mut() else { unreachable!("scratch is row-major") };
                 scores.iter_mut().zip(&self.half_sq_norms).for_each(|(s, h)| *s -= h);
@@ -98,6 +114,24 @@ impl Embeddings {
                 row.assign(&self.matrix.row(best));
             }
         }
+    }
+
+    /// The first of `candidates` not banned; None when none is allowed, or when one is no word of
+    /// this vocabulary (the list cannot be trusted then).
+    fn first_allowed(&self, candidates: &[i64], banned: &[u32]) -> Option<usize> {
+        for &w in candidates {
+            let w = usize::try_from(w).ok().filter(|&w| w < self.vocab_size())?;
+            if !banned.contains(&(w as u32)) {
+                return Some(w);
+            }
+        }
+        None
+    }
+
+    /// The clamping trick's choice for one row, every word scored.
+    fn nearest_row(&self, x: ArrayView1<'_, f32>, banned: &[u32]) -> usize {
+        let mut scores: Vec<f32> = self.matrix.dot(&x).iter().zip(&self.half_sq_norms).map(|(s, h)| s - h).collect();
+        arg_best(&mut scores, banned)
     }
 
     /// Rounding through the tied head: argmax_v <x_i, EMB(v)> per row.
@@ -111,6 +145,15 @@ impl Embeddings {
         }
         chosen
     }
+}
+
+/// The ids of the `k` word embeddings nearest to x0_hat at every position of a [B, L, d] batch,
+/// nearest first (`ids` is [B, L, k], row-major): the clamping trick's search when the engine
+/// does it ([`crate::sampler::Denoiser::nearest`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Nearest<'a> {
+    pub k: usize,
+    pub ids: &'a [i64],
 }
 
 /// What clamping and rounding may pick at each row of [B * L] latents (row r is position
@@ -234,6 +277,66 @@ mod tests {
         // a held word stays, whatever came before it
         let held = [None, Some(1), None];
         assert_eq!(emb.round_rows(x.view(), &mut scratch, Constraints { held: &held, ..two }), vec![1, 1, 2, 1, 1, 2]);
+    }
+
+    /// A pseudo-random [n, d] matrix with values in [-2, 2).
+    fn noise(n: usize, d: usize, seed: u32) -> Array2<f32> {
+        let v = (0..n * d).map(|i| ((i as u32 * 2654435761 ^ seed) % 4000) as f32 / 1000.0 - 2.0).collect();
+        Array2::from_shape_vec((n, d), v).unwrap()
+    }
+
+    /// What an engine's clamping head gives: each row's k best words by the clamping score.
+    fn ranked(emb: &Embeddings, x: &Array2<f32>, k: usize) -> Vec<i64> {
+        let mut ids = Vec::new();
+        for row in x.rows() {
+            let scores: Vec<f32> = emb.matrix.dot(&row).iter().zip(&emb.half_sq_norms).map(|(s, h)| s - h).collect();
+            let mut order: Vec<usize> = (0..scores.len()).collect();
+            order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+            ids.extend(order[..k].iter().map(|&w| w as i64));
+        }
+        ids
+    }
+
+    #[test]
+    fn clamping_from_the_engines_nearest_words_equals_the_hosts_under_every_rule() {
+        let (vocab, seq_len, lanes) = (40, 12, 3);
+        let emb = Embeddings::new(noise(vocab, 4, 7));
+        // few distinct directions, so neighbours repeat and the rules ban the nearest often
+        let x = noise(lanes * seq_len, 4, 3).mapv(|v| (v * 2.0).round() / 2.0);
+        let words_only = [false, true, true, true, true, true, true, true, false, false, false, false];
+        let specials = [0, 1, 2, 3];
+        let held = [Some(2), None, None, Some(9), None, None, None, None, None, None, None, None];
+        let rules = Constraints { words_only: &words_only, specials: &specials, block_repeats: true, seq_len, held: &held };
+        let plain = Constraints { seq_len, ..Constraints::default() };
+        let per_lane = [Some(rules), None, Some(plain)];
+        let mut scratch = Array2::zeros((0, 0));
+        let mut host = x.clone();
+        emb.clamp_lanes(host.view_mut(), &mut scratch, &per_lane, None);
+        assert_ne!(host, x, "the host clamped");
+        for k in [1, 3, vocab] {
+            let ids = ranked(&emb, &x, k);
+            let mut engine = x.clone();
+            emb.clamp_lanes(engine.view_mut(), &mut scratch, &per_lane, Some(Nearest { k, ids: &ids }));
+            assert_eq!(engine, host, "k {k}");
+        }
+        // ids that are no words of this vocabulary, or a list that does not fit the rows: the host scores them
+        let mut wrong = ranked(&emb, &x, 2);
+        wrong.iter_mut().step_by(2).for_each(|w| *w = if *w % 2 == 0 { -1 } else { vocab as i64 });
+        for (k, ids) in [(2, &wrong[..]), (1, &wrong[..5])] {
+            let mut engine = x.clone();
+            emb.clamp_lanes(engine.view_mut(), &mut scratch, &per_lane, Some(Nearest { k, ids }));
+            assert_eq!(engine, host, "k {k}, {} ids", ids.len());
+        }
+    }
+
+    #[test]
+    fn clamping_takes_the_engines_word_when_its_rules_allow_it() {
+        // the engine's word need not be the host's nearest: the sampler trusts the graph's search
+        let emb = Embeddings::new(Array2::from_shape_vec((3, 1), vec![0.0, 1.0, 5.0]).unwrap());
+        let mut x = Array2::from_shape_vec((2, 1), vec![0.9, 4.8]).unwrap();
+        let ids = [2, 0];
+        emb.clamp_lanes(x.view_mut(), &mut Array2::zeros((0, 0)), &[Some(Constraints::default())], Some(Nearest { k: 1, ids: &ids }));
+        assert_eq!(x.into_raw_vec_and_offset().0, vec![5.0, 0.0]);
     }
 
     #[test]

@@ -121,3 +121,39 @@ fn block_repeats_leaves_no_word_twice_in_a_row_and_no_trigram_twice() {
     let plain = texts(Precision::Fp32, &Request { block_repeats: false, ..request(50, 0, 8, 8) });
     assert_ne!(plain, out.iter().map(|g| g.text.clone()).collect::<Vec<_>>(), "blocking changed nothing");
 }
+
+/// The bundled denoiser finds each position's nearest word embedding itself (its `nearest`
+/// output): taking it (`ClampOn::Engine`, the default on a GPU) gives the sentences of clamping
+/// on the host (the default on the CPU), whatever the rules (fixed length, infill, repeats
+/// blocked, guidance), at either precision.
+#[test]
+fn clamping_on_the_engine_gives_the_sentences_of_clamping_on_the_host() {
+    use dlm::controls::ControlRequest;
+    use dlm::model::Model;
+    use dlm::ort::{ClampOn, SessionOptions};
+
+    let controls = |c: ControlRequest| Request { controls: c, ..request(100, 11, 4, 4) };
+    let requests = [
+        request(200, 5, 4, 4),
+        Request { method: Method::Ddim { eta: 0.0 }, ..request(30, 6, 2, 2) },
+        controls(ControlRequest { length: Some(12), ..ControlRequest::default() }),
+        controls(ControlRequest { infill: Some("The Eagle is a _ _ near _ .".into()), ..ControlRequest::default() }),
+        controls(ControlRequest { content: vec!["food=Italian".into()], ..ControlRequest::default() }),
+    ];
+    let load = |precision, clamp_on| {
+        let opts = SessionOptions { clamp_on, ..common::session_options() };
+        Model::load(common::runtime(), &common::model_dir(), precision, &opts).unwrap()
+    };
+    for precision in [Precision::Fp32, Precision::Fp16] {
+        let (mut host, mut engine) = (load(precision, ClampOn::Host), load(precision, ClampOn::Engine));
+        for r in &requests {
+            let on_host: Vec<String> = generate(&mut host, r).unwrap().into_iter().map(|g| g.text).collect();
+            let on_engine: Vec<String> = generate(&mut engine, r).unwrap().into_iter().map(|g| g.text).collect();
+            assert_eq!(on_engine, on_host, "{precision:?}, {} steps, {:?}", r.steps, r.controls);
+        }
+        assert!(host.denoiser.nearest().is_none(), "on the host the sampler scores the words itself");
+        assert!(engine.denoiser.nearest().is_some_and(|n| n.k >= 1), "the bundled denoiser has the clamping head");
+        let (auto, on_gpu) = common::with_model(precision, |m| (m.denoiser.nearest().is_some(), m.provider != "cpu"));
+        assert_eq!(auto, on_gpu, "auto: the engine's search on a GPU only");
+    }
+}

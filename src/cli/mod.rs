@@ -16,7 +16,7 @@ use clap::{ArgAction, Args};
 use dlm::controls::{ControlRequest, LengthHold};
 use dlm::error::ControlError;
 use dlm::manifest::Precision;
-use dlm::ort::{Device, EpOption, SessionOptions};
+use dlm::ort::{ClampOn, Device, EpOption, SessionOptions};
 use dlm::overrides::{GuideOverrides, Setting, LR, STEPS, WEIGHT};
 
 #[derive(Args, Clone)]
@@ -50,6 +50,10 @@ pub struct RuntimeArgs {
     /// DLM_EP_OPTION separated by `;`, which a value therefore cannot hold).
     #[arg(long = "ep-option", env = "DLM_EP_OPTION", value_name = "PROVIDER:KEY=VALUE", value_delimiter = ';')]
     pub ep_options: Vec<EpOption>,
+    /// Where the clamping trick's nearest-embedding search runs when the denoiser graph can do
+    /// it (its `nearest` output): auto = on the engine on a GPU, in dlm on the CPU.
+    #[arg(long, env = "DLM_CLAMP_ON", value_enum, default_value_t = ClampOn::Auto)]
+    pub clamp_on: ClampOn,
 }
 
 pub fn session_options(args: &RuntimeArgs, max_batch: usize) -> anyhow::Result<SessionOptions> {
@@ -66,6 +70,7 @@ pub fn session_options(args: &RuntimeArgs, max_batch: usize) -> anyhow::Result<S
         profile_dir: None,
         ep_options: args.ep_options.clone(),
         weights: Vec::new(),
+        clamp_on: args.clamp_on,
     })
 }
 

@@ -1,7 +1,7 @@
 //! Every manifest value the runtime indexes, loops or allocates by, range-checked at load; an
 //! error names the field.
 
-use super::{Dim, Manifest, Role};
+use super::{DType, Dim, Manifest, Role, TensorSpec};
 
 /// Bounds far above any model dlm is meant for, low enough that nothing overflows or explodes.
 pub const MAX_D: usize = 4096;
@@ -54,6 +54,9 @@ pub fn check(m: &Manifest) -> Result<(), String> {
                 "graphs[{k}] ({}): input x0_hat_prev must be declared exactly when model.self_condition is true",
                 g.name
             ));
+        }
+        if g.role == Role::Denoiser {
+            check_denoiser_outputs(&format!("graphs[{k}] ({})", g.name), &g.outputs, m.model.vocab_size)?;
         }
     }
     for (name, c) in &m.controls {
@@ -128,4 +131,25 @@ fn check_providers(m: &Manifest) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A denoiser gives x0_hat, then optionally `nearest` [batch, seq, K] int64 with a fixed
+/// 1 <= K <= vocab_size (the clamping head), nothing else.
+fn check_denoiser_outputs(graph: &str, outputs: &[TensorSpec], vocab_size: usize) -> Result<(), String> {
+    let names: Vec<&str> = outputs.iter().map(|o| o.name.as_str()).collect();
+    match names[..] {
+        ["x0_hat"] => Ok(()),
+        ["x0_hat", "nearest"] => {
+            let nearest = &outputs[1];
+            let k = match nearest.shape.get(2) {
+                Some(Dim::Fixed(k)) if nearest.shape.len() == 3 => *k,
+                _ => return Err(format!("{graph}: output nearest must be [batch, seq, K] with a fixed K")),
+            };
+            if nearest.dtype != DType::Int64 {
+                return Err(format!("{graph}: output nearest must be int64"));
+            }
+            within(&format!("{graph}: output nearest's K"), k, 1, vocab_size)
+        }
+        _ => Err(format!("{graph}: outputs {names:?}, expected [\"x0_hat\"] or [\"x0_hat\", \"nearest\"]")),
+    }
 }

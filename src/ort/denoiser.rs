@@ -1,5 +1,7 @@
 //! The exported denoiser `(x [B,L,d], t [B]) -> x0_hat [B,L,d]`, fp32 or fp16, as the
-//! sampler's [`Denoiser`]; a self-conditioned graph has a third input, `x0_hat_prev [B,L,d]`.
+//! sampler's [`Denoiser`]; a self-conditioned graph has a third input, `x0_hat_prev [B,L,d]`,
+//! and a graph with the clamping head a second output, `nearest [B,L,K]`: the ids of x0_hat's
+//! K nearest word embeddings per position ([`Denoiser::nearest`]).
 
 use std::path::{Path, PathBuf};
 
@@ -12,8 +14,8 @@ use super::session::{contiguous, end_profiling, open_session};
 use super::staging::{read_output, Staging};
 use super::{run_error, OrtRuntime};
 use crate::error::{InferenceError, LoadError};
-use crate::manifest::{Graph, Precision};
-use crate::sampler::Denoiser;
+use crate::manifest::{Dim, Graph, Precision};
+use crate::sampler::{Denoiser, Nearest};
 
 pub struct OrtDenoiser {
     session: Session,
@@ -26,10 +28,16 @@ pub struct OrtDenoiser {
     staging_prev: Staging,
     /// x0_hat_prev when the caller gives none: zeros.
     zeros: Vec<f32>,
+    /// K of the graph's `nearest` output, when it has one and the sampler is to use it.
+    nearest_k: Option<usize>,
+    /// `nearest` of the last call, [B, L, K] (empty before the first, or after a failed one).
+    nearest: Vec<i64>,
 }
 
 /// The self-conditioning input's name in the graph and the manifest.
 pub const SELF_CONDITION_INPUT: &str = "x0_hat_prev";
+/// The clamping head's output: the ids of the K nearest word embeddings per position.
+pub const NEAREST_OUTPUT: &str = "nearest";
 
 impl OrtDenoiser {
     pub fn open(runtime: &OrtRuntime, dir: &Path, graph: &Graph, opts: &SessionOptions) -> Result<Self, LoadError> {
@@ -37,7 +45,13 @@ impl OrtDenoiser {
         let (name, precision) = (graph.name.clone(), graph.precision);
         let self_condition = graph.inputs.iter().any(|i| i.name == SELF_CONDITION_INPUT);
         let (staging, staging_prev, zeros) = (Staging::default(), Staging::default(), Vec::new());
-        Ok(Self { session, name, precision, device, self_condition, staging, staging_prev, zeros })
+        let nearest_k = graph.outputs.get(1).filter(|o| o.name == NEAREST_OUTPUT && opts.clamp_on.on_engine(device));
+        let nearest_k = nearest_k.and_then(|o| match o.shape.get(2) {
+            Some(Dim::Fixed(k)) => Some(*k),
+            _ => None, // the manifest check requires a fixed K
+        });
+        let nearest = Vec::new();
+        Ok(Self { session, name, precision, device, self_condition, staging, staging_prev, zeros, nearest_k, nearest })
     }
 
     pub fn precision(&self) -> Precision {
@@ -73,16 +87,20 @@ impl Denoiser for OrtDenoiser {
         } else {
             self.session.run(ort::inputs!["x" => x_tensor, "t" => t_tensor]).map_err(&err)?
         };
+        self.nearest.clear();
         let shape = read_output(&outputs[0], self.precision, out.iter_mut(), |o, v| *o = v).map_err(&err)?;
-        if shape.iter().map(|&s| s as usize).ne([b, l, d]) {
-            return Err(InferenceError::OutputShape {
-                graph: name.clone(),
-                output: "x0_hat".into(),
-                actual: shape.iter().copied().collect(),
-                expected: vec![b, l, d],
-            });
+        check_shape(name, "x0_hat", &shape, &[b, l, d])?;
+        if let Some(k) = self.nearest_k {
+            let (shape, ids) = outputs[NEAREST_OUTPUT].try_extract_tensor::<i64>().map_err(&err)?;
+            check_shape(name, NEAREST_OUTPUT, shape, &[b, l, k])?;
+            self.nearest.extend_from_slice(ids);
         }
         Ok(())
+    }
+
+    fn nearest(&self) -> Option<Nearest<'_>> {
+        let k = self.nearest_k?;
+        (!self.nearest.is_empty()).then_some(Nearest { k, ids: &self.nearest })
     }
 
     fn self_conditioned(&self) -> bool {
@@ -93,4 +111,16 @@ impl Denoiser for OrtDenoiser {
     fn end_profiling(&mut self) -> Result<Vec<PathBuf>, InferenceError> {
         Ok(vec![end_profiling(&mut self.session, &self.name)?])
     }
+}
+
+fn check_shape(graph: &str, output: &str, actual: &[i64], expected: &[usize]) -> Result<(), InferenceError> {
+    if actual.iter().map(|&s| s as usize).ne(expected.iter().copied()) {
+        return Err(InferenceError::OutputShape {
+            graph: graph.to_string(),
+            output: output.into(),
+            actual: actual.to_vec(),
+            expected: expected.to_vec(),
+        });
+    }
+    Ok(())
 }

@@ -18,7 +18,7 @@ pub mod version;
 
 pub use denoiser::OrtDenoiser;
 pub use guidance::GuideSession;
-pub use providers::{Device, EpOption, Provider, SessionOptions};
+pub use providers::{ClampOn, Device, EpOption, Provider, SessionOptions};
 pub use runtime::OrtRuntime;
 pub use teacher::OrtTeacher;
 

@@ -114,6 +114,31 @@ pub struct SessionOptions {
     /// The model's external weights files (after [`SessionOptions::for_model`]): part of each
     /// graph's TensorRT engine cache key.
     pub weights: Vec<WeightsEntry>,
+    /// Where the clamping trick's search runs when the denoiser graph can do it.
+    pub clamp_on: ClampOn,
+}
+
+/// Where the clamping trick's nearest-embedding search runs when the denoiser graph has the
+/// clamping head (its `nearest` output); without one, always on the host.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClampOn {
+    /// On the engine when the denoiser runs on a GPU, on the host on the CPU (where dlm's own
+    /// search costs a little less than the graph's: docs/benchmarks.md).
+    #[default]
+    Auto,
+    Host,
+    Engine,
+}
+
+impl ClampOn {
+    /// Whether a denoiser on `device` (as resolved: not Auto) takes the graph's search.
+    pub fn on_engine(self, device: Device) -> bool {
+        match self {
+            ClampOn::Auto => device != Device::Cpu,
+            ClampOn::Host => false,
+            ClampOn::Engine => true,
+        }
+    }
 }
 
 impl SessionOptions {
@@ -135,6 +160,7 @@ impl Default for SessionOptions {
             profile_dir: None,
             ep_options: Vec::new(),
             weights: Vec::new(),
+            clamp_on: ClampOn::Auto,
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use ndarray::{s, Array2, Array3, Axis};
 
 use super::lane::{Finished, Lane, Progress, Sampled};
-use super::{guide, Denoiser, Guide};
+use super::{guide, Denoiser, Guide, Nearest};
 use crate::embeddings::Embeddings;
 use crate::error::{GenerateError, InferenceError};
 
@@ -105,7 +105,7 @@ impl Batch {
         }
         let b = self.lanes.len();
         self.denoise(denoiser)?;
-        self.clamp(embeddings);
+        self.clamp(embeddings, denoiser.nearest());
         self.report(embeddings);
         for (lane, x0_hat) in self.lanes.iter_mut().zip(self.x0_hat.outer_iter()) {
             lane.step(x0_hat.insert_axis(Axis(0)));
@@ -157,15 +157,15 @@ impl Batch {
     }
 
     /// The clamping trick on every lane that asks for it: x0_hat to the nearest word
-    /// embeddings, one GEMM per lane.
-    fn clamp(&mut self, embeddings: &Embeddings) {
+    /// embeddings, from the denoiser's `nearest` when it gives them, else one GEMM per lane.
+    fn clamp(&mut self, embeddings: &Embeddings, nearest: Option<Nearest<'_>>) {
         let (b, l, d) = self.x0_hat.dim();
         let rules: Vec<_> =
             self.lanes.iter().map(|lane| lane.course.options.clamp.then(|| lane.course.constraints(l))).collect();
         if rules.iter().any(Option::is_some) {
             let flat =
                 self.x0_hat.view_mut().into_shape_with_order((b * l, d)).expect("the batch keeps its arrays row-major");
-            embeddings.clamp_lanes(flat, &mut self.scratch, &rules);
+            embeddings.clamp_lanes(flat, &mut self.scratch, &rules, nearest);
         }
     }
 

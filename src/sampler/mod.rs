@@ -17,6 +17,8 @@ mod tests;
 pub use batch::{sample_all, Batch};
 pub use lane::{Course, Finished, GuideTarget, Lane, Progress, Sampled, Target};
 
+pub use crate::embeddings::Nearest;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -42,6 +44,13 @@ pub trait Denoiser {
     /// Whether `denoise` reads `x0_hat_prev` (self-conditioning); the sampler then keeps it.
     fn self_conditioned(&self) -> bool {
         false
+    }
+
+    /// The clamping trick's search done by the engine in the last `denoise` call, when the
+    /// model does it: each position's nearest word embeddings to x0_hat. None by default (the
+    /// sampler then scores every word itself).
+    fn nearest(&self) -> Option<Nearest<'_>> {
+        None
     }
 
     /// Finish the profile of the calls so far, where the implementation keeps one (sessions
