@@ -14,7 +14,9 @@
 #   - the DDIM and DDPM trajectory fixtures (tests/trajectory.rs) against the PyTorch reference
 #     the CPU matches to 3e-6: tokens equal, x0_hat within 1e-2 in fp32 and 5e-2 in fp16 (the
 #     content-guided fixture in fp32);
-#   - dlm profile, step budgets 10, 50, 100, 200 at batch 1 and 16;
+#   - dlm profile, step budgets 10, 50, 100, 200 at batch 1 and 16, and at 50 steps with the
+#     clamping trick's search in dlm (--clamp-on host) instead of the graph's, and how many of 8
+#     sentences the two give differently;
 # then an unknown --ep-option key (ONNX Runtime's error must name it), --device auto (it must
 # choose tensorrt), TensorRT's cold start (empty engine cache) against its warm start, and
 # `dlm build-engines` into an empty cache followed by a generation on it, each with its peak RSS
@@ -114,6 +116,14 @@ for provider in cuda tensorrt; do
       cargo test --release --test trajectory -- --nocapture --test-threads 1
     DETAIL='' check profile "$provider" "$precision" ok -- "${run[0]}" profile "${run[@]:1}" --quiet \
       --budgets 10,50,100,200 --batches 1,16 --repeat 5 --csv "$out/profile-$provider-$precision.csv"
+    # the clamping trick's search in dlm instead of the graph's (auto takes the graph's on a GPU):
+    # its cost, and whether the sentences are the same (near-ties may round differently in fp16)
+    DETAIL='' check profile-clamp-host "$provider" "$precision" ok -- "${run[0]}" profile "${run[@]:1}" --quiet \
+      --clamp-on host --budgets 50 --batches 1,16 --repeat 5 --csv "$out/profile-clamp-host-$provider-$precision.csv"
+    same="$(diff <("${run[0]}" generate "${run[@]:1}" --steps 50 --num 8 --seed 7 2>/dev/null) \
+      <("${run[0]}" generate "${run[@]:1}" --clamp-on host --steps 50 --num 8 --seed 7 2>/dev/null) | grep -c '^>' || true)"
+    echo "gpu-check: clamping on the engine vs the host, $provider $precision: $same of 8 sentences differ"
+    printf 'clamp-engine-vs-host,%s,%s,info,0,"%s of 8 sentences differ"\n' "$provider" "$precision" "$same" >> "$csv"
   done
 done
 

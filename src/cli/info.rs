@@ -96,7 +96,8 @@ pub fn run(info: InfoArgs) -> Result<()> {
     for precision in [Precision::Fp32, Precision::Fp16] {
         let model = Model::load(&runtime, &args.model, precision, &opts)?;
         let (asked, runs) = (args.device.name(), model.provider);
-        writeln!(out, "session      denoiser {precision:?}: requested {asked}, runs on {runs}")?;
+        let clamp = if model.denoiser.nearest_on_engine() { "on the engine" } else { "in dlm" };
+        writeln!(out, "session      denoiser {precision:?}: requested {asked}, runs on {runs}, clamping {clamp}")?;
     }
     Ok(())
 }

@@ -98,6 +98,10 @@ impl Denoiser for OrtDenoiser {
         Ok(())
     }
 
+    fn nearest_on_engine(&self) -> bool {
+        self.nearest_k.is_some()
+    }
+
     fn nearest(&self) -> Option<Nearest<'_>> {
         let k = self.nearest_k?;
         (!self.nearest.is_empty()).then_some(Nearest { k, ids: &self.nearest })

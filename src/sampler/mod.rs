@@ -53,6 +53,11 @@ pub trait Denoiser {
         None
     }
 
+    /// Whether `denoise` does the clamping trick's search ([`Denoiser::nearest`] after a call).
+    fn nearest_on_engine(&self) -> bool {
+        false
+    }
+
     /// Finish the profile of the calls so far, where the implementation keeps one (sessions
     /// opened to profile): the files written. None by default; the sampler never asks.
     fn end_profiling(&mut self) -> Result<Vec<PathBuf>, InferenceError> {
