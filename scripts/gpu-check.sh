@@ -116,7 +116,7 @@ for provider in cuda tensorrt; do
       cargo test --release --test trajectory -- --nocapture --test-threads 1
     DETAIL='' check profile "$provider" "$precision" ok -- "${run[0]}" profile "${run[@]:1}" --quiet \
       --budgets 10,50,100,200 --batches 1,16 --repeat 5 --csv "$out/profile-$provider-$precision.csv"
-    # the clamping trick's search in dlm instead of the graph's (auto takes the graph's on a GPU):
+    # the clamping trick's search in dlm instead of the graph's (the default):
     # its cost, and whether the sentences are the same (near-ties may round differently in fp16)
     DETAIL='' check profile-clamp-host "$provider" "$precision" ok -- "${run[0]}" profile "${run[@]:1}" --quiet \
       --clamp-on host --budgets 50 --batches 1,16 --repeat 5 --csv "$out/profile-clamp-host-$provider-$precision.csv"

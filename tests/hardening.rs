@@ -78,6 +78,13 @@ fn tampered(change: impl FnOnce(&mut serde_json::Value, &Path)) -> tempfile::Tem
     dir
 }
 
+/// The fp32 denoiser's second output (the clamping head's `nearest`) in a manifest.
+fn denoiser_output(m: &mut serde_json::Value) -> &mut serde_json::Value {
+    let graphs = m["graphs"].as_array_mut().unwrap();
+    let denoiser = graphs.iter_mut().find(|g| g["name"] == "denoiser.fp32").unwrap();
+    &mut denoiser["outputs"][1]
+}
+
 #[test]
 fn manifest_values_are_range_checked_naming_the_field() {
     type Change = Box<dyn Fn(&mut serde_json::Value)>;
@@ -95,6 +102,12 @@ fn manifest_values_are_range_checked_naming_the_field() {
             "controls.pos.defaults.steps is 1000000",
         ),
         (Box::new(|m| m["controls"]["spans"]["defaults"]["lr"] = (-1.0).into()), "controls.spans.defaults.lr is -1"),
+        (Box::new(|m| denoiser_output(m)["shape"][2] = 0.into()), "(denoiser.fp32): output nearest's K is 0; allowed 1..=1013"),
+        (Box::new(|m| denoiser_output(m)["dtype"] = "float32".into()), "(denoiser.fp32): output nearest must be int64"),
+        (
+            Box::new(|m| denoiser_output(m)["name"] = "ids".into()),
+            r#"(denoiser.fp32): outputs ["x0_hat", "ids"], expected ["x0_hat"] or ["x0_hat", "nearest"]"#,
+        ),
     ];
     for (change, needle) in cases {
         let dir = tampered(|m, _| change(m));

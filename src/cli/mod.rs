@@ -51,8 +51,8 @@ pub struct RuntimeArgs {
     #[arg(long = "ep-option", env = "DLM_EP_OPTION", value_name = "PROVIDER:KEY=VALUE", value_delimiter = ';')]
     pub ep_options: Vec<EpOption>,
     /// Where the clamping trick's nearest-embedding search runs when the denoiser graph can do
-    /// it (its `nearest` output): auto = on the engine on a GPU, in dlm on the CPU.
-    #[arg(long, env = "DLM_CLAMP_ON", value_enum, default_value_t = ClampOn::Auto)]
+    /// it (its `nearest` output): engine, or host (dlm scores every word itself; to compare).
+    #[arg(long, env = "DLM_CLAMP_ON", value_enum, default_value_t = ClampOn::Engine)]
     pub clamp_on: ClampOn,
 }
 

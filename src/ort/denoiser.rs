@@ -9,7 +9,7 @@ use ndarray::Array3;
 use ort::session::Session;
 use ort::value::TensorRef;
 
-use super::providers::{Device, SessionOptions};
+use super::providers::{ClampOn, Device, SessionOptions};
 use super::session::{contiguous, end_profiling, open_session};
 use super::staging::{read_output, Staging};
 use super::{run_error, OrtRuntime};
@@ -45,7 +45,7 @@ impl OrtDenoiser {
         let (name, precision) = (graph.name.clone(), graph.precision);
         let self_condition = graph.inputs.iter().any(|i| i.name == SELF_CONDITION_INPUT);
         let (staging, staging_prev, zeros) = (Staging::default(), Staging::default(), Vec::new());
-        let nearest_k = graph.outputs.get(1).filter(|o| o.name == NEAREST_OUTPUT && opts.clamp_on.on_engine(device));
+        let nearest_k = graph.outputs.get(1).filter(|o| o.name == NEAREST_OUTPUT && opts.clamp_on == ClampOn::Engine);
         let nearest_k = nearest_k.and_then(|o| match o.shape.get(2) {
             Some(Dim::Fixed(k)) => Some(*k),
             _ => None, // the manifest check requires a fixed K

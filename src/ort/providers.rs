@@ -122,23 +122,12 @@ pub struct SessionOptions {
 /// clamping head (its `nearest` output); without one, always on the host.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum ClampOn {
-    /// On the engine when the denoiser runs on a GPU, on the host on the CPU (where dlm's own
-    /// search costs a little less than the graph's: docs/benchmarks.md).
+    /// The graph's search: only ids come back for it (on the CPU it costs about what dlm's own
+    /// did, docs/benchmarks.md; dlm's would be done beside it).
     #[default]
-    Auto,
-    Host,
     Engine,
-}
-
-impl ClampOn {
-    /// Whether a denoiser on `device` (as resolved: not Auto) takes the graph's search.
-    pub fn on_engine(self, device: Device) -> bool {
-        match self {
-            ClampOn::Auto => device != Device::Cpu,
-            ClampOn::Host => false,
-            ClampOn::Engine => true,
-        }
-    }
+    /// dlm's own search, every word scored (to compare).
+    Host,
 }
 
 impl SessionOptions {
@@ -160,7 +149,7 @@ impl Default for SessionOptions {
             profile_dir: None,
             ep_options: Vec::new(),
             weights: Vec::new(),
-            clamp_on: ClampOn::Auto,
+            clamp_on: ClampOn::Engine,
         }
     }
 }
