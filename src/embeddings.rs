@@ -89,7 +89,7 @@ impl Embeddings {
     ) {
         let per_lane = (x0_hat.nrows() / lanes.len().max(1)).max(1);
         let nearest = nearest.filter(|n| n.k > 0 && Some(n.ids.len()) == x0_hat.nrows().checked_mul(n.k));
-        let (mut banned, mut chosen) = (Vec::new(), Vec::new());
+        let (mut banned, mut chosen, mut row_scores) = (Vec::new(), Vec::new(), Vec::new());
         for (b, (mut block, rules)) in x0_hat.axis_chunks_iter_mut(Axis(0), per_lane).zip(lanes).enumerate() {
             let Some(rules) = rules else { continue };
             chosen.clear();
@@ -98,7 +98,7 @@ impl Embeddings {
                     rules.banned(r, &chosen, &mut banned);
                     let first = (b * per_lane + r) * n.k;
                     let best = self.first_allowed(&n.ids[first..first + n.k], &banned);
-                    let best = best.unwrap_or_else(|| self.nearest_row(row.view(), &banned));
+                    let best = best.unwrap_or_else(|| self.nearest_row(row.view(), &banned, &mut row_scores));
                     chosen.push(best as u32);
                     row.assign(&self.matrix.row(best));
                 }
@@ -128,10 +128,11 @@ impl Embeddings {
         None
     }
 
-    /// The clamping trick's choice for one row, every word scored.
-    fn nearest_row(&self, x: ArrayView1<'_, f32>, banned: &[u32]) -> usize {
-        let mut scores: Vec<f32> = self.matrix.dot(&x).iter().zip(&self.half_sq_norms).map(|(s, h)| s - h).collect();
-        arg_best(&mut scores, banned)
+    /// The clamping trick's choice for one row, every word scored (into `scores`, reused).
+    fn nearest_row(&self, x: ArrayView1<'_, f32>, banned: &[u32], scores: &mut Vec<f32>) -> usize {
+        scores.clear();
+        scores.extend(self.matrix.rows().into_iter().zip(&self.half_sq_norms).map(|(e, h)| e.dot(&x) - h));
+        arg_best(scores, banned)
     }
 
     /// Rounding through the tied head: argmax_v <x_i, EMB(v)> per row.
