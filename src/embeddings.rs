@@ -13,12 +13,15 @@ pub struct Embeddings {
     matrix: Array2<f32>,
     /// ||EMB(v)||^2 / 2, precomputed for the L2 argmin of the clamping trick.
     half_sq_norms: Vec<f32>,
+    /// EMB^T [d, V], row-major: a single row's scores in d vectorised passes.
+    transposed: Array2<f32>,
 }
 
 impl Embeddings {
     pub fn new(matrix: Array2<f32>) -> Self {
         let half_sq_norms = matrix.rows().into_iter().map(|r| r.dot(&r) / 2.0).collect();
-        Self { matrix, half_sq_norms }
+        let transposed = matrix.t().as_standard_layout().into_owned();
+        Self { matrix, half_sq_norms, transposed }
     }
 
     /// Read raw little-endian float32 [V, d] as the manifest describes it.
@@ -128,10 +131,17 @@ impl Embeddings {
         None
     }
 
-    /// The clamping trick's choice for one row, every word scored (into `scores`, reused).
+    /// The clamping trick's choice for one row, every word scored (into `scores`, reused): as
+    /// d passes of scores += x_k EMB^T[k] over contiguous rows, which the compiler vectorises (a
+    /// row view and a dot per word cost 10x as much: 1 % of a step at batch 1, for the 2-3 % of
+    /// rows whose nearest word repeat blocking bans).
     fn nearest_row(&self, x: ArrayView1<'_, f32>, banned: &[u32], scores: &mut Vec<f32>) -> usize {
         scores.clear();
-        scores.extend(self.matrix.rows().into_iter().zip(&self.half_sq_norms).map(|(e, h)| e.dot(&x) - h));
+        scores.extend(self.half_sq_norms.iter().map(|h| -h));
+        let Some(columns) = self.transposed.as_slice() else { unreachable!("EMB^T is built row-major") };
+        for (&xk, column) in x.iter().zip(columns.chunks_exact(self.vocab_size().max(1))) {
+            scores.iter_mut().zip(column).for_each(|(s, &e)| *s += xk * e);
+        }
         arg_best(scores, banned)
     }
 
@@ -300,10 +310,16 @@ mod tests {
 
     #[test]
     fn clamping_from_the_engines_nearest_words_equals_the_hosts_under_every_rule() {
+        for d in [4, 16, 19] {
+            clamping_from_the_engines_nearest_words_equals_the_hosts(d);
+        }
+    }
+
+    fn clamping_from_the_engines_nearest_words_equals_the_hosts(d: usize) {
         let (vocab, seq_len, lanes) = (40, 12, 3);
-        let emb = Embeddings::new(noise(vocab, 4, 7));
+        let emb = Embeddings::new(noise(vocab, d, 7));
         // few distinct directions, so neighbours repeat and the rules ban the nearest often
-        let x = noise(lanes * seq_len, 4, 3).mapv(|v| (v * 2.0).round() / 2.0);
+        let x = noise(lanes * seq_len, d, 3).mapv(|v| (v * 2.0).round() / 2.0);
         let words_only = [false, true, true, true, true, true, true, true, false, false, false, false];
         let specials = [0, 1, 2, 3];
         let held = [Some(2), None, None, Some(9), None, None, None, None, None, None, None, None];
