@@ -323,7 +323,8 @@ mod tests {
         let words_only = [false, true, true, true, true, true, true, true, false, false, false, false];
         let specials = [0, 1, 2, 3];
         let held = [Some(2), None, None, Some(9), None, None, None, None, None, None, None, None];
-        let rules = Constraints { words_only: &words_only, specials: &specials, block_repeats: true, seq_len, held: &held };
+        let rules =
+            Constraints { words_only: &words_only, specials: &specials, block_repeats: true, seq_len, held: &held };
         let plain = Constraints { seq_len, ..Constraints::default() };
         let per_lane = [Some(rules), None, Some(plain)];
         let mut scratch = Array2::zeros((0, 0));
@@ -352,7 +353,12 @@ mod tests {
         let emb = Embeddings::new(Array2::from_shape_vec((3, 1), vec![0.0, 1.0, 5.0]).unwrap());
         let mut x = Array2::from_shape_vec((2, 1), vec![0.9, 4.8]).unwrap();
         let ids = [2, 0];
-        emb.clamp_lanes(x.view_mut(), &mut Array2::zeros((0, 0)), &[Some(Constraints::default())], Some(Nearest { k: 1, ids: &ids }));
+        emb.clamp_lanes(
+            x.view_mut(),
+            &mut Array2::zeros((0, 0)),
+            &[Some(Constraints::default())],
+            Some(Nearest { k: 1, ids: &ids }),
+        );
         assert_eq!(x.into_raw_vec_and_offset().0, vec![5.0, 0.0]);
     }
 

@@ -151,6 +151,15 @@ fn unknown_device_and_precision() {
     assert_fails_with(&dlm(&["generate", "--precision", "int8"]), "possible values: fp32, fp16");
 }
 
+#[test]
+fn bad_session_settings_name_the_flag_and_what_it_takes() {
+    assert_fails_with(&dlm(&["generate", "--graph-opt", "fast"]), "possible values: disable, basic, extended, layout, all");
+    assert_fails_with(&dlm(&["generate", "--spin", "maybe"]), "invalid value 'maybe' for '--spin <SPIN>'");
+    assert_fails_with(&dlm(&["generate", "--cpu-arena", "2"]), "'--cpu-arena <CPU_ARENA>'");
+    let out = Command::new(env!("CARGO_BIN_EXE_dlm")).args(["generate", "--steps", "3"]).env("DLM_SPIN", "sometimes").output().unwrap();
+    assert_fails_with(&out, "invalid value 'sometimes' for '--spin <SPIN>'");
+}
+
 #[cfg(not(feature = "cuda"))]
 #[test]
 fn gpu_device_without_its_feature_fails_unless_fallback_is_allowed() {

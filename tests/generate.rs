@@ -156,3 +156,23 @@ fn clamping_on_the_engine_gives_the_sentences_of_clamping_on_the_host() {
         assert!(common::with_model(precision, |m| m.denoiser.nearest_on_engine()), "the engine's search by default");
     }
 }
+
+/// ONNX Runtime's session settings (graph optimisation level, CPU arena) change the speed, not
+/// the sentences: every level and the arena off give the default's.
+#[test]
+fn session_settings_change_speed_not_sentences() {
+    use dlm::model::Model;
+    use dlm::ort::{GraphOpt, SessionOptions, Tuning};
+
+    let r = request(30, 7, 2, 2);
+    let texts_with = |tuning| {
+        let opts = SessionOptions { tuning, ..common::session_options() };
+        let mut model = Model::load(common::runtime(), &common::model_dir(), Precision::Fp32, &opts).unwrap();
+        generate(&mut model, &r).unwrap().into_iter().map(|g| g.text).collect::<Vec<_>>()
+    };
+    let default = texts_with(Tuning::default());
+    for graph_opt in [GraphOpt::Disable, GraphOpt::Basic, GraphOpt::Extended, GraphOpt::All] {
+        assert_eq!(texts_with(Tuning { graph_opt, ..Tuning::default() }), default, "{graph_opt:?}");
+    }
+    assert_eq!(texts_with(Tuning { cpu_arena: false, ..Tuning::default() }), default, "arena off");
+}

@@ -13,7 +13,7 @@ use clap::Args;
 use dlm::manifest::{Graph, Manifest, Precision};
 use dlm::model::{Model, Opening, Preload};
 use dlm::ort::providers::engine_cache_dir;
-use dlm::ort::{auto, Device, OrtRuntime};
+use dlm::ort::{auto, Device};
 
 use super::{session_options, RuntimeArgs};
 
@@ -32,7 +32,7 @@ pub fn run(args: EnginesArgs) -> Result<()> {
     let precision = runtime_args.precision;
     let manifest = Manifest::load(&runtime_args.model)?;
     let graphs = graphs_of(&manifest, precision);
-    let runtime = OrtRuntime::load(runtime_args.ort_lib.as_deref(), runtime_args.threads.into())?;
+    let runtime = super::runtime(runtime_args)?;
     let max_batch = args.max_batch as usize;
     let mut opts = session_options(runtime_args, max_batch)?;
     // an engine that could not be built must be an error here, not a session on the CPU

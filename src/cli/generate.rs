@@ -7,7 +7,6 @@ use clap::Args;
 use dlm::engine::generate_watched;
 use dlm::generate::{Generated, Request};
 use dlm::model::{Model, Preload};
-use dlm::ort::OrtRuntime;
 use dlm::rerank::RerankBy;
 use dlm::sampler::Method;
 use serde_json::json;
@@ -89,7 +88,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         report_every: args.visual.then_some(args.every.unwrap_or(1)),
         ..Request::default()
     };
-    let runtime = OrtRuntime::load(args.runtime.ort_lib.as_deref(), args.runtime.threads.into())?;
+    let runtime = super::runtime(&args.runtime)?;
     let opts = session_options(&args.runtime, args.batch)?;
     // only the denoiser now: the graphs of the controls asked for open on their first use
     let (dir, precision) = (&args.runtime.model, args.runtime.precision);

@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Args;
 use dlm::manifest::{Manifest, Precision};
 use dlm::model::Model;
-use dlm::ort::{auto, providers, version, Device, OrtRuntime};
+use dlm::ort::{auto, providers, version, Device};
 
 use super::{session_options, RuntimeArgs};
 
@@ -57,7 +57,7 @@ pub fn run(info: InfoArgs) -> Result<()> {
             d.steps
         )?;
     }
-    let runtime = OrtRuntime::load(args.ort_lib.as_deref(), args.threads.into())?;
+    let runtime = super::runtime(&args)?;
     writeln!(out, "onnxruntime  {}", runtime.library.display())?;
     let oldest = version::OLDEST_MINOR;
     writeln!(

@@ -16,7 +16,7 @@ use clap::{ArgAction, Args};
 use dlm::controls::{ControlRequest, LengthHold};
 use dlm::error::ControlError;
 use dlm::manifest::Precision;
-use dlm::ort::{ClampOn, Device, EpOption, SessionOptions};
+use dlm::ort::{ClampOn, Device, EpOption, GraphOpt, OrtRuntime, SessionOptions, ThreadPool, Tuning};
 use dlm::overrides::{GuideOverrides, Setting, LR, STEPS, WEIGHT};
 
 #[derive(Args, Clone)]
@@ -54,6 +54,21 @@ pub struct RuntimeArgs {
     /// it (its `nearest` output): engine, or host (dlm scores every word itself; to compare).
     #[arg(long, env = "DLM_CLAMP_ON", value_enum, default_value_t = ClampOn::Engine)]
     pub clamp_on: ClampOn,
+    /// Whether ONNX Runtime's intra-op threads spin while they wait for work (true, false;
+    /// with one thread there is no worker to spin).
+    #[arg(long, env = "DLM_SPIN", default_value_t = true, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
+    pub spin: bool,
+    /// ONNX Runtime's graph optimisation level for every session.
+    #[arg(long, env = "DLM_GRAPH_OPT", value_enum, default_value_t = GraphOpt::Layout)]
+    pub graph_opt: GraphOpt,
+    /// ONNX Runtime's CPU memory arena (true, false).
+    #[arg(long, env = "DLM_CPU_ARENA", default_value_t = true, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
+    pub cpu_arena: bool,
+}
+
+/// The ONNX Runtime library and its environment, with one intra-op pool as `args` set it.
+pub fn runtime(args: &RuntimeArgs) -> anyhow::Result<OrtRuntime> {
+    Ok(OrtRuntime::load(args.ort_lib.as_deref(), ThreadPool { threads: args.threads.into(), spin: args.spin })?)
 }
 
 pub fn session_options(args: &RuntimeArgs, max_batch: usize) -> anyhow::Result<SessionOptions> {
@@ -71,6 +86,7 @@ pub fn session_options(args: &RuntimeArgs, max_batch: usize) -> anyhow::Result<S
         ep_options: args.ep_options.clone(),
         weights: Vec::new(),
         clamp_on: args.clamp_on,
+        tuning: Tuning { graph_opt: args.graph_opt, cpu_arena: args.cpu_arena },
     })
 }
 

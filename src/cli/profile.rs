@@ -8,7 +8,6 @@ use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use dlm::generate::Request;
 use dlm::manifest::Precision;
 use dlm::model::{Model, Preload};
-use dlm::ort::OrtRuntime;
 use dlm::profile::{run_case, summarise_ort_profiles, CaseResult};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -57,7 +56,7 @@ pub struct ProfileArgs {
 
 pub fn run(args: ProfileArgs) -> Result<()> {
     let precisions = if args.precisions.is_empty() { vec![args.runtime.precision] } else { args.precisions.clone() };
-    let runtime = OrtRuntime::load(args.runtime.ort_lib.as_deref(), args.runtime.threads.into())?;
+    let runtime = super::runtime(&args.runtime)?;
     let max_batch = args.batches.iter().copied().max().unwrap_or(1);
     let repeats = args.repeat as usize;
     let runs = precisions.len() * args.budgets.len() * args.batches.len() * (args.warmup + repeats);
@@ -73,7 +72,8 @@ pub fn run(args: ProfileArgs) -> Result<()> {
             opts.profile_dir = Some(dir);
         }
         // the guidance graphs open in the warm-up runs of the cases that use them
-        let mut model = Model::load_with(&runtime, &args.runtime.model, precision, &opts, &Preload::Denoiser, &mut |_| {})?;
+        let mut model =
+            Model::load_with(&runtime, &args.runtime.model, precision, &opts, &Preload::Denoiser, &mut |_| {})?;
         for &steps in &args.budgets {
             for &batch in &args.batches {
                 bar.set_message(format!("{precision:?}, {steps} steps, batch {batch}"));

@@ -11,7 +11,6 @@ use clap::{ArgAction, Args};
 use dlm::engine::generate;
 use dlm::generate::Request;
 use dlm::model::{Model, Preload};
-use dlm::ort::OrtRuntime;
 use dlm::overrides::{GuideOverrides, Setting};
 use dlm::server::http::{ApiKey, HttpListener, Limits};
 use dlm::server::metrics::HttpConnections;
@@ -162,7 +161,7 @@ pub fn run(mut args: ServeArgs) -> Result<()> {
     };
     let ready = Arc::new(AtomicBool::new(false));
     let extending = server::notify::extend_while_loading(Arc::clone(&ready));
-    let runtime = OrtRuntime::load(args.runtime.ort_lib.as_deref(), args.runtime.threads.into())?;
+    let runtime = super::runtime(&args.runtime)?;
     let opts = session_options(&args.runtime, config.max_batch)?;
     // each graph as it opens, in the log and in systemd's STATUS= (a TensorRT engine build
     // takes minutes per graph on first boot)

@@ -1,6 +1,6 @@
 //! The ONNX Runtime adapter: loading the library ([`runtime`]) of a version it runs on
 //! ([`version`]), choosing the device for `--device auto` ([`auto`]), sessions on an execution
-//! provider checked against the manifest ([`session`]), opened on first use ([`lazy`]), and the graphs behind the sampler's
+//! provider checked against the manifest ([`session`]) with the CPU-side settings of [`tuning`], opened on first use ([`lazy`]), and the graphs behind the sampler's
 //! contracts: the denoiser ([`denoiser`], a [`crate::sampler::Denoiser`]) and the guidance
 //! graphs ([`guidance`], [`crate::sampler::Guide`]s), and the language model ([`teacher`], a
 //! [`crate::rerank::LanguageModel`]). Nothing else in the crate runs ONNX Runtime.
@@ -14,6 +14,7 @@ pub mod runtime;
 pub mod session;
 mod staging;
 pub mod teacher;
+pub mod tuning;
 pub mod version;
 
 pub use denoiser::OrtDenoiser;
@@ -21,6 +22,7 @@ pub use guidance::GuideSession;
 pub use providers::{ClampOn, Device, EpOption, Provider, SessionOptions};
 pub use runtime::OrtRuntime;
 pub use teacher::OrtTeacher;
+pub use tuning::{GraphOpt, ThreadPool, Tuning};
 
 use crate::error::InferenceError;
 

@@ -116,6 +116,8 @@ pub struct SessionOptions {
     pub weights: Vec<WeightsEntry>,
     /// Where the clamping trick's search runs when the denoiser graph can do it.
     pub clamp_on: ClampOn,
+    /// Graph optimisation level and CPU arena of every session.
+    pub tuning: super::Tuning,
 }
 
 /// Where the clamping trick's nearest-embedding search runs when the denoiser graph has the
@@ -150,6 +152,7 @@ impl Default for SessionOptions {
             ep_options: Vec::new(),
             weights: Vec::new(),
             clamp_on: ClampOn::Engine,
+            tuning: super::Tuning::default(),
         }
     }
 }

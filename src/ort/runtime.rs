@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use ort::environment::Environment;
 
+use super::ThreadPool;
 use crate::error::LoadError;
 
 pub const LIB_NAME: &str = "libonnxruntime.so";
@@ -89,10 +90,10 @@ pub struct OrtRuntime {
 
 impl OrtRuntime {
     /// Load the library (once per process) and create the environment, with one intra-op
-    /// thread pool of `threads` threads (0: ONNX Runtime decides) shared by every session:
+    /// thread pool (`pool`: its threads, 0 for ONNX Runtime to decide, and spinning) shared by every session:
     /// per-session pools (denoiser plus a guidance graph per control) spun against each other
     /// and made guided steps slower.
-    pub fn load(explicit: Option<&Path>, threads: usize) -> Result<Self, LoadError> {
+    pub fn load(explicit: Option<&Path>, pool: ThreadPool) -> Result<Self, LoadError> {
         let library = resolve(explicit)?;
         let library = library.canonicalize().unwrap_or(library);
         check_library_file(&library)?;
@@ -107,8 +108,9 @@ impl OrtRuntime {
         }
         let builder = ort::init_from(&library).map_err(|e| LoadError::OrtLibrary(format!("{e}; {HINT}")))?;
         let pool = ort::environment::GlobalThreadPoolOptions::default()
-            .with_intra_threads(threads)
+            .with_intra_threads(pool.threads)
             .and_then(|p| p.with_inter_threads(1))
+            .and_then(|p| p.with_spin_control(pool.spin))
             .map_err(|e| LoadError::OrtLibrary(format!("thread pool options: {e}")))?;
         let environment =
             builder.with_name("dlm").with_global_thread_pool(pool).build().map_err(|e| {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use ndarray::Array3;
 use ort::logging::LogLevel;
-use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
+use ort::session::builder::SessionBuilder;
 use ort::session::Session;
 use ort::value::TensorElementType;
 
@@ -17,8 +17,7 @@ use crate::error::{InferenceError, LoadError};
 use crate::manifest::{DType, Dim, Graph, TensorSpec};
 
 fn base_builder(runtime: &OrtRuntime, opts: &SessionOptions, graph: &Graph) -> ort::Result<SessionBuilder> {
-    let mut builder =
-        Session::builder(&runtime.environment)?.with_optimization_level(GraphOptimizationLevel::Level3)?;
+    let mut builder = opts.tuning.apply(Session::builder(&runtime.environment)?)?;
     if let Some(dir) = &opts.profile_dir {
         builder = builder.with_profiling(dir.join(&graph.name))?;
     }

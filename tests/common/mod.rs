@@ -9,8 +9,8 @@ use std::sync::{Mutex, OnceLock};
 
 use dlm::manifest::Precision;
 use dlm::model::Model;
-use dlm::ort::OrtRuntime;
 use dlm::ort::{Device, EpOption, SessionOptions};
+use dlm::ort::{OrtRuntime, ThreadPool};
 
 /// Resident set size of a process, in kB (from /proc).
 pub fn rss_kb(pid: u32) -> u64 {
@@ -59,7 +59,7 @@ pub fn graphs_in_load_order(precision: &str) -> Vec<String> {
 pub fn runtime() -> &'static OrtRuntime {
     static RUNTIME: OnceLock<OrtRuntime> = OnceLock::new();
     let library = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from);
-    RUNTIME.get_or_init(|| match OrtRuntime::load(library.as_deref(), 1) {
+    RUNTIME.get_or_init(|| match OrtRuntime::load(library.as_deref(), ThreadPool::of(1)) {
         Ok(rt) => rt,
         Err(e) => panic!("tests need the ONNX Runtime library (run scripts/setup.sh): {e}"),
     })
