@@ -120,7 +120,7 @@ def bench(model_dir, dlm, steps=50, rounds=3, repeat=10, warmup=2, cold_steps=20
     m = manifest_mod.load(model_dir)
     seq_len = m["model"]["seq_len"]
     r = {k: [] for k in ("torch_step", "ort_step", "dlm_step", "dlm_host", "torch_cold", "ort_cold", "dlm_cold",
-                         "torch_rss", "ort_rss", "dlm_rss", "bare16_step", "dlm16_step", "guided_step",
+                         "torch_rss", "ort_rss", "dlm_rss", "bare1_step", "bare16_step", "dlm16_step", "guided_step",
                          "guided_call", "dlm_denoiser_call", "dlm16_host", "dlm16_denoiser_call")}
     at = SimpleNamespace(model_dir=model_dir, dlm=dlm, steps=steps, warmup=warmup, repeat=repeat, cold_steps=cold_steps,
                          batch=batch, guide_steps=guide_steps)
@@ -140,7 +140,7 @@ def bench(model_dir, dlm, steps=50, rounds=3, repeat=10, warmup=2, cold_steps=20
             "expected_guided_step_ms": expected_guided, "guide_steps": guide_steps}
 
 
-RUNS_PER_ROUND = 9  # the processes _round runs
+RUNS_PER_ROUND = 10  # the processes _round runs
 
 
 def _stage(bar, where):
@@ -162,6 +162,8 @@ def _round(r, run, at):
     t, _, _ = run("PyTorch", worker, "torch", model_dir, steps, 1, warmup, repeat)
     o, _, _ = run("onnxruntime", worker, "ort", model_dir, steps, 1, warmup, repeat)
     d = run("dlm", dlm_profile, dlm, model_dir, steps, 1, warmup, repeat)
+    bare1, _, _ = run("bare onnxruntime, batch 1", worker, "ort-bare", model_dir, steps, 1, warmup, repeat)
+    r["bare1_step"].append(median(bare1["per_step_ms"]))
     r["torch_step"].append(median(t["per_step_ms"]))
     r["ort_step"].append(median(o["per_step_ms"]))
     r["dlm_step"].append(d["step_ms"]["p50"])
@@ -192,7 +194,8 @@ def report(b):
     s, k = b["steps"], b["guide_steps"]
     lines = [
         f"model per step at batch 1, {s} steps (median of {b['rounds']} rounds x {b['repeat']} runs, warm):",
-        f"  PyTorch reference {m['torch_step']:.3f} ms   Python onnxruntime loop {m['ort_step']:.3f} ms   dlm {m['dlm_step']:.3f} ms",
+        f"  PyTorch reference {m['torch_step']:.3f} ms   Python onnxruntime loop {m['ort_step']:.3f} ms   dlm {m['dlm_step']:.3f} ms"
+        f"   bare denoiser calls {m['bare1_step']:.3f} ms",
         f"one sentence at {b['cold_steps']} steps from a cold process (wall, peak RSS):",
         f"  PyTorch {m['torch_cold']:.2f} s, {m['torch_rss']:.0f} MiB   Python onnxruntime {m['ort_cold']:.2f} s, "
         f"{m['ort_rss']:.0f} MiB   dlm {m['dlm_cold']:.2f} s, {m['dlm_rss']:.0f} MiB",
@@ -211,7 +214,10 @@ def report(b):
     # the MatMul share is a floor: met when at least the limit
     targets = [
         ("per step, dlm / PyTorch reference", m["dlm_step"] / m["torch_step"], 0.30),
-        ("per step, dlm / Python onnxruntime loop", m["dlm_step"] / m["ort_step"], 0.20),
+        # was dlm / the Python onnxruntime loop <= 0.20, when that loop clamped in numpy; with the
+        # graph's clamping head both are one ORT call and a little host work (about 1): what is
+        # left to bound is dlm's step over the engine's own call, as at batch 16
+        ("per step at batch 1, dlm / bare onnxruntime", m["dlm_step"] / m["bare1_step"], 1.02),
         ("host work share of a step, batch 1", m["dlm_host"], 0.02),
         (f"host work share of a step, batch {b['batch']}", m["dlm16_host"], 0.02),
         (f"guided step / (unguided + {k} x classifier)", m["guided_step"] / b["expected_guided_step_ms"], 1.1),

@@ -153,11 +153,28 @@ fn unknown_device_and_precision() {
 
 #[test]
 fn bad_session_settings_name_the_flag_and_what_it_takes() {
-    assert_fails_with(&dlm(&["generate", "--graph-opt", "fast"]), "possible values: disable, basic, extended, layout, all");
+    assert_fails_with(
+        &dlm(&["generate", "--graph-opt", "fast"]),
+        "possible values: disable, basic, extended, layout, all",
+    );
     assert_fails_with(&dlm(&["generate", "--spin", "maybe"]), "invalid value 'maybe' for '--spin <SPIN>'");
     assert_fails_with(&dlm(&["generate", "--cpu-arena", "2"]), "'--cpu-arena <CPU_ARENA>'");
-    let out = Command::new(env!("CARGO_BIN_EXE_dlm")).args(["generate", "--steps", "3"]).env("DLM_SPIN", "sometimes").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dlm"))
+        .args(["generate", "--steps", "3"])
+        .env("DLM_SPIN", "sometimes")
+        .output()
+        .unwrap();
     assert_fails_with(&out, "invalid value 'sometimes' for '--spin <SPIN>'");
+}
+
+#[test]
+fn info_reports_the_session_settings_given() {
+    let defaults = String::from_utf8(dlm(&["info", "--model", &model_arg(), "--no-sessions"]).stdout).unwrap();
+    assert!(defaults.contains("spinning on, graph opt layout, arena on"), "{defaults}");
+    let args = ["info", "--model", &model_arg(), "--no-sessions", "--threads", "1", "--spin", "false"];
+    let out = dlm(&[&args[..], &["--graph-opt", "all", "--cpu-arena", "false"]].concat());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("1 threads (0: one per core), spinning off, graph opt all, arena off"), "{stdout}");
 }
 
 #[cfg(not(feature = "cuda"))]

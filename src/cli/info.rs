@@ -90,6 +90,13 @@ pub fn run(info: InfoArgs) -> Result<()> {
     writeln!(out, "  ep options {} (for {}: manifest, then --ep-option)", list(&given), device.name())?;
     let cache = opts.trt_cache.as_ref().map_or("-".into(), |d| d.display().to_string());
     writeln!(out, "  trt cache  {cache} (TensorRT engines in a directory per graph content)")?;
+    let (threads, on) = (args.threads, |b: bool| if b { "on" } else { "off" });
+    let (level, arena) = (format!("{:?}", opts.tuning.graph_opt).to_lowercase(), on(opts.tuning.cpu_arena));
+    writeln!(
+        out,
+        "  cpu        {threads} threads (0: one per core), spinning {}, graph opt {level}, arena {arena}",
+        on(args.spin)
+    )?;
     if info.no_sessions {
         return Ok(());
     }
