@@ -8,7 +8,6 @@ ONNX Runtime reaches on this CPU; then checks the issue's targets. `--quality N`
 control evaluation at each budget next to its latency.
 """
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -25,19 +24,38 @@ from .graphs import OPSET
 POS_TEMPLATE = "PROPN AUX DET ADJ NOUN ADP DET PROPN PUNCT"
 
 
+# Runs a command and reports its wall time and peak RSS. Linux keeps a process's RSS high-water
+# mark across exec, and a child forked from a large process (pytest with torch loaded) starts
+# from the parent's RSS: so the command is forked from this small launcher instead.
+LAUNCHER = """
+import json, os, sys, time
+out, cmd = sys.argv[1], sys.argv[2:]
+start = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(cmd[0], cmd)
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+wall = time.perf_counter() - start
+with open(out, "w") as f:
+    json.dump({"wall": wall, "maxrss_kib": usage.ru_maxrss}, f)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_process(cmd):
-    """Run to completion: (stdout, wall seconds, peak RSS MiB of the child)."""
-    with tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
-        out = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
+    """Run to completion: (stdout, wall seconds, peak RSS MiB of the command itself)."""
+    with tempfile.TemporaryFile() as err, tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "usage.json"
+        launch = [sys.executable, "-c", LAUNCHER, str(report), *map(str, cmd)]
+        proc = subprocess.run(launch, stdout=subprocess.PIPE, stderr=err)
         if proc.returncode != 0:
             err.seek(0)
             raise RuntimeError(f"{' '.join(map(str, cmd))} failed: {err.read().decode(errors='replace')[-2000:]}")
-    return out.decode(), wall, usage.ru_maxrss / 1024
+        usage = json.loads(report.read_text())
+    return proc.stdout.decode(), usage["wall"], usage["maxrss_kib"] / 1024
 
 
 def worker(engine, model_dir, steps, batch, warmup, repeat):

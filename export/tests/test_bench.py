@@ -59,3 +59,22 @@ def test_a_dlm_step_costs_at_most_a_tenth_more_than_its_denoiser_call():
         if ratios[-1] <= 1.1:
             break
     assert min(ratios) <= 1.1, f"step / denoiser call at batch 16: {ratios} (host work grew)"
+
+
+def test_a_commands_peak_rss_is_its_own_not_its_large_parents():
+    """Linux keeps the RSS high-water mark across exec: a child forked straight from a large
+    pytest process would report the parent's size (and dlm_rss < torch_rss failed after the
+    pipeline tests had loaded torch). run_process forks the command from a small launcher."""
+    import sys
+
+    from export.bench import run_process
+
+    ballast = bytearray(400 * 1024 * 1024)  # this process grows by 400 MiB, touched
+    for i in range(0, len(ballast), 4096):
+        ballast[i] = 1
+    out, wall, rss = run_process([sys.executable, "-c", "print('small')"])
+    assert out.strip() == "small" and wall > 0
+    assert rss < 100, f"{rss:.0f} MiB: the parent's size, not the command's"
+    with pytest.raises(RuntimeError, match="failed"):
+        run_process([sys.executable, "-c", "import sys; sys.exit(3)"])
+    del ballast
