@@ -56,13 +56,13 @@ pub struct RuntimeArgs {
     pub clamp_on: ClampOn,
     /// Whether ONNX Runtime's intra-op threads spin while they wait for work (true, false;
     /// with one thread there is no worker to spin).
-    #[arg(long, env = "DLM_SPIN", default_value_t = true, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
+    #[arg(long, env = "DLM_SPIN", default_value_t = ThreadPool::of(0).spin, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
     pub spin: bool,
     /// ONNX Runtime's graph optimisation level for every session.
-    #[arg(long, env = "DLM_GRAPH_OPT", value_enum, default_value_t = GraphOpt::Layout)]
+    #[arg(long, env = "DLM_GRAPH_OPT", value_enum, default_value_t = Tuning::default().graph_opt)]
     pub graph_opt: GraphOpt,
     /// ONNX Runtime's CPU memory arena (true, false).
-    #[arg(long, env = "DLM_CPU_ARENA", default_value_t = true, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
+    #[arg(long, env = "DLM_CPU_ARENA", default_value_t = Tuning::default().cpu_arena, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
     pub cpu_arena: bool,
 }
 

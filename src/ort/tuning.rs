@@ -45,6 +45,7 @@ pub struct ThreadPool {
 }
 
 impl ThreadPool {
+    /// `threads` threads with ONNX Runtime's default, spinning (the CLI's default too).
     pub fn of(threads: usize) -> Self {
         Self { threads, spin: true }
     }
