@@ -27,11 +27,12 @@ def refresh_denoiser(model_dir, command):
     m = manifest_mod.load(model_dir)
     with atomic_dir(model_dir) as tmp:
         _copy_into(model_dir, tmp)
-        entries = []
+        entries, nodes = [], {}
         for precision in ("fp32", "fp16"):
             model, cfg = load_reference(tmp, m)  # a fresh copy per precision: the export casts it
             spec = graphs.denoiser(precision, cfg.model.d, cfg.model.seq_len, cfg.model.self_condition)
-            export_denoiser(model, spec, tmp / spec.file)
+            exported, fused = export_denoiser(model, spec, tmp / spec.file)
+            nodes[spec.name] = {"exported": exported, "fused": fused}
             entries.append(spec.manifest_entry(tmp))
         names = {g["name"] for g in entries}
         m["graphs"] = entries + [g for g in m["graphs"] if g["name"] not in names]
@@ -41,7 +42,7 @@ def refresh_denoiser(model_dir, command):
         for g in entries:
             g["parity"] = report[g["name"]]
         manifest_mod.write(tmp, m)
-    print(json.dumps({g["name"]: g["parity"] for g in entries}, indent=2))
+    print(json.dumps({g["name"]: {**g["parity"], "nodes": nodes[g["name"]]} for g in entries}, indent=2))
     return model_dir
 
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from . import data, graphs, manifest as manifest_mod, progress
 from .errors import ExportError
+from .fusions import fuse_attention
 from .schedule import SCHEDULE_PARAM, alpha_bar
 from .atomic import atomic_dir
 from .guidance import DEFAULTS, control_spec, export_guidance
@@ -45,7 +46,8 @@ class Clamping(nn.Module):
 
 
 def export_denoiser(model, spec, out_path):
-    """The denoiser at the precision of `spec`, batch and sequence length dynamic."""
+    """The denoiser at the precision of `spec`, batch and sequence length dynamic, its attention
+    fused (fusions.py); returns the node counts as exported and after the fusion."""
     dtype = {"fp32": torch.float32, "fp16": torch.float16}[spec.precision]
     clamping = Clamping(model, spec.outputs[1].shape[2])  # the fp32 embeddings, as the host's
     model = model.to(dtype).eval()
@@ -54,6 +56,13 @@ def export_denoiser(model, spec, out_path):
     t = torch.tensor([1, 1000], dtype=torch.long)
     example = (x, t, torch.randn(x.shape, dtype=dtype)) if model.self_condition else (x, t)
     spec.export(clamping.eval(), example, out_path, optimize=True)
+    graph = onnx.load(str(out_path))
+    before = len(graph.graph.node)
+    blocks = [f"model.blocks.{i}" for i in range(len(model.blocks))]
+    fuse_attention(graph, blocks, model.blocks[0].heads, model.hidden)
+    onnx.checker.check_model(graph)
+    onnx.save(graph, str(out_path))
+    return before, len(graph.graph.node)
 
 
 def export_model(data_dir, train_dir, out_dir, command, controls_dir=None, teacher_dir=None, guide_batches=(1, 4, 16)):

@@ -1,0 +1,150 @@
+"""fusions: rewrites of an exported graph into ONNX Runtime's fused operators, applied at export
+and checked by the same parity check as the graph they replace (verify.py).
+
+The denoiser's self-attention exports as a packed QKV MatMul + Add, then Reshape, Transpose, three
+Slice/Squeeze pairs, two MatMuls, a scale, a Softmax, Transpose and Reshape: 17 nodes a block,
+which ONNX Runtime's own fusions leave alone (docs/benchmarks.md). `fuse_attention` makes each one
+com.microsoft Attention (input, packed weights [C, 3C], bias [3C]; scale 1/sqrt(C / heads)): the
+CPU and CUDA providers have a kernel for it; TensorRT leaves it to CUDA.
+"""
+from onnx import helper, numpy_helper
+
+from .errors import ExportError
+
+MS_DOMAIN = "com.microsoft"
+# the ops between the packed projection and the attention output, as torch.onnx writes them
+ATTENTION_OPS = {"Reshape", "Transpose", "Slice", "Squeeze", "MatMul", "Mul", "Div", "Softmax"}
+SHAPE_OPS = {"Shape", "Concat", "Constant", "Gather", "Unsqueeze", "Cast"}  # shape arithmetic beside it
+
+
+def fuse_attention(model, prefixes, heads, hidden):
+    """Rewrite the attention of each block named in `prefixes` (e.g. "model.blocks.0", the prefix
+    of its qkv and proj parameters; `heads` heads over `hidden` wide) into one Attention node, in
+    place; returns how many. Raises ExportError when a block's nodes are not the pattern above."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    consts = set(inits)
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers = {}
+    for n in graph.node:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+    fused, dropped = {}, set()
+    for prefix in prefixes:
+        qkv_add = _add_of(graph, f"{prefix}.qkv.bias", prefix)
+        proj_add = _add_of(graph, f"{prefix}.proj.bias", prefix)
+        qkv_mm = producer.get(_other(qkv_add, f"{prefix}.qkv.bias"))
+        proj_mm = producer.get(_other(proj_add, f"{prefix}.proj.bias"))
+        if qkv_mm is None or qkv_mm.op_type != "MatMul" or qkv_mm.input[1] not in consts:
+            raise ExportError(f"{prefix}: the qkv bias is not added to a MatMul by constant weights")
+        if list(inits[qkv_mm.input[1]].dims) != [hidden, 3 * hidden]:
+            raise ExportError(f"{prefix}: packed qkv weights {list(inits[qkv_mm.input[1]].dims)}, "
+                              f"expected {[hidden, 3 * hidden]}")
+        if proj_mm is None or proj_mm.op_type != "MatMul":
+            raise ExportError(f"{prefix}: the proj bias is not added to a MatMul")
+        inner = _between(qkv_add.output[0], proj_mm.input[0], producer, consts, prefix)
+        ops = [n.op_type for n in inner]
+        if not set(ops) <= ATTENTION_OPS or ops.count("Softmax") != 1 or ops.count("MatMul") != 2:
+            raise ExportError(f"{prefix}: attention nodes {sorted(ops)} are not a softmax attention")
+        _check_scale(graph, inner, (hidden / heads) ** -0.5, prefix)
+        outputs = {o for n in inner for o in n.output} | set(qkv_add.output)
+        inside = {id(n) for n in inner} | {id(qkv_add)}
+        for name in outputs - {proj_mm.input[0]}:
+            if any(id(c) not in inside for c in consumers.get(name, [])) or name in {o.name for o in graph.output}:
+                raise ExportError(f"{prefix}: {name}, inside the attention, is read outside it")
+        fused[id(qkv_mm)] = helper.make_node(
+            "Attention", [qkv_mm.input[0], qkv_mm.input[1], f"{prefix}.qkv.bias"], [proj_mm.input[0]],
+            name=f"{prefix}.attention", domain=MS_DOMAIN, num_heads=heads)
+        dropped |= inside
+    nodes = [fused.get(id(n), n) for n in graph.node if id(n) not in dropped]
+    del graph.node[:]
+    graph.node.extend(_live(nodes, {o.name for o in graph.output}))
+    used = {name for n in graph.node for name in n.input}
+    live_inits = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(live_inits)
+    if not any(op.domain == MS_DOMAIN for op in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    return len(fused)
+
+
+def _add_of(graph, bias, prefix):
+    adds = [n for n in graph.node if n.op_type == "Add" and bias in n.input]
+    if len(adds) != 1:
+        raise ExportError(f"{prefix}: {len(adds)} Add nodes read {bias}, expected one")
+    return adds[0]
+
+
+def _other(add, name):
+    return next(i for i in add.input if i != name)
+
+
+def _between(start, end, producer, consts, prefix):
+    """The nodes on the paths from value `start` to value `end`, in graph order; values they read
+    that do not depend on `start` must be constants or shape arithmetic."""
+    seen, order, todo = set(), [], [end]
+    while todo:
+        name = todo.pop()
+        if name == start or name in consts or name == "":
+            continue
+        node = producer.get(name)
+        if node is None:
+            raise ExportError(f"{prefix}: {name} reaches the attention output from outside the block")
+        if id(node) in seen:
+            continue
+        if node.op_type in SHAPE_OPS and not _depends_on(node, start, producer):
+            continue
+        seen.add(id(node))
+        order.append(node)
+        todo.extend(node.input)
+    return order
+
+
+def _depends_on(node, value, producer, seen=None):
+    seen = set() if seen is None else seen
+    for name in node.input:
+        if name == value:
+            return True
+        up = producer.get(name)
+        if up is not None and id(up) not in seen:
+            seen.add(id(up))
+            if _depends_on(up, value, producer, seen):
+                return True
+    return False
+
+
+def _check_scale(graph, inner, expected, prefix):
+    """Attention scales the scores by 1/sqrt(head size); the exported graph's Mul (or Div) must too."""
+    inits = {t.name: t for t in graph.initializer}
+    consts = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
+    scales = [n for n in inner if n.op_type in ("Mul", "Div")]
+    if len(scales) != 1:
+        raise ExportError(f"{prefix}: {len(scales)} Mul/Div nodes in the attention, expected the one scale")
+    value = _scalar(scales[0], inits, consts)
+    if value is None:
+        raise ExportError(f"{prefix}: {scales[0].name} in the attention does not scale by a constant")
+    scale = value if scales[0].op_type == "Mul" else 1.0 / value
+    if abs(scale - expected) > 1e-3 * expected:  # an fp16 constant holds it to 2^-11
+        raise ExportError(f"{prefix}: the scores are scaled by {scale:g}, not 1/sqrt(head size) = {expected:g}")
+
+
+def _scalar(node, inits, consts):
+    for name in node.input:
+        tensor = inits.get(name)
+        if tensor is None and name in consts:
+            tensor = next((a.t for a in consts[name].attribute if a.name == "value"), None)
+        if tensor is not None:
+            array = numpy_helper.to_array(tensor)
+            if array.size == 1:
+                return float(array.reshape(()))
+    return None
+
+
+def _live(nodes, outputs):
+    """The nodes that the graph's outputs depend on, in their order."""
+    needed, keep = set(outputs), []
+    for node in reversed(nodes):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(node.input)
+    return keep[::-1]
