@@ -7,10 +7,10 @@ import json
 import shutil
 from pathlib import Path
 
-from . import graphs, manifest as manifest_mod
+from . import manifest as manifest_mod
 from .atomic import atomic_dir
 from .errors import ExportError
-from .onnx_export import export_controls, export_denoiser
+from .onnx_export import export_controls, export_denoisers
 from .train_controls import CONTROLS_FILE
 from .verify import load_reference, verify_model_dir
 
@@ -22,18 +22,13 @@ def _copy_into(model_dir, tmp):
 
 
 def refresh_denoiser(model_dir, command):
-    """Replace model_dir's denoiser graphs (fp32, fp16) by a fresh export of its reference.pt."""
+    """Replace model_dir's denoiser graphs (fp32, fp16, int8) by a fresh export of its reference.pt."""
     model_dir = Path(model_dir)
     m = manifest_mod.load(model_dir)
     with atomic_dir(model_dir) as tmp:
         _copy_into(model_dir, tmp)
-        entries, nodes = [], {}
-        for precision in ("fp32", "fp16"):
-            model, cfg = load_reference(tmp, m)  # a fresh copy per precision: the export casts it
-            spec = graphs.denoiser(precision, cfg.model.d, cfg.model.seq_len, cfg.model.self_condition)
-            exported, fused = export_denoiser(model, spec, tmp / spec.file)
-            nodes[spec.name] = {"exported": exported, "fused": fused}
-            entries.append(spec.manifest_entry(tmp))
+        cfg = load_reference(tmp, m)[1]
+        entries, nodes = export_denoisers(lambda: load_reference(tmp, m)[0], cfg, tmp)
         names = {g["name"] for g in entries}
         m["graphs"] = entries + [g for g in m["graphs"] if g["name"] not in names]
         m["export"]["refreshed_denoiser"] = {"command": command}

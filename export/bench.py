@@ -74,8 +74,11 @@ def dlm_profile(dlm, model_dir, steps, batch, warmup, repeat, extra=()):
 
 
 def matmul_flops(onnx_path, batch, seq_len):
-    """2*M*K*N summed over the MatMul and Gemm nodes, shapes inferred at (batch, seq_len)."""
+    """2*M*K*N summed over the MatMul and Gemm nodes, and the products inside each fused Attention
+    (its packed projection, the scores and their weighted sum), shapes inferred at (batch, seq_len)
+    by ONNX Runtime's symbolic shape inference (which knows its contrib ops)."""
     import onnx
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     model = onnx.load(str(onnx_path))
     for inp in model.graph.input:
@@ -84,18 +87,20 @@ def matmul_flops(onnx_path, batch, seq_len):
             if dim.dim_param or not dim.dim_value:
                 dim.ClearField("dim_param")
                 dim.dim_value = value
-    model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    model = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
               for v in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)}
     shapes.update({t.name: list(t.dims) for t in model.graph.initializer})
     flops = 0
     for node in model.graph.node:
-        if node.op_type not in ("MatMul", "Gemm"):
+        if node.op_type not in ("MatMul", "Gemm", "Attention"):
             continue
         a, b = shapes.get(node.input[0]), shapes.get(node.input[1])
         if not a or not b or 0 in a or 0 in b:
             raise ValueError(f"{onnx_path}: cannot infer the shapes of {node.op_type} {node.name}")
-        if node.op_type == "Gemm":
+        if node.op_type == "Attention":  # a [B, L, C] @ b [C, 3C], then per head QK^T and AV: 2 x L x L x C
+            flops += 2 * int(np.prod(a)) * b[-1] + 2 * 2 * a[0] * a[1] * a[1] * a[2]
+        elif node.op_type == "Gemm":
             trans_b = any(at.name == "transB" and at.i for at in node.attribute)
             n = b[0] if trans_b else b[-1]
             flops += 2 * a[0] * a[1] * n
@@ -139,7 +144,7 @@ def bench(model_dir, dlm, steps=50, rounds=3, repeat=10, warmup=2, cold_steps=20
     seq_len = m["model"]["seq_len"]
     r = {k: [] for k in ("torch_step", "ort_step", "dlm_step", "dlm_host", "torch_cold", "ort_cold", "dlm_cold",
                          "torch_rss", "ort_rss", "dlm_rss", "bare1_step", "bare16_step", "dlm16_step", "guided_step",
-                         "guided_call", "dlm_denoiser_call", "dlm16_host", "dlm16_denoiser_call")}
+                         "guided_call", "dlm_denoiser_call", "dlm16_host", "dlm16_denoiser_call", "int8_step", "int8_16_step")}
     at = SimpleNamespace(model_dir=model_dir, dlm=dlm, steps=steps, warmup=warmup, repeat=repeat, cold_steps=cold_steps,
                          batch=batch, guide_steps=guide_steps)
     with progress.bar(total=rounds * RUNS_PER_ROUND, desc="bench", unit="run") as bar:
@@ -158,7 +163,7 @@ def bench(model_dir, dlm, steps=50, rounds=3, repeat=10, warmup=2, cold_steps=20
             "expected_guided_step_ms": expected_guided, "guide_steps": guide_steps}
 
 
-RUNS_PER_ROUND = 10  # the processes _round runs
+RUNS_PER_ROUND = 12  # the processes _round runs
 
 
 def _stage(bar, where):
@@ -187,6 +192,8 @@ def _round(r, run, at):
     r["dlm_step"].append(d["step_ms"]["p50"])
     r["dlm_host"].append(d["host_share"])
     r["dlm_denoiser_call"].append(d["step_ms"]["mean"] * d["denoiser_share"])
+    int8 = ["--precision", "int8"]  # the CPU's quantized denoiser (export/quantize.py)
+    r["int8_step"].append(run("dlm int8", dlm_profile, dlm, model_dir, steps, 1, warmup, repeat, int8)["step_ms"]["p50"])
     for engine in ("torch", "ort"):
         _, wall, rss = run(f"{engine} cold start", worker, engine, model_dir, cold_steps, 1, 0, 1)
         r[f"{engine}_cold"].append(wall)
@@ -201,6 +208,8 @@ def _round(r, run, at):
     r["dlm16_step"].append(d16["step_ms"]["p50"])
     r["dlm16_host"].append(d16["host_share"])
     r["dlm16_denoiser_call"].append(d16["step_ms"]["mean"] * d16["denoiser_share"])
+    r["int8_16_step"].append(run(f"dlm int8, batch {batch}", dlm_profile, dlm, model_dir, steps, batch, warmup, repeat,
+                                 int8)["step_ms"]["p50"])
     g = run("dlm, guided", dlm_profile, dlm, model_dir, steps, 1, warmup, repeat, guided_flags)
     guided = steps - 1 - int(steps * 0.1)  # steps that get guidance: all but the last 10 %
     r["guided_step"].append(g["step_ms"]["p50"])
@@ -213,12 +222,13 @@ def report(b):
     lines = [
         f"model per step at batch 1, {s} steps (median of {b['rounds']} rounds x {b['repeat']} runs, warm):",
         f"  PyTorch reference {m['torch_step']:.3f} ms   Python onnxruntime loop {m['ort_step']:.3f} ms   dlm {m['dlm_step']:.3f} ms"
-        f"   bare denoiser calls {m['bare1_step']:.3f} ms",
+        f"   bare denoiser calls {m['bare1_step']:.3f} ms   dlm int8 {m['int8_step']:.3f} ms",
         f"one sentence at {b['cold_steps']} steps from a cold process (wall, peak RSS):",
         f"  PyTorch {m['torch_cold']:.2f} s, {m['torch_rss']:.0f} MiB   Python onnxruntime {m['ort_cold']:.2f} s, "
         f"{m['ort_rss']:.0f} MiB   dlm {m['dlm_cold']:.2f} s, {m['dlm_rss']:.0f} MiB",
         f"batch {b['batch']}: bare denoiser calls {m['bare16_step']:.3f} ms/step, dlm {m['dlm16_step']:.3f} ms/step "
-        f"({b['batch'] / m['bare16_step'] * 1e3:.0f} vs {b['batch'] / m['dlm16_step'] * 1e3:.0f} sequence-steps/s)",
+        f"({b['batch'] / m['bare16_step'] * 1e3:.0f} vs {b['batch'] / m['dlm16_step'] * 1e3:.0f} sequence-steps/s), "
+        f"dlm int8 {m['int8_16_step']:.3f} ms/step",
         f"guided (pos, K = {k}): {m['guided_step']:.3f} ms/step; one gradient-graph call {m['guided_call']:.3f} ms; "
         f"expected {b['expected_guided_step_ms']:.3f} ms/step = unguided + K x call x guided fraction",
         f"denoiser: {b['flops_per_call'] / 1e6:.1f} MFLOP per call at (1, 64); achieved {b['achieved_gflops']:.2f} GFLOP/s "
@@ -232,6 +242,8 @@ def report(b):
     # the MatMul share is a floor: met when at least the limit
     targets = [
         ("per step, dlm / PyTorch reference", m["dlm_step"] / m["torch_step"], 0.30),
+        # the same at --precision int8 (its quality against fp32's: models/e2e/EVAL.md)
+        ("per step, dlm int8 / PyTorch reference (fp32)", m["int8_step"] / m["torch_step"], 0.30),
         # was dlm / the Python onnxruntime loop <= 0.20, when that loop clamped in numpy; with the
         # graph's clamping head both are one ORT call and a little host work (about 1): what is
         # left to bound is dlm's step over the engine's own call, as at batch 16

@@ -13,6 +13,7 @@ from torch import nn
 from . import data, graphs, manifest as manifest_mod, progress
 from .errors import ExportError
 from .fusions import fuse_attention
+from .quantize import quantize_denoiser
 from .schedule import SCHEDULE_PARAM, alpha_bar
 from .atomic import atomic_dir
 from .guidance import DEFAULTS, control_spec, export_guidance
@@ -58,11 +59,39 @@ def export_denoiser(model, spec, out_path):
     spec.export(clamping.eval(), example, out_path, optimize=True)
     graph = onnx.load(str(out_path))
     before = len(graph.graph.node)
-    blocks = [f"model.blocks.{i}" for i in range(len(model.blocks))]
-    fuse_attention(graph, blocks, model.blocks[0].heads, model.hidden)
+    fuse_attention(graph, block_prefixes(len(model.blocks)), model.blocks[0].heads, model.hidden)
     onnx.checker.check_model(graph)
     onnx.save(graph, str(out_path))
     return before, len(graph.graph.node)
+
+
+def block_prefixes(layers):
+    """The names the exported graph gives each transformer block's parameters (Clamping wraps the model)."""
+    return [f"model.blocks.{i}" for i in range(layers)]
+
+
+DENOISER_PRECISIONS = ("fp32", "fp16", "int8")  # int8 is quantized from the fp32 graph (quantize.py)
+
+
+def export_denoisers(load, cfg, out_dir, bar=None):
+    """The denoiser graphs of every precision into out_dir, from the module `load()` gives (called
+    once per exported precision: the export casts it in place); returns their manifest entries
+    and node counts."""
+    entries, nodes = [], {}
+    for precision in DENOISER_PRECISIONS:
+        spec = graphs.denoiser(precision, cfg.model.d, cfg.model.seq_len, cfg.model.self_condition)
+        if bar is not None:
+            bar.set_postfix_str(spec.name)
+        if precision == "int8":
+            fp32 = out_dir / graphs.denoiser("fp32", cfg.model.d, cfg.model.seq_len, cfg.model.self_condition).file
+            nodes[spec.name] = {"quantized": quantize_denoiser(fp32, out_dir / spec.file, block_prefixes(cfg.model.layers))}
+        else:
+            exported, fused = export_denoiser(load(), spec, out_dir / spec.file)
+            nodes[spec.name] = {"exported": exported, "fused": fused}
+        entries.append(spec.manifest_entry(out_dir))
+        if bar is not None:
+            bar.update(1)
+    return entries, nodes
 
 
 def export_model(data_dir, train_dir, out_dir, command, controls_dir=None, teacher_dir=None, guide_batches=(1, 4, 16)):
@@ -79,21 +108,14 @@ def export_model(data_dir, train_dir, out_dir, command, controls_dir=None, teach
     teacher_pt = Path(teacher_dir) / TEACHER_FILE if teacher_dir else None
     has_teacher = bool(teacher_pt and teacher_pt.is_file())
     # the guidance graphs are counted in once the classifiers are loaded
-    bar = progress.bar(total=2 + has_teacher, desc="export", unit="graph")
+    bar = progress.bar(total=len(DENOISER_PRECISIONS) + has_teacher, desc="export", unit="graph")
     with bar, atomic_dir(out_dir, keep=KEEP) as tmp:
         shutil.copy(tok_path, tmp / "tokenizer.json")
         emb = model.word_emb.weight.detach().numpy().astype("<f4")
         (tmp / "embeddings.bin").write_bytes(emb.tobytes())
         torch.save({"config": cfg.to_dict(), "vocab_size": tok.get_vocab_size(), "ema": model.state_dict()},
                    tmp / "reference.pt")
-        entries = []
-        for precision in ("fp32", "fp16"):
-            spec = graphs.denoiser(precision, cfg.model.d, cfg.model.seq_len, cfg.model.self_condition)
-            bar.set_postfix_str(spec.name)
-            # a fresh copy per precision: export_denoiser casts the module in place
-            export_denoiser(load_ema(ckpt, tok.get_vocab_size())[0], spec, tmp / spec.file)
-            entries.append(spec.manifest_entry(tmp))
-            bar.update(1)
+        entries, _ = export_denoisers(lambda: load_ema(ckpt, tok.get_vocab_size())[0], cfg, tmp, bar)
         controls, weights = {}, []
         if controls_pt and controls_pt.is_file():
             shutil.copy(controls_pt, tmp / CONTROLS_FILE)

@@ -148,7 +148,7 @@ fn steps_out_of_range() {
 #[test]
 fn unknown_device_and_precision() {
     assert_fails_with(&dlm(&["generate", "--device", "gpu"]), "possible values: cpu, cuda, tensorrt");
-    assert_fails_with(&dlm(&["generate", "--precision", "int8"]), "possible values: fp32, fp16");
+    assert_fails_with(&dlm(&["generate", "--precision", "int4"]), "possible values: fp32, fp16, int8");
 }
 
 #[test]

@@ -2,10 +2,13 @@
 
 mod common;
 
+use dlm::controls::ControlRequest;
 use dlm::engine::generate;
 use dlm::error::{GenerateError, RequestError};
-use dlm::generate::Request;
+use dlm::generate::{Generated, Request};
 use dlm::manifest::Precision;
+use dlm::model::Model;
+use dlm::ort::{Device, SessionOptions};
 use dlm::sampler::Method;
 
 fn request(steps: usize, seed: u64, num: usize, batch: usize) -> Request {
@@ -73,6 +76,35 @@ fn fp16_generates_from_the_fp16_graph_close_to_fp32() {
     assert!(same * 10 >= positions * 9, "fp16 agrees with fp32 on {same} of {positions} positions");
 }
 
+/// The share of token positions two runs agree on.
+fn agreement(a: &[Generated], b: &[Generated]) -> f64 {
+    let positions = a.len() * a[0].ids.len();
+    let same: usize = a.iter().zip(b).map(|(x, y)| x.ids.iter().zip(&y.ids).filter(|(p, q)| p == q).count()).sum();
+    same as f64 / positions as f64
+}
+
+#[test]
+fn int8_generates_on_the_cpu_close_to_fp32_with_fp32_guidance_and_is_refused_on_a_gpu() {
+    let (runtime, dir) = (common::runtime(), common::model_dir());
+    let cpu = SessionOptions { device: Device::Cpu, ..common::session_options() };
+    let mut int8 = Model::load(runtime, &dir, Precision::Int8, &cpu).unwrap();
+    assert_eq!(int8.precision, Precision::Int8);
+    let ddim = Request { method: Method::Ddim { eta: 0.0 }, ..request(20, 0, 4, 4) };
+    let quantized = generate(&mut int8, &ddim).unwrap();
+    let full = common::with_model(Precision::Fp32, |m| generate(m, &ddim).unwrap());
+    let share = agreement(&quantized, &full);
+    assert!(share >= 0.8, "int8 agrees with fp32 on {:.0} % of positions", 100.0 * share);
+    // guidance runs through the fp32 classifier graphs beside the int8 denoiser
+    let content = ControlRequest { content: vec!["food=Italian".into()], ..ControlRequest::default() };
+    let guided = Request { controls: content, ..request(20, 0, 2, 2) };
+    assert_eq!(generate(&mut int8, &guided).unwrap().len(), 2);
+    for device in [Device::Cuda, Device::Tensorrt] {
+        let gpu = SessionOptions { device, ..common::session_options() };
+        let err = Model::load(runtime, &dir, Precision::Int8, &gpu).err().expect("int8 on a GPU is refused");
+        assert!(err.to_string().contains("precision int8 is the CPU's"), "{err}");
+    }
+}
+
 #[test]
 fn out_of_range_requests_are_refused() {
     common::with_model(Precision::Fp32, |m| {
@@ -128,9 +160,7 @@ fn block_repeats_leaves_no_word_twice_in_a_row_and_no_trigram_twice() {
 /// precision.
 #[test]
 fn clamping_on_the_engine_gives_the_sentences_of_clamping_on_the_host() {
-    use dlm::controls::ControlRequest;
-    use dlm::model::Model;
-    use dlm::ort::{ClampOn, SessionOptions};
+    use dlm::ort::ClampOn;
 
     let controls = |c: ControlRequest| Request { controls: c, ..request(100, 11, 4, 4) };
     let requests = [
@@ -161,8 +191,7 @@ fn clamping_on_the_engine_gives_the_sentences_of_clamping_on_the_host() {
 /// the sentences: every level and the arena off give the default's.
 #[test]
 fn session_settings_change_speed_not_sentences() {
-    use dlm::model::Model;
-    use dlm::ort::{GraphOpt, SessionOptions, Tuning};
+    use dlm::ort::{GraphOpt, Tuning};
 
     let r = request(30, 7, 2, 2);
     let texts_with = |tuning| {

@@ -22,12 +22,13 @@ def test_short_bench_measures_every_engine_and_checks_every_target():
     result = bench(MODEL, DLM, steps=3, rounds=1, repeat=1, warmup=0, batch=2)
     m = result["medians"]
     for key in ("torch_step", "ort_step", "dlm_step", "torch_cold", "dlm_cold", "torch_rss", "dlm_rss",
-                "bare1_step", "bare16_step", "dlm16_step", "guided_step", "guided_call"):
+                "bare1_step", "bare16_step", "dlm16_step", "guided_step", "guided_call", "int8_step", "int8_16_step"):
         assert m[key] > 0, key
     assert m["dlm_rss"] < m["torch_rss"]  # no torch in the dlm process
     # each target's row: the ratio of the medians it names, and met exactly when within its limit
-    rows = {line[:52].strip(): line[52:].split() for line in report(result).splitlines()[-9:]}
+    rows = {line[:52].strip(): line[52:].split() for line in report(result).splitlines()[-10:]}
     expected = {"per step, dlm / PyTorch reference": m["dlm_step"] / m["torch_step"],
+                "per step, dlm int8 / PyTorch reference (fp32)": m["int8_step"] / m["torch_step"],
                 "per step at batch 1, dlm / bare onnxruntime": m["dlm_step"] / m["bare1_step"],
                 "cold start to first sentence, dlm / PyTorch": m["dlm_cold"] / m["torch_cold"],
                 "peak RSS, dlm / PyTorch": m["dlm_rss"] / m["torch_rss"],
@@ -37,7 +38,7 @@ def test_short_bench_measures_every_engine_and_checks_every_target():
         assert float(rows[name][0]) == pytest.approx(value, abs=5e-4), (name, rows)
     floor = "share of the best MatMul rate, batch 2 (floor)"
     assert rows[floor][2] == ("yes" if float(rows[floor][0]) >= 0.5 else "NO")
-    assert len(rows) == 9 and all(met == ("yes" if float(v) <= float(lim) else "NO")
+    assert len(rows) == 10 and all(met == ("yes" if float(v) <= float(lim) else "NO")
                                   for name, (v, lim, met) in rows.items() if name != floor)
 
 

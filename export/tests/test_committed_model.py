@@ -23,7 +23,7 @@ def test_bundled_graphs_pass_parity():
     report = verify_model_dir(MODEL)
     guides = {f"guide_{c}{b}.{p}" for c in ("pos", "content", "spans", "tree") for b in ("", ".b4", ".b16")
               for p in ("fp32", "fp16")}
-    assert set(report) == {"denoiser.fp32", "denoiser.fp16", "teacher"} | guides
+    assert set(report) == {"denoiser.fp32", "denoiser.fp16", "denoiser.int8", "teacher"} | guides
 
 
 def test_tokenizer_round_trips_the_heldout_split():

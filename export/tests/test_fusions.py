@@ -12,6 +12,7 @@ from export import graphs, manifest
 from export.config import from_dict
 from export.errors import ExportError
 from export.fusions import fuse_attention
+from export.quantize import block_nodes
 from export.model import DiffusionLM
 from export.onnx_export import Clamping
 
@@ -67,9 +68,22 @@ def test_a_graph_that_is_not_the_pattern_fails_loudly(unfused):
         fuse_attention(leaky, BLOCKS, ARCH["heads"], ARCH["hidden"])
 
 
-def test_the_exported_denoisers_are_fused(tiny_workdir):
+def test_the_exported_denoisers_are_fused_and_int8_quantizes_only_the_blocks(tiny_workdir):
     m = manifest.load(tiny_workdir / "model")
     layers = m["model"]["architecture"]["layers"]
     for g in (g for g in m["graphs"] if g["role"] == "denoiser"):
         ops = [n.op_type for n in onnx.load(str(tiny_workdir / "model" / g["file"])).graph.node]
-        assert ops.count("Attention") == layers and "Softmax" not in ops, g["name"]
+        attention = "QAttention" if g["precision"] == "int8" else "Attention"
+        assert ops.count(attention) == layers and "Softmax" not in ops, g["name"]
+        # int8: each block's proj and feed-forward MatMuls; the projections in and out and the clamping head stay fp32
+        assert ops.count("MatMulInteger") == (3 * layers if g["precision"] == "int8" else 0), g["name"]
+        assert g["inputs"][0]["dtype"] == ("float16" if g["precision"] == "fp16" else "float32")
+
+
+def test_quantizing_an_unfused_graph_is_refused(unfused, tmp_path):
+    # unfused, the qkv MatMul is a fourth one with a bias of the block
+    with pytest.raises(ExportError, match="model.blocks.0: found 0 Attention and 4 MatMul nodes"):
+        block_nodes(unfused, BLOCKS)
+    fused = copy.deepcopy(unfused)
+    fuse_attention(fused, BLOCKS, ARCH["heads"], ARCH["hidden"])
+    assert len(block_nodes(fused, BLOCKS)) == 8

@@ -21,7 +21,7 @@ def test_export_writes_every_file_with_matching_sha256(tiny_workdir):
     for entry in manifest.listed_files(m):
         assert manifest.sha256_of(model_dir / entry["file"]) == entry["sha256"]
     guides = {f"guide_{c}{b}.{p}" for c in ("pos", "content", "spans", "tree") for b in ("", ".b2") for p in ("fp32", "fp16")}
-    assert {g["name"] for g in m["graphs"]} == {"denoiser.fp32", "denoiser.fp16", "teacher"} | guides
+    assert {g["name"] for g in m["graphs"]} == {"denoiser.fp32", "denoiser.fp16", "denoiser.int8", "teacher"} | guides
     assert len(m["diffusion"]["alpha_bar"]) == m["diffusion"]["T"] == 2000
     assert m["special_tokens"] == {"pad": 0, "unk": 1, "start": 2, "end": 3}
     emb = np.fromfile(model_dir / "embeddings.bin", dtype="<f4")
@@ -158,7 +158,7 @@ def test_dlm_runs_the_self_conditioned_tiny_model(tiny_workdir):
     dlm = Path(__file__).resolve().parents[2] / "target" / "release" / "dlm"
     if not dlm.is_file():
         pytest.fail(f"{dlm} not found: run `cargo build --release` first")
-    for precision in ("fp32", "fp16"):
+    for precision in ("fp32", "fp16", "int8"):
         out = subprocess.run([str(dlm), "generate", "--model", str(model_dir), "--steps", "5", "--num", "2", "--json",
                               "--precision", precision], capture_output=True, text=True)
         assert out.returncode == 0, out.stderr

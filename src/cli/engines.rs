@@ -86,7 +86,7 @@ pub fn run(args: EnginesArgs) -> Result<()> {
 /// The graphs a model of `precision` opens on the GPU: its denoiser and its controls'
 /// guidance graphs (the language model runs on the CPU).
 fn graphs_of(manifest: &Manifest, precision: Precision) -> Vec<&Graph> {
-    let key = if precision == Precision::Fp16 { "fp16" } else { "fp32" };
+    let key = precision.guidance_key();
     let guides = manifest.controls.values().flat_map(|c| c.graphs.get(key).map(|n| n.names()).unwrap_or_default());
     let guides = guides.filter_map(|name| manifest.graphs.iter().find(|g| &g.name == name));
     manifest.denoiser(precision).into_iter().chain(guides).collect()

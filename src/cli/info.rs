@@ -100,7 +100,15 @@ pub fn run(info: InfoArgs) -> Result<()> {
     if info.no_sessions {
         return Ok(());
     }
-    for precision in [Precision::Fp32, Precision::Fp16] {
+    // every precision the model ships a denoiser of; int8 only where it runs (the CPU)
+    for precision in [Precision::Fp32, Precision::Fp16, Precision::Int8] {
+        if manifest.denoiser(precision).is_none() {
+            continue;
+        }
+        if precision == Precision::Int8 && device != Device::Cpu {
+            writeln!(out, "session      denoiser Int8: for the CPU only, not opened on {}", device.name())?;
+            continue;
+        }
         let model = Model::load(&runtime, &args.model, precision, &opts)?;
         let (asked, runs) = (args.device.name(), model.provider);
         let clamp = if model.denoiser.nearest_on_engine() { "on the engine" } else { "in dlm" };

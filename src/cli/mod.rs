@@ -29,7 +29,7 @@ pub struct RuntimeArgs {
     /// `dlm info` shows the choice).
     #[arg(long, env = "DLM_DEVICE", value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
-    /// Graph precision.
+    /// Graph precision (fp16: the denoiser and guidance graphs; int8: the CPU's quantized denoiser beside fp32 guidance graphs, docs/benchmarks.md).
     #[arg(long, env = "DLM_PRECISION", value_enum, default_value_t = Precision::Fp32)]
     pub precision: Precision,
     /// Run on CPU, with a warning, when the requested provider cannot be registered.

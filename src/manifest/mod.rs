@@ -222,6 +222,26 @@ pub enum Role {
 pub enum Precision {
     Fp32,
     Fp16,
+    /// fp32 inputs and outputs; inside, the transformer blocks' attention and MatMuls in int8
+    /// (ONNX Runtime's dynamic quantization): a denoiser for the CPU, beside fp32 guidance graphs.
+    Int8,
+}
+
+impl Precision {
+    /// Whether the graph's float inputs and outputs are fp16 (else fp32).
+    pub fn is_half(self) -> bool {
+        self == Precision::Fp16
+    }
+
+    /// The key of the guidance graphs that go with a denoiser of this precision (an int8
+    /// denoiser takes the fp32 ones).
+    pub fn guidance_key(self) -> &'static str {
+        if self.is_half() {
+            "fp16"
+        } else {
+            "fp32"
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

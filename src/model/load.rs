@@ -47,7 +47,9 @@ impl Preload {
                 let names: BTreeSet<String> =
                     list.split(',').map(str::trim).filter(|n| !n.is_empty()).map(String::from).collect();
                 if names.is_empty() {
-                    return Err(format!("{text:?}: give all, none or a comma-separated list of controls (and teacher)"));
+                    return Err(format!(
+                        "{text:?}: give all, none or a comma-separated list of controls (and teacher)"
+                    ));
                 }
                 Ok(Self::Only(names))
             }
@@ -155,6 +157,14 @@ impl Model {
         }
         let embeddings = Embeddings::load(dir, &manifest.embeddings)?;
         let opts = &opts.for_model(&manifest).resolved(runtime); // --device auto chosen here
+        if precision == Precision::Int8 && opts.device != Device::Cpu {
+            return Err(LoadError::Provider {
+                provider: opts.device.name(),
+                reason: "precision int8 is the CPU's (dynamic quantization, whose kernels only the CPU provider has); \
+                         use --device cpu, or --precision fp32 or fp16 on the GPU"
+                    .into(),
+            });
+        }
         let graph = manifest.denoiser(precision).ok_or_else(|| LoadError::Invalid {
             path: dir.join(MANIFEST_FILE),
             what: format!("no denoiser graph of precision {precision:?}"),
@@ -166,7 +176,7 @@ impl Model {
             .controls
             .iter()
             .filter(|(name, _)| preload.includes(name))
-            .map(|(_, c)| c.graphs.get(precision_key(precision)).map_or(0, |n| n.names().len()));
+            .map(|(_, c)| c.graphs.get(precision.guidance_key()).map_or(0, |n| n.names().len()));
         let of = guide_graphs.fold(1 + usize::from(teacher_now), usize::saturating_add);
         let mut progress = Progress { opened: 0, of, report };
         progress.opening(graph, opts.device);
@@ -199,7 +209,7 @@ fn open_guides(
     preload: &Preload,
     progress: &mut Progress<'_>,
 ) -> Result<BTreeMap<String, Box<dyn Guide + Send>>, LoadError> {
-    let key = precision_key(precision);
+    let key = precision.guidance_key();
     let mut guides: BTreeMap<String, Box<dyn Guide + Send>> = BTreeMap::new();
     for (name, control) in &manifest.controls {
         let names = control.graphs.get(key).map(|n| n.names()).unwrap_or_default();
@@ -215,15 +225,6 @@ fn open_guides(
         guides.insert(name.clone(), Box::new(GuideSession::open_each(runtime, dir, &graphs, control, opts, now)?));
     }
     Ok(guides)
-}
-
-/// The key of a control's graphs of `precision` in the manifest.
-fn precision_key(precision: Precision) -> &'static str {
-    if precision == Precision::Fp16 {
-        "fp16"
-    } else {
-        "fp32"
-    }
 }
 
 fn check_schedule(path: &Path, manifest: &Manifest) -> Result<(), LoadError> {

@@ -20,13 +20,12 @@ impl Staging {
         shape: [usize; 3],
         values: &'a [f32],
     ) -> ort::Result<DynValueRef<'a>> {
-        match precision {
-            Precision::Fp32 => Ok(TensorRef::from_array_view((shape, values))?.into_dyn()),
-            Precision::Fp16 => {
-                self.half.resize(values.len(), f16::ZERO);
-                self.half.convert_from_f32_slice(values);
-                Ok(TensorRef::from_array_view((shape, &self.half[..]))?.into_dyn())
-            }
+        if precision.is_half() {
+            self.half.resize(values.len(), f16::ZERO);
+            self.half.convert_from_f32_slice(values);
+            Ok(TensorRef::from_array_view((shape, &self.half[..]))?.into_dyn())
+        } else {
+            Ok(TensorRef::from_array_view((shape, values))?.into_dyn())
         }
     }
 }
@@ -39,16 +38,13 @@ pub fn read_output<'o>(
     out: impl Iterator<Item = &'o mut f32>,
     write: impl Fn(&mut f32, f32),
 ) -> ort::Result<Shape> {
-    match precision {
-        Precision::Fp32 => {
-            let (shape, values) = value.try_extract_tensor::<f32>()?;
-            out.zip(values).for_each(|(o, &v)| write(o, v));
-            Ok(shape.clone())
-        }
-        Precision::Fp16 => {
-            let (shape, values) = value.try_extract_tensor::<f16>()?;
-            out.zip(values).for_each(|(o, v)| write(o, v.to_f32()));
-            Ok(shape.clone())
-        }
+    if precision.is_half() {
+        let (shape, values) = value.try_extract_tensor::<f16>()?;
+        out.zip(values).for_each(|(o, v)| write(o, v.to_f32()));
+        Ok(shape.clone())
+    } else {
+        let (shape, values) = value.try_extract_tensor::<f32>()?;
+        out.zip(values).for_each(|(o, &v)| write(o, v));
+        Ok(shape.clone())
     }
 }

@@ -86,7 +86,12 @@ pub fn session_options() -> SessionOptions {
 pub fn with_model<R>(precision: Precision, f: impl FnOnce(&mut Model) -> R) -> R {
     static FP32: OnceLock<Mutex<Model>> = OnceLock::new();
     static FP16: OnceLock<Mutex<Model>> = OnceLock::new();
-    let cell = if precision == Precision::Fp32 { &FP32 } else { &FP16 };
+    static INT8: OnceLock<Mutex<Model>> = OnceLock::new();
+    let cell = match precision {
+        Precision::Fp32 => &FP32,
+        Precision::Fp16 => &FP16,
+        Precision::Int8 => &INT8,
+    };
     let model = cell.get_or_init(|| {
         let opts = session_options();
         Mutex::new(Model::load(runtime(), &model_dir(), precision, &opts).expect("bundled model loads"))
