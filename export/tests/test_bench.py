@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from export.bench import bench, matmul_flops, report
+from export.bench import bench, matmul_flops, paired_ratios, report
 
 MODEL = Path("models/e2e")
 DLM = Path("target/release/dlm")
@@ -25,7 +25,7 @@ def test_short_bench_measures_every_engine_and_checks_every_target():
                 "bare1_step", "bare16_step", "dlm16_step", "guided_step", "guided_call", "int8_step", "int8_16_step"):
         assert m[key] > 0, key
     assert m["dlm_rss"] < m["torch_rss"]  # no torch in the dlm process
-    # each target's row: the ratio of the medians it names, and met exactly when within its limit
+    # each target's row: the ratio it names (one round: of its two figures), met exactly when within its limit
     rows = {line[:52].strip(): line[52:].split() for line in report(result).splitlines()[-10:]}
     expected = {"per step, dlm / PyTorch reference": m["dlm_step"] / m["torch_step"],
                 "per step, dlm int8 / PyTorch reference (fp32)": m["int8_step"] / m["torch_step"],
@@ -36,10 +36,19 @@ def test_short_bench_measures_every_engine_and_checks_every_target():
                 "host work share of a step, batch 2": m["dlm16_host"]}
     for name, value in expected.items():
         assert float(rows[name][0]) == pytest.approx(value, abs=5e-4), (name, rows)
+    assert result["paired"]["dlm_step/torch_step"] == pytest.approx(m["dlm_step"] / m["torch_step"])
     floor = "share of the best MatMul rate, batch 2 (floor)"
     assert rows[floor][2] == ("yes" if float(rows[floor][0]) >= 0.5 else "NO")
     assert len(rows) == 10 and all(met == ("yes" if float(v) <= float(lim) else "NO")
                                   for name, (v, lim, met) in rows.items() if name != floor)
+
+
+def test_ratios_are_taken_within_each_round_then_the_median():
+    # round 2 ran at a slower moment for both engines: the ratio of medians (3 / 1) would be off
+    r = {"dlm": [2.0, 10.0, 3.0], "torch": [1.0, 10.0, 1.0]}
+    assert paired_ratios(r, [("dlm", "torch")]) == {"dlm/torch": 2.0}
+    with pytest.raises(ValueError):
+        paired_ratios({"dlm": [1.0], "torch": []}, [("dlm", "torch")])
 
 
 def test_a_dlm_step_costs_at_most_a_tenth_more_than_its_denoiser_call():
