@@ -17,7 +17,8 @@
 #   - dlm profile, step budgets 10, 50, 100, 200 at batch 1 and 16, and at 50 steps with the
 #     clamping trick's search in dlm (--clamp-on host) instead of the graph's, and how many of 8
 #     sentences the two give differently;
-# then an unknown --ep-option key (ONNX Runtime's error must name it), --device auto (it must
+# then an unknown --ep-option key (ONNX Runtime's error must name it), --precision int8 (refused
+# on cuda and tensorrt), --device auto (it must
 # choose tensorrt), TensorRT's cold start (empty engine cache) against its warm start, and
 # `dlm build-engines` into an empty cache followed by a generation on it, each with its peak RSS
 # (the figure the unit's MemoryMax needs on a GPU). A check that fails is reported, not fatal;
@@ -128,6 +129,9 @@ for provider in cuda tensorrt; do
 done
 
 check unknown-option cuda fp32 fail:no_such_option -- "$dlm" generate --device cuda --steps 2 --ep-option cuda:no_such_option=1
+for provider in cuda tensorrt; do  # the int8 denoiser is the CPU's: refused, naming what to use
+  check int8-refused "$provider" int8 "fail:precision int8 is the CPU's" -- "$dlm" generate --device "$provider" --precision int8 --steps 2
+done
 cold="$out/trt-cold"
 rm -rf "$cold"
 DETAIL='' check tensorrt-cold tensorrt fp16 ok -- "$dlm" generate --device tensorrt --precision fp16 --trt-cache "$cold" --steps 10 --num 1 --seed 1
