@@ -23,7 +23,7 @@ def fuse_attention(model, prefixes, heads, hidden):
     place; returns how many. Raises ExportError when a block's nodes are not the pattern above."""
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
-    consts = set(inits)
+    outputs_of_graph = {o.name for o in graph.output}
     producer = {o: n for n in graph.node for o in n.output}
     consumers = {}
     for n in graph.node:
@@ -35,22 +35,22 @@ def fuse_attention(model, prefixes, heads, hidden):
         proj_add = _add_of(graph, f"{prefix}.proj.bias", prefix)
         qkv_mm = producer.get(_other(qkv_add, f"{prefix}.qkv.bias"))
         proj_mm = producer.get(_other(proj_add, f"{prefix}.proj.bias"))
-        if qkv_mm is None or qkv_mm.op_type != "MatMul" or qkv_mm.input[1] not in consts:
+        if qkv_mm is None or qkv_mm.op_type != "MatMul" or qkv_mm.input[1] not in inits:
             raise ExportError(f"{prefix}: the qkv bias is not added to a MatMul by constant weights")
         if list(inits[qkv_mm.input[1]].dims) != [hidden, 3 * hidden]:
             raise ExportError(f"{prefix}: packed qkv weights {list(inits[qkv_mm.input[1]].dims)}, "
                               f"expected {[hidden, 3 * hidden]}")
         if proj_mm is None or proj_mm.op_type != "MatMul":
             raise ExportError(f"{prefix}: the proj bias is not added to a MatMul")
-        inner = _between(qkv_add.output[0], proj_mm.input[0], producer, consts, prefix)
+        inner = _between(qkv_add.output[0], proj_mm.input[0], producer, inits, prefix)
         ops = [n.op_type for n in inner]
         if not set(ops) <= ATTENTION_OPS or ops.count("Softmax") != 1 or ops.count("MatMul") != 2:
             raise ExportError(f"{prefix}: attention nodes {sorted(ops)} are not a softmax attention")
-        _check_scale(graph, inner, (hidden / heads) ** -0.5, prefix)
+        _check_scale(graph, inits, inner, (hidden / heads) ** -0.5, prefix)
         outputs = {o for n in inner for o in n.output} | set(qkv_add.output)
         inside = {id(n) for n in inner} | {id(qkv_add)}
         for name in outputs - {proj_mm.input[0]}:
-            if any(id(c) not in inside for c in consumers.get(name, [])) or name in {o.name for o in graph.output}:
+            if any(id(c) not in inside for c in consumers.get(name, [])) or name in outputs_of_graph:
                 raise ExportError(f"{prefix}: {name}, inside the attention, is read outside it")
         fused[id(qkv_mm)] = helper.make_node(
             "Attention", [qkv_mm.input[0], qkv_mm.input[1], f"{prefix}.qkv.bias"], [proj_mm.input[0]],
@@ -58,7 +58,7 @@ def fuse_attention(model, prefixes, heads, hidden):
         dropped |= inside
     nodes = [fused.get(id(n), n) for n in graph.node if id(n) not in dropped]
     del graph.node[:]
-    graph.node.extend(_live(nodes, {o.name for o in graph.output}))
+    graph.node.extend(_live(nodes, outputs_of_graph))
     used = {name for n in graph.node for name in n.input}
     live_inits = [t for t in graph.initializer if t.name in used]
     del graph.initializer[:]
@@ -113,9 +113,8 @@ def _depends_on(node, value, producer, seen=None):
     return False
 
 
-def _check_scale(graph, inner, expected, prefix):
+def _check_scale(graph, inits, inner, expected, prefix):
     """Attention scales the scores by 1/sqrt(head size); the exported graph's Mul (or Div) must too."""
-    inits = {t.name: t for t in graph.initializer}
     consts = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
     scales = [n for n in inner if n.op_type in ("Mul", "Div")]
     if len(scales) != 1:

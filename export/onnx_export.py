@@ -77,14 +77,15 @@ def export_denoisers(load, cfg, out_dir, bar=None):
     """The denoiser graphs of every precision into out_dir, from the module `load()` gives (called
     once per exported precision: the export casts it in place); returns their manifest entries
     and node counts."""
-    entries, nodes = [], {}
+    entries, nodes, files = [], {}, {}
     for precision in DENOISER_PRECISIONS:
         spec = graphs.denoiser(precision, cfg.model.d, cfg.model.seq_len, cfg.model.self_condition)
+        files[precision] = out_dir / spec.file
         if bar is not None:
             bar.set_postfix_str(spec.name)
-        if precision == "int8":
-            fp32 = out_dir / graphs.denoiser("fp32", cfg.model.d, cfg.model.seq_len, cfg.model.self_condition).file
-            nodes[spec.name] = {"quantized": quantize_denoiser(fp32, out_dir / spec.file, block_prefixes(cfg.model.layers))}
+        if precision == "int8":  # from the fp32 graph, written before it
+            quantized = quantize_denoiser(files["fp32"], files["int8"], block_prefixes(cfg.model.layers))
+            nodes[spec.name] = {"quantized": quantized}
         else:
             exported, fused = export_denoiser(load(), spec, out_dir / spec.file)
             nodes[spec.name] = {"exported": exported, "fused": fused}

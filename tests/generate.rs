@@ -70,10 +70,8 @@ fn fp16_generates_from_the_fp16_graph_close_to_fp32() {
         generate(m, &ddim).unwrap()
     });
     let full = common::with_model(Precision::Fp32, |m| generate(m, &ddim).unwrap());
-    let positions = full.len() * full[0].ids.len();
-    let same: usize =
-        half.iter().zip(&full).map(|(h, f)| h.ids.iter().zip(&f.ids).filter(|(a, b)| a == b).count()).sum();
-    assert!(same * 10 >= positions * 9, "fp16 agrees with fp32 on {same} of {positions} positions");
+    let share = agreement(&half, &full);
+    assert!(share >= 0.9, "fp16 agrees with fp32 on {:.0} % of positions", 100.0 * share);
 }
 
 /// The share of token positions two runs agree on.

@@ -4,6 +4,7 @@ use std::io::Write;
 
 use anyhow::Result;
 use clap::Args;
+use dlm::error::LoadError;
 use dlm::manifest::{Manifest, Precision};
 use dlm::model::Model;
 use dlm::ort::{auto, providers, version, Device};
@@ -100,16 +101,18 @@ pub fn run(info: InfoArgs) -> Result<()> {
     if info.no_sessions {
         return Ok(());
     }
-    // every precision the model ships a denoiser of; int8 only where it runs (the CPU)
+    // every precision the model ships a denoiser of; int8 says why where Model::load refuses it
     for precision in [Precision::Fp32, Precision::Fp16, Precision::Int8] {
         if manifest.denoiser(precision).is_none() {
             continue;
         }
-        if precision == Precision::Int8 && device != Device::Cpu {
-            writeln!(out, "session      denoiser Int8: for the CPU only, not opened on {}", device.name())?;
-            continue;
-        }
-        let model = Model::load(&runtime, &args.model, precision, &opts)?;
+        let model = match Model::load(&runtime, &args.model, precision, &opts) {
+            Err(refused @ LoadError::Provider { .. }) if precision == Precision::Int8 => {
+                writeln!(out, "session      denoiser Int8: not opened ({refused})")?;
+                continue;
+            }
+            loaded => loaded?,
+        };
         let (asked, runs) = (args.device.name(), model.provider);
         let clamp = if model.denoiser.nearest_on_engine() { "on the engine" } else { "in dlm" };
         writeln!(out, "session      denoiser {precision:?}: requested {asked}, runs on {runs}, clamping {clamp}")?;
