@@ -4,11 +4,11 @@
 
 use std::time::Instant;
 
-use ndarray::{s, Array2, Array3, Axis};
+use ndarray::{s, Array3, Axis};
 
 use super::lane::{Finished, Lane, Progress, Sampled};
 use super::{guide, Denoiser, Guide, Nearest};
-use crate::embeddings::Embeddings;
+use crate::embeddings::{Embeddings, Scratch};
 use crate::error::{GenerateError, InferenceError};
 
 /// The active sequences and the buffers of one iteration.
@@ -21,7 +21,7 @@ pub struct Batch {
     x0_hat: Array3<f32>,
     x0_hat_prev: Array3<f32>,
     t: Vec<i64>,
-    scratch: Array2<f32>,
+    scratch: Scratch,
     /// What the reporting lanes showed in the last iteration.
     progress: Vec<Progress>,
 }
@@ -203,6 +203,9 @@ impl Batch {
 
     /// Move out the lanes for which `pred` holds, in order.
     fn take_where(&mut self, mut pred: impl FnMut(&Lane) -> bool) -> Vec<Lane> {
+        if !self.lanes.iter().any(&mut pred) {
+            return Vec::new(); // most iterations: nothing moves, nothing is allocated
+        }
         let (out, kept) = std::mem::take(&mut self.lanes).into_iter().partition(|lane| pred(lane));
         self.lanes = kept;
         out

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use ndarray::{Array2, Array3, ArrayView3, Axis};
+use ndarray::{Array3, ArrayView3, Axis};
 
 use super::{step, GuideOptions, Method, Noise, SampleOptions, Timing};
-use crate::embeddings::{Constraints, Embeddings};
+use crate::embeddings::{Constraints, Embeddings, Scratch};
 use crate::error::GenerateError;
 use crate::schedule::Diffusion;
 
@@ -220,12 +220,7 @@ impl Lane {
 
     /// The lane at x_0, rounded to tokens (under its course's constraints), with its
     /// `control_loss`.
-    pub(super) fn round(
-        self,
-        embeddings: &Embeddings,
-        scratch: &mut Array2<f32>,
-        control_loss: Option<f32>,
-    ) -> Finished {
+    pub(super) fn round(self, embeddings: &Embeddings, scratch: &mut Scratch, control_loss: Option<f32>) -> Finished {
         let (_, l, d) = self.x.dim();
         let flat = self.x.view().into_shape_with_order((l, d)).expect("lanes are row-major");
         let tokens = embeddings.round_rows(flat, scratch, self.course.constraints(l));

@@ -120,7 +120,12 @@ impl SequenceNoise {
 impl Noise for SequenceNoise {
     fn fill(&mut self, z: &mut Array3<f32>) {
         for (mut seq, rng) in z.axis_iter_mut(Axis(0)).zip(self.rngs.iter_mut()) {
-            seq.iter_mut().for_each(|v| *v = StandardNormal.sample(rng));
+            // over a slice (lanes are row-major) the ziggurat and ChaCha's buffer inline: 46
+            // instructions a draw under callgrind, 65 through ndarray's element iterator
+            match seq.as_slice_mut() {
+                Some(seq) => seq.iter_mut().for_each(|v| *v = StandardNormal.sample(rng)),
+                None => seq.iter_mut().for_each(|v| *v = StandardNormal.sample(rng)),
+            }
         }
     }
 }

@@ -7,7 +7,7 @@ use ndarray::{array, s, Array2, Array3, Axis};
 
 use super::fakes::{embeddings, ConstantGrad, ConstantWord, CountedZeros, CountingUp, Mixing};
 use super::*;
-use crate::embeddings::Constraints;
+use crate::embeddings::{Constraints, Scratch};
 use crate::error::GenerateError;
 use crate::schedule::Diffusion;
 
@@ -160,7 +160,7 @@ fn methods_parse_from_sampler_and_eta() {
 fn clamping_picks_the_nearest_and_rounding_the_largest_dot_product() {
     let emb = embeddings();
     let mut x: Array2<f32> = array![[2.0, 0.5], [0.2, 0.1], [-1.0, -2.5]];
-    let mut scratch = Array2::zeros((0, 0));
+    let mut scratch = Scratch::default();
     emb.clamp_rows(x.view_mut(), &mut scratch, Constraints::default());
     assert_eq!(x, array![[3.0, 0.0], [0.0, 0.0], [-3.0, -3.0]]);
     // <x, EMB>: the origin word never wins a dot product against a positive one

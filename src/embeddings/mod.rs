@@ -3,10 +3,25 @@
 use std::path::Path;
 
 use ndarray::linalg::general_mat_mul;
-use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis};
 
 use crate::error::LoadError;
 use crate::manifest::EmbeddingsEntry;
+
+mod rules;
+
+pub use rules::Constraints;
+
+/// The buffers clamping and rounding reuse from call to call, so that once grown none is
+/// allocated per step: the GEMM's scores [rows, V], one row's scores [V], the words a row may
+/// not take, and the words chosen so far in a sequence.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    dots: Array2<f32>,
+    scores: Vec<f32>,
+    banned: Vec<u32>,
+    chosen: Vec<u32>,
+}
 
 #[derive(Debug, Clone)]
 pub struct Embeddings {
@@ -19,6 +34,7 @@ pub struct Embeddings {
 
 impl Embeddings {
     pub fn new(matrix: Array2<f32>) -> Self {
+        let matrix = matrix.as_standard_layout().into_owned();
         let half_sq_norms = matrix.rows().into_iter().map(|r| r.dot(&r) / 2.0).collect();
         let transposed = matrix.t().as_standard_layout().into_owned();
         Self { matrix, half_sq_norms, transposed }
@@ -62,17 +78,17 @@ impl Embeddings {
     }
 
     /// Scores <x_i, EMB(v)> for every row i, as one GEMM into a reusable buffer.
-    fn dots<'s>(&self, x: ArrayView2<'_, f32>, scratch: &'s mut Array2<f32>) -> &'s mut Array2<f32> {
-        if scratch.dim() != (x.nrows(), self.vocab_size()) {
-            *scratch = Array2::zeros((x.nrows(), self.vocab_size()));
+    fn dots<'s>(&self, x: ArrayView2<'_, f32>, dots: &'s mut Array2<f32>) -> &'s mut Array2<f32> {
+        if dots.dim() != (x.nrows(), self.vocab_size()) {
+            *dots = Array2::zeros((x.nrows(), self.vocab_size()));
         }
-        general_mat_mul(1.0, &x, &self.matrix.t(), 0.0, scratch);
-        scratch
+        general_mat_mul(1.0, &x, &self.matrix.t(), 0.0, dots);
+        dots
     }
 
     /// Clamping trick: replace every row of `x0_hat` (one position) by its nearest embedding,
     /// argmin_v ||x - EMB(v)||^2 = argmax_v <x, EMB(v)> - ||EMB(v)||^2 / 2.
-    pub fn clamp_rows(&self, x0_hat: ArrayViewMut2<'_, f32>, scratch: &mut Array2<f32>, rules: Constraints<'_>) {
+    pub fn clamp_rows(&self, x0_hat: ArrayViewMut2<'_, f32>, scratch: &mut Scratch, rules: Constraints<'_>) {
         self.clamp_lanes(x0_hat, scratch, &[Some(rules)], None);
     }
 
@@ -86,73 +102,79 @@ impl Embeddings {
     pub fn clamp_lanes(
         &self,
         mut x0_hat: ArrayViewMut2<'_, f32>,
-        scratch: &mut Array2<f32>,
+        scratch: &mut Scratch,
         lanes: &[Option<Constraints<'_>>],
         nearest: Option<Nearest<'_>>,
     ) {
         let per_lane = (x0_hat.nrows() / lanes.len().max(1)).max(1);
         let nearest = nearest.filter(|n| n.k > 0 && Some(n.ids.len()) == x0_hat.nrows().checked_mul(n.k));
-        let (mut banned, mut chosen, mut row_scores) = (Vec::new(), Vec::new(), Vec::new());
+        let Scratch { dots, scores, banned, chosen } = scratch;
+        let d = self.matrix.ncols();
         for (b, (mut block, rules)) in x0_hat.axis_chunks_iter_mut(Axis(0), per_lane).zip(lanes).enumerate() {
             let Some(rules) = rules else { continue };
             chosen.clear();
-            if let Some(n) = nearest {
-                for (r, mut row) in block.rows_mut().into_iter().enumerate() {
-                    rules.banned(r, &chosen, &mut banned);
+            if let (Some(n), Some(rows)) = (nearest, block.as_slice_mut()) {
+                for (r, row) in rows.chunks_exact_mut(d.max(1)).enumerate() {
                     let first = (b * per_lane + r) * n.k;
-                    let best = self.first_allowed(&n.ids[first..first + n.k], &banned);
-                    let best = best.unwrap_or_else(|| self.nearest_row(row.view(), &banned, &mut row_scores));
+                    let best = self.first_allowed(&n.ids[first..first + n.k], |w| rules.bans(r, chosen, w));
+                    let best = best.unwrap_or_else(|| {
+                        rules.banned(r, chosen, banned);
+                        self.nearest_row(row, banned, scores)
+                    });
                     chosen.push(best as u32);
-                    row.assign(&self.matrix.row(best));
+                    row.copy_from_slice(self.word(best));
                 }
                 continue;
             }
-            let dots = self.dots(block.view(), scratch);
+            let dots = self.dots(block.view(), dots);
             for (r, (mut row, mut scores)) in block.rows_mut().into_iter().zip(dots.rows_mut()).enumerate() {
                 let Some(scores) = scores.as_slice_mut() else { unreachable!("scratch is row-major") };
                 scores.iter_mut().zip(&self.half_sq_norms).for_each(|(s, h)| *s -= h);
-                rules.banned(r, &chosen, &mut banned);
-                let best = arg_best(scores, &banned);
+                rules.banned(r, chosen, banned);
+                let best = arg_best(scores, banned);
                 chosen.push(best as u32);
                 row.assign(&self.matrix.row(best));
             }
         }
     }
 
+    /// EMB(w), w < V.
+    fn word(&self, w: usize) -> &[f32] {
+        let d = self.matrix.ncols();
+        let Some(matrix) = self.matrix.as_slice() else { unreachable!("EMB is kept row-major") };
+        &matrix[w * d..(w + 1) * d]
+    }
+
     /// The first of `candidates` not banned; None when none is allowed, or when one is no word of
     /// this vocabulary (the list cannot be trusted then).
-    fn first_allowed(&self, candidates: &[i64], banned: &[u32]) -> Option<usize> {
+    fn first_allowed(&self, candidates: &[i64], bans: impl Fn(u32) -> bool) -> Option<usize> {
         for &w in candidates {
             let w = usize::try_from(w).ok().filter(|&w| w < self.vocab_size())?;
-            if !banned.contains(&(w as u32)) {
+            if !bans(w as u32) {
                 return Some(w);
             }
         }
         None
     }
 
-    /// The clamping trick's choice for one row, every word scored (into `scores`, reused): as
-    /// d passes of scores += x_k EMB^T[k] over contiguous rows, which the compiler vectorises (a
-    /// row view and a dot per word cost 10x as much: 1 % of a step at batch 1, for the 2-3 % of
-    /// rows whose nearest word repeat blocking bans).
-    fn nearest_row(&self, x: ArrayView1<'_, f32>, banned: &[u32], scores: &mut Vec<f32>) -> usize {
+    /// The clamping trick's choice for one row, every word scored (into `scores`, reused), for
+    /// the 2-3 % of rows whose nearest word repeat blocking bans.
+    fn nearest_row(&self, x: &[f32], banned: &[u32], scores: &mut Vec<f32>) -> usize {
         scores.clear();
         scores.extend(self.half_sq_norms.iter().map(|h| -h));
         let Some(columns) = self.transposed.as_slice() else { unreachable!("EMB^T is built row-major") };
-        for (&xk, column) in x.iter().zip(columns.chunks_exact(self.vocab_size().max(1))) {
-            scores.iter_mut().zip(column).for_each(|(s, &e)| *s += xk * e);
-        }
+        add_dots(x, columns, scores);
         arg_best(scores, banned)
     }
 
     /// Rounding through the tied head: argmax_v <x_i, EMB(v)> per row.
-    pub fn round_rows(&self, x: ArrayView2<'_, f32>, scratch: &mut Array2<f32>, rules: Constraints<'_>) -> Vec<u32> {
-        let dots = self.dots(x, scratch);
+    pub fn round_rows(&self, x: ArrayView2<'_, f32>, scratch: &mut Scratch, rules: Constraints<'_>) -> Vec<u32> {
+        let Scratch { dots, banned, .. } = scratch;
+        let dots = self.dots(x, dots);
         let mut chosen = Vec::with_capacity(dots.nrows());
-        let mut banned = Vec::new();
         for (r, mut scores) in dots.rows_mut().into_iter().enumerate() {
-            rules.banned(r, &chosen, &mut banned);
-            chosen.push(scores.as_slice_mut().map_or(0, |s| arg_best(s, &banned)) as u32);
+            rules.banned(r, &chosen, banned);
+            chosen.push(scores.as_slice_mut().map_or(0, |s| arg_best(s, banned)) as u32);
         }
         chosen
     }
@@ -167,48 +189,42 @@ pub struct Nearest<'a> {
     pub ids: &'a [i64],
 }
 
-/// What clamping and rounding may pick at each row of [B * L] latents (row r is position
-/// r % L of sequence r / L).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Constraints<'a> {
-    /// Per position of a sequence, [L]: inside a fixed length, where PAD, START and END
-    /// (`specials`) are not candidates; empty = no such positions.
-    pub words_only: &'a [bool],
-    pub specials: &'a [u32],
-    /// No word right after itself, and no word 3-gram twice in a sequence (special tokens
-    /// exempt), like n-gram blocking in autoregressive decoding; needs `seq_len`.
-    pub block_repeats: bool,
-    pub seq_len: usize,
-    /// Per position, [L]: a word the request holds there (infill template, START, END, PAD),
-    /// never banned; empty = none.
-    pub held: &'a [Option<u32>],
+/// scores[j] += <x, EMB(j)> for every word j, from EMB^T [d, V] (`columns`, row-major), with
+/// AVX2 where the CPU has it (the build's baseline is SSE2; the same sums either way).
+fn add_dots(x: &[f32], columns: &[f32], scores: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { add_dots_avx2(x, columns, scores) };
+    }
+    add_dots_portable(x, columns, scores)
 }
 
-impl Constraints<'_> {
-    /// The words row `r` may not take, given the words `chosen` for rows 0..r.
-    fn banned(&self, r: usize, chosen: &[u32], out: &mut Vec<u32>) {
-        out.clear();
-        if let Some(true) = self.words_only.get(r % self.words_only.len().max(1)) {
-            out.extend_from_slice(self.specials);
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn add_dots_avx2(x: &[f32], columns: &[f32], scores: &mut [f32]) {
+    add_dots_portable(x, columns, scores)
+}
+
+/// `WORDS` words at a time, their sums over the d rows of EMB^T kept in registers and added in
+/// the order of one pass per dimension (so the same sums as that pass), then the last few words
+/// one pass per dimension; a row view and a dot per word cost 10x as much.
+#[inline(always)]
+fn add_dots_portable(x: &[f32], columns: &[f32], scores: &mut [f32]) {
+    const WORDS: usize = 16;
+    let v = scores.len();
+    let full = v - v % WORDS;
+    for (j, block) in scores[..full].chunks_exact_mut(WORDS).enumerate() {
+        let mut acc = [0.0; WORDS];
+        acc.copy_from_slice(block);
+        for (&xk, column) in x.iter().zip(columns.chunks_exact(v)) {
+            let column = &column[j * WORDS..(j + 1) * WORDS];
+            acc.iter_mut().zip(column).for_each(|(s, &e)| *s += xk * e);
         }
-        if !self.block_repeats || self.seq_len == 0 {
-            return;
-        }
-        let (start, pos) = (r - r % self.seq_len, r % self.seq_len);
-        if self.held.get(pos).is_some_and(Option::is_some) {
-            return;
-        }
-        let word = |k: usize| chosen.get(k).copied().filter(|w| !self.specials.contains(w));
-        if pos >= 1 {
-            out.extend(word(r - 1));
-        }
-        if pos >= 2 {
-            if let (Some(a), Some(b)) = (word(r - 2), word(r - 1)) {
-                // every w that already followed (a, b) in this sequence
-                let seen = (start + 2..r).filter(|&k| chosen[k - 2] == a && chosen[k - 1] == b);
-                out.extend(seen.filter_map(word));
-            }
-        }
+        block.copy_from_slice(&acc);
+    }
+    for (&xk, column) in x.iter().zip(columns.chunks_exact(v.max(1))) {
+        scores[full..].iter_mut().zip(&column[full..]).for_each(|(s, &e)| *s += xk * e);
     }
 }
 
@@ -269,12 +285,31 @@ mod tests {
     }
 
     #[test]
+    fn blocked_dot_products_are_the_sums_of_one_pass_per_dimension() {
+        for (v, d) in [(0, 3), (5, 3), (16, 16), (40, 4), (1013, 16), (37, 19)] {
+            let columns = noise(d, v, 11);
+            let x: Vec<f32> = noise(1, d, 5).into_raw_vec_and_offset().0;
+            let start: Vec<f32> = (0..v).map(|j| j as f32 / 7.0 - 3.0).collect();
+            let mut expected = start.clone();
+            for (&xk, column) in x.iter().zip(columns.rows()) {
+                expected.iter_mut().zip(column).for_each(|(s, &e)| *s += xk * e);
+            }
+            let columns = columns.as_slice().unwrap();
+            let (mut portable, mut dispatched) = (start.clone(), start);
+            add_dots_portable(&x, columns, &mut portable);
+            add_dots(&x, columns, &mut dispatched);
+            assert_eq!(portable, expected, "{v} words, d {d}");
+            assert_eq!(dispatched, expected, "{v} words, d {d}");
+        }
+    }
+
+    #[test]
     fn blocking_repeats_bans_the_previous_word_and_a_seen_trigram() {
         // 4 words on a line; every row is nearest to word 1 unless banned
         let emb = Embeddings::new(Array2::from_shape_vec((4, 1), vec![0.0, 1.0, 0.9, -5.0]).unwrap());
         let x = Array2::from_shape_vec((6, 1), vec![1.0; 6]).unwrap();
         let rules = Constraints { block_repeats: true, seq_len: 6, specials: &[0], ..Constraints::default() };
-        let mut scratch = Array2::zeros((0, 0));
+        let mut scratch = Scratch::default();
         // 1 2 1 2, then after (1, 2) word 1 was seen and 2 just came: the next best, 0 (a special
         // token, banned only inside a fixed length); after it nothing is banned
         assert_eq!(emb.round_rows(x.view(), &mut scratch, rules), vec![1, 2, 1, 2, 0, 1]);
@@ -327,7 +362,7 @@ mod tests {
             Constraints { words_only: &words_only, specials: &specials, block_repeats: true, seq_len, held: &held };
         let plain = Constraints { seq_len, ..Constraints::default() };
         let per_lane = [Some(rules), None, Some(plain)];
-        let mut scratch = Array2::zeros((0, 0));
+        let mut scratch = Scratch::default();
         let mut host = x.clone();
         emb.clamp_lanes(host.view_mut(), &mut scratch, &per_lane, None);
         assert_ne!(host, x, "the host clamped");
@@ -355,7 +390,7 @@ mod tests {
         let ids = [2, 0];
         emb.clamp_lanes(
             x.view_mut(),
-            &mut Array2::zeros((0, 0)),
+            &mut Scratch::default(),
             &[Some(Constraints::default())],
             Some(Nearest { k: 1, ids: &ids }),
         );
@@ -366,7 +401,7 @@ mod tests {
     fn clamping_picks_the_nearest_embedding() {
         let emb = Embeddings::new(Array2::from_shape_vec((3, 2), vec![0.0, 0.0, 1.0, 0.0, 10.0, 10.0]).unwrap());
         let mut x = Array2::from_shape_vec((3, 2), vec![0.6, 0.1, 0.4, 0.0, 7.0, 6.0]).unwrap();
-        emb.clamp_rows(x.view_mut(), &mut Array2::zeros((0, 0)), Constraints::default());
+        emb.clamp_rows(x.view_mut(), &mut Scratch::default(), Constraints::default());
         assert_eq!(x.into_raw_vec_and_offset().0, vec![1.0, 0.0, 0.0, 0.0, 10.0, 10.0]);
     }
 }
