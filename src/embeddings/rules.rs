@@ -25,38 +25,29 @@ impl Constraints<'_> {
         if self.words_only_at(r) {
             out.extend_from_slice(self.specials);
         }
-        let Some((start, pos)) = self.repeats_blocked_at(r) else { return };
-        let word = |k: usize| self.word(chosen, k);
-        if pos >= 1 {
-            out.extend(word(r - 1));
-        }
-        if pos >= 2 {
-            if let (Some(a), Some(b)) = (word(r - 2), word(r - 1)) {
-                // every w that already followed (a, b) in this sequence
-                let seen = (start + 2..r).filter(|&k| chosen[k - 2] == a && chosen[k - 1] == b);
-                out.extend(seen.filter_map(word));
-            }
-        }
+        out.extend(self.repeats(r, chosen));
     }
 
     /// Whether [`Self::banned`] would list `w` for row `r`, without building the list: the
     /// check of an engine's candidate, once per row and step.
     pub(super) fn bans(&self, r: usize, chosen: &[u32], w: u32) -> bool {
-        let special = self.specials.contains(&w);
-        if special && self.words_only_at(r) {
-            return true;
+        if self.specials.contains(&w) {
+            return self.words_only_at(r); // special tokens never count as repeats
         }
-        let Some((start, pos)) = self.repeats_blocked_at(r).filter(|_| !special) else { return false };
-        let word = |k: usize| self.word(chosen, k);
-        if pos >= 1 && word(r - 1) == Some(w) {
-            return true;
-        }
-        if pos >= 2 {
-            if let (Some(a), Some(b)) = (word(r - 2), word(r - 1)) {
-                return (start + 2..r).any(|k| chosen[k] == w && chosen[k - 1] == b && chosen[k - 2] == a);
-            }
-        }
-        false
+        self.repeats(r, chosen).any(|b| b == w)
+    }
+
+    /// The words repeat blocking bans at row r: the word before it, and every word that already
+    /// followed the two before it in this sequence (none where r holds a word).
+    fn repeats<'c>(&'c self, r: usize, chosen: &'c [u32]) -> impl Iterator<Item = u32> + 'c {
+        let word = move |k: usize| self.word(chosen, k);
+        let (start, pos) = self.repeats_blocked_at(r).unwrap_or((r, 0));
+        let previous = if pos >= 1 { word(r - 1) } else { None };
+        let bigram = if pos >= 2 { word(r - 2).zip(previous) } else { None };
+        let seen = bigram.into_iter().flat_map(move |(a, b)| {
+            (start + 2..r).filter(move |&k| chosen[k - 2] == a && chosen[k - 1] == b).filter_map(word)
+        });
+        previous.into_iter().chain(seen)
     }
 
     fn words_only_at(&self, r: usize) -> bool {
