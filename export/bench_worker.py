@@ -1,10 +1,11 @@
 """One engine of the benchmark, in a process of its own (so cold start and peak RSS are its own):
 
-    python -m export.bench_worker {torch,ort,ort-bare} --model DIR --steps S --batch B --warmup W --repeat R
+    python -m export.bench_worker {torch,ort,ort-bare} --model DIR --steps S --batch B --warmup W --repeat R [--precision P]
 
 torch: the PyTorch reference sampler (export/sample.py). ort: the same sampler as a plain Python
 loop over the denoiser ONNX file with onnxruntime and numpy (clamping, posterior step,
 rounding). ort-bare: only the denoiser calls, on random input (what batching can reach).
+`--precision` (fp32, int8; default fp32) names the denoiser graph of the onnxruntime engines.
 Prints one JSON line: per-step latencies of the measured runs and the first sentence.
 """
 import argparse
@@ -33,7 +34,7 @@ def torch_engine(model_dir, steps, batch, seed):
     return run
 
 
-def ort_engine(model_dir, steps, batch, seed, bare=False):
+def ort_engine(model_dir, steps, batch, seed, bare=False, precision="fp32"):
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
@@ -41,7 +42,7 @@ def ort_engine(model_dir, steps, batch, seed, bare=False):
     from .schedule import Diffusion
 
     m = manifest_mod.load(model_dir)
-    graph = next(g for g in m["graphs"] if g["name"] == "denoiser.fp32")
+    graph = next(g for g in m["graphs"] if g["name"] == f"denoiser.{precision}")
     session = ort.InferenceSession(str(Path(model_dir) / graph["file"]), providers=["CPUExecutionProvider"])
     e = m["embeddings"]
     emb = np.fromfile(Path(model_dir) / e["file"], dtype="<f4").reshape(e["shape"])
@@ -89,12 +90,13 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
     a = p.parse_args()
     start = time.perf_counter()
     if a.engine == "torch":
         run = torch_engine(a.model, a.steps, a.batch, a.seed)
     else:
-        run = ort_engine(a.model, a.steps, a.batch, a.seed, bare=a.engine == "ort-bare")
+        run = ort_engine(a.model, a.steps, a.batch, a.seed, bare=a.engine == "ort-bare", precision=a.precision)
     load_s = time.perf_counter() - start
     text = None
     for _ in range(a.warmup):

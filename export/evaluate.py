@@ -113,6 +113,7 @@ def evaluate(model_dir, dlm, steps=200, n=200, seed=0, guide_steps=None, only=No
     results = {}
     with _serve(dlm, model_dir) as server, progress.bar(total=sum(len(targets[c]) for c in names),
                                                         desc=f"evaluate, {steps} steps", unit="sentence") as bar:
+        precision = server.health().model.get("precision")  # what dlm's --precision (auto) loaded
         for name in names:
             fields, score = CHECKS[name]
             requests = [{"steps": steps, "seed": seed + i, **fields(t), **extra} for i, t in enumerate(targets[name])]
@@ -134,7 +135,8 @@ def evaluate(model_dir, dlm, steps=200, n=200, seed=0, guide_steps=None, only=No
     results["references"] = {"n": len(references), "repeats": statistics.mean(
                                   data.repeats(data.words_of(tok, text)) for text in references),
                              **fluency(references), "texts": references}
-    return {"steps": steps, "guide_steps": guide_steps, "seed": seed, "request": request or {}, "results": results}
+    return {"steps": steps, "guide_steps": guide_steps, "seed": seed, "precision": precision, "request": request or {},
+            "results": results}
 
 
 def _serve(dlm, model_dir):
@@ -239,6 +241,7 @@ def _percent(share):
 def table(report):
     k = report.get("guide_steps")
     lines = [f"steps {report['steps']}, guidance steps K = {k if k is not None else 'manifest default'}"
+             + (f", denoiser {report['precision']}" if report.get("precision") else "")
              + (f", request fields {report['request']}" if report.get("request") else ""),
              f"{'control':<11}{'n':>5}{'success':>9}{'repeats':>9}{'SLOR':>8}{'ppl':>8}{'dist-2':>8}"
              f"{'lm-score':>10}{'s/sent':>8}"]

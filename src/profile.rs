@@ -89,7 +89,7 @@ pub fn run_case(
     let share = |d: Duration| d.as_secs_f64() / total.as_secs_f64().max(1e-12);
     let empty = Stats { mean: 0.0, p50: 0.0, p95: 0.0, min: 0.0, max: 0.0 };
     Ok(CaseResult {
-        precision: format!("{:?}", model.precision).to_lowercase(),
+        precision: model.precision.name().into(),
         provider: model.provider.to_string(),
         controls: controls.to_string(),
         steps: request.steps,

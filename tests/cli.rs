@@ -77,6 +77,41 @@ fn json_lines_carry_text_tokens_and_timings() {
 }
 
 #[test]
+fn precision_auto_is_what_info_says_and_each_json_line_names_it() {
+    let model = model_arg();
+    let info = String::from_utf8(dlm(&["info", "--model", &model, "--no-sessions"]).stdout).unwrap();
+    let picked = |calls: &str| {
+        let prefix = format!("  precision  auto, {calls}: ");
+        let rest = info.lines().find_map(|l| l.strip_prefix(&prefix));
+        rest.and_then(|r| r.split_whitespace().next()).unwrap_or_default().to_string()
+    };
+    let one = picked("one sequence a call");
+    assert!(one == "int8" || one == "fp32", "{info}");
+    assert_eq!(picked("16 a call (dlm serve's default)"), "fp32", "{info}");
+    let loaded = |extra: &[&str]| -> Vec<String> {
+        let args = ["generate", "--model", &model, "--steps", "2", "--seed", "1", "--json"];
+        let out = dlm(&[&args[..], extra].concat());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let lines = String::from_utf8(out.stdout).unwrap();
+        let precision = |l: &str| serde_json::from_str::<serde_json::Value>(l).unwrap()["precision"].to_string();
+        lines.lines().map(|l| precision(l).trim_matches('"').to_string()).collect()
+    };
+    assert_eq!(loaded(&[]), [one.clone()]);
+    assert_eq!(loaded(&["--num", "2"]), [one.clone(), one], "--num alone keeps one sequence a call");
+    assert_eq!(loaded(&["--num", "2", "--batch", "2"]), ["fp32", "fp32"]);
+    assert_eq!(loaded(&["--precision", "fp16"]), ["fp16"]);
+    // int8 asked for with a batch: it runs, and says what that costs
+    let args = ["generate", "--model", &model, "--steps", "2", "--num", "2", "--batch", "2", "--precision", "int8"];
+    let out = dlm(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("batched with it"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn without_a_seed_a_random_one_is_drawn_reported_and_replayable() {
     let run = |extra: &[&str]| {
         let model = model_arg();
@@ -148,7 +183,7 @@ fn steps_out_of_range() {
 #[test]
 fn unknown_device_and_precision() {
     assert_fails_with(&dlm(&["generate", "--device", "gpu"]), "possible values: cpu, cuda, tensorrt");
-    assert_fails_with(&dlm(&["generate", "--precision", "int4"]), "possible values: fp32, fp16, int8");
+    assert_fails_with(&dlm(&["generate", "--precision", "int4"]), "possible values: auto, fp32, fp16, int8");
 }
 
 #[test]

@@ -125,7 +125,9 @@ fn the_tensorrt_cache_defaults_to_systemds_cache_directory() {
 
 #[test]
 fn verbose_names_the_provider_that_took_each_graphs_nodes() {
-    let out = dlm(&["generate", "--model", &model(), "-v", "--steps", "3", "--content", "food=Italian"], &[]);
+    let args =
+        ["generate", "--model", &model(), "-v", "--steps", "3", "--content", "food=Italian", "--precision", "fp32"];
+    let out = dlm(&args, &[]);
     let (_, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     for graph in ["denoiser.fp32", "guide_content.fp32"] {
@@ -245,10 +247,11 @@ fn loading_reports_every_graph_once_in_order() {
     let opts = common::session_options();
     for (precision, key) in [(Precision::Fp32, "fp32"), (Precision::Fp16, "fp16")] {
         let mut seen = Vec::new();
-        let model = Model::load_with(common::runtime(), &common::model_dir(), precision, &opts, &Preload::All, &mut |o| {
-            seen.push((o.index, o.of, o.graph.to_string(), o.to_string()));
-        })
-        .unwrap();
+        let model =
+            Model::load_with(common::runtime(), &common::model_dir(), precision, &opts, &Preload::All, &mut |o| {
+                seen.push((o.index, o.of, o.graph.to_string(), o.to_string()));
+            })
+            .unwrap();
         let order = common::graphs_in_load_order(key);
         let n = order.len();
         assert_eq!(n, 1 + 3 * model.guides.len() + 1, "denoiser, 3 bucket graphs per control, teacher: {order:?}");

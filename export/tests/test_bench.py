@@ -22,13 +22,14 @@ def test_short_bench_measures_every_engine_and_checks_every_target():
     result = bench(MODEL, DLM, steps=3, rounds=1, repeat=1, warmup=0, batch=2)
     m = result["medians"]
     for key in ("torch_step", "ort_step", "dlm_step", "torch_cold", "dlm_cold", "torch_rss", "dlm_rss",
-                "bare1_step", "bare16_step", "dlm16_step", "guided_step", "guided_call", "int8_step", "int8_16_step"):
+                "bare1_step", "bare16_step", "dlm16_step", "guided_step", "guided_call", "fp32_step", "fp32_16_step"):
         assert m[key] > 0, key
+    # dlm as shipped: --precision auto, whose choice the bench reports and its bare calls follow
+    assert result["precision"] in ("int8", "fp32") and result["precision_batch"] == "fp32"  # batch 2: never int8
     assert m["dlm_rss"] < m["torch_rss"]  # no torch in the dlm process
     # each target's row: the ratio it names (one round: of its two figures), met exactly when within its limit
-    rows = {line[:52].strip(): line[52:].split() for line in report(result).splitlines()[-10:]}
-    expected = {"per step, dlm / PyTorch reference": m["dlm_step"] / m["torch_step"],
-                "per step, dlm int8 / PyTorch reference (fp32)": m["int8_step"] / m["torch_step"],
+    rows = {line[:52].strip(): line[52:].split() for line in report(result).splitlines()[-9:]}
+    expected = {f"per step, dlm ({result['precision']}) / PyTorch reference (fp32)": m["dlm_step"] / m["torch_step"],
                 "per step at batch 1, dlm / bare onnxruntime": m["dlm_step"] / m["bare1_step"],
                 "cold start to first sentence, dlm / PyTorch": m["dlm_cold"] / m["torch_cold"],
                 "peak RSS, dlm / PyTorch": m["dlm_rss"] / m["torch_rss"],
@@ -37,9 +38,10 @@ def test_short_bench_measures_every_engine_and_checks_every_target():
     for name, value in expected.items():
         assert float(rows[name][0]) == pytest.approx(value, abs=5e-4), (name, rows)
     assert result["paired"]["dlm_step/torch_step"] == pytest.approx(m["dlm_step"] / m["torch_step"])
-    floor = "share of the best MatMul rate, batch 2 (floor)"
+    assert result["paired"]["fp32_step/torch_step"] == pytest.approx(m["fp32_step"] / m["torch_step"])
+    floor = "best MatMul rate share, fp32, batch 2 (floor)"
     assert rows[floor][2] == ("yes" if float(rows[floor][0]) >= 0.5 else "NO")
-    assert len(rows) == 10 and all(met == ("yes" if float(v) <= float(lim) else "NO")
+    assert len(rows) == 9 and all(met == ("yes" if float(v) <= float(lim) else "NO")
                                   for name, (v, lim, met) in rows.items() if name != floor)
 
 

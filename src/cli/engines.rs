@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use clap::Args;
 use dlm::manifest::{Graph, Manifest, Precision};
-use dlm::model::{Model, Opening, Preload};
+use dlm::model::{Machine, Model, Opening, Preload};
 use dlm::ort::providers::engine_cache_dir;
 use dlm::ort::{auto, Device};
 
@@ -29,9 +29,7 @@ pub struct EnginesArgs {
 
 pub fn run(args: EnginesArgs) -> Result<()> {
     let runtime_args = &args.runtime;
-    let precision = runtime_args.precision;
     let manifest = Manifest::load(&runtime_args.model)?;
-    let graphs = graphs_of(&manifest, precision);
     let runtime = super::runtime(runtime_args)?;
     let max_batch = args.max_batch as usize;
     let mut opts = session_options(runtime_args, max_batch)?;
@@ -51,6 +49,8 @@ pub fn run(args: EnginesArgs) -> Result<()> {
         }
     };
     opts.device = device;
+    let precision = runtime_args.precision.resolve(&manifest, Machine::here(device, max_batch)); // auto: fp32 on TensorRT
+    let graphs = graphs_of(&manifest, precision);
     let Some(cache) = opts.trt_cache.clone() else {
         bail!(
             "no engine cache to build into: give --trt-cache DIR or DLM_TRT_CACHE (the service's is its \

@@ -93,7 +93,13 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     // only the denoiser now: the graphs of the controls asked for open on their first use
     let (dir, precision) = (&args.runtime.model, args.runtime.precision);
     let mut model = Model::load_with(&runtime, dir, precision, &opts, &Preload::Denoiser, &mut |_| {})?;
-    log::info!("model {} on {}, {:?}", model.dir.display(), model.provider, args.runtime.precision);
+    let precision_name = model.precision.name();
+    log::info!(
+        "model {} on {}, {precision_name} (--precision {})",
+        model.dir.display(),
+        model.provider,
+        precision.name()
+    );
     let mut visual = args.visual.then(Visual::new);
     let mut drawn = Ok(());
     let outputs = generate_watched(&mut model, &request, &mut |step| {
@@ -109,7 +115,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     for g in &outputs {
         if args.json {
-            writeln!(out, "{}", json_line(g, &request))?;
+            writeln!(out, "{}", json_line(g, &request, precision_name))?;
         } else {
             writeln!(out, "{}", g.text)?;
         }
@@ -117,7 +123,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-fn json_line(g: &Generated, request: &Request) -> serde_json::Value {
+/// One sentence as a JSON line; `precision` is the one loaded (what `auto` chose), which with
+/// the seed fixes the sentence.
+fn json_line(g: &Generated, request: &Request, precision: &str) -> serde_json::Value {
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     json!({
         "index": g.index,
@@ -127,6 +135,7 @@ fn json_line(g: &Generated, request: &Request) -> serde_json::Value {
         "lm_nll": g.lm_nll,
         "steps": request.steps,
         "seed": request.seed,
+        "precision": precision,
         "timings": {
             "total_ms": ms(g.timing.total),
             "per_step_ms": ms(g.timing.per_step()),

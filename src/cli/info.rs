@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Args;
 use dlm::error::LoadError;
 use dlm::manifest::{Manifest, Precision};
-use dlm::model::Model;
+use dlm::model::{Machine, Model};
 use dlm::ort::{auto, providers, version, Device};
 
 use super::{session_options, RuntimeArgs};
@@ -80,6 +80,11 @@ pub fn run(info: InfoArgs) -> Result<()> {
             given
         }
     };
+    // one sequence a call (`dlm generate`'s default) and the server's default batch
+    for (calls, max_batch) in [("one sequence a call", 1), ("16 a call (dlm serve's default)", 16)] {
+        let (precision, why) = args.precision.explain(&manifest, Machine::here(device, max_batch));
+        writeln!(out, "  precision  {}, {calls}: {} ({why})", args.precision.name(), precision.name())?;
+    }
     let opts = session_options(&args, 1)?;
     let given: Vec<String> = opts
         .for_model(&manifest)

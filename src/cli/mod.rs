@@ -15,7 +15,7 @@ use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args};
 use dlm::controls::{ControlRequest, LengthHold};
 use dlm::error::ControlError;
-use dlm::manifest::Precision;
+use dlm::model::PrecisionChoice;
 use dlm::ort::{ClampOn, Device, EpOption, GraphOpt, OrtRuntime, SessionOptions, ThreadPool, Tuning};
 use dlm::overrides::{GuideOverrides, Setting, LR, STEPS, WEIGHT};
 
@@ -29,9 +29,12 @@ pub struct RuntimeArgs {
     /// `dlm info` shows the choice).
     #[arg(long, env = "DLM_DEVICE", value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
-    /// Graph precision (fp16: the denoiser and guidance graphs; int8: the CPU's quantized denoiser beside fp32 guidance graphs, docs/benchmarks.md).
-    #[arg(long, env = "DLM_PRECISION", value_enum, default_value_t = Precision::Fp32)]
-    pub precision: Precision,
+    /// Graph precision: auto (int8 on a CPU whose int8 products are exact, x86-64 VNNI or
+    /// aarch64 dotprod, when the model ships an int8 denoiser; else fp32: `dlm info` shows the
+    /// choice), fp32, fp16 (the denoiser and guidance graphs), int8 (the CPU's quantized
+    /// denoiser beside fp32 guidance graphs; docs/benchmarks.md).
+    #[arg(long, env = "DLM_PRECISION", value_enum, default_value_t = PrecisionChoice::Auto)]
+    pub precision: PrecisionChoice,
     /// Run on CPU, with a warning, when the requested provider cannot be registered.
     #[arg(long, env = "DLM_ALLOW_FALLBACK", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub allow_fallback: bool,

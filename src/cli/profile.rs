@@ -6,8 +6,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use dlm::generate::Request;
-use dlm::manifest::Precision;
-use dlm::model::{Model, Preload};
+use dlm::model::{Model, PrecisionChoice, Preload};
 use dlm::profile::{run_case, summarise_ort_profiles, CaseResult};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -26,7 +25,7 @@ pub struct ProfileArgs {
     batches: Vec<usize>,
     /// Precisions (each loads its own sessions); overrides --precision.
     #[arg(long, value_enum, value_delimiter = ',')]
-    precisions: Vec<Precision>,
+    precisions: Vec<PrecisionChoice>,
     /// Unmeasured runs per case before the measured ones.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
@@ -67,7 +66,7 @@ pub fn run(args: ProfileArgs) -> Result<()> {
     for &precision in &precisions {
         let mut opts = session_options(&args.runtime, max_batch)?;
         if let Some(dir) = &args.ort_profile {
-            let dir = dir.join(format!("{precision:?}").to_lowercase());
+            let dir = dir.join(precision.name());
             std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
             opts.profile_dir = Some(dir);
         }
@@ -76,7 +75,7 @@ pub fn run(args: ProfileArgs) -> Result<()> {
             Model::load_with(&runtime, &args.runtime.model, precision, &opts, &Preload::Denoiser, &mut |_| {})?;
         for &steps in &args.budgets {
             for &batch in &args.batches {
-                bar.set_message(format!("{precision:?}, {steps} steps, batch {batch}"));
+                bar.set_message(format!("{:?}, {steps} steps, batch {batch}", model.precision));
                 let request = Request {
                     steps,
                     seed: args.seed,
@@ -86,8 +85,9 @@ pub fn run(args: ProfileArgs) -> Result<()> {
                     guide: args.controls.guide()?,
                     ..Request::default()
                 };
+                let loaded = model.precision;
                 let case = run_case(&mut model, &request, args.warmup, repeats, &label, &mut || bar.inc(1));
-                results.push(case.with_context(|| format!("{precision:?}, {steps} steps, batch {batch}"))?);
+                results.push(case.with_context(|| format!("{loaded:?}, {steps} steps, batch {batch}"))?);
             }
         }
         if args.ort_profile.is_some() {

@@ -228,6 +228,15 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// Its name in the manifest and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Fp16 => "fp16",
+            Precision::Int8 => "int8",
+        }
+    }
+
     /// Whether the graph's float inputs and outputs are fp16 (else fp32).
     pub fn is_half(self) -> bool {
         self == Precision::Fp16

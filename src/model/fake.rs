@@ -31,24 +31,7 @@ pub fn model(denoiser: Box<dyn Denoiser + Send>, guides: Vec<(&str, Box<dyn Guid
             (name.to_string(), control)
         })
         .collect();
-    let file = json!({"file": "-", "sha256": "-"});
-    let manifest = json!({
-        "schema_version": 1,
-        "model": {"d": 2, "seq_len": 4, "vocab_size": 4, "prediction": "x0", "architecture": {}},
-        "diffusion": {"schedule": "sqrt", "schedule_param": {"offset": 0.0001, "max_beta": 0.999}, "T": 100,
-                      "model_variance": "fixed_large", "alpha_bar": []},
-        "tokenizer": file,
-        "special_tokens": {"pad": 0, "unk": 1, "start": 2, "end": 3},
-        "embeddings": {"file": "-", "sha256": "-", "dtype": "float32", "byte_order": "little", "shape": [4, 2]},
-        "reference": {"file": "-", "sha256": "-", "what": "-"},
-        "graphs": [{"name": "denoiser.fp32", "role": "denoiser", "file": "-", "sha256": "-", "precision": "fp32",
-                    "opset": 17, "inputs": [], "outputs": [], "dynamic_axes": {"batch": {"min": 1, "max": 16}},
-                    "tolerance": null}],
-        "controls": controls,
-        "training": {},
-        "export": {},
-    });
-    let manifest: Manifest = serde_json::from_value(manifest).expect("the fake manifest parses");
+    let manifest = manifest(controls, &[Precision::Fp32]);
     let vocab = Vocab::of_words(&WORDS, manifest.special_tokens);
     Model {
         dir: PathBuf::from("fake"),
@@ -61,4 +44,34 @@ pub fn model(denoiser: Box<dyn Denoiser + Send>, guides: Vec<(&str, Box<dyn Guid
         precision: Precision::Fp32,
         provider: "fake",
     }
+}
+
+/// The fake model's manifest with no controls and a denoiser of each of `precisions`.
+pub fn manifest_with_denoisers(precisions: &[Precision]) -> Manifest {
+    manifest(serde_json::Map::new(), precisions)
+}
+
+fn manifest(controls: serde_json::Map<String, serde_json::Value>, precisions: &[Precision]) -> Manifest {
+    let file = json!({"file": "-", "sha256": "-"});
+    let denoiser = |p: &Precision| {
+        let p = format!("{p:?}").to_lowercase();
+        json!({"name": format!("denoiser.{p}"), "role": "denoiser", "file": "-", "sha256": "-", "precision": p,
+               "opset": 17, "inputs": [], "outputs": [], "dynamic_axes": {"batch": {"min": 1, "max": 16}},
+               "tolerance": null})
+    };
+    let manifest = json!({
+        "schema_version": 1,
+        "model": {"d": 2, "seq_len": 4, "vocab_size": 4, "prediction": "x0", "architecture": {}},
+        "diffusion": {"schedule": "sqrt", "schedule_param": {"offset": 0.0001, "max_beta": 0.999}, "T": 100,
+                      "model_variance": "fixed_large", "alpha_bar": []},
+        "tokenizer": file,
+        "special_tokens": {"pad": 0, "unk": 1, "start": 2, "end": 3},
+        "embeddings": {"file": "-", "sha256": "-", "dtype": "float32", "byte_order": "little", "shape": [4, 2]},
+        "reference": {"file": "-", "sha256": "-", "what": "-"},
+        "graphs": precisions.iter().map(denoiser).collect::<Vec<_>>(),
+        "controls": controls,
+        "training": {},
+        "export": {},
+    });
+    serde_json::from_value(manifest).expect("the fake manifest parses")
 }

@@ -17,6 +17,7 @@ use crate::sampler::{Denoiser, Guide};
 use crate::schedule::{cumprod_alphas, Diffusion};
 use crate::text::Vocab;
 
+use super::precision::{Choice, Machine};
 use super::Model;
 
 /// The Rust schedule must reproduce the manifest's alpha_bar table to this tolerance.
@@ -123,7 +124,7 @@ impl Model {
     pub fn load(
         runtime: &OrtRuntime,
         dir: &Path,
-        precision: Precision,
+        precision: impl Into<Choice>,
         opts: &SessionOptions,
     ) -> Result<Self, LoadError> {
         Self::load_with(runtime, dir, precision, opts, &Preload::All, &mut |_| {})
@@ -131,11 +132,12 @@ impl Model {
 
     /// The model with the sessions `preload` names opened now, calling `report` before each:
     /// the denoiser, each control's guidance graphs (controls in name order), then the
-    /// language model. The others open on first use.
+    /// language model. The others open on first use. `precision` auto is resolved once the
+    /// device is ([`Choice::resolve`]); [`Model::precision`] is the one loaded.
     pub fn load_with(
         runtime: &OrtRuntime,
         dir: &Path,
-        precision: Precision,
+        precision: impl Into<Choice>,
         opts: &SessionOptions,
         preload: &Preload,
         report: &mut dyn FnMut(&Opening<'_>),
@@ -157,6 +159,14 @@ impl Model {
         }
         let embeddings = Embeddings::load(dir, &manifest.embeddings)?;
         let opts = &opts.for_model(&manifest).resolved(runtime); // --device auto chosen here
+        let precision = precision.into().resolve(&manifest, Machine::here(opts.device, opts.max_batch));
+        if precision == Precision::Int8 && opts.max_batch > 1 {
+            log::warn!(
+                "precision int8 with up to {} sequences a call: its activations are quantized with one scale per call, \
+                 so a sentence depends on the sequences batched with it (fp32's do not; --precision auto picks fp32 here)",
+                opts.max_batch
+            );
+        }
         if precision == Precision::Int8 && opts.device != Device::Cpu {
             return Err(LoadError::Provider {
                 provider: opts.device.name(),
@@ -165,9 +175,16 @@ impl Model {
                     .into(),
             });
         }
-        let graph = manifest.denoiser(precision).ok_or_else(|| LoadError::Invalid {
-            path: dir.join(MANIFEST_FILE),
-            what: format!("no denoiser graph of precision {precision:?}"),
+        let graph = manifest.denoiser(precision).ok_or_else(|| {
+            let shipped = manifest.graphs.iter().filter(|g| g.role == Role::Denoiser).map(|g| g.precision.name());
+            LoadError::Invalid {
+                path: dir.join(MANIFEST_FILE),
+                what: format!(
+                    "no denoiser graph of precision {} (the model has: {}; --precision auto picks one of them)",
+                    precision.name(),
+                    shipped.collect::<Vec<_>>().join(", ")
+                ),
+            }
         })?;
         let teacher = manifest.graphs.iter().find(|g| g.role == Role::Teacher);
         preload.check(&dir.join(MANIFEST_FILE), &manifest, teacher.is_some())?;

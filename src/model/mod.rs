@@ -6,8 +6,10 @@
 #[cfg(test)]
 pub(crate) mod fake;
 mod load;
+mod precision;
 
 pub use load::{Opening, Preload, SCHEDULE_TOLERANCE, TEACHER};
+pub use precision::{exact_int8_here, Choice as PrecisionChoice, Machine};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -29,7 +31,7 @@ pub struct Model {
     pub guides: BTreeMap<String, Box<dyn Guide + Send>>,
     /// The autoregressive LM of role `teacher` (`rerank` by fluency), if the model has one.
     pub teacher: Option<Box<dyn LanguageModel + Send>>,
-    /// The denoiser's precision.
+    /// The denoiser's precision (`auto` resolved).
     pub precision: Precision,
     /// Where the denoiser runs: the execution provider's name ("cpu", "cuda", "tensorrt").
     pub provider: &'static str,

@@ -28,7 +28,7 @@ pub fn run(
 ) -> Result<(), String> {
     let about = json!({
         "dir": model.dir.display().to_string(),
-        "precision": format!("{:?}", model.precision).to_lowercase(),
+        "precision": model.precision.name(),
         "provider": model.provider,
         "controls": model.manifest.controls.keys().collect::<Vec<_>>(),
         "seq_len": model.manifest.model.seq_len,
@@ -49,7 +49,7 @@ pub fn run(
     let build = Build {
         version: env!("CARGO_PKG_VERSION").into(),
         provider: provider.into(),
-        precision: format!("{:?}", model.precision).to_lowercase(),
+        precision: model.precision.name().into(),
         onnxruntime: onnxruntime.into(),
         manifest_sha256: format!("{:x}", sha2::Sha256::digest(&manifest)),
     };
