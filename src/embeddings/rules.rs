@@ -34,7 +34,15 @@ impl Constraints<'_> {
         if self.specials.contains(&w) {
             return self.words_only_at(r); // special tokens never count as repeats
         }
-        self.repeats(r, chosen).any(|b| b == w)
+        // what `repeats` lists, asked of one word: the 3-gram scan as one pass over the words
+        let Some((start, pos)) = self.repeats_blocked_at(r) else { return false };
+        let Some(previous) = (pos >= 1).then(|| self.word(chosen, r - 1)).flatten() else { return false };
+        if previous == w {
+            return true;
+        }
+        let Some(before) = (pos >= 2).then(|| self.word(chosen, r - 2)).flatten() else { return false };
+        let seen = chosen.get(start..r).unwrap_or_default();
+        seen.windows(3).any(|g| g[0] == before && g[1] == previous && g[2] == w)
     }
 
     /// The words repeat blocking bans at row r: the word before it, and every word that already

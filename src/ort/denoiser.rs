@@ -11,7 +11,7 @@ use ort::value::TensorRef;
 
 use super::providers::{ClampOn, Device, SessionOptions};
 use super::session::{contiguous, end_profiling, open_session};
-use super::staging::{read_output, Staging};
+use super::staging::{copy_output, read_output, Staging};
 use super::{run_error, OrtRuntime};
 use crate::error::{InferenceError, LoadError};
 use crate::manifest::{Dim, Graph, Precision};
@@ -88,7 +88,11 @@ impl Denoiser for OrtDenoiser {
             self.session.run(ort::inputs!["x" => x_tensor, "t" => t_tensor]).map_err(&err)?
         };
         self.nearest.clear();
-        let shape = read_output(&outputs[0], self.precision, out.iter_mut(), |o, v| *o = v).map_err(&err)?;
+        let shape = match out.as_slice_mut() {
+            Some(out) => copy_output(&outputs[0], self.precision, out),
+            None => read_output(&outputs[0], self.precision, out.iter_mut(), |o, v| *o = v),
+        }
+        .map_err(&err)?;
         check_shape(name, "x0_hat", &shape, &[b, l, d])?;
         if let Some(k) = self.nearest_k {
             let (shape, ids) = outputs[NEAREST_OUTPUT].try_extract_tensor::<i64>().map_err(&err)?;

@@ -30,6 +30,23 @@ impl Staging {
     }
 }
 
+/// Copies a float output, read in the graph's precision, into `out` (as many values as both
+/// hold: the caller checks the returned shape); one memcpy at fp32 where `read_output`'s
+/// element-wise walk cost ~12 k instructions a step at batch 1.
+pub fn copy_output(value: &DynValue, precision: Precision, out: &mut [f32]) -> ort::Result<Shape> {
+    if precision.is_half() {
+        let (shape, values) = value.try_extract_tensor::<f16>()?;
+        let n = values.len().min(out.len());
+        values[..n].convert_to_f32_slice(&mut out[..n]);
+        Ok(shape.clone())
+    } else {
+        let (shape, values) = value.try_extract_tensor::<f32>()?;
+        let n = values.len().min(out.len());
+        out[..n].copy_from_slice(&values[..n]);
+        Ok(shape.clone())
+    }
+}
+
 /// Writes a float output, read in the graph's precision, into `out` in order with
 /// `write(slot, value)`; returns the output's shape for the caller to check.
 pub fn read_output<'o>(
