@@ -29,10 +29,10 @@ pub struct RuntimeArgs {
     /// `dlm info` shows the choice).
     #[arg(long, env = "DLM_DEVICE", value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
-    /// Graph precision: auto (int8 on a CPU whose int8 products are exact, x86-64 VNNI or
-    /// aarch64 dotprod, when the model ships an int8 denoiser; else fp32: `dlm info` shows the
-    /// choice), fp32, fp16 (the denoiser and guidance graphs), int8 (the CPU's quantized
-    /// denoiser beside fp32 guidance graphs; docs/benchmarks.md).
+    /// Graph precision: auto (int8 with one sequence a call on a CPU whose int8 products are
+    /// exact, x86-64 VNNI or aarch64 dotprod, when the model ships an int8 denoiser; else fp32:
+    /// `dlm info` shows the choice), fp32, fp16 (the denoiser and guidance graphs), int8 (the
+    /// CPU's quantized denoiser beside fp32 guidance graphs; docs/generate.md#runtime).
     #[arg(long, env = "DLM_PRECISION", value_enum, default_value_t = PrecisionChoice::Auto)]
     pub precision: PrecisionChoice,
     /// Run on CPU, with a warning, when the requested provider cannot be registered.

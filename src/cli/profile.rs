@@ -75,7 +75,7 @@ pub fn run(args: ProfileArgs) -> Result<()> {
             Model::load_with(&runtime, &args.runtime.model, precision, &opts, &Preload::Denoiser, &mut |_| {})?;
         for &steps in &args.budgets {
             for &batch in &args.batches {
-                bar.set_message(format!("{:?}, {steps} steps, batch {batch}", model.precision));
+                bar.set_message(format!("{}, {steps} steps, batch {batch}", model.precision.name()));
                 let request = Request {
                     steps,
                     seed: args.seed,
@@ -85,9 +85,9 @@ pub fn run(args: ProfileArgs) -> Result<()> {
                     guide: args.controls.guide()?,
                     ..Request::default()
                 };
-                let loaded = model.precision;
+                let loaded = model.precision.name();
                 let case = run_case(&mut model, &request, args.warmup, repeats, &label, &mut || bar.inc(1));
-                results.push(case.with_context(|| format!("{loaded:?}, {steps} steps, batch {batch}"))?);
+                results.push(case.with_context(|| format!("{loaded}, {steps} steps, batch {batch}"))?);
             }
         }
         if args.ort_profile.is_some() {

@@ -54,7 +54,7 @@ pub fn manifest_with_denoisers(precisions: &[Precision]) -> Manifest {
 fn manifest(controls: serde_json::Map<String, serde_json::Value>, precisions: &[Precision]) -> Manifest {
     let file = json!({"file": "-", "sha256": "-"});
     let denoiser = |p: &Precision| {
-        let p = format!("{p:?}").to_lowercase();
+        let p = p.name();
         json!({"name": format!("denoiser.{p}"), "role": "denoiser", "file": "-", "sha256": "-", "precision": p,
                "opset": 17, "inputs": [], "outputs": [], "dynamic_axes": {"batch": {"min": 1, "max": 16}},
                "tolerance": null})

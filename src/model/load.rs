@@ -160,13 +160,6 @@ impl Model {
         let embeddings = Embeddings::load(dir, &manifest.embeddings)?;
         let opts = &opts.for_model(&manifest).resolved(runtime); // --device auto chosen here
         let precision = precision.into().resolve(&manifest, Machine::here(opts.device, opts.max_batch));
-        if precision == Precision::Int8 && opts.max_batch > 1 {
-            log::warn!(
-                "precision int8 with up to {} sequences a call: its activations are quantized with one scale per call, \
-                 so a sentence depends on the sequences batched with it (fp32's do not; --precision auto picks fp32 here)",
-                opts.max_batch
-            );
-        }
         if precision == Precision::Int8 && opts.device != Device::Cpu {
             return Err(LoadError::Provider {
                 provider: opts.device.name(),
@@ -174,6 +167,13 @@ impl Model {
                          use --device cpu, or --precision fp32 or fp16 on the GPU"
                     .into(),
             });
+        }
+        if precision == Precision::Int8 && opts.max_batch > 1 {
+            log::warn!(
+                "precision int8 with up to {} sequences a call: its activations are quantized with one scale per call, \
+                 so a sentence depends on the sequences batched with it (fp32's do not; --precision auto picks fp32 here)",
+                opts.max_batch
+            );
         }
         let graph = manifest.denoiser(precision).ok_or_else(|| {
             let shipped = manifest.graphs.iter().filter(|g| g.role == Role::Denoiser).map(|g| g.precision.name());

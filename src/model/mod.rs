@@ -9,7 +9,7 @@ mod load;
 mod precision;
 
 pub use load::{Opening, Preload, SCHEDULE_TOLERANCE, TEACHER};
-pub use precision::{exact_int8_here, Choice as PrecisionChoice, Machine};
+pub use precision::{Choice as PrecisionChoice, Machine};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
