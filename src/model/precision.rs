@@ -22,8 +22,7 @@ pub enum Choice {
     Auto,
     Fp32,
     Fp16,
-    /// fp32 inputs and outputs; inside, the transformer blocks' attention and MatMuls in int8
-    /// (ONNX Runtime's dynamic quantization): a denoiser for the CPU, beside fp32 guidance graphs.
+    /// The CPU's quantized denoiser ([`Precision::Int8`]), beside fp32 guidance graphs.
     Int8,
 }
 
@@ -46,32 +45,36 @@ impl Choice {
 
     /// [`Choice::resolve`] and why, in words (`dlm info`).
     pub fn explain(self, manifest: &Manifest, at: Machine) -> (Precision, &'static str) {
+        if let Some(given) = self.fixed() {
+            return (given, "as given");
+        }
+        let fp32 = |why| (Precision::Fp32, why);
+        if at.device != Device::Cpu {
+            fp32("int8 is the CPU's; fp32 on a GPU")
+        } else if at.max_batch > 1 {
+            fp32("several sequences a call: int8's per-call scale would tie each to its batch-mates")
+        } else if manifest.denoiser(Precision::Int8).is_none() {
+            fp32("the model ships no int8 denoiser")
+        } else if !at.exact_int8 {
+            fp32("this CPU's int8 products can saturate (no VNNI / dotprod): fp32")
+        } else {
+            (Precision::Int8, "a CPU with exact int8 products and the model's int8 denoiser")
+        }
+    }
+
+    /// The precision named, None for auto.
+    fn fixed(self) -> Option<Precision> {
         match self {
-            Choice::Fp32 => (Precision::Fp32, "as given"),
-            Choice::Fp16 => (Precision::Fp16, "as given"),
-            Choice::Int8 => (Precision::Int8, "as given"),
-            Choice::Auto if at.device != Device::Cpu => (Precision::Fp32, "int8 is the CPU's; fp32 on a GPU"),
-            Choice::Auto if at.max_batch > 1 => {
-                (Precision::Fp32, "several sequences a call: int8's per-call scale would tie each to its batch-mates")
-            }
-            Choice::Auto if manifest.denoiser(Precision::Int8).is_none() => {
-                (Precision::Fp32, "the model ships no int8 denoiser")
-            }
-            Choice::Auto if !at.exact_int8 => {
-                (Precision::Fp32, "this CPU's int8 products can saturate (no VNNI / dotprod): fp32")
-            }
-            Choice::Auto => (Precision::Int8, "a CPU with exact int8 products and the model's int8 denoiser"),
+            Choice::Auto => None,
+            Choice::Fp32 => Some(Precision::Fp32),
+            Choice::Fp16 => Some(Precision::Fp16),
+            Choice::Int8 => Some(Precision::Int8),
         }
     }
 
     /// Its name on the command line and in `DLM_PRECISION`.
     pub fn name(self) -> &'static str {
-        match self {
-            Choice::Auto => "auto",
-            Choice::Fp32 => "fp32",
-            Choice::Fp16 => "fp16",
-            Choice::Int8 => "int8",
-        }
+        self.fixed().map_or("auto", Precision::name)
     }
 }
 
