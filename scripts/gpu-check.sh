@@ -17,7 +17,9 @@
 #   - dlm profile, step budgets 10, 50, 100, 200 at batch 1 and 16, and at 50 steps with the
 #     clamping trick's search in dlm (--clamp-on host) instead of the graph's, and how many of 8
 #     sentences the two give differently;
-# then an unknown --ep-option key (ONNX Runtime's error must name it), --precision int8 (refused
+# then with the denoiser's tensors bound (--binding fixed) and with CUDA graphs of each shape
+# (--binding cuda-graph): the trajectory fixtures, the sentences of per-run binding, the step
+# time; then an unknown --ep-option key (ONNX Runtime's error must name it), --precision int8 (refused
 # on cuda and tensorrt), --device auto (it must
 # choose tensorrt), TensorRT's cold start (empty engine cache) against its warm start, and
 # `dlm build-engines` into an empty cache followed by a generation on it, each with its peak RSS
@@ -125,6 +127,19 @@ for provider in cuda tensorrt; do
       <("${run[0]}" generate "${run[@]:1}" --clamp-on host --steps 50 --num 8 --seed 7 2>/dev/null) | grep -c '^>' || true)"
     echo "gpu-check: clamping on the engine vs the host, $provider $precision: $same of 8 sentences differ"
     printf 'clamp-engine-vs-host,%s,%s,info,0,"%s of 8 sentences differ"\n' "$provider" "$precision" "$same" >> "$csv"
+    # the denoiser's tensors bound at fixed addresses, then CUDA graphs of each shape: the same
+    # trajectories as per-run (the fixtures), the same sentences (batches 4 then 1: two shapes,
+    # two graphs), and their step time
+    for binding in fixed cuda-graph; do
+      DETAIL='largest|replayed|test result' check "trajectory-$binding" "$provider" "$precision" ok -- \
+        env DLM_TEST_DEVICE="$provider" DLM_TEST_PRECISION="$precision" DLM_BINDING="$binding" \
+        cargo test --release --test trajectory -- --nocapture --test-threads 1
+      check "same-sentences-$binding" "$provider" "$precision" ok -- diff \
+        <("${run[0]}" generate "${run[@]:1}" --steps 50 --num 5 --batch 4 --seed 7 2>/dev/null) \
+        <("${run[0]}" generate "${run[@]:1}" --binding "$binding" --steps 50 --num 5 --batch 4 --seed 7 2>/dev/null)
+      DETAIL='' check "profile-$binding" "$provider" "$precision" ok -- "${run[0]}" profile "${run[@]:1}" --quiet \
+        --binding "$binding" --budgets 50 --batches 1,16 --repeat 5 --csv "$out/profile-$binding-$provider-$precision.csv"
+    done
   done
 done
 

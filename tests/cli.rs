@@ -210,6 +210,9 @@ fn info_reports_the_session_settings_given() {
     let out = dlm(&[&args[..], &["--graph-opt", "all", "--cpu-arena", "false"]].concat());
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(stdout.contains("1 threads (0: one per core), spinning off, graph opt all, arena off"), "{stdout}");
+    assert!(defaults.contains("binding    per-run"), "{defaults}");
+    let fixed = dlm(&["info", "--model", &model_arg(), "--no-sessions", "--binding", "fixed"]);
+    assert!(String::from_utf8(fixed.stdout).unwrap().contains("binding    fixed"));
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -203,3 +203,38 @@ fn session_settings_change_speed_not_sentences() {
     }
     assert_eq!(texts_with(Tuning { cpu_arena: false, ..Tuning::default() }), default, "arena off");
 }
+
+/// The denoiser's tensors bound at fixed addresses (`--binding fixed`, what CUDA graphs need)
+/// give the per-run call's x0_hat and sentences: every precision, batches that shrink as lanes
+/// finish, and more shapes than are kept bound at once (the oldest leave and come back).
+#[test]
+fn fixed_binding_gives_what_per_run_binding_gives() {
+    use dlm::ort::Binding;
+    use ndarray::Array3;
+
+    let load = |precision, binding| {
+        let opts = SessionOptions { binding, ..common::session_options() };
+        Model::load(common::runtime(), &common::model_dir(), precision, &opts).unwrap()
+    };
+    let requests = [request(30, 5, 5, 4), Request { method: Method::Ddim { eta: 0.0 }, ..request(20, 6, 3, 2) }];
+    for precision in [Precision::Fp32, Precision::Fp16, Precision::Int8] {
+        let (mut per_run, mut fixed) = (load(precision, Binding::PerRun), load(precision, Binding::Fixed));
+        for r in &requests {
+            let a: Vec<Vec<u32>> = generate(&mut per_run, r).unwrap().into_iter().map(|g| g.ids).collect();
+            let b: Vec<Vec<u32>> = generate(&mut fixed, r).unwrap().into_iter().map(|g| g.ids).collect();
+            assert_eq!(b, a, "{precision:?}, {} steps, batch {}", r.steps, r.batch);
+        }
+        let (l, d) = (per_run.manifest.model.seq_len, per_run.manifest.model.d);
+        for batch in (1..=12).chain(1..=12) {
+            let x = Array3::from_shape_fn((batch, l, d), |(b, i, j)| ((b * 7 + i * 3 + j) as f32 * 0.37).sin());
+            let t: Vec<i64> = (0..batch as i64).map(|b| 100 + 150 * b).collect();
+            let prev = Array3::from_shape_fn((batch, l, d), |(b, i, j)| ((b + i + 2 * j) as f32 * 0.11).cos());
+            let (mut a, mut b) = (Array3::zeros((batch, l, d)), Array3::zeros((batch, l, d)));
+            per_run.denoiser.denoise(&x, &t, Some(&prev), &mut a).unwrap();
+            let nearest_a = per_run.denoiser.nearest().map(|n| n.ids.to_vec());
+            fixed.denoiser.denoise(&x, &t, Some(&prev), &mut b).unwrap();
+            assert_eq!(b, a, "{precision:?}, batch {batch}: x0_hat");
+            assert_eq!(fixed.denoiser.nearest().map(|n| n.ids.to_vec()), nearest_a, "{precision:?}, batch {batch}");
+        }
+    }
+}

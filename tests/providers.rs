@@ -15,6 +15,7 @@ fn dlm(args: &[&str], env: &[(&str, &str)]) -> Output {
         .env_remove("DLM_EP_OPTION")
         .env_remove("CACHE_DIRECTORY")
         .env_remove("DLM_TRT_CACHE")
+        .env_remove("DLM_BINDING")
         .env_remove("RUST_LOG")
         .envs(env.iter().copied())
         .output()
@@ -38,6 +39,11 @@ fn bad_provider_options_fail_with_what_is_allowed() {
         (vec!["--ep-option", "rocm:x=1"], "providers with options: cuda, tensorrt"),
         (vec!["--ep-option", "cuda:gpu_mem_limit=1"], "--device cpu does not use cuda"),
         (vec!["--device", "cuda", "--ep-option", "tensorrt:trt_fp16_enable=1"], "--device cuda does not use tensorrt"),
+        // CUDA graphs by hand would reach every graph, run unbound: they are --binding's
+        (vec!["--device", "cuda", "--ep-option", "cuda:enable_cuda_graph=1"], "use --binding cuda-graph"),
+        (vec!["--device", "tensorrt", "--ep-option", "tensorrt:trt_cuda_graph_enable=1"], "use --binding cuda-graph"),
+        (vec!["--binding", "cuda-graph"], "CUDA graphs need --device cuda, tensorrt or auto"),
+        (vec!["--binding", "graph"], "possible values: per-run, fixed, cuda-graph"),
     ] {
         let mut all = vec!["generate", "--model", &model];
         all.extend(args.iter().copied());

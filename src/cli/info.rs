@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use anyhow::Result;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use dlm::error::LoadError;
 use dlm::manifest::{Manifest, Precision};
 use dlm::model::{Machine, Model};
@@ -96,6 +96,9 @@ pub fn run(info: InfoArgs) -> Result<()> {
     writeln!(out, "  ep options {} (for {}: manifest, then --ep-option)", list(&given), device.name())?;
     let cache = opts.trt_cache.as_ref().map_or("-".into(), |d| d.display().to_string());
     writeln!(out, "  trt cache  {cache} (TensorRT engines in a directory per graph content)")?;
+    let binding = opts.resolved(&runtime).binding; // cuda-graph is fixed where auto chose the CPU
+    let binding = binding.to_possible_value().map_or_else(String::new, |v| v.get_name().to_string());
+    writeln!(out, "  binding    {binding} (the denoiser's tensors; cuda-graph captures a CUDA graph per shape)")?;
     let (threads, on) = (args.threads, |b: bool| if b { "on" } else { "off" });
     let (level, arena) = (format!("{:?}", opts.tuning.graph_opt).to_lowercase(), on(opts.tuning.cpu_arena));
     writeln!(

@@ -16,7 +16,7 @@ use clap::{ArgAction, Args};
 use dlm::controls::{ControlRequest, LengthHold};
 use dlm::error::ControlError;
 use dlm::model::PrecisionChoice;
-use dlm::ort::{ClampOn, Device, EpOption, GraphOpt, OrtRuntime, SessionOptions, ThreadPool, Tuning};
+use dlm::ort::{Binding, ClampOn, Device, EpOption, GraphOpt, OrtRuntime, SessionOptions, ThreadPool, Tuning};
 use dlm::overrides::{GuideOverrides, Setting, LR, STEPS, WEIGHT};
 
 #[derive(Args, Clone)]
@@ -64,6 +64,11 @@ pub struct RuntimeArgs {
     /// ONNX Runtime's graph optimisation level for every session.
     #[arg(long, env = "DLM_GRAPH_OPT", value_enum, default_value_t = Tuning::default().graph_opt)]
     pub graph_opt: GraphOpt,
+    /// How the denoiser's tensors reach ONNX Runtime: per-run (given with each call), fixed
+    /// (bound once per shape at fixed addresses in the device's memory) or cuda-graph (fixed,
+    /// and each shape's calls captured into a CUDA graph and replayed; cuda, tensorrt).
+    #[arg(long, env = "DLM_BINDING", value_enum, default_value_t = Binding::PerRun)]
+    pub binding: Binding,
     /// ONNX Runtime's CPU memory arena (true, false).
     #[arg(long, env = "DLM_CPU_ARENA", default_value_t = Tuning::default().cpu_arena, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
     pub cpu_arena: bool,
@@ -76,6 +81,7 @@ pub fn runtime(args: &RuntimeArgs) -> anyhow::Result<OrtRuntime> {
 
 pub fn session_options(args: &RuntimeArgs, max_batch: usize) -> anyhow::Result<SessionOptions> {
     dlm::ort::providers::check_options(args.device, &args.ep_options).map_err(anyhow::Error::msg)?;
+    dlm::ort::providers::check_binding(args.device, args.binding).map_err(anyhow::Error::msg)?;
     // systemd's CacheDirectory= sets CACHE_DIRECTORY (colon-separated when it names several)
     let systemd_cache = std::env::var_os("CACHE_DIRECTORY")
         .and_then(|dirs| std::env::split_paths(&dirs).next())
@@ -90,6 +96,7 @@ pub fn session_options(args: &RuntimeArgs, max_batch: usize) -> anyhow::Result<S
         weights: Vec::new(),
         clamp_on: args.clamp_on,
         tuning: Tuning { graph_opt: args.graph_opt, cpu_arena: args.cpu_arena },
+        binding: args.binding,
     })
 }
 

@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::bound::Binding;
 use super::providers::{self, Device, Provider, SessionOptions};
 use super::OrtRuntime;
 
@@ -110,7 +111,12 @@ impl SessionOptions {
                 unused.join(" ")
             );
         }
-        Self { device: choice.device, ..self.clone() }
+        let mut binding = self.binding;
+        if binding == Binding::CudaGraph && choice.device == Device::Cpu {
+            log::warn!("--device auto chose the CPU: --binding cuda-graph runs as fixed (CUDA graphs need a GPU)");
+            binding = Binding::Fixed;
+        }
+        Self { device: choice.device, binding, ..self.clone() }
     }
 }
 

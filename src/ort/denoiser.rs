@@ -1,14 +1,17 @@
 //! The exported denoiser `(x [B,L,d], t [B]) -> x0_hat [B,L,d]`, fp32 or fp16, as the
 //! sampler's [`Denoiser`]; a self-conditioned graph has a third input, `x0_hat_prev [B,L,d]`,
 //! and a graph with the clamping head a second output, `nearest [B,L,K]`: the ids of x0_hat's
-//! K nearest word embeddings per position ([`Denoiser::nearest`]).
+//! K nearest word embeddings per position ([`Denoiser::nearest`]). Its tensors go with each
+//! call, or stay bound at fixed addresses ([`super::bound`], `--binding`).
 
 use std::path::{Path, PathBuf};
 
 use ndarray::Array3;
+use ort::memory::AllocationDevice;
 use ort::session::Session;
-use ort::value::TensorRef;
+use ort::value::{TensorElementType, TensorRef};
 
+use super::bound::{Binding, Bound, Io, Spec};
 use super::providers::{ClampOn, Device, SessionOptions};
 use super::session::{contiguous, end_profiling, open_session};
 use super::staging::{copy_output, read_output, Staging};
@@ -32,6 +35,10 @@ pub struct OrtDenoiser {
     nearest_k: Option<usize>,
     /// `nearest` of the last call, [B, L, K] (empty before the first, or after a failed one).
     nearest: Vec<i64>,
+    /// The graph's outputs after x0_hat: `nearest`'s K when it has the clamping head.
+    graph_nearest_k: Option<usize>,
+    /// Tensors bound at fixed addresses (`--binding fixed` or `cuda-graph`).
+    bound: Option<Bound>,
 }
 
 /// The self-conditioning input's name in the graph and the manifest.
@@ -45,17 +52,96 @@ impl OrtDenoiser {
         let (name, precision) = (graph.name.clone(), graph.precision);
         let self_condition = graph.inputs.iter().any(|i| i.name == SELF_CONDITION_INPUT);
         let (staging, staging_prev, zeros) = (Staging::default(), Staging::default(), Vec::new());
-        let nearest_k = graph.outputs.get(1).filter(|o| o.name == NEAREST_OUTPUT && opts.clamp_on == ClampOn::Engine);
-        let nearest_k = nearest_k.and_then(|o| match o.shape.get(2) {
-            Some(Dim::Fixed(k)) => Some(*k),
-            _ => None, // the manifest check requires a fixed K
-        });
-        let nearest = Vec::new();
-        Ok(Self { session, name, precision, device, self_condition, staging, staging_prev, zeros, nearest_k, nearest })
+        let graph_nearest_k =
+            graph.outputs.get(1).filter(|o| o.name == NEAREST_OUTPUT).and_then(|o| match o.shape.get(2) {
+                Some(Dim::Fixed(k)) => Some(*k),
+                _ => None, // the manifest check requires a fixed K
+            });
+        let nearest_k = graph_nearest_k.filter(|_| opts.clamp_on == ClampOn::Engine);
+        let bound = match opts.binding {
+            Binding::PerRun => None,
+            binding => {
+                // a session that fell back to the CPU (--allow-fallback) binds host memory, uncaptured
+                let (memory, graphs) = match device {
+                    Device::Cpu => (AllocationDevice::CPU, false),
+                    _ => (AllocationDevice::CUDA, binding == Binding::CudaGraph),
+                };
+                let bound = Bound::new(&session, memory, graphs).map_err(|e| LoadError::Provider {
+                    provider: device.name(),
+                    reason: format!("binding {name}: {e}"),
+                })?;
+                Some(bound)
+            }
+        };
+        Ok(Self {
+            session,
+            name,
+            precision,
+            device,
+            self_condition,
+            staging,
+            staging_prev,
+            zeros,
+            nearest_k,
+            nearest: Vec::new(),
+            graph_nearest_k,
+            bound,
+        })
     }
 
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+
+    /// [`Denoiser::denoise`] through the tensors bound for this shape.
+    fn denoise_bound(
+        &mut self,
+        x: &Array3<f32>,
+        t: &[i64],
+        x0_hat_prev: Option<&Array3<f32>>,
+        out: &mut Array3<f32>,
+    ) -> Result<(), InferenceError> {
+        let Some(bound) = self.bound.as_mut() else { unreachable!("denoise_bound is called with a binding") };
+        let err = run_error(&self.name);
+        let (b, l, d) = x.dim();
+        let float = if self.precision.is_half() { TensorElementType::Float16 } else { TensorElementType::Float32 };
+        let spec = |name, ty, shape: &[usize]| Spec { name, ty, shape: shape.to_vec() };
+        let mut inputs = vec![spec("x", float, &[b, l, d]), spec("t", TensorElementType::Int64, &[b])];
+        if self.self_condition {
+            inputs.push(spec(SELF_CONDITION_INPUT, float, &[b, l, d]));
+        }
+        let mut outputs = vec![spec("x0_hat", float, &[b, l, d])];
+        if let Some(k) = self.graph_nearest_k {
+            outputs.push(spec(NEAREST_OUTPUT, TensorElementType::Int64, &[b, l, k]));
+        }
+        let prev = match (self.self_condition, x0_hat_prev.filter(|p| p.dim() == (b, l, d))) {
+            (false, _) => None,
+            (true, Some(p)) => Some(contiguous(p)),
+            (true, None) => {
+                self.zeros.clear();
+                self.zeros.resize(b * l * d, 0.0);
+                Some(std::borrow::Cow::Borrowed(&self.zeros[..]))
+            }
+        };
+        let x_flat = contiguous(x);
+        let write = |io: &mut Io<'_>| {
+            io.write_floats(0, &x_flat)?;
+            io.write_ids(1, t)?;
+            prev.as_ref().map_or(Ok(()), |prev| io.write_floats(2, prev))
+        };
+        let (precision, nearest_k, nearest) = (self.precision, self.nearest_k, &mut self.nearest);
+        nearest.clear();
+        let read = |io: &Io<'_>| -> ort::Result<()> {
+            match out.as_slice_mut() {
+                Some(out) => copy_output(io.output(0), precision, out),
+                None => read_output(io.output(0), precision, out.iter_mut(), |o, v| *o = v),
+            }?;
+            if nearest_k.is_some() {
+                nearest.extend_from_slice(io.output(1).try_extract_tensor::<i64>()?.1);
+            }
+            Ok(())
+        };
+        bound.run(&mut self.session, &inputs, &outputs, write, read).and_then(|read| read).map_err(err)
     }
 }
 
@@ -67,6 +153,9 @@ impl Denoiser for OrtDenoiser {
         x0_hat_prev: Option<&Array3<f32>>,
         out: &mut Array3<f32>,
     ) -> Result<(), InferenceError> {
+        if self.bound.is_some() {
+            return self.denoise_bound(x, t, x0_hat_prev, out);
+        }
         let (name, err) = (&self.name, run_error(&self.name));
         let (b, l, d) = x.dim();
         let x_flat = contiguous(x);

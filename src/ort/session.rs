@@ -54,6 +54,7 @@ fn provider_session(
     if opts.device == Device::Cpu {
         return cpu_session(runtime, path, graph, opts);
     }
+    providers::refuse_graph_options(&opts.ep_options).map_err(fail)?;
     let dispatch = providers::dispatch(graph, opts).map_err(fail)?;
     let offered = runtime.available_providers();
     for wanted in opts.device.providers().iter().map(|p| p.ort_name()) {

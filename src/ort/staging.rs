@@ -3,7 +3,7 @@
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
-use ort::value::{DynValue, DynValueRef, Shape, TensorRef};
+use ort::value::{DynValueRef, Shape, TensorRef, TensorValueTypeMarker, Value};
 
 use crate::manifest::Precision;
 
@@ -33,7 +33,11 @@ impl Staging {
 /// Copies a float output, read in the graph's precision, into `out` (as many values as both
 /// hold: the caller checks the returned shape); one memcpy at fp32 where `read_output`'s
 /// element-wise walk cost ~12 k instructions a step at batch 1.
-pub fn copy_output(value: &DynValue, precision: Precision, out: &mut [f32]) -> ort::Result<Shape> {
+pub fn copy_output<T: TensorValueTypeMarker + ?Sized>(
+    value: &Value<T>,
+    precision: Precision,
+    out: &mut [f32],
+) -> ort::Result<Shape> {
     if precision.is_half() {
         let (shape, values) = value.try_extract_tensor::<f16>()?;
         let n = values.len().min(out.len());
@@ -49,8 +53,8 @@ pub fn copy_output(value: &DynValue, precision: Precision, out: &mut [f32]) -> o
 
 /// Writes a float output, read in the graph's precision, into `out` in order with
 /// `write(slot, value)`; returns the output's shape for the caller to check.
-pub fn read_output<'o>(
-    value: &DynValue,
+pub fn read_output<'o, T: TensorValueTypeMarker + ?Sized>(
+    value: &Value<T>,
     precision: Precision,
     out: impl Iterator<Item = &'o mut f32>,
     write: impl Fn(&mut f32, f32),

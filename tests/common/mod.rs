@@ -9,7 +9,7 @@ use std::sync::{Mutex, OnceLock};
 
 use dlm::manifest::Precision;
 use dlm::model::Model;
-use dlm::ort::{Device, EpOption, SessionOptions};
+use dlm::ort::{Binding, Device, EpOption, SessionOptions};
 use dlm::ort::{OrtRuntime, ThreadPool};
 
 /// Resident set size of a process, in kB (from /proc).
@@ -66,7 +66,8 @@ pub fn runtime() -> &'static OrtRuntime {
 }
 
 /// The device the shared models run on: DLM_TEST_DEVICE (cpu, cuda, tensorrt, auto; default cpu),
-/// with DLM_EP_OPTION and DLM_TRT_CACHE as `dlm` reads them (scripts/gpu-check.sh sets them).
+/// with DLM_EP_OPTION, DLM_TRT_CACHE and DLM_BINDING as `dlm` reads them (scripts/gpu-check.sh
+/// sets them).
 pub fn session_options() -> SessionOptions {
     let device = match std::env::var("DLM_TEST_DEVICE").as_deref() {
         Ok("cuda") => Device::Cuda,
@@ -79,7 +80,13 @@ pub fn session_options() -> SessionOptions {
         .map(|list| list.split(';').filter(|o| !o.is_empty()).map(|o| o.parse::<EpOption>().unwrap()).collect())
         .unwrap_or_default();
     let trt_cache = std::env::var_os("DLM_TRT_CACHE").map(PathBuf::from);
-    SessionOptions { device, ep_options, trt_cache, ..SessionOptions::default() }
+    let binding = match std::env::var("DLM_BINDING").as_deref() {
+        Ok("fixed") => Binding::Fixed,
+        Ok("cuda-graph") => Binding::CudaGraph,
+        Ok("per-run") | Err(_) => Binding::PerRun,
+        Ok(other) => panic!("DLM_BINDING={other}: allowed per-run, fixed, cuda-graph"),
+    };
+    SessionOptions { device, ep_options, trt_cache, binding, ..SessionOptions::default() }
 }
 
 /// One loaded model per precision, shared by the tests of a binary (ORT sessions are heavy).

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::manifest::{Graph, Manifest, WeightsEntry};
+use super::bound::{Binding, GRAPH_OPTIONS};
+use crate::manifest::{Graph, Manifest, Role, WeightsEntry};
 
 /// Where the graphs run: the CPU, or a GPU through the providers it registers; `Auto` is
 /// chosen when the model loads ([`super::auto`]: TensorRT, else CUDA, else the CPU).
@@ -118,6 +119,8 @@ pub struct SessionOptions {
     pub clamp_on: ClampOn,
     /// Graph optimisation level and CPU arena of every session.
     pub tuning: super::Tuning,
+    /// How the denoiser's inputs and outputs reach its session (CUDA graphs need them bound).
+    pub binding: Binding,
 }
 
 /// Where the clamping trick's nearest-embedding search runs when the denoiser graph has the
@@ -153,6 +156,7 @@ impl Default for SessionOptions {
             weights: Vec::new(),
             clamp_on: ClampOn::Engine,
             tuning: super::Tuning::default(),
+            binding: Binding::default(),
         }
     }
 }
@@ -181,8 +185,10 @@ impl std::str::FromStr for EpOption {
     }
 }
 
-/// Options given for a provider that `device` does not register would do nothing: an error.
+/// Options given for a provider that `device` does not register would do nothing, and those
+/// that turn CUDA graphs on belong to `--binding cuda-graph`: an error.
 pub fn check_options(device: Device, options: &[EpOption]) -> Result<(), String> {
+    refuse_graph_options(options)?;
     match options.iter().find(|o| !device.may_use(o.provider)) {
         Some(o) => Err(format!(
             "--ep-option {}:{}={}: --device {} does not use {} (tensorrt uses tensorrt and cuda options, cuda only cuda)",
@@ -193,6 +199,32 @@ pub fn check_options(device: Device, options: &[EpOption]) -> Result<(), String>
             o.provider.name()
         )),
         None => Ok(()),
+    }
+}
+
+/// The options that turn CUDA graphs on, given by hand (on the command line or in the
+/// manifest), are refused: they belong to `--binding cuda-graph`.
+pub fn refuse_graph_options(options: &[EpOption]) -> Result<(), String> {
+    let graph_option =
+        |o: &&EpOption| GRAPH_OPTIONS.iter().any(|&(provider, key)| provider == o.provider.name() && key == o.key);
+    match options.iter().find(graph_option) {
+        Some(o) => Err(format!(
+            "{}:{}: CUDA graphs replay on the addresses they were captured with, so dlm binds the denoiser's tensors for them: use --binding cuda-graph (DLM_BINDING=cuda-graph), which sets this option on the denoiser's session alone",
+            o.provider.name(),
+            o.key
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Whether `binding` can run on `device`: CUDA graphs need a GPU provider (`Auto` may choose one).
+pub fn check_binding(device: Device, binding: Binding) -> Result<(), String> {
+    match (binding, device) {
+        (Binding::CudaGraph, Device::Cpu) => Err(
+            "--binding cuda-graph: CUDA graphs need --device cuda, tensorrt or auto (a GPU); on the CPU use per-run or fixed"
+                .into(),
+        ),
+        _ => Ok(()),
     }
 }
 
@@ -244,6 +276,15 @@ fn given(provider: Provider, opts: &SessionOptions) -> impl Iterator<Item = &EpO
     opts.ep_options.iter().filter(move |o| o.provider == provider)
 }
 
+/// With `--binding cuda-graph`, the option that turns CUDA graphs on, for the denoiser's
+/// session alone (its tensors are the ones dlm binds).
+#[cfg(feature = "cuda")]
+fn graph_option(provider: Provider, graph: &Graph, opts: &SessionOptions) -> Option<EpOption> {
+    let on = opts.binding == Binding::CudaGraph && graph.role == Role::Denoiser;
+    let &(_, key) = GRAPH_OPTIONS.iter().find(|(name, _)| *name == provider.name())?;
+    on.then(|| EpOption { provider, key: key.into(), value: "1".into() })
+}
+
 #[allow(unused_variables)]
 fn build(
     provider: Provider,
@@ -256,6 +297,7 @@ fn build(
         #[cfg(feature = "cuda")]
         Provider::Cuda => {
             let cuda = given(provider, opts)
+                .chain(&graph_option(provider, graph, opts))
                 .fold(ort::ep::CUDA::default(), |ep, o| ep.with_arbitrary_config(&o.key, &o.value));
             Ok(cuda.build().error_on_failure())
         }
@@ -276,7 +318,9 @@ fn build(
                     .with_timing_cache(true)
                     .with_timing_cache_path(dir.display().to_string());
             }
-            let trt = given(provider, opts).fold(trt, |ep, o| ep.with_arbitrary_config(&o.key, &o.value));
+            let trt = given(provider, opts)
+                .chain(&graph_option(provider, graph, opts))
+                .fold(trt, |ep, o| ep.with_arbitrary_config(&o.key, &o.value));
             Ok(trt.build().error_on_failure())
         }
         #[allow(unreachable_patterns)] // with both features every provider is built above
@@ -311,97 +355,4 @@ fn trt_profile(graph: &Graph, batch: usize, seq: usize) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn option(text: &str) -> Result<EpOption, String> {
-        text.parse()
-    }
-
-    #[test]
-    fn options_parse_as_provider_key_value_and_bad_ones_say_why() {
-        let o = option("tensorrt:trt_profile_min_shapes=x:1x64x16,t:1").unwrap();
-        assert_eq!((o.provider, o.key.as_str()), (Provider::Tensorrt, "trt_profile_min_shapes"));
-        assert_eq!(o.value, "x:1x64x16,t:1", "everything after the first '=' is the value");
-        for (bad, why) in [
-            ("tensorrt", "no ':'"),
-            ("tensorrt:trt_fp16_enable", "no '='"),
-            ("tensorrt:=1", "one word"),
-            ("cpu:x=1", "the CPU provider takes no options"),
-            ("rocm:x=1", "unknown provider \"rocm\""),
-        ] {
-            let e = option(bad).unwrap_err();
-            assert!(e.contains(why), "{bad}: {e}");
-        }
-    }
-
-    #[test]
-    fn options_for_a_provider_the_device_does_not_register_are_refused() {
-        let (cuda, trt) = (option("cuda:a=1").unwrap(), option("tensorrt:b=2").unwrap());
-        assert!(check_options(Device::Tensorrt, &[cuda.clone(), trt.clone()]).is_ok());
-        assert!(check_options(Device::Auto, &[cuda.clone(), trt.clone()]).is_ok(), "auto may choose either");
-        assert!(check_options(Device::Cuda, std::slice::from_ref(&cuda)).is_ok());
-        assert!(check_options(Device::Cuda, &[trt]).unwrap_err().contains("--device cuda does not use tensorrt"));
-        assert!(check_options(Device::Cpu, &[cuda]).unwrap_err().contains("--device cpu does not use cuda"));
-        assert_eq!(Device::Tensorrt.providers(), [Provider::Tensorrt, Provider::Cuda], "TensorRT, then CUDA");
-    }
-
-    fn shipped() -> Manifest {
-        Manifest::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/e2e")).unwrap()
-    }
-
-    #[test]
-    fn engine_caches_differ_by_graph_content_not_file_name() {
-        let manifest = shipped();
-        let cache = Path::new("/var/cache/dlm");
-        let graph = manifest.graphs.iter().find(|g| g.name == "guide_content.fp16").unwrap().clone();
-        let here = engine_cache_dir(cache, &graph, &manifest.weights);
-        assert!(
-            here.starts_with(cache) && here.file_name().unwrap().to_str().unwrap().starts_with("guide_content.fp16-")
-        );
-        assert_eq!(here, engine_cache_dir(cache, &graph, &manifest.weights), "stable");
-
-        let retrained = crate::manifest::Graph { sha256: "0".repeat(64), ..graph.clone() };
-        assert_eq!(retrained.file, graph.file, "the same file name");
-        assert_ne!(engine_cache_dir(cache, &retrained, &manifest.weights), here, "another graph file");
-
-        // the same graph file reading other weights (a retrained classifier of the same shape)
-        let mut weights = manifest.weights.clone();
-        let ours = weights.iter_mut().find(|w| w.graphs.contains(&graph.name)).unwrap();
-        ours.sha256 = "1".repeat(64);
-        assert_ne!(engine_cache_dir(cache, &graph, &weights), here, "other external weights");
-        // other controls' weights do not touch this graph's engine
-        let mut others = manifest.weights.clone();
-        others.retain(|w| !w.graphs.contains(&graph.name));
-        others.iter_mut().for_each(|w| w.sha256 = "2".repeat(64));
-        others.extend(manifest.weights.iter().filter(|w| w.graphs.contains(&graph.name)).cloned());
-        assert_eq!(engine_cache_dir(cache, &graph, &others), here);
-    }
-
-    #[test]
-    fn the_manifest_defaults_come_before_the_command_line() {
-        let mut manifest = shipped();
-        let json = r#"{"tensorrt": {"trt_builder_optimization_level": 3, "trt_fp16_enable": true}, "cuda": {"gpu_mem_limit": "1073741824"}}"#;
-        manifest.providers = serde_json::from_str(json).unwrap();
-        let given = SessionOptions {
-            ep_options: vec![option("tensorrt:trt_builder_optimization_level=5").unwrap()],
-            ..Default::default()
-        };
-        let merged: Vec<String> = given
-            .for_model(&manifest)
-            .ep_options
-            .iter()
-            .map(|o| format!("{}:{}={}", o.provider.name(), o.key, o.value))
-            .collect();
-        assert_eq!(
-            merged,
-            [
-                "cuda:gpu_mem_limit=1073741824",
-                "tensorrt:trt_builder_optimization_level=3",
-                "tensorrt:trt_fp16_enable=1",
-                "tensorrt:trt_builder_optimization_level=5",
-            ],
-            "applied in order, so the command line's value of a key wins"
-        );
-    }
-}
+mod tests;

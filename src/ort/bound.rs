@@ -1,0 +1,247 @@
+//! The denoiser's inputs and outputs bound once per shape at fixed addresses in the session's
+//! device memory (ONNX Runtime's I/O binding): what CUDA graphs need, since a captured graph
+//! replays on the addresses it was captured with. Each run writes the host's values into host
+//! tensors, copies them into the bound ones (on the CPU they are the same tensors) and reads
+//! the outputs back the same way. With CUDA graphs each shape gets its own graph, captured on
+//! its first runs and replayed after (ONNX Runtime's `gpu_graph_id`).
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::{IoBinding, NoSelectedOutputs, RunOptions, Session};
+use ort::value::{DynTensor, Tensor, TensorElementType};
+
+/// How the denoiser's inputs and outputs reach its session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Binding {
+    /// Given with each run (ONNX Runtime copies them to the device and back each time).
+    #[default]
+    PerRun,
+    /// Bound once per shape at fixed addresses in the device's memory (I/O binding).
+    Fixed,
+    /// Fixed, and each shape's runs captured into a CUDA graph and replayed (cuda, tensorrt).
+    CudaGraph,
+}
+
+/// The provider options that turn CUDA graphs on, by provider name. dlm sets them on the
+/// denoiser's session alone (`--binding cuda-graph`): given by hand they would reach every
+/// graph, and a graph run unbound would replay on stale addresses.
+pub const GRAPH_OPTIONS: [(&str, &str); 2] = [("cuda", "enable_cuda_graph"), ("tensorrt", "trt_cuda_graph_enable")];
+
+/// Shapes that get a captured graph; a shape past them runs bound but uncaptured.
+pub const MAX_GRAPHS: usize = 32;
+/// Uncaptured shapes kept bound at once (the least recently used leaves first).
+const MAX_UNCAPTURED: usize = 8;
+/// ONNX Runtime's run option naming the graph a run captures or replays: -1 for none, 0 kept
+/// for its own use.
+const GRAPH_ID: &str = "gpu_graph_id";
+
+/// One bound tensor: `host` is what dlm writes and reads; `device`, where it differs from the
+/// host's memory, is what the session sees (copied to before a run, from after it).
+struct Slot {
+    name: String,
+    host: DynTensor,
+    device: Option<DynTensor>,
+}
+
+impl Slot {
+    fn new(name: &str, ty: TensorElementType, shape: &[usize], memory: &Memory) -> ort::Result<Self> {
+        let host = tensor(memory.host.as_ref().unwrap_or(&Allocator::default()), ty, shape)?;
+        let device = memory.device.as_ref().map(|allocator| tensor(allocator, ty, shape)).transpose()?;
+        Ok(Self { name: name.to_string(), host, device })
+    }
+
+    fn bound(&self) -> &DynTensor {
+        self.device.as_ref().unwrap_or(&self.host)
+    }
+
+    fn upload(&mut self) -> ort::Result<()> {
+        match self.device.as_mut() {
+            Some(device) => self.host.copy_into(device),
+            None => Ok(()),
+        }
+    }
+
+    fn download(&mut self) -> ort::Result<()> {
+        match self.device.as_ref() {
+            Some(device) => device.copy_into(&mut self.host),
+            None => Ok(()),
+        }
+    }
+}
+
+fn tensor(allocator: &Allocator, ty: TensorElementType, shape: &[usize]) -> ort::Result<DynTensor> {
+    let shape = shape.to_vec();
+    Ok(match ty {
+        TensorElementType::Float16 => Tensor::<f16>::new(allocator, shape)?.upcast(),
+        TensorElementType::Int64 => Tensor::<i64>::new(allocator, shape)?.upcast(),
+        _ => Tensor::<f32>::new(allocator, shape)?.upcast(),
+    })
+}
+
+/// A tensor of the denoiser's signature at one shape: name, element type, dimensions.
+pub struct Spec<'a> {
+    pub name: &'a str,
+    pub ty: TensorElementType,
+    pub shape: Vec<usize>,
+}
+
+/// The tensors and binding of one shape.
+struct Shape {
+    key: Vec<usize>,
+    binding: IoBinding,
+    options: RunOptions<NoSelectedOutputs>,
+    inputs: Vec<Slot>,
+    outputs: Vec<Slot>,
+    captured: bool,
+    last_used: u64,
+}
+
+/// Where a session's bound tensors live.
+struct Memory {
+    /// The session's device memory; None on the CPU, where the bound tensors are the host's.
+    device: Option<Allocator>,
+    /// Page-locked host memory for the copies to and from a GPU, where the provider offers it
+    /// (else the default CPU allocator's).
+    host: Option<Allocator>,
+}
+
+/// The bound shapes of one session.
+pub struct Bound {
+    memory: Memory,
+    graphs: bool,
+    shapes: Vec<Shape>,
+    runs: u64,
+}
+
+/// Where [`Bound::run`]'s caller reads and writes a shape's tensors, by position in its specs.
+pub struct Io<'s> {
+    inputs: &'s mut [Slot],
+    outputs: &'s [Slot],
+}
+
+impl Io<'_> {
+    /// Input `i` from f32 values, converted to its element type (f32 or f16).
+    pub fn write_floats(&mut self, i: usize, values: &[f32]) -> ort::Result<()> {
+        let slot = &mut self.inputs[i];
+        if matches!(slot.host.data_type(), TensorElementType::Float16) {
+            let (_, dst) = slot.host.try_extract_tensor_mut::<f16>()?;
+            same_len(&slot.name, dst.len(), values.len())?;
+            dst.convert_from_f32_slice(values);
+        } else {
+            let (_, dst) = slot.host.try_extract_tensor_mut::<f32>()?;
+            same_len(&slot.name, dst.len(), values.len())?;
+            dst.copy_from_slice(values);
+        }
+        Ok(())
+    }
+
+    pub fn write_ids(&mut self, i: usize, values: &[i64]) -> ort::Result<()> {
+        let slot = &mut self.inputs[i];
+        let (_, dst) = slot.host.try_extract_tensor_mut::<i64>()?;
+        same_len(&slot.name, dst.len(), values.len())?;
+        dst.copy_from_slice(values);
+        Ok(())
+    }
+
+    /// Output `i` (after the run), its host tensor.
+    pub fn output(&self, i: usize) -> &DynTensor {
+        &self.outputs[i].host
+    }
+}
+
+fn same_len(name: &str, bound: usize, given: usize) -> ort::Result<()> {
+    if bound == given {
+        return Ok(());
+    }
+    Err(ort::Error::new(format!("{name}: {given} values for a bound tensor of {bound}")))
+}
+
+impl Bound {
+    /// Binding for `session`'s `device` memory (cpu, or cuda for the CUDA and TensorRT
+    /// providers); with `graphs`, each shape's runs capture and replay a CUDA graph.
+    pub fn new(session: &Session, device: AllocationDevice, graphs: bool) -> ort::Result<Self> {
+        let memory = if device == AllocationDevice::CPU {
+            Memory { device: None, host: None }
+        } else {
+            let on = |device, kind| MemoryInfo::new(device, 0, AllocatorType::Device, kind);
+            let gpu = Allocator::new(session, on(device, MemoryType::Default)?)?;
+            let pinned =
+                on(AllocationDevice::CUDA_PINNED, MemoryType::CPUOutput).and_then(|m| Allocator::new(session, m));
+            if let Err(e) = &pinned {
+                log::debug!("no page-locked host memory for the bound tensors ({e}); pageable memory instead");
+            }
+            Memory { device: Some(gpu), host: pinned.ok() }
+        };
+        Ok(Self { memory, graphs, shapes: Vec::new(), runs: 0 })
+    }
+
+    /// One run of `session` at the shape of `inputs` and `outputs` (their tensors bound on the
+    /// shape's first run): `write` fills the inputs, `read` takes the outputs.
+    pub fn run<T>(
+        &mut self,
+        session: &mut Session,
+        inputs: &[Spec<'_>],
+        outputs: &[Spec<'_>],
+        write: impl FnOnce(&mut Io<'_>) -> ort::Result<()>,
+        read: impl FnOnce(&Io<'_>) -> T,
+    ) -> ort::Result<T> {
+        self.runs += 1;
+        let key: Vec<usize> = inputs.iter().chain(outputs).flat_map(|s| s.shape.iter().copied()).collect();
+        let at = match self.shapes.iter().position(|s| s.key == key) {
+            Some(at) => at,
+            None => self.add(session, key, inputs, outputs)?,
+        };
+        let shape = &mut self.shapes[at];
+        shape.last_used = self.runs;
+        let mut io = Io { inputs: &mut shape.inputs, outputs: &shape.outputs };
+        write(&mut io)?;
+        shape.inputs.iter_mut().try_for_each(Slot::upload)?;
+        session.run_binding_with_options(&shape.binding, &shape.options)?;
+        shape.outputs.iter_mut().try_for_each(Slot::download)?;
+        Ok(read(&Io { inputs: &mut shape.inputs, outputs: &shape.outputs }))
+    }
+
+    /// Shapes bound so far, and how many of them have a graph of their own.
+    pub fn shapes(&self) -> (usize, usize) {
+        (self.shapes.len(), self.shapes.iter().filter(|s| s.captured).count())
+    }
+
+    fn add(
+        &mut self,
+        session: &Session,
+        key: Vec<usize>,
+        inputs: &[Spec<'_>],
+        outputs: &[Spec<'_>],
+    ) -> ort::Result<usize> {
+        let captured = self.graphs && self.shapes.iter().filter(|s| s.captured).count() < MAX_GRAPHS;
+        let uncaptured = self.shapes.iter().filter(|s| !s.captured).count();
+        if !captured && uncaptured >= MAX_UNCAPTURED {
+            let oldest =
+                (0..self.shapes.len()).filter(|&i| !self.shapes[i].captured).min_by_key(|&i| self.shapes[i].last_used);
+            if let Some(i) = oldest {
+                self.shapes.remove(i);
+            }
+        }
+        let slots = |specs: &[Spec<'_>]| -> ort::Result<Vec<Slot>> {
+            specs.iter().map(|s| Slot::new(s.name, s.ty, &s.shape, &self.memory)).collect()
+        };
+        let (inputs, mut outputs) = (slots(inputs)?, slots(outputs)?);
+        let mut binding = session.create_binding()?;
+        for slot in &inputs {
+            binding.bind_input(slot.name.clone(), slot.bound())?;
+        }
+        for slot in &mut outputs {
+            // the binding shares the tensor: what the run writes, this slot reads
+            binding.bind_output(slot.name.clone(), slot.device.as_mut().unwrap_or(&mut slot.host))?;
+        }
+        let mut options = RunOptions::new()?;
+        if self.graphs {
+            // ids from 1 (ONNX Runtime keeps 0); -1: this shape runs without a graph
+            let id = if captured { self.shapes.iter().filter(|s| s.captured).count() as i64 + 1 } else { -1 };
+            options.set(GRAPH_ID, id.to_string())?;
+        }
+        self.shapes.push(Shape { key, binding, options, inputs, outputs, captured, last_used: self.runs });
+        Ok(self.shapes.len() - 1)
+    }
+}
