@@ -17,9 +17,9 @@
 #   - dlm profile, step budgets 10, 50, 100, 200 at batch 1 and 16, and at 50 steps with the
 #     clamping trick's search in dlm (--clamp-on host) instead of the graph's, and how many of 8
 #     sentences the two give differently;
-# then with the denoiser's tensors bound (--binding fixed) and with CUDA graphs of each shape
-# (--binding cuda-graph): the trajectory fixtures, the sentences of per-run binding, the step
-# time; then an unknown --ep-option key (ONNX Runtime's error must name it), --precision int8 (refused
+# then with the denoiser's tensors bound (--binding fixed) and, on cuda, with CUDA graphs of
+# each shape (--binding cuda-graph; refused on tensorrt): the shapes bound, the trajectory
+# fixtures, the sentences of per-run binding, the step time; then an unknown --ep-option key (ONNX Runtime's error must name it), --precision int8 (refused
 # on cuda and tensorrt), --device auto (it must
 # choose tensorrt), TensorRT's cold start (empty engine cache) against its warm start, and
 # `dlm build-engines` into an empty cache followed by a generation on it, each with its peak RSS
@@ -127,10 +127,14 @@ for provider in cuda tensorrt; do
       <("${run[0]}" generate "${run[@]:1}" --clamp-on host --steps 50 --num 8 --seed 7 2>/dev/null) | grep -c '^>' || true)"
     echo "gpu-check: clamping on the engine vs the host, $provider $precision: $same of 8 sentences differ"
     printf 'clamp-engine-vs-host,%s,%s,info,0,"%s of 8 sentences differ"\n' "$provider" "$precision" "$same" >> "$csv"
-    # the denoiser's tensors bound at fixed addresses, then CUDA graphs of each shape: the same
-    # trajectories as per-run (the fixtures), the same sentences (batches 4 then 1: two shapes,
-    # two graphs), and their step time
-    for binding in fixed cuda-graph; do
+    # the denoiser's tensors bound at fixed addresses, then (cuda) CUDA graphs of each shape:
+    # the same trajectories as per-run (the fixtures), the same sentences (batch 4, then 1), and
+    # their step time; -v logs each shape bound and its graph
+    bindings=(fixed)
+    [[ $provider == cuda ]] && bindings+=(cuda-graph)
+    for binding in "${bindings[@]}"; do
+      DETAIL='bound at' check "bound-$binding" "$provider" "$precision" ok -- "${run[0]}" generate "${run[@]:1}" \
+        --binding "$binding" -v --steps 20 --num 5 --batch 4 --seed 7
       DETAIL='largest|replayed|test result' check "trajectory-$binding" "$provider" "$precision" ok -- \
         env DLM_TEST_DEVICE="$provider" DLM_TEST_PRECISION="$precision" DLM_BINDING="$binding" \
         cargo test --release --test trajectory -- --nocapture --test-threads 1
@@ -143,6 +147,7 @@ for provider in cuda tensorrt; do
   done
 done
 
+check cuda-graph-refused tensorrt fp32 "fail:not tensorrt" -- "$dlm" generate --device tensorrt --binding cuda-graph --steps 2
 check unknown-option cuda fp32 fail:no_such_option -- "$dlm" generate --device cuda --steps 2 --ep-option cuda:no_such_option=1
 for provider in cuda tensorrt; do  # the int8 denoiser is the CPU's: refused, naming what to use
   check int8-refused "$provider" int8 "fail:precision int8 is the CPU's" -- "$dlm" generate --device "$provider" --precision int8 --steps 2

@@ -174,7 +174,8 @@ pub fn parse_request(line: &[u8]) -> Result<Incoming, Rejection> {
         Some(other) => return Err(bad(id, format!("op must be a string (\"generate\" or \"health\"), got {other}"))),
     };
     match op.as_str() {
-        "generate" => match serde_json::from_value::<GenerateParams>(Value::Object(fields)) {
+        // the field at fault named ("steps: invalid type: string \"x\", expected usize")
+        "generate" => match serde_path_to_error::deserialize::<_, GenerateParams>(Value::Object(fields)) {
             Ok(params) => Ok(Incoming { id, op: Op::Generate(Box::new(params)) }),
             Err(e) => Err(bad(id, format!("{e}; fields: id, op, {}", FIELDS.join(", ")))),
         },
@@ -250,6 +251,15 @@ mod tests {
         assert_eq!((r.id, r.code), (Value::from(5), ErrorCode::BadRequest));
         assert!(r.message.contains("stepz") && r.message.contains("timeout_ms"), "{}", r.message);
         assert_eq!(reject(r#"{"id":6,"steps":-1}"#).id, Value::from(6));
+        let bad_types = [
+            (r#"{"steps":"x"}"#, "steps: invalid type: string \"x\", expected"),
+            (r#"{"seed":1.5}"#, "seed: invalid type: floating point"),
+            (r#"{"content":[3]}"#, "content: "),
+        ];
+        for (line, start) in bad_types {
+            let message = reject(line).message;
+            assert!(message.starts_with(start), "{line}: the field at fault first, got {message}");
+        }
         assert!(reject(r#"{"op":"dance"}"#).message.contains("health"));
         assert_eq!(reject(r#"{"op":"health","steps":2}"#).code, ErrorCode::BadRequest);
     }

@@ -202,6 +202,30 @@ fn bad_session_settings_name_the_flag_and_what_it_takes() {
     assert_fails_with(&out, "invalid value 'sometimes' for '--spin <SPIN>'");
 }
 
+/// `--binding fixed` binds the denoiser's tensors once per shape (logged with -v): five
+/// sentences at batch 4 are two shapes, the sentences those of per-run binding.
+#[test]
+fn fixed_binding_binds_each_shape_once_and_gives_per_run_s_sentences() {
+    let run = |binding: &str| {
+        let args = ["generate", "--model", &model_arg(), "--steps", "8", "--seed", "4", "--num", "5", "--batch", "4"];
+        let out = Command::new(env!("CARGO_BIN_EXE_dlm"))
+            .args(args)
+            .args(["--binding", binding, "-v"])
+            .env_remove("RUST_LOG")
+            .env_remove("DLM_BINDING")
+            .output()
+            .expect("dlm runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        (String::from_utf8(out.stdout).unwrap(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let ((fixed, log), (per_run, per_run_log)) = (run("fixed"), run("per-run"));
+    assert_eq!(fixed, per_run);
+    let bound: Vec<&str> = log.lines().filter(|l| l.contains(": bound at x ")).collect();
+    assert_eq!(bound.len(), 2, "batch 4, then 1: {bound:?}");
+    assert!(bound[0].contains("[4, 64, 16]") && bound[1].contains("[1, 64, 16]"), "{bound:?}");
+    assert!(!per_run_log.contains(": bound at x "), "{per_run_log}");
+}
+
 #[test]
 fn info_reports_the_session_settings_given() {
     let defaults = String::from_utf8(dlm(&["info", "--model", &model_arg(), "--no-sessions"]).stdout).unwrap();

@@ -225,16 +225,18 @@ fn fixed_binding_gives_what_per_run_binding_gives() {
             assert_eq!(b, a, "{precision:?}, {} steps, batch {}", r.steps, r.batch);
         }
         let (l, d) = (per_run.manifest.model.seq_len, per_run.manifest.model.d);
-        for batch in (1..=12).chain(1..=12) {
-            let x = Array3::from_shape_fn((batch, l, d), |(b, i, j)| ((b * 7 + i * 3 + j) as f32 * 0.37).sin());
-            let t: Vec<i64> = (0..batch as i64).map(|b| 100 + 150 * b).collect();
-            let prev = Array3::from_shape_fn((batch, l, d), |(b, i, j)| ((b + i + 2 * j) as f32 * 0.11).cos());
+        // every shape twice, with other values the second time: a bound input must take them
+        for (pass, batch) in (1..=12).map(|b| (0, b)).chain((1..=12).map(|b| (1, b))) {
+            let x = Array3::from_shape_fn((batch, l, d), |(b, i, j)| ((b * 7 + i * 3 + j + pass) as f32 * 0.37).sin());
+            let t: Vec<i64> = (0..batch as i64).map(|b| 100 + 150 * b + 700 * pass as i64).collect();
+            let prev = Array3::from_shape_fn((batch, l, d), |(b, i, j)| ((b + i + 2 * j + pass) as f32 * 0.11).cos());
             let (mut a, mut b) = (Array3::zeros((batch, l, d)), Array3::zeros((batch, l, d)));
             per_run.denoiser.denoise(&x, &t, Some(&prev), &mut a).unwrap();
             let nearest_a = per_run.denoiser.nearest().map(|n| n.ids.to_vec());
             fixed.denoiser.denoise(&x, &t, Some(&prev), &mut b).unwrap();
-            assert_eq!(b, a, "{precision:?}, batch {batch}: x0_hat");
-            assert_eq!(fixed.denoiser.nearest().map(|n| n.ids.to_vec()), nearest_a, "{precision:?}, batch {batch}");
+            assert_eq!(b, a, "{precision:?}, pass {pass}, batch {batch}: x0_hat");
+            let nearest_b = fixed.denoiser.nearest().map(|n| n.ids.to_vec());
+            assert_eq!(nearest_b, nearest_a, "{precision:?}, pass {pass}, batch {batch}");
         }
     }
 }

@@ -42,7 +42,8 @@ fn bad_provider_options_fail_with_what_is_allowed() {
         // CUDA graphs by hand would reach every graph, run unbound: they are --binding's
         (vec!["--device", "cuda", "--ep-option", "cuda:enable_cuda_graph=1"], "use --binding cuda-graph"),
         (vec!["--device", "tensorrt", "--ep-option", "tensorrt:trt_cuda_graph_enable=1"], "use --binding cuda-graph"),
-        (vec!["--binding", "cuda-graph"], "CUDA graphs need --device cuda, tensorrt or auto"),
+        (vec!["--binding", "cuda-graph"], "CUDA graphs need --device cuda (or auto choosing it), not cpu"),
+        (vec!["--device", "tensorrt", "--binding", "cuda-graph"], "not tensorrt: TensorRT captures one only where"),
         (vec!["--binding", "graph"], "possible values: per-run, fixed, cuda-graph"),
     ] {
         let mut all = vec!["generate", "--model", &model];

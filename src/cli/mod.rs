@@ -66,7 +66,7 @@ pub struct RuntimeArgs {
     pub graph_opt: GraphOpt,
     /// How the denoiser's tensors reach ONNX Runtime: per-run (given with each call), fixed
     /// (bound once per shape at fixed addresses in the device's memory) or cuda-graph (fixed,
-    /// and each shape's calls captured into a CUDA graph and replayed; cuda, tensorrt).
+    /// and each shape's calls captured into a CUDA graph and replayed; --device cuda).
     #[arg(long, env = "DLM_BINDING", value_enum, default_value_t = Binding::PerRun)]
     pub binding: Binding,
     /// ONNX Runtime's CPU memory arena (true, false).

@@ -112,8 +112,9 @@ impl SessionOptions {
             );
         }
         let mut binding = self.binding;
-        if binding == Binding::CudaGraph && choice.device == Device::Cpu {
-            log::warn!("--device auto chose the CPU: --binding cuda-graph runs as fixed (CUDA graphs need a GPU)");
+        if binding == Binding::CudaGraph && choice.device != Device::Cuda {
+            let device = choice.device.name();
+            log::warn!("--device auto chose {device}: --binding cuda-graph runs as fixed (CUDA graphs are cuda's)");
             binding = Binding::Fixed;
         }
         Self { device: choice.device, binding, ..self.clone() }

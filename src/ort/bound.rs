@@ -3,7 +3,8 @@
 //! replays on the addresses it was captured with. Each run writes the host's values into host
 //! tensors, copies them into the bound ones (on the CPU they are the same tensors) and reads
 //! the outputs back the same way. With CUDA graphs each shape gets its own graph, captured on
-//! its first runs and replayed after (ONNX Runtime's `gpu_graph_id`).
+//! its first runs and replayed after (ONNX Runtime's `gpu_graph_id`; the CUDA provider's, as
+//! TensorRT's keeps one graph per session whatever the id).
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -19,13 +20,15 @@ pub enum Binding {
     PerRun,
     /// Bound once per shape at fixed addresses in the device's memory (I/O binding).
     Fixed,
-    /// Fixed, and each shape's runs captured into a CUDA graph and replayed (cuda, tensorrt).
+    /// Fixed, and each shape's runs captured into a CUDA graph and replayed (`--device cuda`).
     CudaGraph,
 }
 
-/// The provider options that turn CUDA graphs on, by provider name. dlm sets them on the
+/// The provider options that turn CUDA graphs on, by provider name. dlm sets CUDA's on the
 /// denoiser's session alone (`--binding cuda-graph`): given by hand they would reach every
-/// graph, and a graph run unbound would replay on stale addresses.
+/// graph, and a graph run unbound would replay on stale addresses. TensorRT's is refused too:
+/// it captures only where TensorRT takes every node (the fused Attention nodes run on CUDA),
+/// and it keeps one graph whatever the shape.
 pub const GRAPH_OPTIONS: [(&str, &str); 2] = [("cuda", "enable_cuda_graph"), ("tensorrt", "trt_cuda_graph_enable")];
 
 /// Shapes that get a captured graph; a shape past them runs bound but uncaptured.
@@ -45,9 +48,9 @@ struct Slot {
 }
 
 impl Slot {
-    fn new(name: &str, ty: TensorElementType, shape: &[usize], memory: &Memory) -> ort::Result<Self> {
-        let host = tensor(memory.host.as_ref().unwrap_or(&Allocator::default()), ty, shape)?;
-        let device = memory.device.as_ref().map(|allocator| tensor(allocator, ty, shape)).transpose()?;
+    fn new(name: &str, ty: TensorElementType, shape: &[usize], device: Option<&Allocator>) -> ort::Result<Self> {
+        let host = tensor(&Allocator::default(), ty, shape)?;
+        let device = device.map(|allocator| tensor(allocator, ty, shape)).transpose()?;
         Ok(Self { name: name.to_string(), host, device })
     }
 
@@ -73,9 +76,10 @@ impl Slot {
 fn tensor(allocator: &Allocator, ty: TensorElementType, shape: &[usize]) -> ort::Result<DynTensor> {
     let shape = shape.to_vec();
     Ok(match ty {
+        TensorElementType::Float32 => Tensor::<f32>::new(allocator, shape)?.upcast(),
         TensorElementType::Float16 => Tensor::<f16>::new(allocator, shape)?.upcast(),
         TensorElementType::Int64 => Tensor::<i64>::new(allocator, shape)?.upcast(),
-        _ => Tensor::<f32>::new(allocator, shape)?.upcast(),
+        other => return Err(ort::Error::new(format!("no bound tensors of {other:?} (f32, f16, i64)"))),
     })
 }
 
@@ -93,22 +97,17 @@ struct Shape {
     options: RunOptions<NoSelectedOutputs>,
     inputs: Vec<Slot>,
     outputs: Vec<Slot>,
-    captured: bool,
+    /// Its CUDA graph's id (from 1), when it has one.
+    graph: Option<usize>,
     last_used: u64,
-}
-
-/// Where a session's bound tensors live.
-struct Memory {
-    /// The session's device memory; None on the CPU, where the bound tensors are the host's.
-    device: Option<Allocator>,
-    /// Page-locked host memory for the copies to and from a GPU, where the provider offers it
-    /// (else the default CPU allocator's).
-    host: Option<Allocator>,
 }
 
 /// The bound shapes of one session.
 pub struct Bound {
-    memory: Memory,
+    /// The graph's name, for the log.
+    name: String,
+    /// The session's device memory; None on the CPU, where the bound tensors are the host's.
+    device: Option<Allocator>,
     graphs: bool,
     shapes: Vec<Shape>,
     runs: u64,
@@ -158,22 +157,16 @@ fn same_len(name: &str, bound: usize, given: usize) -> ort::Result<()> {
 }
 
 impl Bound {
-    /// Binding for `session`'s `device` memory (cpu, or cuda for the CUDA and TensorRT
-    /// providers); with `graphs`, each shape's runs capture and replay a CUDA graph.
-    pub fn new(session: &Session, device: AllocationDevice, graphs: bool) -> ort::Result<Self> {
-        let memory = if device == AllocationDevice::CPU {
-            Memory { device: None, host: None }
+    /// Binding for the session of graph `name` in `device` memory (cpu, or cuda for the CUDA
+    /// and TensorRT providers); with `graphs`, each shape's runs capture and replay a CUDA graph.
+    pub fn new(session: &Session, name: &str, device: AllocationDevice, graphs: bool) -> ort::Result<Self> {
+        let device = if device == AllocationDevice::CPU {
+            None
         } else {
-            let on = |device, kind| MemoryInfo::new(device, 0, AllocatorType::Device, kind);
-            let gpu = Allocator::new(session, on(device, MemoryType::Default)?)?;
-            let pinned =
-                on(AllocationDevice::CUDA_PINNED, MemoryType::CPUOutput).and_then(|m| Allocator::new(session, m));
-            if let Err(e) = &pinned {
-                log::debug!("no page-locked host memory for the bound tensors ({e}); pageable memory instead");
-            }
-            Memory { device: Some(gpu), host: pinned.ok() }
+            let memory = MemoryInfo::new(device, 0, AllocatorType::Device, MemoryType::Default)?;
+            Some(Allocator::new(session, memory)?)
         };
-        Ok(Self { memory, graphs, shapes: Vec::new(), runs: 0 })
+        Ok(Self { name: name.to_string(), device, graphs, shapes: Vec::new(), runs: 0 })
     }
 
     /// One run of `session` at the shape of `inputs` and `outputs` (their tensors bound on the
@@ -197,14 +190,17 @@ impl Bound {
         let mut io = Io { inputs: &mut shape.inputs, outputs: &shape.outputs };
         write(&mut io)?;
         shape.inputs.iter_mut().try_for_each(Slot::upload)?;
+        if shape.graph.is_none() {
+            // where the session wants an input elsewhere than it is bound (a node on the CPU),
+            // ONNX Runtime copies it when it is bound: bound again, each run sees this run's
+            // values (a captured shape has no such node: ONNX Runtime refuses to capture one)
+            for slot in &shape.inputs {
+                shape.binding.bind_input(slot.name.clone(), slot.bound())?;
+            }
+        }
         session.run_binding_with_options(&shape.binding, &shape.options)?;
         shape.outputs.iter_mut().try_for_each(Slot::download)?;
         Ok(read(&Io { inputs: &mut shape.inputs, outputs: &shape.outputs }))
-    }
-
-    /// Shapes bound so far, and how many of them have a graph of their own.
-    pub fn shapes(&self) -> (usize, usize) {
-        (self.shapes.len(), self.shapes.iter().filter(|s| s.captured).count())
     }
 
     fn add(
@@ -214,17 +210,18 @@ impl Bound {
         inputs: &[Spec<'_>],
         outputs: &[Spec<'_>],
     ) -> ort::Result<usize> {
-        let captured = self.graphs && self.shapes.iter().filter(|s| s.captured).count() < MAX_GRAPHS;
-        let uncaptured = self.shapes.iter().filter(|s| !s.captured).count();
-        if !captured && uncaptured >= MAX_UNCAPTURED {
-            let oldest =
-                (0..self.shapes.len()).filter(|&i| !self.shapes[i].captured).min_by_key(|&i| self.shapes[i].last_used);
-            if let Some(i) = oldest {
+        let graphs = self.shapes.iter().filter(|s| s.graph.is_some()).count();
+        // captured shapes stay (ONNX Runtime keeps their graphs for the session's life)
+        let graph = (self.graphs && graphs < MAX_GRAPHS).then_some(graphs + 1);
+        if graph.is_none() && self.shapes.len() - graphs >= MAX_UNCAPTURED {
+            let uncaptured = (0..self.shapes.len()).filter(|&i| self.shapes[i].graph.is_none());
+            if let Some(i) = uncaptured.min_by_key(|&i| self.shapes[i].last_used) {
                 self.shapes.remove(i);
             }
         }
+        let dims = inputs.first().map(|spec| format!("{:?}", spec.shape)).unwrap_or_default();
         let slots = |specs: &[Spec<'_>]| -> ort::Result<Vec<Slot>> {
-            specs.iter().map(|s| Slot::new(s.name, s.ty, &s.shape, &self.memory)).collect()
+            specs.iter().map(|s| Slot::new(s.name, s.ty, &s.shape, self.device.as_ref())).collect()
         };
         let (inputs, mut outputs) = (slots(inputs)?, slots(outputs)?);
         let mut binding = session.create_binding()?;
@@ -237,11 +234,15 @@ impl Bound {
         }
         let mut options = RunOptions::new()?;
         if self.graphs {
-            // ids from 1 (ONNX Runtime keeps 0); -1: this shape runs without a graph
-            let id = if captured { self.shapes.iter().filter(|s| s.captured).count() as i64 + 1 } else { -1 };
-            options.set(GRAPH_ID, id.to_string())?;
+            // every run of a capturing session names its graph: ids from 1 (ONNX Runtime keeps
+            // 0), -1 for a shape that runs without one
+            options.set(GRAPH_ID, graph.map_or(-1, |id| id as i64).to_string())?;
         }
-        self.shapes.push(Shape { key, binding, options, inputs, outputs, captured, last_used: self.runs });
+        match graph {
+            Some(id) => log::info!("{}: bound at x {dims}, CUDA graph {id} (captured on its first runs)", self.name),
+            None => log::info!("{}: bound at x {dims}", self.name),
+        }
+        self.shapes.push(Shape { key, binding, options, inputs, outputs, graph, last_used: self.runs });
         Ok(self.shapes.len() - 1)
     }
 }

@@ -61,12 +61,12 @@ impl OrtDenoiser {
         let bound = match opts.binding {
             Binding::PerRun => None,
             binding => {
-                // a session that fell back to the CPU (--allow-fallback) binds host memory, uncaptured
+                // a session that fell back to the CPU (--allow-fallback, fixed) binds host memory
                 let (memory, graphs) = match device {
                     Device::Cpu => (AllocationDevice::CPU, false),
                     _ => (AllocationDevice::CUDA, binding == Binding::CudaGraph),
                 };
-                let bound = Bound::new(&session, memory, graphs).map_err(|e| LoadError::Provider {
+                let bound = Bound::new(&session, &name, memory, graphs).map_err(|e| LoadError::Provider {
                     provider: device.name(),
                     reason: format!("binding {name}: {e}"),
                 })?;
@@ -96,12 +96,12 @@ impl OrtDenoiser {
     /// [`Denoiser::denoise`] through the tensors bound for this shape.
     fn denoise_bound(
         &mut self,
+        bound: &mut Bound,
         x: &Array3<f32>,
         t: &[i64],
         x0_hat_prev: Option<&Array3<f32>>,
         out: &mut Array3<f32>,
     ) -> Result<(), InferenceError> {
-        let Some(bound) = self.bound.as_mut() else { unreachable!("denoise_bound is called with a binding") };
         let err = run_error(&self.name);
         let (b, l, d) = x.dim();
         let float = if self.precision.is_half() { TensorElementType::Float16 } else { TensorElementType::Float32 };
@@ -153,8 +153,10 @@ impl Denoiser for OrtDenoiser {
         x0_hat_prev: Option<&Array3<f32>>,
         out: &mut Array3<f32>,
     ) -> Result<(), InferenceError> {
-        if self.bound.is_some() {
-            return self.denoise_bound(x, t, x0_hat_prev, out);
+        if let Some(mut bound) = self.bound.take() {
+            let result = self.denoise_bound(&mut bound, x, t, x0_hat_prev, out);
+            self.bound = Some(bound);
+            return result;
         }
         let (name, err) = (&self.name, run_error(&self.name));
         let (b, l, d) = x.dim();

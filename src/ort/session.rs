@@ -11,10 +11,11 @@ use ort::session::builder::SessionBuilder;
 use ort::session::Session;
 use ort::value::TensorElementType;
 
+use super::bound::Binding;
 use super::providers::{self, Device, SessionOptions};
 use super::OrtRuntime;
 use crate::error::{InferenceError, LoadError};
-use crate::manifest::{DType, Dim, Graph, TensorSpec};
+use crate::manifest::{DType, Dim, Graph, Role, TensorSpec};
 
 fn base_builder(runtime: &OrtRuntime, opts: &SessionOptions, graph: &Graph) -> ort::Result<SessionBuilder> {
     let mut builder = opts.tuning.apply(Session::builder(&runtime.environment)?)?;
@@ -54,7 +55,6 @@ fn provider_session(
     if opts.device == Device::Cpu {
         return cpu_session(runtime, path, graph, opts);
     }
-    providers::refuse_graph_options(&opts.ep_options).map_err(fail)?;
     let dispatch = providers::dispatch(graph, opts).map_err(fail)?;
     let offered = runtime.available_providers();
     for wanted in opts.device.providers().iter().map(|p| p.ort_name()) {
@@ -71,7 +71,8 @@ fn provider_session(
         .map_err(|e| fail(e.to_string()))
 }
 
-/// A session for `graph` on the requested device; with `allow_fallback`, CPU when that fails.
+/// A session for `graph` on the requested device; with `allow_fallback`, CPU when that fails,
+/// except for a denoiser asked for CUDA graphs (a CPU denoiser is not what was asked for).
 /// Returns the session and the device it really runs on.
 pub fn open_session(
     runtime: &OrtRuntime,
@@ -80,9 +81,13 @@ pub fn open_session(
     opts: &SessionOptions,
 ) -> Result<(Session, Device), LoadError> {
     let path = dir.join(&graph.file);
+    // options by hand (the manifest's too) that turn CUDA graphs on: an error, never a fallback
+    providers::refuse_graph_options(&opts.ep_options)
+        .map_err(|reason| LoadError::Provider { provider: opts.device.name(), reason })?;
+    let graphs = opts.binding == Binding::CudaGraph && graph.role == Role::Denoiser;
     let (session, device) = match provider_session(runtime, &path, graph, opts) {
         Ok(session) => (session, opts.device),
-        Err(e) if opts.allow_fallback && opts.device != Device::Cpu => {
+        Err(e) if opts.allow_fallback && opts.device != Device::Cpu && !graphs => {
             log::warn!("{e}; --allow-fallback given, running {} on CPU", graph.name);
             (cpu_session(runtime, &path, graph, opts)?, Device::Cpu)
         }

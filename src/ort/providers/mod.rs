@@ -217,13 +217,19 @@ pub fn refuse_graph_options(options: &[EpOption]) -> Result<(), String> {
     }
 }
 
-/// Whether `binding` can run on `device`: CUDA graphs need a GPU provider (`Auto` may choose one).
+/// Whether `binding` can run on `device`: CUDA graphs are the CUDA provider's (`Auto` may
+/// choose it; where it chooses another device they run as fixed binding).
 pub fn check_binding(device: Device, binding: Binding) -> Result<(), String> {
     match (binding, device) {
-        (Binding::CudaGraph, Device::Cpu) => Err(
-            "--binding cuda-graph: CUDA graphs need --device cuda, tensorrt or auto (a GPU); on the CPU use per-run or fixed"
-                .into(),
-        ),
+        (Binding::CudaGraph, Device::Cpu | Device::Tensorrt) => Err(format!(
+            "--binding cuda-graph: CUDA graphs need --device cuda (or auto choosing it), not {}: {}; use per-run or fixed",
+            device.name(),
+            if device == Device::Cpu {
+                "they are captured on an NVIDIA GPU"
+            } else {
+                "TensorRT captures one only where it takes every node, and keeps one graph whatever the shape"
+            }
+        )),
         _ => Ok(()),
     }
 }
@@ -276,12 +282,12 @@ fn given(provider: Provider, opts: &SessionOptions) -> impl Iterator<Item = &EpO
     opts.ep_options.iter().filter(move |o| o.provider == provider)
 }
 
-/// With `--binding cuda-graph`, the option that turns CUDA graphs on, for the denoiser's
-/// session alone (its tensors are the ones dlm binds).
+/// With `--binding cuda-graph` on `--device cuda`, the option that turns CUDA graphs on, for
+/// the denoiser's session alone (its tensors are the ones dlm binds).
 #[cfg(feature = "cuda")]
 fn graph_option(provider: Provider, graph: &Graph, opts: &SessionOptions) -> Option<EpOption> {
-    let on = opts.binding == Binding::CudaGraph && graph.role == Role::Denoiser;
-    let &(_, key) = GRAPH_OPTIONS.iter().find(|(name, _)| *name == provider.name())?;
+    let on = opts.binding == Binding::CudaGraph && graph.role == Role::Denoiser && opts.device == Device::Cuda;
+    let &(_, key) = GRAPH_OPTIONS.iter().find(|(name, _)| *name == provider.name() && provider == Provider::Cuda)?;
     on.then(|| EpOption { provider, key: key.into(), value: "1".into() })
 }
 
