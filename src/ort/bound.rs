@@ -33,8 +33,9 @@ pub const GRAPH_OPTIONS: [(&str, &str); 2] = [("cuda", "enable_cuda_graph"), ("t
 
 /// Shapes that get a captured graph; a shape past them runs bound but uncaptured.
 pub const MAX_GRAPHS: usize = 32;
-/// Uncaptured shapes kept bound at once (the least recently used leaves first).
-const MAX_UNCAPTURED: usize = 8;
+/// Uncaptured shapes kept bound at once (the least recently used leaves first): every batch of
+/// `dlm serve`'s default --max-batch at one length.
+pub const MAX_UNCAPTURED: usize = 16;
 /// ONNX Runtime's run option naming the graph a run captures or replays: -1 for none, 0 kept
 /// for its own use.
 const GRAPH_ID: &str = "gpu_graph_id";
