@@ -45,6 +45,8 @@ fn bad_provider_options_fail_with_what_is_allowed() {
         (vec!["--binding", "cuda-graph"], "CUDA graphs need --device cuda (or auto choosing it), not cpu"),
         (vec!["--device", "tensorrt", "--binding", "cuda-graph"], "not tensorrt: TensorRT captures one only where"),
         (vec!["--binding", "graph"], "possible values: per-run, fixed, cuda-graph"),
+        // a denoiser asked for CUDA graphs does not fall back to the CPU (--binding fixed would)
+        (vec!["--device", "cuda", "--binding", "cuda-graph", "--allow-fallback"], ", not CUDAExecutionProvider"),
     ] {
         let mut all = vec!["generate", "--model", &model];
         all.extend(args.iter().copied());
@@ -111,6 +113,15 @@ fn options_come_from_the_flag_the_environment_and_the_manifest_in_that_order() {
         let (_, stderr) = text(&out);
         assert!(!out.status.success() && !stderr.contains("panicked") && stderr.contains(needle), "{stderr}");
     }
+    // CUDA graphs in the manifest: refused where the device would apply them, even with
+    // --allow-fallback (they are --binding cuda-graph's); on the CPU not applied, so no matter
+    manifest["providers"] = serde_json::json!({"cuda": {"enable_cuda_graph": 1}});
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+    let out = dlm(&["generate", "--model", &model, "--device", "cuda", "--allow-fallback", "--steps", "2"], &[]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success() && stderr.contains("use --binding cuda-graph"), "{stderr}");
+    let out = dlm(&["generate", "--model", &model, "--steps", "2"], &[]);
+    assert!(out.status.success(), "{}", text(&out).1);
 }
 
 #[test]

@@ -96,7 +96,7 @@ pub fn run(info: InfoArgs) -> Result<()> {
     writeln!(out, "  ep options {} (for {}: manifest, then --ep-option)", list(&given), device.name())?;
     let cache = opts.trt_cache.as_ref().map_or("-".into(), |d| d.display().to_string());
     writeln!(out, "  trt cache  {cache} (TensorRT engines in a directory per graph content)")?;
-    let binding = opts.resolved(&runtime).binding; // cuda-graph is fixed where auto chose the CPU
+    let binding = opts.resolved(&runtime).binding; // cuda-graph is fixed where auto chose another device than cuda
     let binding = binding.to_possible_value().map_or_else(String::new, |v| v.get_name().to_string());
     writeln!(out, "  binding    {binding} (the denoiser's tensors; cuda-graph captures a CUDA graph per shape)")?;
     let (threads, on) = (args.threads, |b: bool| if b { "on" } else { "off" });

@@ -81,8 +81,11 @@ pub fn open_session(
     opts: &SessionOptions,
 ) -> Result<(Session, Device), LoadError> {
     let path = dir.join(&graph.file);
-    // options by hand (the manifest's too) that turn CUDA graphs on: an error, never a fallback
-    providers::refuse_graph_options(&opts.ep_options)
+    // options by hand (the manifest's too) that would turn CUDA graphs on for this device: an
+    // error, never a fallback (another device's options are not applied at all)
+    let applied: Vec<_> =
+        opts.ep_options.iter().filter(|o| opts.device.providers().contains(&o.provider)).cloned().collect();
+    providers::refuse_graph_options(&applied)
         .map_err(|reason| LoadError::Provider { provider: opts.device.name(), reason })?;
     let graphs = opts.binding == Binding::CudaGraph && graph.role == Role::Denoiser;
     let (session, device) = match provider_session(runtime, &path, graph, opts) {
