@@ -93,7 +93,7 @@ pub struct Spec<'a> {
 
 /// The tensors and binding of one shape.
 struct Shape {
-    key: Vec<usize>,
+    key: [usize; 3],
     binding: IoBinding,
     options: RunOptions<NoSelectedOutputs>,
     inputs: Vec<Slot>,
@@ -170,21 +170,24 @@ impl Bound {
         Ok(Self { name: name.to_string(), device, graphs, shapes: Vec::new(), runs: 0 })
     }
 
-    /// One run of `session` at the shape of `inputs` and `outputs` (their tensors bound on the
-    /// shape's first run): `write` fills the inputs, `read` takes the outputs.
-    pub fn run<T>(
+    /// One run of `session` at the shape `key` ([B, L, d] of its input x): its tensors are
+    /// bound on the shape's first run, as `specs` (inputs, outputs) give them; `write` fills
+    /// the inputs, `read` takes the outputs.
+    pub fn run<'s, T>(
         &mut self,
         session: &mut Session,
-        inputs: &[Spec<'_>],
-        outputs: &[Spec<'_>],
+        key: [usize; 3],
+        specs: impl FnOnce() -> (Vec<Spec<'s>>, Vec<Spec<'s>>),
         write: impl FnOnce(&mut Io<'_>) -> ort::Result<()>,
         read: impl FnOnce(&Io<'_>) -> T,
     ) -> ort::Result<T> {
         self.runs += 1;
-        let key: Vec<usize> = inputs.iter().chain(outputs).flat_map(|s| s.shape.iter().copied()).collect();
         let at = match self.shapes.iter().position(|s| s.key == key) {
             Some(at) => at,
-            None => self.add(session, key, inputs, outputs)?,
+            None => {
+                let (inputs, outputs) = specs();
+                self.add(session, key, &inputs, &outputs)?
+            }
         };
         let shape = &mut self.shapes[at];
         shape.last_used = self.runs;
@@ -207,7 +210,7 @@ impl Bound {
     fn add(
         &mut self,
         session: &Session,
-        key: Vec<usize>,
+        key: [usize; 3],
         inputs: &[Spec<'_>],
         outputs: &[Spec<'_>],
     ) -> ort::Result<usize> {
@@ -220,7 +223,6 @@ impl Bound {
                 self.shapes.remove(i);
             }
         }
-        let dims = inputs.first().map(|spec| format!("{:?}", spec.shape)).unwrap_or_default();
         let slots = |specs: &[Spec<'_>]| -> ort::Result<Vec<Slot>> {
             specs.iter().map(|s| Slot::new(s.name, s.ty, &s.shape, self.device.as_ref())).collect()
         };
@@ -240,8 +242,8 @@ impl Bound {
             options.set(GRAPH_ID, graph.map_or(-1, |id| id as i64).to_string())?;
         }
         match graph {
-            Some(id) => log::info!("{}: bound at x {dims}, CUDA graph {id} (captured on its first runs)", self.name),
-            None => log::info!("{}: bound at x {dims}", self.name),
+            Some(id) => log::info!("{}: bound at x {key:?}, CUDA graph {id} (captured on its first runs)", self.name),
+            None => log::info!("{}: bound at x {key:?}", self.name),
         }
         self.shapes.push(Shape { key, binding, options, inputs, outputs, graph, last_used: self.runs });
         Ok(self.shapes.len() - 1)

@@ -105,24 +105,20 @@ impl OrtDenoiser {
         let err = run_error(&self.name);
         let (b, l, d) = x.dim();
         let float = if self.precision.is_half() { TensorElementType::Float16 } else { TensorElementType::Float32 };
-        let spec = |name, ty, shape: &[usize]| Spec { name, ty, shape: shape.to_vec() };
-        let mut inputs = vec![spec("x", float, &[b, l, d]), spec("t", TensorElementType::Int64, &[b])];
-        if self.self_condition {
-            inputs.push(spec(SELF_CONDITION_INPUT, float, &[b, l, d]));
-        }
-        let mut outputs = vec![spec("x0_hat", float, &[b, l, d])];
-        if let Some(k) = self.graph_nearest_k {
-            outputs.push(spec(NEAREST_OUTPUT, TensorElementType::Int64, &[b, l, k]));
-        }
-        let prev = match (self.self_condition, x0_hat_prev.filter(|p| p.dim() == (b, l, d))) {
-            (false, _) => None,
-            (true, Some(p)) => Some(contiguous(p)),
-            (true, None) => {
-                self.zeros.clear();
-                self.zeros.resize(b * l * d, 0.0);
-                Some(std::borrow::Cow::Borrowed(&self.zeros[..]))
+        let (self_condition, nearest_k_out) = (self.self_condition, self.graph_nearest_k);
+        let specs = || {
+            let spec = |name, ty, shape: &[usize]| Spec { name, ty, shape: shape.to_vec() };
+            let mut inputs = vec![spec("x", float, &[b, l, d]), spec("t", TensorElementType::Int64, &[b])];
+            if self_condition {
+                inputs.push(spec(SELF_CONDITION_INPUT, float, &[b, l, d]));
             }
+            let mut outputs = vec![spec("x0_hat", float, &[b, l, d])];
+            if let Some(k) = nearest_k_out {
+                outputs.push(spec(NEAREST_OUTPUT, TensorElementType::Int64, &[b, l, k]));
+            }
+            (inputs, outputs)
         };
+        let prev = self.self_condition.then(|| prev_or_zeros(x0_hat_prev, (b, l, d), &mut self.zeros));
         let x_flat = contiguous(x);
         let write = |io: &mut Io<'_>| {
             io.write_floats(0, &x_flat)?;
@@ -141,7 +137,7 @@ impl OrtDenoiser {
             }
             Ok(())
         };
-        bound.run(&mut self.session, &inputs, &outputs, write, read).and_then(|read| read).map_err(err)
+        bound.run(&mut self.session, [b, l, d], specs, write, read).and_then(|read| read).map_err(err)
     }
 }
 
@@ -164,14 +160,7 @@ impl Denoiser for OrtDenoiser {
         let x_tensor = self.staging.input(self.precision, [b, l, d], &x_flat).map_err(&err)?;
         let t_tensor = TensorRef::from_array_view(([b], t)).map_err(&err)?;
         let outputs = if self.self_condition {
-            let prev = match x0_hat_prev.filter(|p| p.dim() == (b, l, d)) {
-                Some(p) => contiguous(p),
-                None => {
-                    self.zeros.clear();
-                    self.zeros.resize(b * l * d, 0.0);
-                    std::borrow::Cow::Borrowed(&self.zeros[..])
-                }
-            };
+            let prev = prev_or_zeros(x0_hat_prev, (b, l, d), &mut self.zeros);
             let prev_tensor = self.staging_prev.input(self.precision, [b, l, d], &prev).map_err(&err)?;
             let inputs = ort::inputs!["x" => x_tensor, "t" => t_tensor, SELF_CONDITION_INPUT => prev_tensor];
             self.session.run(inputs).map_err(&err)?
@@ -209,6 +198,22 @@ impl Denoiser for OrtDenoiser {
     /// Finish ONNX Runtime's profile (sessions opened with `profile_dir`): its file.
     fn end_profiling(&mut self) -> Result<Vec<PathBuf>, InferenceError> {
         Ok(vec![end_profiling(&mut self.session, &self.name)?])
+    }
+}
+
+/// x0_hat_prev's values, or zeros (in the reused `zeros`) when the caller gives none of `dim`.
+fn prev_or_zeros<'a>(
+    prev: Option<&'a Array3<f32>>,
+    dim: (usize, usize, usize),
+    zeros: &'a mut Vec<f32>,
+) -> std::borrow::Cow<'a, [f32]> {
+    match prev.filter(|p| p.dim() == dim) {
+        Some(p) => contiguous(p),
+        None => {
+            zeros.clear();
+            zeros.resize(dim.0 * dim.1 * dim.2, 0.0);
+            std::borrow::Cow::Borrowed(&zeros[..])
+        }
     }
 }
 
