@@ -6,8 +6,14 @@ Slice/Squeeze pairs, two MatMuls, a scale, a Softmax, Transpose and Reshape: 17 
 which ONNX Runtime's own fusions leave alone (docs/benchmarks.md). `fuse_attention` makes each one
 com.microsoft Attention (input, packed weights [C, 3C], bias [3C]; scale 1/sqrt(C / heads)): the
 CPU and CUDA providers have a kernel for it; TensorRT leaves it to CUDA.
+
+`order_gelu` writes each GELU in the operand order ONNX Runtime's own Gelu fusion matches (the same
+standard ops), and `table_time_embedding` (the int8 graph's) looks the timestep's embedding up
+instead of computing it: both leave the outputs as they were, to rounding.
 """
-from onnx import helper, numpy_helper
+import numpy as np
+import onnxruntime
+from onnx import helper, numpy_helper, utils
 
 from .errors import ExportError
 
@@ -59,10 +65,7 @@ def fuse_attention(model, prefixes, heads, hidden):
     nodes = [fused.get(id(n), n) for n in graph.node if id(n) not in dropped]
     del graph.node[:]
     graph.node.extend(_live(nodes, outputs_of_graph))
-    used = {name for n in graph.node for name in n.input}
-    live_inits = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(live_inits)
+    _drop_unused_initializers(graph)
     if not any(op.domain == MS_DOMAIN for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return len(fused)
@@ -139,6 +142,13 @@ def _scalar(node, inits, consts):
     return None
 
 
+def _drop_unused_initializers(graph):
+    used = {name for n in graph.node for name in n.input}
+    live = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(live)
+
+
 def _live(nodes, outputs):
     """The nodes that the graph's outputs depend on, in their order."""
     needed, keep = set(outputs), []
@@ -147,3 +157,95 @@ def _live(nodes, outputs):
             keep.append(node)
             needed.update(node.input)
     return keep[::-1]
+
+
+def order_gelu(model):
+    """Rewrite each exact GELU, exported as x * (0.5 * (1 + erf(x / sqrt 2))), into the order ONNX
+    Runtime's Gelu fusion matches, (x * (1 + erf(x / sqrt 2))) * 0.5, in place; returns how many.
+    The same standard ops (TensorRT parses them as before), one Gelu kernel a block at session start
+    on the CPU and CUDA providers instead of five. Raises ExportError on an Erf that is not a GELU's."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    consts = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers = {}
+    for n in graph.node:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+
+    def only_consumer(node, op):
+        users = consumers.get(node.output[0], [])
+        if len(users) != 1 or users[0].op_type != op:
+            raise ExportError(f"{node.name}: read by {[u.op_type for u in users]}, expected one {op} (a GELU)")
+        return users[0]
+
+    def constant_of(node, expected):
+        value = _scalar(node, inits, consts)
+        if value is None or abs(value - expected) > 1e-3 * expected:
+            raise ExportError(f"{node.name}: {node.op_type} by {value}, expected {expected:g} (a GELU)")
+
+    count = 0
+    for erf in [n for n in graph.node if n.op_type == "Erf"]:
+        div = producer.get(erf.input[0])
+        if div is None or div.op_type != "Div":
+            raise ExportError(f"{erf.name}: its input is not x / sqrt 2 (a GELU)")
+        constant_of(div, 2**0.5)
+        x = div.input[0]
+        add = only_consumer(erf, "Add")
+        constant_of(add, 1.0)
+        half = only_consumer(add, "Mul")
+        constant_of(half, 0.5)
+        outer = only_consumer(half, "Mul")
+        if x not in outer.input:
+            raise ExportError(f"{outer.name}: does not multiply by the GELU's input {x}")
+        half_const = next(i for i in half.input if i != add.output[0])
+        # x * (1 + erf) first, then * 0.5: the outer node keeps its output, so readers are unchanged
+        half.input[:] = [x, add.output[0]]
+        outer.input[:] = [half.output[0], half_const]
+        count += 1
+    return count  # each node still follows its inputs' producers: the graph stays sorted
+
+
+def table_time_embedding(model, T, t_input="t"):
+    """Replace the nodes that depend on the timestep alone (the sinusoid, the time MLP, the
+    broadcast) by one Gather from a table of their output for each t in [0, T), computed by ONNX
+    Runtime on those same nodes one timestep a call, the values the graph gave at batch 1; in
+    place; returns how many nodes it replaced. A t outside [0, T) is then the Gather's error, not
+    an embedding nobody trained. Raises ExportError when the timestep's nodes reach the rest of the
+    graph through anything but one tensor of batch-major rows."""
+    graph = model.graph
+    constant = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    nodes = list(graph.node)  # held, so that each node's id() stays its own
+    of_t, inside = {t_input}, set()
+    for node in nodes:  # in graph order: a node of t alone reads t, constants and nodes of t alone
+        inputs = [i for i in node.input if i]
+        # (a Shape of t is the batch size, shape arithmetic the graph keeps)
+        if node.op_type != "Shape" and any(i in of_t for i in inputs) and all(i in of_t or i in constant for i in inputs):
+            of_t.update(node.output)
+            inside.add(id(node))
+    outside = [n for n in nodes if id(n) not in inside]
+    read = {i for n in outside for i in n.input} | {o.name for o in graph.output}
+    frontier = sorted(read & of_t - {t_input})  # t itself stays an input, for its Shape
+    if len(frontier) != 1:
+        raise ExportError(f"the timestep reaches the rest of the graph through {frontier}, expected one "
+                          "tensor made of it")
+    embedding = frontier[0]
+    sub = utils.Extractor(model).extract_model([t_input], [embedding])
+    session = onnxruntime.InferenceSession(sub.SerializeToString(), providers=["CPUExecutionProvider"])
+    rows = [session.run(None, {t_input: np.array([t], dtype=np.int64)})[0] for t in range(T)]
+    if rows[0].shape[0] != 1:
+        raise ExportError(f"{embedding}: shape {list(rows[0].shape)} for one timestep, expected batch-major rows")
+    table = np.concatenate(rows)
+    batched = session.run(None, {t_input: np.arange(T, dtype=np.int64)})[0]
+    if batched.shape != table.shape or not np.allclose(batched, table, rtol=1e-5, atol=1e-6):
+        raise ExportError(f"{embedding}: all timesteps in one call differ from one at a time "
+                          f"(shape {list(batched.shape)} against {list(table.shape)}): not a row per timestep")
+    name = f"{embedding}_table"
+    graph.initializer.append(numpy_helper.from_array(table, name))
+    gather = helper.make_node("Gather", [name, t_input], [embedding], name="time_embedding_table", axis=0)
+    at = next((i for i, n in enumerate(outside) if embedding in n.input), len(outside))
+    kept = _live(outside[:at] + [gather] + outside[at:], {o.name for o in graph.output})
+    del graph.node[:]
+    graph.node.extend(kept)
+    _drop_unused_initializers(graph)
+    return len(inside)

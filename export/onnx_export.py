@@ -12,7 +12,7 @@ from torch import nn
 
 from . import data, graphs, manifest as manifest_mod, progress
 from .errors import ExportError
-from .fusions import fuse_attention
+from .fusions import fuse_attention, order_gelu
 from .quantize import quantize_denoiser
 from .schedule import SCHEDULE_PARAM, alpha_bar
 from .atomic import atomic_dir
@@ -48,7 +48,8 @@ class Clamping(nn.Module):
 
 def export_denoiser(model, spec, out_path):
     """The denoiser at the precision of `spec`, batch and sequence length dynamic, its attention
-    fused (fusions.py); returns the node counts as exported and after the fusion."""
+    fused and its GELUs in the order ONNX Runtime fuses (fusions.py); returns the node counts as
+    exported and after the fusion, and the GELUs reordered."""
     dtype = {"fp32": torch.float32, "fp16": torch.float16}[spec.precision]
     clamping = Clamping(model, spec.outputs[1].shape[2])  # the fp32 embeddings, as the host's
     model = model.to(dtype).eval()
@@ -60,9 +61,10 @@ def export_denoiser(model, spec, out_path):
     graph = onnx.load(str(out_path))
     before = len(graph.graph.node)
     fuse_attention(graph, block_prefixes(len(model.blocks)), model.blocks[0].heads, model.hidden)
+    gelus = order_gelu(graph)
     onnx.checker.check_model(graph)
     onnx.save(graph, str(out_path))
-    return before, len(graph.graph.node)
+    return {"exported": before, "fused": len(graph.graph.node), "gelus_ordered": gelus}
 
 
 def block_prefixes(layers):
@@ -84,11 +86,10 @@ def export_denoisers(load, cfg, out_dir, bar=None):
         if bar is not None:
             bar.set_postfix_str(spec.name)
         if precision == "int8":  # from the fp32 graph, written before it
-            quantized = quantize_denoiser(files["fp32"], files["int8"], block_prefixes(cfg.model.layers))
-            nodes[spec.name] = {"quantized": quantized}
+            nodes[spec.name] = quantize_denoiser(files["fp32"], files["int8"], block_prefixes(cfg.model.layers),
+                                                 cfg.diffusion.T)
         else:
-            exported, fused = export_denoiser(load(), spec, out_dir / spec.file)
-            nodes[spec.name] = {"exported": exported, "fused": fused}
+            nodes[spec.name] = export_denoiser(load(), spec, out_dir / spec.file)
         entries.append(spec.manifest_entry(out_dir))
         if bar is not None:
             bar.update(1)
