@@ -31,10 +31,7 @@ def fuse_attention(model, prefixes, heads, hidden):
     inits = {t.name: t for t in graph.initializer}
     outputs_of_graph = {o.name for o in graph.output}
     producer = {o: n for n in graph.node for o in n.output}
-    consumers = {}
-    for n in graph.node:
-        for name in n.input:
-            consumers.setdefault(name, []).append(n)
+    consumers = readers(graph)
     fused, dropped = {}, set()
     for prefix in prefixes:
         qkv_add = _add_of(graph, f"{prefix}.qkv.bias", prefix)
@@ -69,6 +66,15 @@ def fuse_attention(model, prefixes, heads, hidden):
     if not any(op.domain == MS_DOMAIN for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return len(fused)
+
+
+def readers(graph):
+    """The nodes that read each value, by its name."""
+    out = {}
+    for n in graph.node:
+        for name in n.input:
+            out.setdefault(name, []).append(n)
+    return out
 
 
 def _add_of(graph, bias, prefix):
@@ -169,10 +175,7 @@ def order_gelu(model):
     inits = {t.name: t for t in graph.initializer}
     consts = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
     producer = {o: n for n in graph.node for o in n.output}
-    consumers = {}
-    for n in graph.node:
-        for name in n.input:
-            consumers.setdefault(name, []).append(n)
+    consumers = readers(graph)
 
     def only_consumer(node, op):
         users = consumers.get(node.output[0], [])

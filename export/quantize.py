@@ -13,16 +13,13 @@ import onnx
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from .errors import ExportError
-from .fusions import table_time_embedding
+from .fusions import readers, table_time_embedding
 
 
 def block_nodes(model, prefixes):
     """Names of the nodes to quantize: each block's Attention and the MatMuls whose result gets a
     bias of that block (proj, ff.0, ff.2); four per block."""
-    consumers = {}
-    for n in model.graph.node:
-        for name in n.input:
-            consumers.setdefault(name, []).append(n)
+    consumers = readers(model.graph)
     names = []
     for prefix in prefixes:
         attention = [n.name for n in model.graph.node if n.op_type == "Attention" and n.name == f"{prefix}.attention"]
