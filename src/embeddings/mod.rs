@@ -2,8 +2,7 @@
 
 use std::path::Path;
 
-use ndarray::linalg::general_mat_mul;
-use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis};
+use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis};
 
 use crate::error::LoadError;
 use crate::manifest::EmbeddingsEntry;
@@ -13,12 +12,12 @@ mod rules;
 pub use rules::Constraints;
 
 /// The buffers clamping and rounding reuse from call to call, so that once grown none is
-/// allocated per step: the GEMM's scores [rows, V], one row's scores [V], the words a row may
-/// not take, and the words chosen so far in a sequence.
+/// allocated per step: one row's scores [V], a row copied when its view is not contiguous, the
+/// words a row may not take, and the words chosen so far in a sequence.
 #[derive(Debug, Default)]
 pub struct Scratch {
-    dots: Array2<f32>,
     scores: Vec<f32>,
+    row: Vec<f32>,
     banned: Vec<u32>,
     chosen: Vec<u32>,
 }
@@ -28,7 +27,7 @@ pub struct Embeddings {
     matrix: Array2<f32>,
     /// ||EMB(v)||^2 / 2, precomputed for the L2 argmin of the clamping trick.
     half_sq_norms: Vec<f32>,
-    /// EMB^T [d, V], row-major: a single row's scores in d vectorised passes.
+    /// EMB^T [d, V], row-major: a row's scores in d vectorised passes.
     transposed: Array2<f32>,
 }
 
@@ -77,13 +76,19 @@ impl Embeddings {
         self.matrix.view()
     }
 
-    /// Scores <x_i, EMB(v)> for every row i, as one GEMM into a reusable buffer.
-    fn dots<'s>(&self, x: ArrayView2<'_, f32>, dots: &'s mut Array2<f32>) -> &'s mut Array2<f32> {
-        if dots.dim() != (x.nrows(), self.vocab_size()) {
-            *dots = Array2::zeros((x.nrows(), self.vocab_size()));
-        }
-        general_mat_mul(1.0, &x, &self.matrix.t(), 0.0, dots);
-        dots
+    /// Scores <x, EMB(v)> of one row for every word v, into `scores` (reused): the sums a GEMM
+    /// of the rows with EMB^T forms, bit for bit (see [`dots_into`]), without its packing (a
+    /// whole GEMM per sequence cost 3x as much).
+    fn dots<'s>(&self, x: ArrayView1<'_, f32>, row: &mut Vec<f32>, scores: &'s mut Vec<f32>) -> &'s mut [f32] {
+        let x = x.as_slice().unwrap_or_else(|| {
+            row.clear();
+            row.extend(x.iter());
+            row
+        });
+        scores.resize(self.vocab_size(), 0.0); // every score is written, none read
+        let Some(columns) = self.transposed.as_slice() else { unreachable!("EMB^T is built row-major") };
+        dots_into(x, columns, scores);
+        scores
     }
 
     /// Clamping trick: replace every row of `x0_hat` (one position) by its nearest embedding,
@@ -96,9 +101,7 @@ impl Embeddings {
     /// `lanes`, each clamped under its own rules (None: left as it is). With `nearest` (the
     /// engine's search, one list per row) each row takes the first word of its list the rules
     /// allow, and scores every word itself only when they ban them all (or the list does not
-    /// fit the rows); without, one GEMM per block, so that its scores (L x V) are still in cache
-    /// when they are scanned (a batch of 16 at once is 4 MB of scores: on one thread 7-8 % of a
-    /// step went to the host, 5 % this way).
+    /// fit the rows); without, it scores every word of every row.
     pub fn clamp_lanes(
         &self,
         mut x0_hat: ArrayViewMut2<'_, f32>,
@@ -108,41 +111,25 @@ impl Embeddings {
     ) {
         let per_lane = (x0_hat.nrows() / lanes.len().max(1)).max(1);
         let nearest = nearest.filter(|n| n.k > 0 && Some(n.ids.len()) == x0_hat.nrows().checked_mul(n.k));
-        let Scratch { dots, scores, banned, chosen } = scratch;
-        let d = self.matrix.ncols();
+        let Scratch { scores, row: copy, banned, chosen } = scratch;
         for (b, (mut block, rules)) in x0_hat.axis_chunks_iter_mut(Axis(0), per_lane).zip(lanes).enumerate() {
             let Some(rules) = rules else { continue };
             chosen.clear();
-            if let (Some(n), Some(rows)) = (nearest, block.as_slice_mut()) {
-                for (r, row) in rows.chunks_exact_mut(d.max(1)).enumerate() {
+            for (r, mut row) in block.rows_mut().into_iter().enumerate() {
+                let listed = nearest.and_then(|n| {
                     let first = (b * per_lane + r) * n.k;
-                    let best = self.first_allowed(&n.ids[first..first + n.k], |w| rules.bans(r, chosen, w));
-                    let best = best.unwrap_or_else(|| {
-                        rules.banned(r, chosen, banned);
-                        self.nearest_row(row, banned, scores)
-                    });
-                    chosen.push(best as u32);
-                    row.copy_from_slice(self.word(best));
-                }
-                continue;
-            }
-            let dots = self.dots(block.view(), dots);
-            for (r, (mut row, mut scores)) in block.rows_mut().into_iter().zip(dots.rows_mut()).enumerate() {
-                let Some(scores) = scores.as_slice_mut() else { unreachable!("scratch is row-major") };
-                scores.iter_mut().zip(&self.half_sq_norms).for_each(|(s, h)| *s -= h);
-                rules.banned(r, chosen, banned);
-                let best = arg_best(scores, banned);
+                    self.first_allowed(&n.ids[first..first + n.k], |w| rules.bans(r, chosen, w))
+                });
+                let best = listed.unwrap_or_else(|| {
+                    let scores = self.dots(row.view(), copy, scores);
+                    scores.iter_mut().zip(&self.half_sq_norms).for_each(|(s, h)| *s -= h);
+                    rules.banned(r, chosen, banned);
+                    arg_best(scores, banned)
+                });
                 chosen.push(best as u32);
                 row.assign(&self.matrix.row(best));
             }
         }
-    }
-
-    /// EMB(w), w < V.
-    fn word(&self, w: usize) -> &[f32] {
-        let d = self.matrix.ncols();
-        let Some(matrix) = self.matrix.as_slice() else { unreachable!("EMB is kept row-major") };
-        &matrix[w * d..(w + 1) * d]
     }
 
     /// The first of `candidates` not banned; None when none is allowed, or when one is no word of
@@ -157,24 +144,14 @@ impl Embeddings {
         None
     }
 
-    /// The clamping trick's choice for one row, every word scored (into `scores`, reused), for
-    /// the 2-3 % of rows whose nearest word repeat blocking bans.
-    fn nearest_row(&self, x: &[f32], banned: &[u32], scores: &mut Vec<f32>) -> usize {
-        scores.clear();
-        scores.extend(self.half_sq_norms.iter().map(|h| -h));
-        let Some(columns) = self.transposed.as_slice() else { unreachable!("EMB^T is built row-major") };
-        add_dots(x, columns, scores);
-        arg_best(scores, banned)
-    }
-
     /// Rounding through the tied head: argmax_v <x_i, EMB(v)> per row.
     pub fn round_rows(&self, x: ArrayView2<'_, f32>, scratch: &mut Scratch, rules: Constraints<'_>) -> Vec<u32> {
-        let Scratch { dots, banned, .. } = scratch;
-        let dots = self.dots(x, dots);
-        let mut chosen = Vec::with_capacity(dots.nrows());
-        for (r, mut scores) in dots.rows_mut().into_iter().enumerate() {
+        let Scratch { scores, row: copy, banned, .. } = scratch;
+        let mut chosen = Vec::with_capacity(x.nrows());
+        for (r, row) in x.rows().into_iter().enumerate() {
+            let scores = self.dots(row, copy, scores);
             rules.banned(r, &chosen, banned);
-            chosen.push(scores.as_slice_mut().map_or(0, |s| arg_best(s, banned)) as u32);
+            chosen.push(arg_best(scores, banned) as u32);
         }
         chosen
     }
@@ -189,48 +166,62 @@ pub struct Nearest<'a> {
     pub ids: &'a [i64],
 }
 
-/// scores[j] += <x, EMB(j)> for every word j, from EMB^T [d, V] (`columns`, row-major), with
-/// AVX2 where the CPU has it (the build's baseline is SSE2; the same sums either way).
-fn add_dots(x: &[f32], columns: &[f32], scores: &mut [f32]) {
+/// scores[j] = <x, EMB(j)> for every word j, from EMB^T [d, V] (`columns`, row-major): from
+/// zero, one term per dimension in order, fused (one rounding) where matrixmultiply's GEMM
+/// kernel fuses them (x86-64 with AVX2 and FMA, aarch64), so that these are its sums exactly.
+fn dots_into(x: &[f32], columns: &[f32], scores: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { add_dots_avx2(x, columns, scores) };
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA, checked just above.
+        return unsafe { dots_fma(x, columns, scores) };
     }
-    add_dots_portable(x, columns, scores)
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx") {
+        // SAFETY: the CPU has AVX, checked just above.
+        return unsafe { dots_avx(x, columns, scores) };
+    }
+    dots_portable::<{ cfg!(target_arch = "aarch64") }>(x, columns, scores)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn add_dots_avx2(x: &[f32], columns: &[f32], scores: &mut [f32]) {
-    add_dots_portable(x, columns, scores)
+#[target_feature(enable = "avx2,fma")]
+fn dots_fma(x: &[f32], columns: &[f32], scores: &mut [f32]) {
+    dots_portable::<true>(x, columns, scores)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+fn dots_avx(x: &[f32], columns: &[f32], scores: &mut [f32]) {
+    dots_portable::<false>(x, columns, scores)
 }
 
 /// `WORDS` words at a time, their sums over the d rows of EMB^T kept in registers and added in
-/// the order of one pass per dimension (so the same sums as that pass), then the last few words
-/// one pass per dimension; a row view and a dot per word cost 10x as much.
+/// the order of one pass per dimension (so the same sums as that pass), each term x_k e
+/// `FUSED` (mul_add) or not, then the last few words one pass per dimension; a row view and a
+/// dot per word cost 10x as much.
 #[inline(always)]
-fn add_dots_portable(x: &[f32], columns: &[f32], scores: &mut [f32]) {
-    const WORDS: usize = 16;
+fn dots_portable<const FUSED: bool>(x: &[f32], columns: &[f32], scores: &mut [f32]) {
+    const WORDS: usize = 32;
+    let term = |s: f32, xk: f32, e: f32| if FUSED { xk.mul_add(e, s) } else { s + xk * e };
     let v = scores.len();
     let full = v - v % WORDS;
     for (j, block) in scores[..full].chunks_exact_mut(WORDS).enumerate() {
         let mut acc = [0.0; WORDS];
-        acc.copy_from_slice(block);
         for (&xk, column) in x.iter().zip(columns.chunks_exact(v)) {
             let column = &column[j * WORDS..(j + 1) * WORDS];
-            acc.iter_mut().zip(column).for_each(|(s, &e)| *s += xk * e);
+            acc.iter_mut().zip(column).for_each(|(s, &e)| *s = term(*s, xk, e));
         }
         block.copy_from_slice(&acc);
     }
+    scores[full..].fill(0.0);
     for (&xk, column) in x.iter().zip(columns.chunks_exact(v.max(1))) {
-        scores[full..].iter_mut().zip(&column[full..]).for_each(|(s, &e)| *s += xk * e);
+        scores[full..].iter_mut().zip(&column[full..]).for_each(|(s, &e)| *s = term(*s, xk, e));
     }
 }
 
 /// Index of the largest score (the first one on ties; 0 when none is above -inf), skipping
 /// the banned indices (overwritten with -inf). A lane-wise max the compiler vectorises, then
-/// one scan for its position.
+/// one vectorised pass a chunk for the chunk that holds it, and its position there.
 fn arg_best(scores: &mut [f32], banned: &[u32]) -> usize {
     const LANES: usize = 16;
     for &b in banned {
@@ -250,7 +241,11 @@ fn arg_best(scores: &mut [f32], banned: &[u32]) -> usize {
     if max == f32::NEG_INFINITY {
         return 0;
     }
-    scores.iter().position(|&s| s == max).unwrap_or(0)
+    let Some(chunk) = scores.chunks(LANES).position(|c| c.iter().fold(false, |found, &s| found | (s == max))) else {
+        return 0;
+    };
+    let within = scores[chunk * LANES..].iter().position(|&s| s == max).unwrap_or(0);
+    chunk * LANES + within
 }
 
 #[cfg(test)]
@@ -289,17 +284,42 @@ mod tests {
         for (v, d) in [(0, 3), (5, 3), (16, 16), (40, 4), (1013, 16), (37, 19)] {
             let columns = noise(d, v, 11);
             let x: Vec<f32> = noise(1, d, 5).into_raw_vec_and_offset().0;
+            // from scores that are not zero: every one is overwritten
             let start: Vec<f32> = (0..v).map(|j| j as f32 / 7.0 - 3.0).collect();
-            let mut expected = start.clone();
+            let (mut plain, mut fused) = (vec![0.0; v], vec![0.0; v]);
             for (&xk, column) in x.iter().zip(columns.rows()) {
-                expected.iter_mut().zip(column).for_each(|(s, &e)| *s += xk * e);
+                plain.iter_mut().zip(column).for_each(|(s, &e)| *s += xk * e);
+                fused.iter_mut().zip(column).for_each(|(s, &e)| *s = xk.mul_add(e, *s));
             }
             let columns = columns.as_slice().unwrap();
-            let (mut portable, mut dispatched) = (start.clone(), start);
-            add_dots_portable(&x, columns, &mut portable);
-            add_dots(&x, columns, &mut dispatched);
-            assert_eq!(portable, expected, "{v} words, d {d}");
-            assert_eq!(dispatched, expected, "{v} words, d {d}");
+            let (mut unfused_blocks, mut fused_blocks) = (start.clone(), start);
+            dots_portable::<false>(&x, columns, &mut unfused_blocks);
+            dots_portable::<true>(&x, columns, &mut fused_blocks);
+            assert_eq!(unfused_blocks, plain, "{v} words, d {d}");
+            assert_eq!(fused_blocks, fused, "{v} words, d {d}");
+        }
+    }
+
+    #[test]
+    fn a_rows_scores_are_the_gemms_bit_for_bit() {
+        // what rounding and host clamping scored with before (ndarray's GEMM, matrixmultiply's
+        // kernels): the same sums, so the same words on every tie
+        for (v, d, rows) in [(1013, 16, 64), (37, 19, 5), (16, 3, 1)] {
+            let emb = Embeddings::new(noise(v, d, 7));
+            let x = noise(rows, d, 3);
+            let mut gemm = Array2::zeros((rows, v));
+            ndarray::linalg::general_mat_mul(1.0, &x, &emb.matrix.t(), 0.0, &mut gemm);
+            let (mut copy, mut scores) = (Vec::new(), Vec::new());
+            for (r, row) in x.rows().into_iter().enumerate() {
+                assert_eq!(
+                    emb.dots(row, &mut copy, &mut scores),
+                    gemm.row(r).as_slice().unwrap(),
+                    "{v} x {d}, row {r}"
+                );
+            }
+            // a row that is no contiguous slice (a column of x^T) is copied, with the same sums
+            let xt = x.t().as_standard_layout().into_owned();
+            assert_eq!(emb.dots(xt.column(0), &mut copy, &mut scores), gemm.row(0).as_slice().unwrap());
         }
     }
 

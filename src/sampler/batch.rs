@@ -192,7 +192,7 @@ impl Batch {
         embeddings: &Embeddings,
     ) -> Result<Vec<Finished>, InferenceError> {
         let broken = |lane: &Lane| GenerateError::NonFinite { step: lane.done() + 1, steps: lane.course.steps() };
-        let mut finished = self.fail_where(|lane| !lane.x.iter().all(|v| v.is_finite()), broken);
+        let mut finished = self.fail_where(|lane| !lane.finite(), broken);
         let done = self.take_where(|lane| lane.i == 0);
         self.lanes.iter_mut().for_each(|lane| lane.i -= 1);
         let losses = guide::score(&done, guides)?;

@@ -256,3 +256,20 @@ fn a_limited_batch_steps_the_sequences_that_finish_first_without_starving_the_ot
     // the short one runs at once and finishes first; the long one resumes after it
     assert_eq!(order, vec![(2, 4), (1, 10)]);
 }
+
+#[test]
+fn a_latent_that_is_not_finite_fails_its_sequence_at_that_step() {
+    let emb = embeddings();
+    for (bad, fails) in [(f32::NAN, true), (f32::INFINITY, true), (f32::NEG_INFINITY, true), (1e30, false)] {
+        // one dimension of the predicted word is `bad`: the first step's x_{i-1} holds it
+        let mut fake = ConstantWord::new(vec![0.5, bad]);
+        let x_t = SequenceNoise::new(5, 0..1).x_t(4, 2);
+        let course = Course::new(diffusion(6), SampleOptions { method: Method::Ddpm, clamp: false });
+        let lanes = lanes(course, &x_t, |b| Box::new(SequenceNoise::new(5, [b as u64])), false);
+        match sample_all(lanes, &mut fake, &mut [], &emb) {
+            Err(GenerateError::NonFinite { step, steps }) => assert!(fails && (step, steps) == (1, 6), "{bad}"),
+            Ok(out) => assert!(!fails && out[0].1.x0.iter().all(|v| v.is_finite()), "{bad}"),
+            Err(e) => panic!("{bad}: {e}"),
+        }
+    }
+}
