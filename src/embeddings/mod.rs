@@ -77,8 +77,8 @@ impl Embeddings {
     }
 
     /// Scores <x, EMB(v)> of one row for every word v, into `scores` (reused): the sums a GEMM
-    /// of the rows with EMB^T forms, bit for bit (see [`dots_into`]), without its packing (a
-    /// whole GEMM per sequence cost 3x as much).
+    /// of the rows with EMB^T forms, bit for bit (see [`dots_into`]), without its packing (the
+    /// GEMM of a sequence's 64 rows took 1.8x the instructions, callgrind).
     fn dots<'s>(&self, x: ArrayView1<'_, f32>, row: &mut Vec<f32>, scores: &'s mut Vec<f32>) -> &'s mut [f32] {
         let x = x.as_slice().unwrap_or_else(|| {
             row.clear();
