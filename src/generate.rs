@@ -11,7 +11,6 @@ use crate::model::Model;
 pub use crate::overrides::GuideOverrides;
 use crate::rerank::{self, LanguageModel, RerankBy};
 use crate::sampler::{Course, GuideTarget, Lane, Method, SampleOptions, Sampled, SequenceNoise, Target, Timing};
-use crate::schedule::Diffusion;
 use crate::text::Vocab;
 
 #[derive(Debug, Clone)]
@@ -210,7 +209,7 @@ pub fn choose(
 /// and clamping rules, and deadline.
 pub fn course(model: &Model, request: &Request) -> Result<Course, GenerateError> {
     let plan: Plan = plan(&request.controls, &model.manifest, &model.vocab)?;
-    let diffusion = Diffusion::respaced(&model.manifest.diffusion, request.steps)?;
+    let diffusion = model.schedule.respaced(request.steps)?;
     let named = targets(&plan);
     if request.rerank > 1 {
         let has_classifier = !named.is_empty();

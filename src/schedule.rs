@@ -45,6 +45,38 @@ pub fn respaced_timesteps(t_max: usize, steps: usize) -> Result<Vec<usize>, Requ
     Ok(kept)
 }
 
+/// The training schedule's abar_t for t = 0..T-1, computed once per model: what every
+/// request's respacing reads.
+#[derive(Debug, Clone)]
+pub struct FullSchedule {
+    alpha_bar: Vec<f64>,
+}
+
+impl FullSchedule {
+    pub fn of(info: &DiffusionInfo) -> Self {
+        Self { alpha_bar: cumprod_alphas(&Diffusion::full_betas(info)) }
+    }
+
+    pub fn alpha_bar(&self) -> &[f64] {
+        &self.alpha_bar
+    }
+
+    /// The schedule respaced to `steps` (betas recomputed over the kept timesteps).
+    pub fn respaced(&self, steps: usize) -> Result<Diffusion, RequestError> {
+        let kept = respaced_timesteps(self.alpha_bar.len(), steps)?;
+        let mut last = 1.0;
+        let betas = kept
+            .iter()
+            .map(|&t| {
+                let beta = 1.0 - self.alpha_bar[t] / last; // beta_i = 1 - abar_{t_i} / abar_{t_(i-1)}
+                last = self.alpha_bar[t];
+                beta
+            })
+            .collect();
+        Ok(Diffusion::new(betas, kept.iter().map(|&t| t as i64).collect()))
+    }
+}
+
 /// Posterior coefficients of a (respaced) schedule, indexed by sampling step i.
 #[derive(Debug, Clone)]
 pub struct Diffusion {
@@ -95,18 +127,7 @@ impl Diffusion {
 
     /// The schedule respaced to `steps` (betas recomputed over the kept timesteps).
     pub fn respaced(info: &DiffusionInfo, steps: usize) -> Result<Self, RequestError> {
-        let alpha_bar_full = cumprod_alphas(&Self::full_betas(info));
-        let kept = respaced_timesteps(info.num_timesteps, steps)?;
-        let mut last = 1.0;
-        let betas = kept
-            .iter()
-            .map(|&t| {
-                let beta = 1.0 - alpha_bar_full[t] / last; // beta_i = 1 - abar_{t_i} / abar_{t_(i-1)}
-                last = alpha_bar_full[t];
-                beta
-            })
-            .collect();
-        Ok(Self::new(betas, kept.iter().map(|&t| t as i64).collect()))
+        FullSchedule::of(info).respaced(steps)
     }
 
     pub fn num_steps(&self) -> usize {

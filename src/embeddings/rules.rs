@@ -42,7 +42,12 @@ impl Constraints<'_> {
         }
         let Some(before) = (pos >= 2).then(|| self.word(chosen, r - 2)).flatten() else { return false };
         let seen = chosen.get(start..r).unwrap_or_default();
-        seen.windows(3).any(|g| g[0] == before && g[1] == previous && g[2] == w)
+        let Some(n) = seen.len().checked_sub(2).filter(|&n| n > 0) else { return false };
+        // every window checked, no early exit, so that the compiler vectorises it (a row's
+        // scan is up to L - 2 windows, and it runs once per row and step)
+        let (a, b, c) = (&seen[..n], &seen[1..n + 1], &seen[2..n + 2]);
+        let seen_before = |((&a, &b), &c): ((&u32, &u32), &u32)| u32::from((a == before) & (b == previous) & (c == w));
+        a.iter().zip(b).zip(c).fold(0, |any, g| any | seen_before(g)) != 0
     }
 
     /// The words repeat blocking bans at row r: the word before it, and every word that already

@@ -11,6 +11,7 @@ use super::Model;
 use crate::manifest::{Manifest, Precision};
 use crate::sampler::fakes::embeddings;
 use crate::sampler::{Denoiser, Guide};
+use crate::schedule::FullSchedule;
 use crate::text::Vocab;
 
 /// The fake model's words, by id: PAD, UNK, START, END stand for themselves.
@@ -35,6 +36,7 @@ pub fn model(denoiser: Box<dyn Denoiser + Send>, guides: Vec<(&str, Box<dyn Guid
     let vocab = Vocab::of_words(&WORDS, manifest.special_tokens);
     Model {
         dir: PathBuf::from("fake"),
+        schedule: FullSchedule::of(&manifest.diffusion),
         manifest,
         vocab,
         embeddings: embeddings(),

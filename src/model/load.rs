@@ -14,7 +14,7 @@ use crate::manifest::{Graph, Manifest, Precision, Role, MANIFEST_FILE};
 use crate::ort::{Device, GuideSession, OrtDenoiser, OrtRuntime, OrtTeacher, SessionOptions};
 use crate::rerank::LanguageModel;
 use crate::sampler::{Denoiser, Guide};
-use crate::schedule::{cumprod_alphas, Diffusion};
+use crate::schedule::FullSchedule;
 use crate::text::Vocab;
 
 use super::precision::{Choice, Machine};
@@ -149,7 +149,8 @@ impl Model {
             });
         }
         let manifest = Manifest::load(dir)?;
-        check_schedule(&dir.join(MANIFEST_FILE), &manifest)?;
+        let schedule = FullSchedule::of(&manifest.diffusion);
+        check_schedule(&dir.join(MANIFEST_FILE), &manifest, &schedule)?;
         let vocab = Vocab::load(&dir.join(&manifest.tokenizer.file), manifest.special_tokens)?;
         if vocab.size() != manifest.model.vocab_size {
             return Err(LoadError::Invalid {
@@ -211,7 +212,8 @@ impl Model {
             None => None,
         };
         let denoiser: Box<dyn Denoiser + Send> = Box::new(denoiser);
-        Ok(Self { dir: dir.to_path_buf(), manifest, vocab, embeddings, denoiser, guides, teacher, precision, provider })
+        let dir = dir.to_path_buf();
+        Ok(Self { dir, manifest, vocab, embeddings, schedule, denoiser, guides, teacher, precision, provider })
     }
 }
 
@@ -244,9 +246,9 @@ fn open_guides(
     Ok(guides)
 }
 
-fn check_schedule(path: &Path, manifest: &Manifest) -> Result<(), LoadError> {
-    let ours = cumprod_alphas(&Diffusion::full_betas(&manifest.diffusion));
-    let worst = ours.iter().zip(&manifest.diffusion.alpha_bar).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+fn check_schedule(path: &Path, manifest: &Manifest, ours: &FullSchedule) -> Result<(), LoadError> {
+    let worst =
+        ours.alpha_bar().iter().zip(&manifest.diffusion.alpha_bar).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
     if worst > SCHEDULE_TOLERANCE {
         return Err(LoadError::Invalid {
             path: path.to_path_buf(),

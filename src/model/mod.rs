@@ -19,6 +19,7 @@ use crate::error::InferenceError;
 use crate::manifest::{Manifest, Precision};
 use crate::rerank::LanguageModel;
 use crate::sampler::{Denoiser, Guide};
+use crate::schedule::FullSchedule;
 use crate::text::Vocab;
 
 pub struct Model {
@@ -26,6 +27,8 @@ pub struct Model {
     pub manifest: Manifest,
     pub vocab: Vocab,
     pub embeddings: Embeddings,
+    /// The training schedule, computed once (each request respaces it).
+    pub schedule: FullSchedule,
     pub denoiser: Box<dyn Denoiser + Send>,
     /// The guides by control name, in the same precision as the denoiser.
     pub guides: BTreeMap<String, Box<dyn Guide + Send>>,

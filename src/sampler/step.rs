@@ -15,16 +15,11 @@ pub fn q_sample(x0: ArrayView1<f32>, alpha_bar: f64, noise: ArrayView1<f32>, mut
     Zip::from(&mut x_t).and(x0).and(noise).for_each(|x, &x0, &z| *x = scale * x0 + sd * z);
 }
 
-/// The mean of q(x_{i-1} | x_i, x_0 = x0_hat): coef1 x0_hat + coef2 x_i (Ho et al. 2020, Eq. 7).
-pub fn q_posterior_mean(
-    d: &Diffusion,
-    i: usize,
-    x: ArrayView3<f32>,
-    x0_hat: ArrayView3<f32>,
-    mean: ArrayViewMut3<f32>,
-) {
+/// The coefficients of the mean of q(x_{i-1} | x_i, x_0 = x0_hat): coef1 x0_hat + coef2 x_i
+/// (Ho et al. 2020, Eq. 7).
+pub fn q_posterior_mean(d: &Diffusion, i: usize) -> impl Fn(f32, f32) -> f32 {
     let (coef1, coef2) = (d.posterior_mean_coef1[i] as f32, d.posterior_mean_coef2[i] as f32);
-    Zip::from(mean).and(x0_hat).and(x).for_each(|m, &x0, &xt| *m = coef1 * x0 + coef2 * xt);
+    move |x0, xt| coef1 * x0 + coef2 * xt
 }
 
 /// DDPM: x_{i-1} = q_posterior_mean + sigma z, sigma^2 = the fixed-large model variance.
@@ -34,10 +29,9 @@ pub fn p_sample(
     x0_hat: ArrayView3<f32>,
     noise: Option<ArrayView3<f32>>,
     x: ArrayViewMut3<f32>,
-    mut mean: ArrayViewMut3<f32>,
+    mean: ArrayViewMut3<f32>,
 ) {
-    q_posterior_mean(d, i, x.view(), x0_hat, mean.view_mut());
-    add_noise(x, mean.view(), sigma(Method::Ddpm, d, i), noise);
+    add_noise(x, mean, x0_hat, q_posterior_mean(d, i), sigma(Method::Ddpm, d, i), noise);
 }
 
 /// One classifier-guidance step on x = x_{i-1} (Diffusion-LM section 5.2): descend
@@ -71,17 +65,17 @@ pub fn ddim_sample(
     x0_hat: ArrayView3<f32>,
     noise: Option<ArrayView3<f32>>,
     x: ArrayViewMut3<f32>,
-    mut mean: ArrayViewMut3<f32>,
+    mean: ArrayViewMut3<f32>,
 ) {
     let (ab, ab_prev) = (d.alpha_bar[i], d.alpha_bar_prev[i]);
     let sigma = sigma(Method::Ddim { eta }, d, i);
     let (sqrt_ab, inv_sqrt_1mab) = (ab.sqrt() as f32, (1.0 / (1.0 - ab).sqrt()) as f32);
     let (sqrt_ab_prev, c_eps) = (ab_prev.sqrt() as f32, (1.0 - ab_prev - sigma * sigma).max(0.0).sqrt() as f32);
-    Zip::from(&mut mean).and(x0_hat).and(&x).for_each(|m, &x0, &xt| {
+    let mean_of = |x0: f32, xt: f32| {
         let eps = (xt - sqrt_ab * x0) * inv_sqrt_1mab;
-        *m = sqrt_ab_prev * x0 + c_eps * eps;
-    });
-    add_noise(x, mean.view(), sigma, noise);
+        sqrt_ab_prev * x0 + c_eps * eps
+    };
+    add_noise(x, mean, x0_hat, mean_of, sigma, noise);
 }
 
 /// The noise scale sigma of step i (0 at the last step, i = 0).
@@ -98,9 +92,25 @@ pub fn sigma(method: Method, d: &Diffusion, i: usize) -> f64 {
     }
 }
 
-fn add_noise(mut x: ArrayViewMut3<f32>, mean: ArrayView3<f32>, sigma: f64, noise: Option<ArrayView3<f32>>) {
-    x.assign(&mean);
-    if let Some(z) = noise.filter(|_| sigma > 0.0) {
-        x.scaled_add(sigma as f32, &z);
+/// x_{i-1} = mean + sigma z (z = `noise`, none: x_{i-1} = mean), where `mean` takes
+/// mean_of(x0_hat, x_i) at each value: one pass over the arrays.
+fn add_noise(
+    mut x: ArrayViewMut3<f32>,
+    mut mean: ArrayViewMut3<f32>,
+    x0_hat: ArrayView3<f32>,
+    mean_of: impl Fn(f32, f32) -> f32,
+    sigma: f64,
+    noise: Option<ArrayView3<f32>>,
+) {
+    let scale = sigma as f32;
+    match noise.filter(|_| sigma > 0.0) {
+        Some(z) => Zip::from(&mut x).and(&mut mean).and(x0_hat).and(z).for_each(|x, m, &x0, &z| {
+            *m = mean_of(x0, *x);
+            *x = *m + scale * z;
+        }),
+        None => Zip::from(&mut x).and(&mut mean).and(x0_hat).for_each(|x, m, &x0| {
+            *m = mean_of(x0, *x);
+            *x = *m;
+        }),
     }
 }
