@@ -2,7 +2,6 @@
 import math
 
 import numpy as np
-import torch
 
 
 SCHEDULE_PARAM = {"offset": 1e-4, "max_beta": 0.999}  # written into the manifest; the runtime reads them there
@@ -76,6 +75,8 @@ class Diffusion:
 
     def q_sample(self, x0, i, noise):
         """x_i ~ q(x_i | x_0) = N(sqrt(abar_i) x_0, (1 - abar_i) I), per sequence; i: step indices [B]."""
+        import torch  # here, not above: the onnxruntime engines of bench read this module without it
+
         sqrt_ab = torch.as_tensor(self.sqrt_alpha_bar, dtype=x0.dtype, device=x0.device)[i][:, None, None]
         sqrt_1mab = torch.as_tensor(self.sqrt_one_minus_alpha_bar, dtype=x0.dtype, device=x0.device)[i][:, None, None]
         return sqrt_ab * x0 + sqrt_1mab * noise

@@ -41,7 +41,8 @@ def test_short_bench_measures_every_engine_and_checks_every_target():
     assert result["paired"]["fp32_step/torch_step"] == pytest.approx(m["fp32_step"] / m["torch_step"])
     floor = "best MatMul rate share, fp32, batch 2 (floor)"
     assert rows[floor][2] == ("yes" if float(rows[floor][0]) >= 0.5 else "NO")
-    assert len(rows) == 9 and all(met == ("yes" if float(v) <= float(lim) else "NO")
+    # met as the printed figure reads, except within its rounding of the limit (either way then)
+    assert len(rows) == 9 and all(met == ("yes" if float(v) <= float(lim) else "NO") or abs(float(v) - float(lim)) < 1e-4
                                   for name, (v, lim, met) in rows.items() if name != floor)
 
 
