@@ -174,7 +174,8 @@ def bench(model_dir, dlm, steps=50, rounds=3, repeat=10, warmup=2, cold_steps=20
             "precision": next(iter(at.precision[1])), "precision_batch": next(iter(at.precision[batch])),
             "medians": med, "paired": paired, "flops_per_call": flops, "achieved_gflops": achieved, "matmul_peak_gflops": peak,
             "achieved_gflops_batch": achieved16,
-            "expected_guided_step_ms": expected_guided, "guide_steps": guide_steps}
+            "expected_guided_step_ms": expected_guided, "guide_steps": guide_steps,
+            "per_round": {k: r[k] for k in ("torch_step", "dlm_step", "bare1_step")}}
 
 
 RUNS_PER_ROUND = 12  # the processes _round runs
@@ -253,6 +254,11 @@ def report(b):
         f"  PyTorch reference {m['torch_step']:.3f} ms   Python onnxruntime loop {m['ort_step']:.3f} ms   dlm {m['dlm_step']:.3f} ms"
         f"   bare {prec} denoiser calls {m['bare1_step']:.3f} ms   dlm fp32 {m['fp32_step']:.3f} ms "
         f"({p['fp32_step/torch_step']:.3f} of PyTorch)",
+        # this VM's slow spells (its two cores far apart for seconds to minutes) double every
+        # two-thread engine's step: a round that ran in one shows here
+        "  by round, ms per step: " + "   ".join(
+            f"{name} {' / '.join(f'{v:.3f}' for v in b['per_round'][key])}"
+            for name, key in (("PyTorch", "torch_step"), ("dlm", "dlm_step"), ("bare", "bare1_step"))),
         f"one sentence at {b['cold_steps']} steps from a cold process (wall, peak RSS):",
         f"  PyTorch {m['torch_cold']:.2f} s, {m['torch_rss']:.0f} MiB   Python onnxruntime {m['ort_cold']:.2f} s, "
         f"{m['ort_rss']:.0f} MiB   dlm {m['dlm_cold']:.2f} s, {m['dlm_rss']:.0f} MiB",

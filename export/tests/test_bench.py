@@ -38,6 +38,7 @@ def test_short_bench_measures_every_engine_and_checks_every_target():
     for name, value in expected.items():
         assert float(rows[name][0]) == pytest.approx(value, abs=5e-4), (name, rows)
     assert result["paired"]["dlm_step/torch_step"] == pytest.approx(m["dlm_step"] / m["torch_step"])
+    assert result["per_round"]["dlm_step"] == [m["dlm_step"]] and f"dlm {m['dlm_step']:.3f}" in report(result)
     assert result["paired"]["fp32_step/torch_step"] == pytest.approx(m["fp32_step"] / m["torch_step"])
     floor = "best MatMul rate share, fp32, batch 2 (floor)"
     assert rows[floor][2] == ("yes" if float(rows[floor][0]) >= 0.5 else "NO")
