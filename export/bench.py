@@ -68,7 +68,8 @@ def worker(engine, model_dir, steps, batch, warmup, repeat, precision="fp32"):
     cmd = [sys.executable, "-m", "export.bench_worker", engine, "--model", str(model_dir), "--steps", str(steps),
            "--batch", str(batch), "--warmup", str(warmup), "--repeat", str(repeat), "--precision", precision]
     # numpy's OpenBLAS threads spin a while after each product (the engine's rounding), on the
-    # cores ONNX Runtime's calls need: 2.0-2.2 ms a bare int8 step beside them, 1.2-1.3 without
+    # cores ONNX Runtime's calls need: in one of this VM's slow spells, 2.0-2.2 ms a bare int8
+    # step beside them, 1.2-1.3 without (docs/benchmarks.md, 2026-12-08)
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"} if engine.startswith("ort") else None
     out, wall, rss = run_process(cmd, env)
     return json.loads(out.strip().splitlines()[-1]), wall, rss
